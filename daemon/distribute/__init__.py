@@ -1,0 +1,1 @@
+"""The distribution side: embedded storage, uploads, presigned links, notifications."""

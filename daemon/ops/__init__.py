@@ -1,0 +1,1 @@
+"""Running as a service: logging, sd_notify, install helpers."""

@@ -1,0 +1,1 @@
+"""The render side: decode, audio features, faces, model, blend, encode, and the pipeline tying them."""

@@ -1,0 +1,51 @@
+"""The spec file that sits next to every model in the models directory (models/NAME/model.json).
+
+The render side reads it to open the ONNX file; `lipsyncd model import` writes it. It maps the model's
+own input/output names onto the contract of DESIGN.md section 4 (mel, face -> image).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+SPEC_NAME = "model.json"
+ONNX_NAME = "model.onnx"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    kind: str  # "baseline" (built in, weightless) or "wav2lip" (imported)
+    onnx_file: str = ONNX_NAME  # relative to the spec's folder
+    mel_input: str = "mel"  # the model's name for the (B, 1, 80, 16) mel window
+    face_input: str = "face"  # the model's name for the (B, 6, 96, 96) face stack
+    output: str = "image"  # the model's name for the (B, 3, 96, 96) output in [0, 1]
+    batch: int | None = None  # None: dynamic batch; else the fixed batch the file was exported with
+    precision: str = "fp32"  # fp32, fp16 or int8 (fp16 files still take and give float32 here)
+    source: str = ""  # file the model was imported from (name only)
+    source_sha256: str = ""
+    variants: dict[str, str] = field(default_factory=dict)  # precision -> onnx file, e.g. {"fp16": "model.fp16.onnx"}
+    notes: str = ""
+
+    @classmethod
+    def load(cls, folder: Path) -> ModelSpec:
+        data = json.loads((folder / SPEC_NAME).read_text(encoding="utf-8"))
+        return cls(**data)
+
+    def save(self, folder: Path) -> None:
+        """Write atomically so a reader never sees half a spec."""
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".model.", suffix=".json.tmp", dir=folder)
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            json.dump(asdict(self), out, indent=2, sort_keys=True)
+            out.write("\n")
+        os.replace(tmp, folder / SPEC_NAME)
+
+    def onnx_path(self, folder: Path, precision: str | None = None) -> Path:
+        if precision and precision != self.precision:
+            return folder / self.variants[precision]
+        return folder / self.onnx_file
