@@ -1,0 +1,322 @@
+"""The one YAML configuration file: typed sections, defaults that run everything locally, and
+validation whose errors name the file and the key.
+
+Every key is documented in config/lipsyncd.example.yaml; a test checks the two stay in step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import types
+import typing
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+DEFAULT_PATH = Path("config/lipsyncd.yaml")
+ENV_VAR = "LIPSYNCD_CONFIG"
+
+
+class ConfigError(Exception):
+    """A configuration problem, worded for the operator: file, key, what is wrong, what to do."""
+
+
+# -- value parsers -----------------------------------------------------------------------------------
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(B|KB|MB|GB|KiB|MiB|GiB)?\s*$", re.IGNORECASE)
+_SIZE_UNITS = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**10, "mib": 2**20, "gib": 2**30}
+
+
+def parse_duration(value: Any) -> float:
+    """'90s', '2m', '24h', '7d', '500ms' or a number of seconds -> seconds."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration like 30s, 5m, 24h or 7d")
+    if isinstance(value, (int, float)):
+        seconds = float(value)
+    else:
+        match = _DURATION.match(str(value))
+        if not match:
+            raise ValueError(f"expected a duration like 30s, 5m, 24h or 7d, got {value!r}")
+        seconds = float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+    if seconds < 0:
+        raise ValueError(f"a duration cannot be negative, got {value!r}")
+    return seconds
+
+
+def parse_size(value: Any) -> int:
+    """'16MiB', '5MB', '1024' or a number of bytes -> bytes."""
+    if isinstance(value, bool):
+        raise ValueError("expected a size like 8MiB")
+    if isinstance(value, int):
+        return value
+    match = _SIZE.match(str(value))
+    if not match:
+        raise ValueError(f"expected a size like 8MiB or 16MB, got {value!r}")
+    return int(float(match.group(1)) * _SIZE_UNITS[(match.group(2) or "b").lower()])
+
+
+def _choice(*allowed: str) -> Callable[[Any], str]:
+    def parse(value: Any) -> str:
+        if value not in allowed:
+            raise ValueError(f"expected one of {', '.join(allowed)}, got {value!r}")
+        return str(value)
+
+    return parse
+
+
+def _positive_int(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"expected a whole number of at least 1, got {value!r}")
+    return value
+
+
+def _non_negative_int(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"expected a whole number of at least 0, got {value!r}")
+    return value
+
+
+def _opt(parse: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    return lambda value: None if value is None else parse(value)
+
+
+def _key(default: Any, parse: Callable[[Any], Any] | None = None) -> Any:
+    """A config key with a default and an optional parser (types not covered by the generic checks)."""
+    if isinstance(default, (dict, list)):
+        return field(default_factory=lambda: default.copy(), metadata={"parse": parse})
+    return field(default=default, metadata={"parse": parse})
+
+
+# -- sections ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PathsConfig:
+    shared: Path = _key(Path("."))  # the folder users may write to; media must stay inside it
+    inbox: Path = _key(Path("inbox"))
+    outputs: Path = _key(Path("outputs/latest_batch"))
+    state: Path = _key(Path("state"))  # job store, embedded storage data, credentials it generates
+    models: Path = _key(Path("models"))
+
+
+@dataclass(frozen=True)
+class InboxConfig:
+    observer: str = _key("native", _choice("native", "polling"))
+    rescan_interval: float = _key(30.0, parse_duration)
+    settle_time: float = _key(2.0, parse_duration)
+
+
+@dataclass(frozen=True)
+class RenderConfig:
+    model: str = _key("baseline")
+    providers: str = _key("auto", _choice("auto", "cuda", "tensorrt", "cpu"))
+    precision: str | None = _key(None, _opt(_choice("fp32", "fp16", "int8")))
+    gpus: list[int] = _key([0])
+    batch_size: int = _key(16, _positive_int)
+    threads: int = _key(0, _non_negative_int)
+    detector: str = _key("haar")
+    detect_every: int = _key(5, _positive_int)
+    audio_longer: str = _key("pingpong", _choice("pingpong", "loop", "freeze"))
+    video_longer: str = _key("cut", _choice("cut", "keep"))
+    encoder: str = _key("auto", _choice("auto", "libx264", "h264_nvenc"))
+    crf: int = _key(20, _non_negative_int)
+    preset: str = _key("veryfast")
+    max_video_seconds: float = _key(3600.0, parse_duration)
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    endpoint_url: str | None = _key(None)  # None: start the embedded SeaweedFS on loopback
+    region: str = _key("us-east-1")
+    bucket: str = _key("lipsyncd")
+    prefix: str = _key("renders")
+    addressing_style: str = _key("path", _choice("path", "virtual", "auto"))
+    request_checksum_calculation: str = _key("when_required", _choice("when_supported", "when_required"))
+    response_checksum_validation: str = _key("when_required", _choice("when_supported", "when_required"))
+    credentials_file: Path | None = _key(None)
+    profile: str | None = _key(None)
+    embedded_port: int = _key(8333, _positive_int)
+
+
+@dataclass(frozen=True)
+class UploadConfig:
+    max_concurrent: int = _key(3, _positive_int)
+    multipart_threshold: int = _key(16 * 2**20, parse_size)
+    part_size: int = _key(8 * 2**20, parse_size)
+    rescan_interval: float = _key(30.0, parse_duration)
+
+
+@dataclass(frozen=True)
+class LinksConfig:
+    default_ttl: float = _key(86400.0, parse_duration)
+    base_url: str | None = _key(None)
+    refresh_before: float = _key(7200.0, parse_duration)
+
+
+@dataclass(frozen=True)
+class EvictionConfig:
+    mode: str = _key("delete", _choice("delete", "keep", "after"))
+    keep_hours: float = _key(0.0)
+
+
+@dataclass(frozen=True)
+class LifecycleConfig:
+    ia_after_days: int = _key(30, _non_negative_int)
+    expire_after_days: int = _key(60, _non_negative_int)
+    abort_multipart_after_days: int = _key(7, _positive_int)
+
+
+@dataclass(frozen=True)
+class WebhookConfig:
+    kind: str = _key("json", _choice("wecom", "dingtalk", "feishu", "json"))
+    url: str = _key("")
+    secret_file: Path | None = _key(None)
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    format: str = _key("auto", _choice("auto", "console", "json", "journald"))
+    level: str = _key("info", _choice("debug", "info", "warning", "error"))
+
+
+@dataclass(frozen=True)
+class Config:
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    inbox: InboxConfig = field(default_factory=InboxConfig)
+    render: RenderConfig = field(default_factory=RenderConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    upload: UploadConfig = field(default_factory=UploadConfig)
+    links: LinksConfig = field(default_factory=LinksConfig)
+    eviction: EvictionConfig = field(default_factory=EvictionConfig)
+    lifecycle: LifecycleConfig = field(default_factory=LifecycleConfig)
+    webhooks: dict[str, WebhookConfig] = field(default_factory=dict)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    source: Path | None = None  # the file this came from; None means built-in defaults
+
+    @property
+    def shared(self) -> Path:
+        return self.paths.shared.resolve()
+
+    @property
+    def inbox_dir(self) -> Path:
+        return self.paths.inbox.resolve()
+
+    @property
+    def outputs_dir(self) -> Path:
+        return self.paths.outputs.resolve()
+
+    @property
+    def state_dir(self) -> Path:
+        return self.paths.state.resolve()
+
+    @property
+    def models_dir(self) -> Path:
+        return self.paths.models.resolve()
+
+
+# -- loading -----------------------------------------------------------------------------------------
+
+
+def config_path(explicit: str | None, environ: typing.Mapping[str, str]) -> Path:
+    """--config wins, then $LIPSYNCD_CONFIG, then config/lipsyncd.yaml."""
+    return Path(explicit or environ.get(ENV_VAR) or DEFAULT_PATH)
+
+
+def load_config(path: Path, *, required: bool = False) -> Config:
+    """Read and validate the file. A missing default file means built-in defaults."""
+    if not path.exists():
+        if required:
+            raise ConfigError(
+                f"{path}: the configuration file does not exist; copy config/lipsyncd.example.yaml"
+            )
+        return Config()
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise ConfigError(
+            f"{path}: not valid YAML ({exc}); compare with config/lipsyncd.example.yaml"
+        ) from exc
+    config = _build(Config, data, path, "")
+    config = dataclasses.replace(config, source=path)
+    _check_paths(config, path)
+    return config
+
+
+def _build(cls: type, data: Any, path: Path, prefix: str) -> Any:
+    where = prefix.rstrip(".") or "the top level"
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: '{where}' must be a mapping of keys to values, got {type(data).__name__}")
+    known = {f.name: f for f in dataclasses.fields(cls) if f.name != "source"}
+    hints = typing.get_type_hints(cls)
+    for key in data:
+        if key not in known:
+            choices = ", ".join(sorted(known))
+            raise ConfigError(f"{path}: unknown key '{prefix}{key}' (known keys here: {choices})")
+    values = {key: _value(known[key], hints[key], data[key], path, f"{prefix}{key}") for key in data}
+    return cls(**values)
+
+
+def _value(f: dataclasses.Field[Any], hint: Any, raw: Any, path: Path, key: str) -> Any:
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, raw, path, key + ".")
+    if hint == dict[str, WebhookConfig]:
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: '{key}' must map webhook names to their settings")
+        return {str(name): _build(WebhookConfig, spec, path, f"{key}.{name}.") for name, spec in raw.items()}
+    try:
+        return _convert(f.metadata.get("parse"), hint, raw)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"{path}: key '{key}': {exc}") from None
+
+
+def _convert(parse: Callable[[Any], Any] | None, hint: Any, raw: Any) -> Any:
+    if parse is not None:
+        return parse(raw)
+    optional = isinstance(hint, types.UnionType) and type(None) in typing.get_args(hint)
+    if raw is None:
+        if optional:
+            return None
+        raise ValueError("a value is required here")
+    base = next(a for a in typing.get_args(hint) if a is not type(None)) if optional else hint
+    return _plain(base, raw)
+
+
+def _plain(base: Any, raw: Any) -> Any:
+    if base is Path:
+        if not isinstance(raw, str) or not raw:
+            raise ValueError(f"expected a path, got {raw!r}")
+        return Path(os.path.expanduser(raw))
+    if base is bool:
+        if not isinstance(raw, bool):
+            raise ValueError(f"expected true or false, got {raw!r}")
+        return raw
+    if base is float:
+        if isinstance(raw, bool) or not isinstance(raw, (int, float)):
+            raise ValueError(f"expected a number, got {raw!r}")
+        return float(raw)
+    if base is str:
+        if not isinstance(raw, str):
+            raise ValueError(f"expected text, got {raw!r}")
+        return raw
+    if typing.get_origin(base) is list:
+        if not isinstance(raw, list) or not all(isinstance(x, int) and not isinstance(x, bool) for x in raw):
+            raise ValueError(f"expected a list of whole numbers, got {raw!r}")
+        return raw
+    raise TypeError(f"unsupported type {base}")  # a programming error, not a user one
+
+
+def _check_paths(config: Config, path: Path) -> None:
+    if config.upload.part_size < 5 * 2**20:
+        raise ConfigError(f"{path}: key 'upload.part_size': S3 needs parts of at least 5MiB")
+    if config.links.default_ttl > 604800:
+        raise ConfigError(f"{path}: key 'links.default_ttl': presigned links can last at most 7d (604800 s)")
+    for name, hook in config.webhooks.items():
+        if not hook.url.startswith(("http://", "https://")):
+            raise ConfigError(f"{path}: key 'webhooks.{name}.url': expected an http(s) URL")

@@ -1,0 +1,176 @@
+"""The inbox: notice manifests (watchdog events plus a periodic full rescan), take them only when complete,
+claim each by an atomic rename so it is processed once, and file it under done/ or failed/ at the end.
+
+Watch handlers only note paths; the decision to take a file is made by `Inbox.ready_paths`, called from
+one intake thread. A file that arrived by rename is complete; any other must keep the same size and mtime
+for `settle_time` seconds (a slow writer over Samba or NFS keeps changing both).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import structlog
+from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.observers import Observer
+from watchdog.observers.api import BaseObserver
+from watchdog.observers.polling import PollingObserver
+
+from daemon.manifest import is_manifest_name
+
+log = structlog.get_logger(__name__)
+
+CLAIMED, DONE, FAILED = ".claimed", "done", "failed"
+
+
+@dataclass
+class _Seen:
+    size: int
+    mtime_ns: int
+    since: float
+    moved: bool = False
+
+
+class Inbox:
+    """The folder and its sub-folders; no threads here, so it is easy to test step by step."""
+
+    def __init__(
+        self, folder: Path, *, settle_time: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.folder = folder
+        self.claimed_dir = folder / CLAIMED
+        self.done_dir = folder / DONE
+        self.failed_dir = folder / FAILED
+        self.settle_time = settle_time
+        self._clock = clock
+        self._seen: dict[Path, _Seen] = {}
+        self._lock = threading.Lock()
+        for sub in (self.folder, self.claimed_dir, self.done_dir, self.failed_dir):
+            sub.mkdir(parents=True, exist_ok=True)
+
+    def scan(self) -> list[Path]:
+        """Every candidate manifest directly in the inbox (the backstop when events are lost)."""
+        try:
+            entries = list(os.scandir(self.folder))
+        except OSError as exc:
+            log.error("inbox_unreadable", folder=str(self.folder), error=str(exc))
+            return []
+        return sorted(
+            Path(e.path)
+            for e in entries
+            if e.is_file(follow_symlinks=False) and is_manifest_name(Path(e.name))
+        )
+
+    def note(self, path: Path, *, moved: bool = False) -> None:
+        """A watch event or a rescan saw `path`; `moved` means it was renamed into place (complete)."""
+        if path.parent != self.folder or not is_manifest_name(path):
+            return
+        with self._lock:
+            seen = self._seen.get(path)
+            if seen is None:
+                self._seen[path] = _Seen(-1, -1, self._clock(), moved)
+            elif moved:
+                seen.moved = True
+
+    def ready_paths(self) -> list[Path]:
+        """The noted files that are complete now; forgets files that went away."""
+        ready = []
+        with self._lock:
+            for path, seen in list(self._seen.items()):
+                if self._is_ready(path, seen):
+                    ready.append(path)
+                    del self._seen[path]
+        return sorted(ready)
+
+    def _is_ready(self, path: Path, seen: _Seen) -> bool:
+        try:
+            stat = path.lstat()
+        except FileNotFoundError:
+            del self._seen[path]
+            return False
+        now = self._clock()
+        if (stat.st_size, stat.st_mtime_ns) != (seen.size, seen.mtime_ns):
+            seen.size, seen.mtime_ns, seen.since = stat.st_size, stat.st_mtime_ns, now
+            return seen.moved
+        return seen.moved or now - seen.since >= self.settle_time
+
+    def claim(self, path: Path) -> Path | None:
+        """Rename into .claimed/ (atomic): whoever renames first owns it; None if it is gone."""
+        target = _free_name(self.claimed_dir, path.name)
+        try:
+            os.rename(path, target)
+        except FileNotFoundError:
+            return None
+        return target
+
+    def claimed(self) -> list[Path]:
+        return sorted(p for p in self.claimed_dir.iterdir() if p.is_file())
+
+    def file_done(self, claimed: Path, original_name: str) -> Path:
+        target = _free_name(self.done_dir, original_name)
+        os.replace(claimed, target)
+        return target
+
+    def file_failed(self, claimed: Path, original_name: str, report: str) -> Path:
+        """Move to failed/ next to NAME.error.txt (written first, atomically, so both are there together)."""
+        target = _free_name(self.failed_dir, original_name)
+        error_file = target.with_name(target.name.rsplit(".", 1)[0] + ".error.txt")
+        tmp = error_file.with_name(f".{error_file.name}.tmp")
+        tmp.write_text(report, encoding="utf-8")
+        os.replace(tmp, error_file)
+        os.replace(claimed, target)
+        return target
+
+
+def _free_name(folder: Path, name: str) -> Path:
+    """folder/name, or folder/STEM.2.SUFFIX ... when taken: nothing in done/ or failed/ is overwritten."""
+    candidate, n = folder / name, 1
+    stem, dot, suffix = name.rpartition(".")
+    while candidate.exists():
+        n += 1
+        candidate = folder / (f"{stem}.{n}.{suffix}" if dot else f"{name}.{n}")
+    return candidate
+
+
+class _Handler(FileSystemEventHandler):
+    """Only notes paths: the intake thread decides (watchdog's dispatcher must never block)."""
+
+    def __init__(self, inbox: Inbox, wake: threading.Event) -> None:
+        self.inbox = inbox
+        self.wake = wake
+
+    def on_created(self, event: FileSystemEvent) -> None:
+        self._note(event.src_path, moved=False)
+
+    def on_modified(self, event: FileSystemEvent) -> None:
+        self._note(event.src_path, moved=False)
+
+    def on_closed(self, event: FileSystemEvent) -> None:
+        self._note(event.src_path, moved=False)
+
+    def on_moved(self, event: FileSystemEvent) -> None:
+        self._note(event.dest_path, moved=True)
+
+    def _note(self, raw: str | bytes, *, moved: bool) -> None:
+        path = Path(os.fsdecode(raw))
+        if not path.is_dir():
+            self.inbox.note(path, moved=moved)
+            self.wake.set()
+
+
+def start_observer(folder: Path, handler: FileSystemEventHandler, *, polling: bool) -> BaseObserver:
+    """inotify (native) by default; polling for network shares where events never arrive."""
+    observer: BaseObserver = PollingObserver(timeout=1.0) if polling else Observer()
+    observer.schedule(handler, str(folder), recursive=False)
+    observer.daemon = True
+    observer.start()
+    return observer
+
+
+def watch(inbox: Inbox, wake: threading.Event, *, polling: bool) -> BaseObserver:
+    return start_observer(inbox.folder, _Handler(inbox, wake), polling=polling)

@@ -1,0 +1,125 @@
+"""Intake: complete manifests in the inbox become queued jobs in the store, or land in failed/ with a
+plain-words error file. Runs in its own thread so a long render never delays noticing new work."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Collection
+from pathlib import Path
+
+import structlog
+
+from daemon.inbox import Inbox, watch
+from daemon.links import write_links
+from daemon.manifest import ManifestError, error_report, load_manifest
+from daemon.store import JobStore
+
+log = structlog.get_logger(__name__)
+
+
+class Intake:
+    def __init__(
+        self,
+        inbox: Inbox,
+        store: JobStore,
+        *,
+        shared: Path,
+        outputs_dir: Path,
+        locks_dir: Path,
+        webhooks: Collection[str],
+        models: Callable[[], Collection[str]],
+        on_job: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.inbox = inbox
+        self.store = store
+        self.shared = shared
+        self.outputs_dir = outputs_dir
+        self.locks_dir = locks_dir
+        self.webhooks = webhooks
+        self.models = models
+        self.on_job = on_job
+
+    def recover(self) -> None:
+        """Manifests claimed before a crash but never recorded as jobs are processed again."""
+        for claimed in self.inbox.claimed():
+            if self.store.job_by_claim(claimed) is None:
+                log.info("manifest_recovered", manifest=claimed.name)
+                self.take(claimed)
+
+    def sweep(self, *, rescan: bool) -> int:
+        """Take every complete manifest; with `rescan`, look at the whole folder first (lost events)."""
+        if rescan:
+            for path in self.inbox.scan():
+                self.inbox.note(path)
+        taken = 0
+        for path in self.inbox.ready_paths():
+            claimed = self.inbox.claim(path)
+            if claimed is not None:
+                self.take(claimed)
+                taken += 1
+        return taken
+
+    def take(self, claimed: Path) -> None:
+        try:
+            manifest = load_manifest(
+                claimed,
+                base_dir=self.inbox.folder,
+                shared=self.shared,
+                webhooks=self.webhooks,
+                models=self.models(),
+            )
+        except ManifestError as exc:
+            self.inbox.file_failed(claimed, claimed.name, error_report(exc))
+            log.warning("manifest_rejected", manifest=claimed.name, problems=exc.problems)
+            return
+        except OSError as exc:
+            log.error("manifest_unreadable", manifest=claimed.name, error=str(exc))
+            self.inbox.file_failed(claimed, claimed.name, f"lipsyncd could not read {claimed.name}: {exc}\n")
+            return
+        job = self.store.add_job(manifest, claimed_path=claimed, base_dir=self.inbox.folder)
+        write_links(self.store, job.id, self.outputs_dir, self.locks_dir)
+        log.info(
+            "job_queued",
+            job=job.id,
+            manifest=claimed.name,
+            videos=len(manifest.videos),
+            distribute=job.distribute,
+        )
+        self.on_job()
+
+
+class IntakeThread(threading.Thread):
+    """watchdog events + a periodic full rescan; every loop checks the one stop event."""
+
+    def __init__(self, intake: Intake, stop: threading.Event, *, rescan_interval: float, polling: bool,
+                 beat: Callable[[], None] = lambda: None) -> None:  # fmt: skip
+        super().__init__(name="intake", daemon=True)
+        self.intake = intake
+        self.stop = stop
+        self.rescan_interval = rescan_interval
+        self.polling = polling
+        self.beat = beat
+        self.wake = threading.Event()
+
+    def run(self) -> None:
+        observer = watch(self.intake.inbox, self.wake, polling=self.polling)
+        next_rescan = 0.0
+        try:
+            while not self.stop.is_set():
+                rescan = time.monotonic() >= next_rescan
+                if rescan:
+                    next_rescan = time.monotonic() + self.rescan_interval
+                self._sweep(rescan)
+                self.beat()
+                self.wake.wait(timeout=0.25)
+                self.wake.clear()
+        finally:
+            observer.stop()
+            observer.join(timeout=5)
+
+    def _sweep(self, rescan: bool) -> None:
+        try:
+            self.intake.sweep(rescan=rescan)
+        except Exception:  # one bad file must not stop the intake; the next sweep tries again
+            log.exception("intake_error")

@@ -1,0 +1,302 @@
+"""Job manifests (DESIGN.md section 2): parse YAML or JSON, validate strictly, keep media inside the share.
+
+Every problem found is collected, so a user fixing a manifest sees all of them at once.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import unicodedata
+from collections.abc import Collection
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from daemon.config import parse_duration
+
+MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
+MAX_MANIFEST_BYTES = 1_000_000
+MAX_VIDEOS = 1000
+MAX_LINK_TTL = 604800  # seconds: the SigV4 limit for presigned URLs
+KEYS = ("name", "audio", "videos", "distribute", "link_ttl", "notify", "model")
+EXAMPLE = "name: spring-promo\naudio: media/promo.wav\nvideos:\n  - media/anchor_a.mp4\n"
+
+
+class ManifestError(Exception):
+    """Why a manifest cannot become a job; `problems` are plain-words lines."""
+
+    def __init__(self, path: Path, problems: list[str]) -> None:
+        self.path = path
+        self.problems = problems
+        super().__init__(f"{path.name}: " + "; ".join(problems))
+
+
+@dataclass(frozen=True)
+class MediaRef:
+    """A media file as the user wrote it and where it really is."""
+
+    written: str
+    path: Path
+
+
+@dataclass(frozen=True)
+class Manifest:
+    source: Path  # the manifest file as it was found
+    name: str  # safe for folder and object names
+    audio: MediaRef
+    videos: tuple[MediaRef, ...]
+    distribute: bool = False
+    link_ttl: float | None = None  # seconds; None means the configured default
+    notify: tuple[str, ...] = ()
+    model: str | None = None
+
+
+def is_manifest_name(path: Path) -> bool:
+    """Candidates the inbox takes: visible files with a manifest suffix (temp files start with '.')."""
+    return path.suffix.lower() in MANIFEST_SUFFIXES and not path.name.startswith((".", "~"))
+
+
+def job_name(raw: str) -> str:
+    """A folder- and key-safe name: letters of any script, digits, '-', '_' and '.'; other runs become '-'."""
+    text = unicodedata.normalize("NFC", raw)
+    text = re.sub(r"[^\w.-]+", "-", text).strip("-.")
+    return text[:100]
+
+
+def load_manifest(
+    path: Path,
+    *,
+    base_dir: Path,
+    shared: Path,
+    webhooks: Collection[str] = (),
+    models: Collection[str] | None = None,
+) -> Manifest:
+    """Read `path` and validate it; media paths are relative to `base_dir` and must stay inside `shared`."""
+    data = _read(path)
+    problems: list[str] = []
+    unknown = sorted(set(data) - set(KEYS), key=str)
+    if unknown:
+        names = ", ".join(repr(k) for k in unknown)
+        problems.append(f"unknown key(s) {names}; the keys a manifest may have are: {', '.join(KEYS)}")
+    check = _Checker(problems, base_dir.resolve(), shared.resolve())
+    manifest = Manifest(
+        source=path,
+        name=check.name(data.get("name"), path),
+        audio=check.media("audio", data.get("audio")) or MediaRef("", Path()),
+        videos=check.videos(data.get("videos")),
+        distribute=check.flag("distribute", data.get("distribute", False)),
+        link_ttl=check.ttl(data.get("link_ttl")),
+        notify=check.notify(data.get("notify"), webhooks),
+        model=check.model(data.get("model"), models),
+    )
+    if problems:
+        raise ManifestError(path, problems)
+    return manifest
+
+
+# -- reading -----------------------------------------------------------------------------------------
+
+
+class _NoAliasLoader(yaml.SafeLoader):
+    """Anchors and aliases have no use in a manifest and enable 'billion laughs' bombs: refuse them."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:  # type: ignore[override]
+        if self.check_event(yaml.AliasEvent):
+            raise yaml.YAMLError("YAML aliases (*name) are not allowed in a manifest")
+        return super().compose_node(parent, index)
+
+
+def _read(path: Path) -> dict[str, Any]:
+    def fail(problem: str) -> ManifestError:
+        return ManifestError(path, [problem])
+
+    size = path.stat().st_size
+    if size > MAX_MANIFEST_BYTES:
+        raise fail(
+            f"the file is {size} bytes; a manifest is a few lines (at most {MAX_MANIFEST_BYTES} bytes)"
+        )
+    raw = path.read_bytes()
+    if b"\x00" in raw:
+        raise fail("the file contains NUL bytes; save it as plain UTF-8 text")
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise fail(f"the file is not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
+    try:
+        data = _parse(path, text)
+    except (yaml.YAMLError, json.JSONDecodeError) as exc:
+        kind = "JSON" if path.suffix.lower() == ".json" else "YAML"
+        raise fail(f"it is not valid {kind}: {_first_line(exc)}") from None
+    except RecursionError:
+        raise fail("it is nested far too deeply to be a manifest") from None
+    if not isinstance(data, dict):
+        raise fail(f"it must be a mapping of keys to values, for example:\n{EXAMPLE}")
+    return data
+
+
+def _parse(path: Path, text: str) -> Any:
+    if path.suffix.lower() == ".json":
+        return json.loads(text)
+    return yaml.load(text, Loader=_NoAliasLoader)  # noqa: S506 - a SafeLoader subclass
+
+
+def _first_line(exc: Exception) -> str:
+    return " ".join(str(exc).split())[:300]
+
+
+# -- checking ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Checker:
+    problems: list[str]
+    base_dir: Path
+    shared: Path
+
+    def name(self, raw: Any, path: Path) -> str:
+        if raw is None:
+            raw = path.stem
+        elif not isinstance(raw, str):
+            self.problems.append(f"'name' must be text, got {_kind(raw)}")
+            return ""
+        name = job_name(raw)
+        if not name:
+            self.problems.append(f"'name' {raw!r} has no letters or digits to name a folder with")
+        return name
+
+    def media(self, key: str, raw: Any) -> MediaRef | None:
+        if raw is None:
+            self.problems.append(f"'{key}' is missing: give the path of the file, relative to the manifest")
+            return None
+        if not isinstance(raw, str) or not raw.strip():
+            self.problems.append(f"'{key}' must be a file path (text), got {_kind(raw)}")
+            return None
+        problem = _media_problem(raw, self.base_dir, self.shared)
+        if problem:
+            self.problems.append(f"'{key}' {raw!r}: {problem}")
+            return None
+        return MediaRef(raw, (self.base_dir / raw).resolve())
+
+    def videos(self, raw: Any) -> tuple[MediaRef, ...]:
+        if raw is None:
+            self.problems.append("'videos' is missing: list one or more avatar videos (or images)")
+            return ()
+        if isinstance(raw, str):
+            raw = [raw]
+        if not isinstance(raw, list) or not raw:
+            self.problems.append(f"'videos' must be a list of file paths, got {_kind(raw)}")
+            return ()
+        if len(raw) > MAX_VIDEOS:
+            self.problems.append(f"'videos' lists {len(raw)} files; split the job (at most {MAX_VIDEOS})")
+            return ()
+        refs = [self.media(f"videos[{i}]", item) for i, item in enumerate(raw)]
+        found = [r for r in refs if r is not None]
+        self._no_repeats(found)
+        return tuple(found)
+
+    def _no_repeats(self, refs: list[MediaRef]) -> None:
+        seen: dict[Path, str] = {}
+        for ref in refs:
+            if ref.path in seen:
+                self.problems.append(f"'videos' lists {ref.written!r} twice (also as {seen[ref.path]!r})")
+            seen.setdefault(ref.path, ref.written)
+
+    def flag(self, key: str, raw: Any) -> bool:
+        if not isinstance(raw, bool):
+            self.problems.append(f"'{key}' must be true or false, got {raw!r}")
+            return False
+        return raw
+
+    def ttl(self, raw: Any) -> float | None:
+        if raw is None:
+            return None
+        try:
+            seconds = parse_duration(raw)
+        except ValueError as exc:
+            self.problems.append(f"'link_ttl': {exc}")
+            return None
+        if not 1 <= seconds <= MAX_LINK_TTL:
+            self.problems.append(
+                f"'link_ttl' {raw!r} is out of range: links can last from 1s up to 7d (604800 seconds), "
+                "the limit of signed S3 links"
+            )
+            return None
+        return seconds
+
+    def notify(self, raw: Any, webhooks: Collection[str]) -> tuple[str, ...]:
+        if raw is None:
+            return ()
+        if isinstance(raw, str):
+            raw = [raw]
+        if not isinstance(raw, list) or not all(isinstance(x, str) for x in raw):
+            self.problems.append(f"'notify' must be a list of webhook names, got {_kind(raw)}")
+            return ()
+        for name in raw:
+            if name not in webhooks:
+                known = ", ".join(sorted(webhooks)) or "none are configured"
+                self.problems.append(f"'notify': no webhook named {name!r} in the configuration ({known})")
+        return tuple(raw)
+
+    def model(self, raw: Any, models: Collection[str] | None) -> str | None:
+        if raw is None:
+            return None
+        if not isinstance(raw, str) or not raw:
+            self.problems.append(f"'model' must be a model name, got {_kind(raw)}")
+            return None
+        if models is not None and raw not in models:
+            known = ", ".join(sorted(models))
+            self.problems.append(
+                f"'model': no model named {raw!r} (available: {known}); see `lipsyncd model list`"
+            )
+        return raw
+
+
+def _media_problem(raw: str, base_dir: Path, shared: Path) -> str | None:
+    """Why this path cannot be used, or None. Resolving follows symlinks, so escapes through them show."""
+    if "\x00" in raw:
+        return "the path contains a NUL character"
+    if ".." in Path(raw).parts:
+        return "paths may not contain '..'; put the file in the shared folder and name it from there"
+    try:
+        real = (base_dir / raw).resolve()
+    except (OSError, RuntimeError) as exc:
+        return f"the path cannot be resolved ({exc})"
+    if not real.is_relative_to(shared):
+        return "the file lies outside the shared folder (directly or through a symbolic link); copy it in"
+    if not real.exists():
+        return f"the file does not exist (looked for {real.relative_to(shared)} in the shared folder)"
+    if not real.is_file():
+        return "this is not a regular file"
+    return None
+
+
+def _kind(value: Any) -> str:
+    names = {
+        dict: "a mapping",
+        list: "a list",
+        str: "text",
+        bool: "true/false",
+        int: "a number",
+        float: "a number",
+    }
+    return names.get(type(value), type(value).__name__) + (
+        f" {value!r}" if isinstance(value, (int, float)) else ""
+    )
+
+
+def error_report(error: ManifestError) -> str:
+    """The text of inbox/failed/NAME.error.txt: what is wrong and how to fix it, for a non-programmer."""
+    lines = [f"lipsyncd could not start a job from {error.path.name}.", "", "What is wrong:"]
+    lines += [f"  - {problem}" for problem in error.problems]
+    lines += [
+        "",
+        "How to fix it: correct the manifest and drop it into the inbox again.",
+        "Your media files were not touched. An example manifest:",
+        "",
+        *("  " + line for line in EXAMPLE.splitlines()),
+        "",
+    ]
+    return "\n".join(lines)

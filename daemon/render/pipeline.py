@@ -1,0 +1,265 @@
+"""Render one avatar video against a job's audio, streaming, in three overlapped stages:
+
+    decode + face track (thread) -> batched inference (thread) -> blend + encode (caller's thread)
+
+Queues between the stages are bounded, so memory stays the same whatever the video's length. Any stage
+failing stops the others and the error surfaces in the caller; a stop request abandons the output (the
+encoder removes its temp file) and raises `Interrupted`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from daemon.render import audio as audio_features
+from daemon.render.blend import paste_back
+from daemon.render.faces import crop_face, track_faces
+from daemon.render.media import VideoEncoder, iter_frames, load_audio, probe_video
+from daemon.render.model import LipSyncModel, prepare_faces, to_images
+from daemon.render.timeline import TimelineFrame, timeline
+from daemon.render.types import FaceDetector, VideoInfo
+
+SILENT_MEL = -4.0  # the normalised floor: what the mel of silence looks like
+
+
+class Interrupted(BaseException):
+    """A stop was requested mid-render. BaseException, so `except Exception` cannot swallow it."""
+
+
+@dataclass(frozen=True)
+class RenderSettings:
+    batch_size: int = 16
+    detect_every: int = 5
+    audio_longer: str = "pingpong"
+    video_longer: str = "cut"
+    encoder: str = "libx264"
+    crf: int = 20
+    preset: str = "veryfast"
+    queue_batches: int = 3  # batches in flight between two stages: the memory bound
+
+
+@dataclass(frozen=True)
+class JobAudio:
+    """Computed once per job and shared by all its videos."""
+
+    path: Path
+    samples: int
+    mel: np.ndarray  # (80, T) normalised
+
+    @property
+    def seconds(self) -> float:
+        return self.samples / audio_features.SAMPLE_RATE
+
+
+@dataclass(frozen=True)
+class RenderResult:
+    output: Path
+    frames: int
+    faceless_frames: int
+    fps: float
+    seconds: float  # wall time
+
+
+@dataclass(frozen=True)
+class _Batch:
+    items: list[TimelineFrame]
+    faces: list[np.ndarray | None]  # model output per item, None where the frame has no face
+
+
+_DONE = object()
+
+
+def prepare_audio(path: Path) -> JobAudio:
+    wav = load_audio(path)
+    return JobAudio(path=path, samples=len(wav), mel=audio_features.mel_spectrogram(wav))
+
+
+@dataclass
+class VideoRender:
+    """One render; `run()` returns the result or raises (MediaError, Interrupted, ...)."""
+
+    source: Path
+    audio: JobAudio
+    out_path: Path
+    model: LipSyncModel
+    detector: FaceDetector
+    settings: RenderSettings
+    scratch_dir: Path
+    stop: threading.Event
+    on_progress: Callable[[float], None] = lambda fraction: None
+    beat: Callable[[], None] = lambda: None
+
+    def run(self) -> RenderResult:
+        started = time.monotonic()
+        info = probe_video(self.source)
+        total = audio_features.frame_count(self.audio.samples, info.fps)
+        frames_q: queue.Queue[Any] = queue.Queue(
+            maxsize=self.settings.batch_size * self.settings.queue_batches
+        )
+        batches_q: queue.Queue[Any] = queue.Queue(maxsize=self.settings.queue_batches)
+        failed = threading.Event()
+        halted = lambda: self.stop.is_set() or failed.is_set()  # noqa: E731
+        workers = [
+            _Worker("decode", lambda: self._decode(info, total, frames_q, halted), frames_q, failed),
+            _Worker("infer", lambda: self._infer(info.fps, frames_q, batches_q, halted), batches_q, failed),
+        ]
+        for worker in workers:
+            worker.start()
+        try:
+            written, faceless = self._encode(info, total, batches_q)
+        finally:
+            failed.set()  # tell any worker still running to give up
+            for worker in workers:
+                worker.join()
+        return RenderResult(self.out_path, written, faceless, info.fps, time.monotonic() - started)
+
+    # -- stage 1: decode and track faces ---------------------------------------------------------------
+
+    def _decode(self, info: VideoInfo, total: int, out: queue.Queue[Any], halted: Callable[[], bool]) -> None:
+        frames = iter_frames(self.source, info)
+        tracked = track_faces(frames, self.detector, detect_every=self.settings.detect_every)
+        needs_replay = info.is_still or info.duration * info.fps < total + info.fps
+        spill_dir = self.scratch_dir if needs_replay else None
+        keep = self.settings.video_longer == "keep"
+        for item in timeline(
+            tracked, total, policy=self.settings.audio_longer, spill_dir=spill_dir, keep_longer_video=keep
+        ):
+            _put(out, item, halted)
+        _put(out, _DONE, halted)
+
+    # -- stage 2: batched inference --------------------------------------------------------------------
+
+    def _infer(
+        self, fps: float, inp: queue.Queue[Any], out: queue.Queue[Any], halted: Callable[[], bool]
+    ) -> None:
+        for items in _batches(inp, self.settings.batch_size, halted):
+            _put(out, _Batch(items, self._faces_for(items, fps)), halted)
+            self.beat()
+        _put(out, _DONE, halted)
+
+    def _faces_for(self, items: list[TimelineFrame], fps: float) -> list[np.ndarray | None]:
+        with_face = [item for item in items if item.crop.box is not None]
+        if not with_face:
+            return [None] * len(items)
+        crops = [crop_face(item.frame, item.crop.box) for item in with_face if item.crop.box is not None]
+        mels = np.stack([self._mel_for(item.index, fps) for item in with_face])[:, None]
+        images = iter(to_images(self.model.infer(mels.astype(np.float32), prepare_faces(crops))))
+        return [next(images) if item.crop.box is not None else None for item in items]
+
+    def _mel_for(self, index: int, fps: float) -> np.ndarray:
+        """The frame's mel window; frames past the audio's end (a kept longer video) hear silence."""
+        if index / fps >= self.audio.seconds:
+            return np.full((80, audio_features.MEL_STEP), SILENT_MEL, dtype=np.float32)
+        return audio_features.mel_window(self.audio.mel, index, fps)
+
+    # -- stage 3: blend and encode ---------------------------------------------------------------------
+
+    def _encode(self, info: VideoInfo, total: int, inp: queue.Queue[Any]) -> tuple[int, int]:
+        written = faceless = 0
+        last_report = 0.0
+        s = self.settings
+        with VideoEncoder(self.out_path, info.width, info.height, info.fps, self.audio.path,
+                          codec=s.encoder, crf=s.crf, preset=s.preset) as encoder:  # fmt: skip
+            for batch in _drain(inp, self.stop):
+                for item, face in zip(batch.items, batch.faces, strict=True):
+                    box = item.crop.box
+                    encoder.write(
+                        item.frame if face is None or box is None else paste_back(item.frame, box, face)
+                    )
+                    faceless += box is None
+                written += len(batch.items)
+                if time.monotonic() - last_report >= 1.0:
+                    last_report = time.monotonic()
+                    self.on_progress(min(written / max(total, 1), 0.99))
+            encoder.close()
+        return written, faceless
+
+
+class _Worker(threading.Thread):
+    """Runs one stage; on failure records the error for the consumer and raises the shared flag."""
+
+    def __init__(
+        self, name: str, target: Callable[[], None], out: queue.Queue[Any], failed: threading.Event
+    ) -> None:
+        super().__init__(name=f"render-{name}", daemon=True)
+        self._target_fn = target
+        self._out = out
+        self._failed = failed
+
+    def run(self) -> None:
+        try:
+            self._target_fn()
+        except _Abandoned:
+            pass
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, which re-raises it
+            self._failed.set()
+            _put_force(self._out, _Failure(exc))
+
+
+@dataclass(frozen=True)
+class _Failure:
+    error: BaseException
+
+
+class _Abandoned(Exception):
+    """A stage gave up because another stage failed or a stop was requested."""
+
+
+def _put(q: queue.Queue[Any], item: Any, halted: Callable[[], bool]) -> None:
+    while True:
+        if halted():
+            raise _Abandoned
+        try:
+            q.put(item, timeout=0.2)
+            return
+        except queue.Full:
+            continue
+
+
+def _put_force(q: queue.Queue[Any], item: Any) -> None:
+    """Make room for a failure report: the consumer must see it even if the queue is full."""
+    while True:
+        try:
+            q.put_nowait(item)
+            return
+        except queue.Full:
+            with contextlib.suppress(queue.Empty):
+                q.get_nowait()
+
+
+def _get(q: queue.Queue[Any], halted: Callable[[], bool], on_halt: type[BaseException]) -> Any:
+    while True:
+        try:
+            item = q.get(timeout=0.2)
+        except queue.Empty:
+            if halted():
+                raise on_halt from None
+            continue
+        if isinstance(item, _Failure):
+            raise item.error
+        return item
+
+
+def _batches(q: queue.Queue[Any], size: int, halted: Callable[[], bool]) -> Iterator[list[TimelineFrame]]:
+    batch: list[TimelineFrame] = []
+    while (item := _get(q, halted, _Abandoned)) is not _DONE:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _drain(q: queue.Queue[Any], stop: threading.Event) -> Iterator[_Batch]:
+    while (item := _get(q, stop.is_set, Interrupted)) is not _DONE:
+        yield item

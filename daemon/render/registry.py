@@ -1,0 +1,60 @@
+"""The models directory: which models exist, and one open ONNX session per model, shared by all jobs."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import structlog
+
+from daemon.render.baseline import write_baseline
+from daemon.render.model import LipSyncModel, choose_providers
+from daemon.render.modelspec import SPEC_NAME
+
+log = structlog.get_logger(__name__)
+
+BASELINE = "baseline"
+
+
+def available_models(models_dir: Path) -> list[str]:
+    """Model names a manifest may ask for: every folder with a spec, and the built-in baseline."""
+    found = {p.parent.name for p in models_dir.glob(f"*/{SPEC_NAME}")} if models_dir.is_dir() else set()
+    return sorted(found | {BASELINE})
+
+
+class ModelPool:
+    """Opens each model once, on first use. The baseline is (re)generated if its folder is missing."""
+
+    def __init__(
+        self, models_dir: Path, *, providers: str, precision: str | None, threads: int, device_id: int = 0
+    ):
+        self.models_dir = models_dir
+        self.providers, self.provider_reason = choose_providers(providers)
+        self.precision = precision
+        self.threads = threads
+        self.device_id = device_id
+        self._open: dict[str, LipSyncModel] = {}
+        self._lock = threading.Lock()
+
+    def get(self, name: str) -> LipSyncModel:
+        with self._lock:
+            if name not in self._open:
+                self._open[name] = self._load(name)
+            return self._open[name]
+
+    def _load(self, name: str) -> LipSyncModel:
+        folder = self.models_dir / name
+        if name == BASELINE and not (folder / SPEC_NAME).exists():
+            write_baseline(folder)
+        if not (folder / SPEC_NAME).exists():
+            raise LookupError(f"no model named {name!r} in {self.models_dir}; see `lipsyncd model list`")
+        precision = self.precision if name != BASELINE else None
+        model = LipSyncModel.open(
+            folder,
+            providers=self.providers,
+            precision=precision,
+            threads=self.threads,
+            device_id=self.device_id,
+        )
+        log.info("model_loaded", model=name, provider=model.provider, reason=self.provider_reason)
+        return model

@@ -1,0 +1,225 @@
+"""The render worker: takes queued jobs from the store and renders their videos one after another.
+
+Failures are caught in one place per unit of work: a video that cannot render is marked failed with a
+plain-words reason and the job goes on; a job whose audio is unusable fails as a whole. A stop request
+(`Interrupted`) puts the video back in the queue, so a restart renders it again and nothing else.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import structlog
+
+from daemon.inbox import Inbox
+from daemon.links import write_links
+from daemon.render.faces import detector_by_name
+from daemon.render.media import MediaError
+from daemon.render.pipeline import (
+    Interrupted,
+    JobAudio,
+    RenderResult,
+    RenderSettings,
+    VideoRender,
+    prepare_audio,
+)
+from daemon.render.registry import ModelPool
+from daemon.render.types import FaceDetector
+from daemon.store import Job, JobState, JobStore, Video, VideoState
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class RenderPaths:
+    outputs_dir: Path
+    scratch_dir: Path
+    locks_dir: Path
+    models_dir: Path
+
+
+@dataclass
+class Progress:
+    """What the service is doing now, for `STATUS=` lines and `lipsyncd status`."""
+
+    job: str | None = None
+    video: str | None = None
+    fraction: float = 0.0
+
+
+class RenderService:
+    def __init__(
+        self,
+        store: JobStore,
+        inbox: Inbox,
+        models: ModelPool,
+        *,
+        paths: RenderPaths,
+        settings: RenderSettings,
+        default_model: str,
+        detector: str,
+        stop: threading.Event,
+        beat: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.store = store
+        self.inbox = inbox
+        self.models = models
+        self.paths = paths
+        self.settings = settings
+        self.default_model = default_model
+        self.detector_name = detector
+        self.stop = stop
+        self.beat = beat
+        self.progress = Progress()
+        self.wake = threading.Event()
+        self._detector: FaceDetector | None = None
+
+    def detector(self) -> FaceDetector:
+        if self._detector is None:
+            self._detector = detector_by_name(self.detector_name, self.paths.models_dir)
+        return self._detector
+
+    def recover(self) -> None:
+        for video in self.store.videos_in(VideoState.RENDERING):
+            self.store.update_video(video.job_id, video.output, VideoState.QUEUED, progress=0.0)
+            log.info("render_requeued", job=video.job_id, video=video.output)
+        for job in self.store.jobs(JobState.RENDERING):
+            write_links(self.store, job.id, self.paths.outputs_dir, self.paths.locks_dir)
+
+    def next_job(self) -> Job | None:
+        jobs = self.store.jobs(JobState.RENDERING, JobState.QUEUED)
+        return jobs[0] if jobs else None
+
+    def run_pending(self) -> int:
+        """Render every job waiting now; returns how many were finished. Raises Interrupted on stop."""
+        done = 0
+        while not self.stop.is_set() and (job := self.next_job()) is not None:
+            self.render_job(job)
+            done += 1
+        return done
+
+    def run_forever(self) -> None:
+        while not self.stop.is_set():
+            self.run_pending()
+            self.beat()
+            self.wake.wait(timeout=1.0)
+            self.wake.clear()
+
+    # -- one job -------------------------------------------------------------------------------------
+
+    def render_job(self, job: Job) -> None:
+        with structlog.contextvars.bound_contextvars(job=job.id):
+            if job.state == JobState.QUEUED:
+                self.store.set_job(job.id, JobState.RENDERING)
+            self._links(job.id)
+            started = time.monotonic()
+            try:
+                audio = prepare_audio(Path(job.audio))
+            except MediaError as exc:
+                self._fail_job(job, f"the audio {job.audio_written!r} cannot be used: {exc}")
+                return
+            for video in self.store.videos(job.id):
+                if video.state == VideoState.QUEUED:
+                    self.render_video(job, video, audio)
+            self._finish_job(job, time.monotonic() - started)
+
+    def _finish_job(self, job: Job, seconds: float) -> None:
+        videos = self.store.videos(job.id)
+        rendered = [v for v in videos if v.state != VideoState.FAILED]
+        if not rendered:
+            reasons = "\n".join(f"  - {v.source_written}: {v.error}" for v in videos)
+            self._fail_job(job, f"no video of this job could be rendered:\n{reasons}")
+            return
+        self.store.set_job(job.id, JobState.RENDERED)
+        if not job.distribute:
+            self.store.set_job(job.id, JobState.DONE)
+        self._links(job.id)
+        self.inbox.file_done(Path(job.claimed_path), job.manifest)
+        failed = len(videos) - len(rendered)
+        log.info("job_rendered", videos=len(videos), failed=failed, seconds=round(seconds, 1))
+
+    def _fail_job(self, job: Job, reason: str) -> None:
+        for video in self.store.videos(job.id):
+            if video.state in (VideoState.QUEUED, VideoState.RENDERING):
+                self.store.update_video(job.id, video.output, VideoState.FAILED, error="the job failed")
+        self.store.set_job(job.id, JobState.FAILED, error=reason)
+        self._links(job.id)
+        report = f"lipsyncd could not render the job from {job.manifest}.\n\nWhat is wrong:\n  {reason}\n"
+        self.inbox.file_failed(Path(job.claimed_path), job.manifest, report)
+        log.warning("job_failed", reason=reason)
+
+    # -- one video -----------------------------------------------------------------------------------
+
+    def render_video(self, job: Job, video: Video, audio: JobAudio) -> None:
+        model_name = job.model or self.default_model
+        with structlog.contextvars.bound_contextvars(video=video.output, model=model_name):
+            self.store.update_video(job.id, video.output, VideoState.RENDERING, progress=0.0, error=None)
+            self.progress = Progress(job.id, video.output, 0.0)
+            self._links(job.id)
+            try:
+                result = self._render(job, video, audio, model_name)
+            except Interrupted:
+                self.store.update_video(job.id, video.output, VideoState.QUEUED, progress=0.0)
+                self._links(job.id)
+                log.info("render_interrupted")
+                raise
+            except (MediaError, LookupError) as exc:
+                self._fail_video(job, video, str(exc))
+                return
+            except Exception as exc:
+                log.exception("render_crashed")
+                self._fail_video(
+                    job, video, f"an internal error stopped this render ({type(exc).__name__}: {exc})"
+                )
+                return
+            out = result.output
+            self.store.update_video(
+                job.id, video.output, VideoState.RENDERED, progress=1.0, frames=result.frames,
+                faceless_frames=result.faceless_frames, size=out.stat().st_size, sha256=_sha256(out),
+                model=model_name, rendered_at=time.time(),
+            )  # fmt: skip
+            self._links(job.id)
+            fps = result.frames / result.seconds if result.seconds else 0.0
+            log.info("video_rendered", frames=result.frames, faceless_frames=result.faceless_frames,
+                     seconds=round(result.seconds, 2), fps=round(fps, 1))  # fmt: skip
+
+    def _render(self, job: Job, video: Video, audio: JobAudio, model_name: str) -> RenderResult:
+        model = self.models.get(model_name)
+        out_path = self.paths.outputs_dir / job.id / video.output
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        last = [0.0]
+
+        def on_progress(fraction: float) -> None:
+            self.progress.fraction = fraction
+            self.beat()
+            if fraction - last[0] >= 0.02:
+                last[0] = fraction
+                self.store.update_video(job.id, video.output, progress=fraction)
+                self._links(job.id)
+
+        return VideoRender(
+            source=Path(video.source), audio=audio, out_path=out_path, model=model, detector=self.detector(),
+            settings=self.settings, scratch_dir=self.paths.scratch_dir, stop=self.stop,
+            on_progress=on_progress, beat=self.beat,
+        ).run()  # fmt: skip
+
+    def _fail_video(self, job: Job, video: Video, reason: str) -> None:
+        self.store.update_video(job.id, video.output, VideoState.FAILED, error=reason)
+        self._links(job.id)
+        log.warning("video_failed", reason=reason)
+
+    def _links(self, job_id: str) -> None:
+        write_links(self.store, job_id, self.paths.outputs_dir, self.paths.locks_dir)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -1,0 +1,353 @@
+"""The job store: one SQLite file in the state directory, the single source of truth for progress.
+
+Both watchers (render and upload, separate processes) open the same file; WAL mode lets them read while
+the other writes. Every state change is one short transaction, so a `kill -9` loses nothing committed.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, fields
+from enum import Enum, StrEnum
+from pathlib import Path
+from typing import Any
+
+from daemon.manifest import Manifest, job_name
+
+DB_NAME = "lipsyncd.db"
+
+
+class StoreError(Exception):
+    """The state database cannot be used (locked, read-only, corrupt): an operator problem."""
+
+
+class VideoState(StrEnum):
+    QUEUED = "queued"
+    RENDERING = "rendering"
+    RENDERED = "rendered"
+    UPLOADING = "uploading"
+    READY = "ready"
+    FAILED = "failed"
+
+
+class JobState(StrEnum):
+    QUEUED = "queued"
+    RENDERING = "rendering"
+    RENDERED = "rendered"  # every video rendered or failed; distribution may still run
+    DONE = "done"  # nothing left to do for this job
+    FAILED = "failed"  # the job as a whole could not run (its audio is unusable, say)
+
+
+_VIDEO_MOVES: dict[VideoState, set[VideoState]] = {
+    VideoState.QUEUED: {VideoState.RENDERING, VideoState.FAILED},
+    VideoState.RENDERING: {VideoState.QUEUED, VideoState.RENDERED, VideoState.FAILED},
+    VideoState.RENDERED: {VideoState.UPLOADING, VideoState.FAILED},
+    VideoState.UPLOADING: {VideoState.RENDERED, VideoState.READY, VideoState.FAILED},
+    VideoState.READY: set(),
+    VideoState.FAILED: set(),
+}
+_JOB_MOVES: dict[JobState, set[JobState]] = {
+    JobState.QUEUED: {JobState.RENDERING, JobState.FAILED},
+    JobState.RENDERING: {JobState.QUEUED, JobState.RENDERED, JobState.FAILED},
+    JobState.RENDERED: {JobState.DONE, JobState.FAILED},
+    JobState.DONE: set(),
+    JobState.FAILED: set(),
+}
+
+
+class InvalidTransition(Exception):
+    pass
+
+
+def check_move(old: Enum, new: Enum) -> None:
+    """The one transition rule: finished states are final; anything else must be a listed move."""
+    moves: dict[Any, set[Any]] = _VIDEO_MOVES if isinstance(old, VideoState) else _JOB_MOVES
+    if new != old and new not in moves[old]:
+        raise InvalidTransition(f"cannot move from {old.value} to {new.value}")
+
+
+@dataclass(frozen=True)
+class Job:
+    id: str  # also the output folder name and the job part of object keys
+    manifest: str  # the manifest's file name as the user dropped it
+    claimed_path: str  # where the claimed manifest sits while the job runs
+    base_dir: str  # the folder media paths are relative to
+    audio: str  # resolved path
+    audio_written: str
+    distribute: bool
+    link_ttl: float | None
+    notify: tuple[str, ...]
+    model: str | None
+    state: JobState
+    error: str | None
+    created: float
+    updated: float
+    notified: bool
+
+
+@dataclass(frozen=True)
+class Video:
+    job_id: str
+    output: str  # file name inside outputs/latest_batch/JOB/
+    position: int
+    source: str  # resolved path
+    source_written: str  # as the manifest wrote it
+    state: VideoState
+    progress: float
+    error: str | None
+    model: str | None
+    frames: int | None
+    faceless_frames: int | None
+    size: int | None
+    sha256: str | None
+    object_key: str | None
+    url: str | None
+    expires_at: float | None
+    upload_id: str | None
+    rendered_at: float | None
+    evicted: bool
+    updated: float
+
+
+@dataclass(frozen=True)
+class Part:
+    part_number: int
+    etag: str
+    size: int
+    checksum: str
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY, manifest TEXT NOT NULL, claimed_path TEXT NOT NULL, base_dir TEXT NOT NULL,
+    audio TEXT NOT NULL, audio_written TEXT NOT NULL, distribute INTEGER NOT NULL, link_ttl REAL,
+    notify TEXT NOT NULL, model TEXT, state TEXT NOT NULL, error TEXT,
+    created REAL NOT NULL, updated REAL NOT NULL, notified INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS videos (
+    job_id TEXT NOT NULL REFERENCES jobs(id), output TEXT NOT NULL, position INTEGER NOT NULL,
+    source TEXT NOT NULL, source_written TEXT NOT NULL, state TEXT NOT NULL, progress REAL NOT NULL DEFAULT 0,
+    error TEXT, model TEXT, frames INTEGER, faceless_frames INTEGER, size INTEGER, sha256 TEXT,
+    object_key TEXT, url TEXT, expires_at REAL, upload_id TEXT, rendered_at REAL,
+    evicted INTEGER NOT NULL DEFAULT 0, updated REAL NOT NULL,
+    PRIMARY KEY (job_id, output)
+);
+CREATE TABLE IF NOT EXISTS parts (
+    object_key TEXT NOT NULL, upload_id TEXT NOT NULL, part_number INTEGER NOT NULL,
+    etag TEXT NOT NULL, size INTEGER NOT NULL, checksum TEXT NOT NULL,
+    PRIMARY KEY (object_key, upload_id, part_number)
+);
+"""
+
+
+class JobStore:
+    """Thread-safe access to the store. Open one per process; pass it to whoever needs it."""
+
+    def __init__(self, state_dir: Path, *, timeout: float = 30.0) -> None:
+        self.path = state_dir / DB_NAME
+        self._lock = threading.RLock()
+        try:
+            state_dir.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(
+                self.path, timeout=timeout, check_same_thread=False, isolation_level=None
+            )
+            self._db.row_factory = sqlite3.Row
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(_SCHEMA)
+        except (sqlite3.Error, OSError) as exc:
+            raise StoreError(
+                f"cannot open the job store {self.path}: {exc}. Check that the state directory exists, "
+                "is writable by this user, and that no other program holds the database locked."
+            ) from exc
+        self.path.chmod(0o600)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    # -- jobs ----------------------------------------------------------------------------------------
+
+    def add_job(self, manifest: Manifest, *, claimed_path: Path, base_dir: Path) -> Job:
+        """Record a validated manifest as a new job with all its videos queued; picks a free job id."""
+        now = time.time()
+        with self._tx() as db:
+            job_id = self._free_id(db, manifest.name)
+            db.execute(
+                "INSERT INTO jobs VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,0)",
+                (job_id, manifest.source.name, str(claimed_path), str(base_dir), str(manifest.audio.path),
+                 manifest.audio.written, int(manifest.distribute), manifest.link_ttl,
+                 json.dumps(list(manifest.notify)), manifest.model, JobState.QUEUED.value, None, now, now),
+            )  # fmt: skip
+            for position, (ref, output) in enumerate(
+                zip(manifest.videos, output_names(manifest), strict=True)
+            ):
+                db.execute(
+                    "INSERT INTO videos (job_id, output, position, source, source_written, state, updated)"
+                    " VALUES (?,?,?,?,?,?,?)",
+                    (job_id, output, position, str(ref.path), ref.written, VideoState.QUEUED.value, now),
+                )
+        job = self.job(job_id)
+        assert job is not None
+        return job
+
+    @staticmethod
+    def _free_id(db: sqlite3.Connection, name: str) -> str:
+        candidate, n = name, 1
+        while db.execute("SELECT 1 FROM jobs WHERE id = ?", (candidate,)).fetchone():
+            n += 1
+            candidate = f"{name}-{n}"
+        return candidate
+
+    def job(self, job_id: str) -> Job | None:
+        with self._lock:
+            row = self._db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return _job(row) if row else None
+
+    def job_by_claim(self, claimed_path: Path) -> Job | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT * FROM jobs WHERE claimed_path = ?", (str(claimed_path),)
+            ).fetchone()
+        return _job(row) if row else None
+
+    def jobs(self, *states: JobState) -> list[Job]:
+        query, args = "SELECT * FROM jobs", ()
+        if states:
+            query += f" WHERE state IN ({','.join('?' * len(states))})"
+            args = tuple(s.value for s in states)
+        with self._lock:
+            rows = self._db.execute(query + " ORDER BY created, id", args).fetchall()
+        return [_job(row) for row in rows]
+
+    def set_job(self, job_id: str, state: JobState, *, error: str | None = None) -> None:
+        with self._tx() as db:
+            old = JobState(db.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()[0])
+            check_move(old, state)
+            db.execute(
+                "UPDATE jobs SET state = ?, error = ?, updated = ? WHERE id = ?",
+                (state.value, error, time.time(), job_id),
+            )
+
+    def mark_notified(self, job_id: str) -> bool:
+        """True for the one caller that flips the flag (notifications go out once)."""
+        with self._tx() as db:
+            cur = db.execute("UPDATE jobs SET notified = 1 WHERE id = ? AND notified = 0", (job_id,))
+            return cur.rowcount == 1
+
+    # -- videos --------------------------------------------------------------------------------------
+
+    def videos(self, job_id: str) -> list[Video]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT * FROM videos WHERE job_id = ? ORDER BY position", (job_id,)
+            ).fetchall()
+        return [_video(row) for row in rows]
+
+    def video(self, job_id: str, output: str) -> Video | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT * FROM videos WHERE job_id = ? AND output = ?", (job_id, output)
+            ).fetchone()
+        return _video(row) if row else None
+
+    def videos_in(self, *states: VideoState) -> list[Video]:
+        marks = ",".join("?" * len(states))
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT * FROM videos WHERE state IN ({marks}) ORDER BY updated, job_id, position",
+                tuple(s.value for s in states),
+            ).fetchall()
+        return [_video(row) for row in rows]
+
+    def update_video(self, job_id: str, output: str, state: VideoState | None = None, **values: Any) -> None:
+        """Move a video to `state` (checked) and/or set columns such as progress, size, url."""
+        unknown = set(values) - _VIDEO_COLUMNS
+        if unknown:
+            raise ValueError(f"unknown video fields {sorted(unknown)}")
+        with self._tx() as db:
+            if state is not None:
+                row = db.execute("SELECT state FROM videos WHERE job_id = ? AND output = ?", (job_id, output))
+                check_move(VideoState(row.fetchone()[0]), state)
+                values["state"] = state.value
+            values["updated"] = time.time()
+            sets = ", ".join(f"{key} = ?" for key in values)
+            db.execute(
+                f"UPDATE videos SET {sets} WHERE job_id = ? AND output = ?",
+                (*values.values(), job_id, output),
+            )
+
+    # -- multipart upload journal (keyed by object key and upload id) ---------------------------------
+
+    def parts(self, object_key: str, upload_id: str) -> list[Part]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT part_number, etag, size, checksum FROM parts WHERE object_key = ? AND upload_id = ?"
+                " ORDER BY part_number",
+                (object_key, upload_id),
+            ).fetchall()
+        return [Part(*row) for row in rows]
+
+    def add_part(self, object_key: str, upload_id: str, part: Part) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO parts VALUES (?,?,?,?,?,?)",
+                (object_key, upload_id, part.part_number, part.etag, part.size, part.checksum),
+            )
+
+    def forget_parts(self, object_key: str) -> None:
+        with self._tx() as db:
+            db.execute("DELETE FROM parts WHERE object_key = ?", (object_key,))
+
+
+_VIDEO_COLUMNS = {f.name for f in fields(Video)} - {"job_id", "output", "position", "state", "updated"}
+
+
+def output_names(manifest: Manifest) -> list[str]:
+    """VIDEO.mp4 per source; clashing stems (a/x.mp4, b/x.mov) get -2, -3 so nothing is overwritten."""
+    names: list[str] = []
+    for ref in manifest.videos:
+        stem = _safe_stem(ref.path.stem)
+        name, n = f"{stem}.mp4", 1
+        while name in names:
+            n += 1
+            name = f"{stem}-{n}.mp4"
+        names.append(name)
+    return names
+
+
+def _safe_stem(stem: str) -> str:
+    return job_name(stem) or "video"
+
+
+def _job(row: sqlite3.Row) -> Job:
+    data = dict(row)
+    data.update(
+        distribute=bool(data["distribute"]),
+        notify=tuple(json.loads(data["notify"])),
+        state=JobState(data["state"]),
+        notified=bool(data["notified"]),
+    )
+    return Job(**data)
+
+
+def _video(row: sqlite3.Row) -> Video:
+    data = dict(row)
+    data.update(state=VideoState(data["state"]), evicted=bool(data["evicted"]))
+    return Video(**data)
