@@ -66,7 +66,7 @@ def reference_smoothened(boxes: list[list[int]], T: int = 5) -> np.ndarray:  # n
     """Wav2Lip inference.py `get_smoothened_boxes`, verbatim (boxes is an int array there)."""
     boxes = np.array(boxes)
     for i in range(len(boxes)):
-        if i + T > len(boxes):
+        if i + T > len(boxes):  # noqa: SIM108  (kept as the reference writes it)
             window = boxes[len(boxes) - T :]
         else:
             window = boxes[i : i + T]
