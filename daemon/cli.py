@@ -1,0 +1,140 @@
+"""The command line: parse argv, read the environment, call the modules that do the work.
+
+Nothing imports this module; it is the only place that reads argv, the environment and signals.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from daemon.config import Config, ConfigError, config_path, load_config
+
+EXIT_OK, EXIT_FAILED, EXIT_CONFIG = (
+    0,
+    1,
+    78,
+)  # 78 = EX_CONFIG: systemd shows it, and Restart= won't loop on it
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "handler"):
+        parser.print_help()
+        return EXIT_FAILED
+    try:
+        config = load_config(config_path(args.config, os.environ), required=bool(args.config))
+    except ConfigError as exc:
+        print(f"lipsyncd: configuration error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    from daemon.ops.logging import configure_logging
+
+    configure_logging(config.logging.format, config.logging.level)
+    try:
+        return int(args.handler(args, config) or EXIT_OK)
+    except _UserError as exc:
+        print(f"lipsyncd: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+
+
+class _UserError(Exception):
+    pass
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lipsyncd", description="Lip-synced presenter videos from a drop folder."
+    )
+    parser.add_argument(
+        "--config", help="YAML configuration (default: $LIPSYNCD_CONFIG or config/lipsyncd.yaml)"
+    )
+    sub = parser.add_subparsers(title="commands", metavar="COMMAND")
+
+    def command(name: str, handler: Callable[..., int | None], text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=text, description=text)
+        p.set_defaults(handler=handler)
+        return p
+
+    render = command("render", _render, "watch the inbox and render jobs (the render watcher)")
+    render.add_argument("--once", action="store_true", help="process what the inbox holds now, then exit")
+
+    submit = command("submit", _submit, "write a manifest into the inbox (copying outside media in)")
+    submit.add_argument("audio", type=Path)
+    submit.add_argument("videos", type=Path, nargs="+")
+    submit.add_argument("--name")
+    submit.add_argument("--distribute", action="store_true", help="upload and write links (off by default)")
+    submit.add_argument("--link-ttl", help="link lifetime, e.g. 24h (at most 7d)")
+    submit.add_argument("--notify", action="append", default=[], help="a webhook name from the config")
+    submit.add_argument("--model")
+
+    status = command("status", _status, "show jobs and progress")
+    status.add_argument("job", nargs="?")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+
+    command("check-config", _check_config, "validate the configuration file and print the result")
+    return parser
+
+
+# -- handlers ----------------------------------------------------------------------------------------
+
+
+def _render(args: argparse.Namespace, config: Config) -> int:
+    from daemon.app import RenderDaemon
+
+    stop = threading.Event()
+    _on_signals(stop)
+    daemon = RenderDaemon.build(config, stop)
+    if args.once:
+        daemon.run_once()
+        daemon.store.close()
+        return EXIT_OK
+    daemon.run_forever()
+    return EXIT_OK
+
+
+def _submit(args: argparse.Namespace, config: Config) -> int:
+    from daemon.submit import Submission, SubmitError, submit
+
+    request = Submission(
+        audio=args.audio, videos=tuple(args.videos), name=args.name, distribute=args.distribute,
+        link_ttl=args.link_ttl, notify=tuple(args.notify), model=args.model,
+    )  # fmt: skip
+    try:
+        path = submit(request, inbox=config.inbox_dir, shared=config.shared)
+    except SubmitError as exc:
+        raise _UserError(str(exc)) from exc
+    print(path)
+    return EXIT_OK
+
+
+def _status(args: argparse.Namespace, config: Config) -> int:
+    from daemon.status import job_documents, print_json, print_table
+    from daemon.store import JobStore
+
+    store = JobStore(config.state_dir)
+    documents = job_documents(store, args.job)
+    store.close()
+    if args.job and not documents:
+        raise _UserError(f"no job named {args.job!r}")
+    print_json(documents) if args.json else print_table(documents)
+    return EXIT_OK
+
+
+def _check_config(args: argparse.Namespace, config: Config) -> int:
+    where = config.source or "built-in defaults (no configuration file found)"
+    print(f"configuration OK: {where}")
+    return EXIT_OK
+
+
+def _on_signals(stop: threading.Event) -> None:
+    def handle(signum: int, _frame: object) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handle)
+    signal.signal(signal.SIGINT, handle)

@@ -1,0 +1,43 @@
+"""`lipsyncd status`: jobs and their videos from the store, as rich progress bars or JSON."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from rich.console import Console
+from rich.progress_bar import ProgressBar
+from rich.table import Table
+
+from daemon.links import job_view
+from daemon.store import JobStore
+
+_STYLE = {"ready": "green", "rendered": "cyan", "failed": "red", "rendering": "yellow", "uploading": "blue"}
+
+
+def job_documents(store: JobStore, job_id: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+    jobs = [j for j in store.jobs() if job_id in (None, j.id)][-limit:]
+    return [job_view(job, store.videos(job.id)) for job in jobs]
+
+
+def print_json(documents: list[dict[str, Any]]) -> None:
+    print(json.dumps(documents, ensure_ascii=False, indent=2))
+
+
+def print_table(documents: list[dict[str, Any]], console: Console | None = None) -> None:
+    console = console or Console()
+    if not documents:
+        console.print("No jobs yet. Drop a manifest into the inbox, or use `lipsyncd submit`.")
+        return
+    table = Table(show_header=True, header_style="bold", expand=False)
+    for column in ("job", "video", "status", "progress", "link / error"):
+        table.add_column(column)
+    for doc in documents:
+        for video in doc["videos"]:
+            status = video["status"]
+            bar = ProgressBar(
+                total=1.0, completed=1.0 if status in ("rendered", "ready") else video["progress"], width=20
+            )
+            note = video["error"] or video["url"] or ""
+            table.add_row(doc["job"], video["output"], f"[{_STYLE.get(status, '')}]{status}", bar, note[:80])
+    console.print(table)

@@ -1,0 +1,94 @@
+"""Configuration: the example documents every key, and errors name the file and the key."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+import yaml
+
+from daemon.config import (
+    Config,
+    ConfigError,
+    WebhookConfig,
+    config_path,
+    load_config,
+    parse_duration,
+    parse_size,
+)
+
+EXAMPLE = Path(__file__).parents[2] / "config" / "lipsyncd.example.yaml"
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "lipsyncd.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_example_loads_and_equals_the_defaults() -> None:
+    config = load_config(EXAMPLE, required=True)
+    assert dataclasses.replace(config, source=None) == Config()
+
+
+def test_example_documents_every_key() -> None:
+    example = yaml.safe_load(EXAMPLE.read_text())
+    for section in dataclasses.fields(Config):
+        if section.name in ("source", "webhooks"):
+            continue
+        documented = set(example[section.name])
+        declared = {f.name for f in dataclasses.fields(section.default_factory())}  # type: ignore[misc]
+        assert documented == declared, section.name
+    commented = EXAMPLE.read_text()
+    for key in (f.name for f in dataclasses.fields(WebhookConfig)):
+        assert f"#    {key}:" in commented
+
+
+def test_missing_default_file_means_defaults(tmp_path: Path) -> None:
+    assert load_config(tmp_path / "absent.yaml") == Config()
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "absent.yaml", required=True)
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        ("render:\n  batch_sise: 8\n", "unknown key 'render.batch_sise'"),
+        ("render:\n  batch_size: -1\n", "key 'render.batch_size'"),
+        ("inbox:\n  settle_time: soon\n", "key 'inbox.settle_time'"),
+        ("upload:\n  part_size: 1MiB\n", "key 'upload.part_size'"),
+        ("links:\n  default_ttl: 8d\n", "key 'links.default_ttl'"),
+        ("render: 3\n", "'render' must be a mapping"),
+        ("webhooks:\n  ops:\n    kind: slack\n    url: http://x\n", "key 'webhooks.ops.kind'"),
+        ("paths:\n  inbox: [a]\n", "key 'paths.inbox'"),
+        ("render: {model: [1\n", "not valid YAML"),
+    ],
+)
+def test_errors_name_file_and_key(tmp_path: Path, text: str, words: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config(write(tmp_path, text))
+    assert str(caught.value).startswith(str(tmp_path / "lipsyncd.yaml"))
+    assert words in str(caught.value)
+
+
+def test_values_are_parsed(tmp_path: Path) -> None:
+    text = "inbox: {settle_time: 500ms}\nupload: {part_size: 16MiB}\nwebhooks: {ops: {kind: dingtalk, url: 'https://x'}}\n"
+    config = load_config(write(tmp_path, text))
+    assert config.inbox.settle_time == 0.5
+    assert config.upload.part_size == 16 * 2**20
+    assert config.webhooks["ops"].kind == "dingtalk"
+
+
+def test_config_path_precedence() -> None:
+    assert config_path("a.yaml", {"LIPSYNCD_CONFIG": "b.yaml"}) == Path("a.yaml")
+    assert config_path(None, {"LIPSYNCD_CONFIG": "b.yaml"}) == Path("b.yaml")
+    assert config_path(None, {}) == Path("config/lipsyncd.yaml")
+
+
+def test_parsers() -> None:
+    assert parse_duration("24h") == 86400 and parse_duration(5) == 5 and parse_duration("1.5m") == 90
+    assert parse_size("8MiB") == 8 * 2**20 and parse_size("5MB") == 5_000_000
+    for bad in ("-1s", "tomorrow", True):
+        with pytest.raises(ValueError):
+            parse_duration(bad)

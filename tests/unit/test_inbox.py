@@ -1,0 +1,78 @@
+"""The inbox's rules: complete files only, claimed once, filed under done/ or failed/ without overwriting."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from daemon.inbox import Inbox
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_file_is_taken_only_after_settling(tmp_path: Path) -> None:
+    clock = Clock()
+    inbox = Inbox(tmp_path, settle_time=2.0, clock=clock)
+    path = tmp_path / "job.yaml"
+    path.write_text("audio: a")
+    inbox.note(path)
+    assert inbox.ready_paths() == []
+    clock.now = 1.5
+    with path.open("a") as f:  # the writer is still going: the clock starts again
+        f.write("\nvideos: [b]")
+    os.utime(path, ns=(1, 2))
+    assert inbox.ready_paths() == []
+    clock.now = 3.0
+    assert inbox.ready_paths() == []
+    clock.now = 3.6
+    assert inbox.ready_paths() == [path]
+    assert inbox.ready_paths() == []  # taken once
+
+
+def test_renamed_into_place_is_taken_at_once(tmp_path: Path) -> None:
+    inbox = Inbox(tmp_path, settle_time=60, clock=Clock())
+    path = tmp_path / "job.yaml"
+    path.write_text("x")
+    inbox.note(path, moved=True)
+    assert inbox.ready_paths() == [path]
+
+
+def test_only_visible_manifests_directly_in_the_inbox(tmp_path: Path) -> None:
+    inbox = Inbox(tmp_path, settle_time=0, clock=Clock())
+    for name in ("a.yaml", "b.JSON", "c.yml", ".d.yaml.tmp", ".e.yaml", "f.txt", "media/g.yaml"):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_text("x")
+    assert [p.name for p in inbox.scan()] == ["a.yaml", "b.JSON", "c.yml"]
+    inbox.note(tmp_path / "media" / "g.yaml")
+    inbox.note(tmp_path / ".e.yaml")
+    assert inbox.ready_paths() == []
+
+
+def test_claim_is_exclusive_and_filing_never_overwrites(tmp_path: Path) -> None:
+    inbox = Inbox(tmp_path, settle_time=0)
+    path = tmp_path / "job.yaml"
+    path.write_text("one")
+    claimed = inbox.claim(path)
+    assert claimed is not None and not path.exists()
+    assert inbox.claim(path) is None
+    first = inbox.file_done(claimed, "job.yaml")
+    path.write_text("two")
+    second = inbox.file_done(inbox.claim(path), "job.yaml")  # type: ignore[arg-type]
+    assert (first.name, second.name) == ("job.yaml", "job.2.yaml")
+    assert first.read_text() == "one" and second.read_text() == "two"
+
+
+def test_failed_has_error_file_next_to_it(tmp_path: Path) -> None:
+    inbox = Inbox(tmp_path, settle_time=0)
+    path = tmp_path / "bad.yaml"
+    path.write_text("x")
+    target = inbox.file_failed(inbox.claim(path), "bad.yaml", "what is wrong")  # type: ignore[arg-type]
+    assert target == tmp_path / "failed" / "bad.yaml"
+    assert (tmp_path / "failed" / "bad.error.txt").read_text() == "what is wrong"
+    assert sorted(p.name for p in (tmp_path / "failed").iterdir()) == ["bad.error.txt", "bad.yaml"]

@@ -1,0 +1,116 @@
+"""The job store's state rules and links.json, the view of it users read."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import pytest
+
+from daemon.links import LINKS_NAME, job_view, write_links
+from daemon.manifest import Manifest, MediaRef
+from daemon.store import InvalidTransition, JobState, JobStore, StoreError, VideoState, output_names
+
+
+def manifest(tmp_path: Path, *videos: str, name: str = "promo") -> Manifest:
+    refs = tuple(MediaRef(v, tmp_path / v) for v in videos)
+    return Manifest(source=tmp_path / f"{name}.yaml", name=name, audio=MediaRef("a.wav", tmp_path / "a.wav"),
+                    videos=refs, distribute=True)  # fmt: skip
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> JobStore:
+    return JobStore(tmp_path / "state")
+
+
+def test_job_ids_never_collide(store: JobStore, tmp_path: Path) -> None:
+    first = store.add_job(manifest(tmp_path, "a.mp4"), claimed_path=tmp_path / "1", base_dir=tmp_path)
+    second = store.add_job(manifest(tmp_path, "a.mp4"), claimed_path=tmp_path / "2", base_dir=tmp_path)
+    assert (first.id, second.id) == ("promo", "promo-2")
+    assert [v.state for v in store.videos("promo")] == [VideoState.QUEUED]
+
+
+def test_output_names_do_not_overwrite_each_other(tmp_path: Path) -> None:
+    m = manifest(tmp_path, "a/anchor.mp4", "b/anchor.mov", "主播 1.mp4")
+    assert output_names(m) == ["anchor.mp4", "anchor-2.mp4", "主播-1.mp4"]
+
+
+def test_finished_states_are_final(store: JobStore, tmp_path: Path) -> None:
+    store.add_job(manifest(tmp_path, "a.mp4"), claimed_path=tmp_path / "1", base_dir=tmp_path)
+    with pytest.raises(InvalidTransition):
+        store.update_video("promo", "a.mp4", VideoState.READY)
+    store.update_video("promo", "a.mp4", VideoState.RENDERING)
+    store.update_video("promo", "a.mp4", VideoState.FAILED, error="bad file")
+    with pytest.raises(InvalidTransition, match="from failed to queued"):
+        store.update_video("promo", "a.mp4", VideoState.QUEUED)
+    store.set_job("promo", JobState.RENDERING)
+    store.set_job("promo", JobState.FAILED, error="x")
+    with pytest.raises(InvalidTransition):
+        store.set_job("promo", JobState.DONE)
+
+
+def test_state_survives_reopening(store: JobStore, tmp_path: Path) -> None:
+    store.add_job(manifest(tmp_path, "a.mp4"), claimed_path=tmp_path / "1", base_dir=tmp_path)
+    store.update_video("promo", "a.mp4", VideoState.RENDERING, progress=0.5)
+    store.close()
+    again = JobStore(tmp_path / "state")
+    video = again.video("promo", "a.mp4")
+    assert video is not None and video.state == VideoState.RENDERING and video.progress == 0.5
+    assert again.videos_in(VideoState.RENDERING)[0].output == "a.mp4"
+
+
+def test_unwritable_state_dir_is_a_clear_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(StoreError, match="cannot open the job store"):
+        JobStore(blocker / "state")
+
+
+def test_links_view_has_every_field_and_no_secrets(store: JobStore, tmp_path: Path) -> None:
+    store.add_job(manifest(tmp_path, "a.mp4"), claimed_path=tmp_path / "1", base_dir=tmp_path)
+    store.update_video("promo", "a.mp4", VideoState.RENDERING, progress=0.25)
+    doc = job_view(store.job("promo"), store.videos("promo"))  # type: ignore[arg-type]
+    video = doc["videos"][0]
+    for key in (
+        "source",
+        "output",
+        "status",
+        "progress",
+        "error",
+        "size",
+        "sha256",
+        "object_key",
+        "url",
+        "expires_at",
+    ):
+        assert key in video
+    assert video["status"] == "rendering" and video["progress"] == 0.25 and video["source"] == "a.mp4"
+    assert doc["job"] == "promo" and doc["status"] == "queued"
+    text = json.dumps(doc)
+    assert "secret" not in text.lower() and str(tmp_path) not in text
+
+
+def test_links_file_is_replaced_atomically_while_read(store: JobStore, tmp_path: Path) -> None:
+    store.add_job(manifest(tmp_path, "a.mp4"), claimed_path=tmp_path / "1", base_dir=tmp_path)
+    outputs, locks = tmp_path / "out", tmp_path / "locks"
+    write_links(store, "promo", outputs, locks)
+    seen_bad, stop = [], threading.Event()
+
+    def reader() -> None:
+        while not stop.is_set():
+            try:
+                json.loads((outputs / "promo" / LINKS_NAME).read_text())
+            except json.JSONDecodeError as exc:
+                seen_bad.append(exc)
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    for i in range(200):
+        store.update_video("promo", "a.mp4", progress=i / 200)
+        write_links(store, "promo", outputs, locks)
+    stop.set()
+    thread.join()
+    assert not seen_bad
+    assert json.loads((outputs / "promo" / LINKS_NAME).read_text())["videos"][0]["progress"] == 0.995
+    assert [p.name for p in (outputs / "promo").iterdir()] == [LINKS_NAME]  # no temp files left
