@@ -29,9 +29,14 @@ def render_settings(config: Config) -> RenderSettings:
     r = config.render
     encoder = "libx264" if r.encoder == "auto" else r.encoder  # NVENC only when asked: see README
     return RenderSettings(
-        batch_size=r.batch_size, detect_every=r.detect_every, audio_longer=r.audio_longer,
-        video_longer=r.video_longer, encoder=encoder, crf=r.crf, preset=r.preset,
-    )  # fmt: skip
+        batch_size=r.batch_size,
+        detect_every=r.detect_every,
+        audio_longer=r.audio_longer,
+        video_longer=r.video_longer,
+        encoder=encoder,
+        crf=r.crf,
+        preset=r.preset,
+    )
 
 
 @dataclass
@@ -49,20 +54,37 @@ class RenderDaemon:
         beats = beat or Heartbeats()
         store = JobStore(config.state_dir)
         inbox = Inbox(config.inbox_dir, settle_time=config.inbox.settle_time)
-        models = ModelPool(config.models_dir, providers=config.render.providers, precision=config.render.precision,
-                           threads=config.render.threads, device_id=config.render.gpus[0] if config.render.gpus else 0)  # fmt: skip
+        models = ModelPool(
+            config.models_dir,
+            providers=config.render.providers,
+            precision=config.render.precision,
+            threads=config.render.threads,
+            device_id=config.render.gpus[0] if config.render.gpus else 0,
+        )
         paths = RenderPaths(
             config.outputs_dir, config.state_dir / "scratch", locks_dir(config), config.models_dir
         )
         service = RenderService(
-            store, inbox, models, paths=paths, settings=render_settings(config), default_model=config.render.model,
-            detector=config.render.detector, stop=stop, beat=beats.pipeline,
-        )  # fmt: skip
+            store,
+            inbox,
+            models,
+            paths=paths,
+            settings=render_settings(config),
+            default_model=config.render.model,
+            detector=config.render.detector,
+            stop=stop,
+            beat=beats.pipeline,
+        )
         intake = Intake(
-            inbox, store, shared=config.shared, outputs_dir=config.outputs_dir, locks_dir=locks_dir(config),
-            webhooks=tuple(config.webhooks), models=lambda: available_models(config.models_dir),
+            inbox,
+            store,
+            shared=config.shared,
+            outputs_dir=config.outputs_dir,
+            locks_dir=locks_dir(config),
+            webhooks=tuple(config.webhooks),
+            models=lambda: available_models(config.models_dir),
             on_job=service.wake.set,
-        )  # fmt: skip
+        )
         return cls(config, store, intake, service, stop)
 
     def recover(self) -> None:
@@ -83,9 +105,12 @@ class RenderDaemon:
     def run_forever(self, beats: Heartbeats | None = None) -> None:
         self.recover()
         thread = IntakeThread(
-            self.intake, self.stop, rescan_interval=self.config.inbox.rescan_interval,
-            polling=self.config.inbox.observer == "polling", beat=(beats or Heartbeats()).intake,
-        )  # fmt: skip
+            self.intake,
+            self.stop,
+            rescan_interval=self.config.inbox.rescan_interval,
+            polling=self.config.inbox.observer == "polling",
+            beat=(beats or Heartbeats()).intake,
+        )
         thread.start()
         try:
             self.service.run_forever()

@@ -102,9 +102,14 @@ def _submit(args: argparse.Namespace, config: Config) -> int:
     from daemon.submit import Submission, SubmitError, submit
 
     request = Submission(
-        audio=args.audio, videos=tuple(args.videos), name=args.name, distribute=args.distribute,
-        link_ttl=args.link_ttl, notify=tuple(args.notify), model=args.model,
-    )  # fmt: skip
+        audio=args.audio,
+        videos=tuple(args.videos),
+        name=args.name,
+        distribute=args.distribute,
+        link_ttl=args.link_ttl,
+        notify=tuple(args.notify),
+        model=args.model,
+    )
     try:
         path = submit(request, inbox=config.inbox_dir, shared=config.shared)
     except SubmitError as exc:

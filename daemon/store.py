@@ -191,10 +191,23 @@ class JobStore:
             job_id = self._free_id(db, manifest.name)
             db.execute(
                 "INSERT INTO jobs VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,0)",
-                (job_id, manifest.source.name, str(claimed_path), str(base_dir), str(manifest.audio.path),
-                 manifest.audio.written, int(manifest.distribute), manifest.link_ttl,
-                 json.dumps(list(manifest.notify)), manifest.model, JobState.QUEUED.value, None, now, now),
-            )  # fmt: skip
+                (
+                    job_id,
+                    manifest.source.name,
+                    str(claimed_path),
+                    str(base_dir),
+                    str(manifest.audio.path),
+                    manifest.audio.written,
+                    int(manifest.distribute),
+                    manifest.link_ttl,
+                    json.dumps(list(manifest.notify)),
+                    manifest.model,
+                    JobState.QUEUED.value,
+                    None,
+                    now,
+                    now,
+                ),
+            )
             for position, (ref, output) in enumerate(
                 zip(manifest.videos, output_names(manifest), strict=True)
             ):

@@ -167,8 +167,16 @@ class VideoRender:
         written = faceless = 0
         last_report = 0.0
         s = self.settings
-        with VideoEncoder(self.out_path, info.width, info.height, info.fps, self.audio.path,
-                          codec=s.encoder, crf=s.crf, preset=s.preset) as encoder:  # fmt: skip
+        with VideoEncoder(
+            self.out_path,
+            info.width,
+            info.height,
+            info.fps,
+            self.audio.path,
+            codec=s.encoder,
+            crf=s.crf,
+            preset=s.preset,
+        ) as encoder:
             for batch in _drain(inp, self.stop):
                 for item, face in zip(batch.items, batch.faces, strict=True):
                     box = item.crop.box

@@ -179,14 +179,26 @@ class RenderService:
                 return
             out = result.output
             self.store.update_video(
-                job.id, video.output, VideoState.RENDERED, progress=1.0, frames=result.frames,
-                faceless_frames=result.faceless_frames, size=out.stat().st_size, sha256=_sha256(out),
-                model=model_name, rendered_at=time.time(),
-            )  # fmt: skip
+                job.id,
+                video.output,
+                VideoState.RENDERED,
+                progress=1.0,
+                frames=result.frames,
+                faceless_frames=result.faceless_frames,
+                size=out.stat().st_size,
+                sha256=_sha256(out),
+                model=model_name,
+                rendered_at=time.time(),
+            )
             self._links(job.id)
             fps = result.frames / result.seconds if result.seconds else 0.0
-            log.info("video_rendered", frames=result.frames, faceless_frames=result.faceless_frames,
-                     seconds=round(result.seconds, 2), fps=round(fps, 1))  # fmt: skip
+            log.info(
+                "video_rendered",
+                frames=result.frames,
+                faceless_frames=result.faceless_frames,
+                seconds=round(result.seconds, 2),
+                fps=round(fps, 1),
+            )
 
     def _render(self, job: Job, video: Video, audio: JobAudio, model_name: str) -> RenderResult:
         model = self.models.get(model_name)
@@ -203,10 +215,17 @@ class RenderService:
                 self._links(job.id)
 
         return VideoRender(
-            source=Path(video.source), audio=audio, out_path=out_path, model=model, detector=self.detector(),
-            settings=self.settings, scratch_dir=self.paths.scratch_dir, stop=self.stop,
-            on_progress=on_progress, beat=self.beat,
-        ).run()  # fmt: skip
+            source=Path(video.source),
+            audio=audio,
+            out_path=out_path,
+            model=model,
+            detector=self.detector(),
+            settings=self.settings,
+            scratch_dir=self.paths.scratch_dir,
+            stop=self.stop,
+            on_progress=on_progress,
+            beat=self.beat,
+        ).run()
 
     def _fail_video(self, job: Job, video: Video, reason: str) -> None:
         self.store.update_video(job.id, video.output, VideoState.FAILED, error=reason)

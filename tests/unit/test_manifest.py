@@ -111,9 +111,11 @@ def test_same_video_twice_is_refused(share: Path) -> None:
 
 def test_unknown_webhook_and_model(share: Path) -> None:
     text = problems(
-        share, "audio: media/promo.wav\nvideos: [media/anchor_a.mp4]\nnotify: [ops]\nmodel: x\n",
-        webhooks={"team"}, models={"baseline"},
-    )  # fmt: skip
+        share,
+        "audio: media/promo.wav\nvideos: [media/anchor_a.mp4]\nnotify: [ops]\nmodel: x\n",
+        webhooks={"team"},
+        models={"baseline"},
+    )
     assert "no webhook named 'ops'" in text and "no model named 'x'" in text
 
 

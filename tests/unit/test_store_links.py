@@ -15,8 +15,13 @@ from daemon.store import InvalidTransition, JobState, JobStore, StoreError, Vide
 
 def manifest(tmp_path: Path, *videos: str, name: str = "promo") -> Manifest:
     refs = tuple(MediaRef(v, tmp_path / v) for v in videos)
-    return Manifest(source=tmp_path / f"{name}.yaml", name=name, audio=MediaRef("a.wav", tmp_path / "a.wav"),
-                    videos=refs, distribute=True)  # fmt: skip
+    return Manifest(
+        source=tmp_path / f"{name}.yaml",
+        name=name,
+        audio=MediaRef("a.wav", tmp_path / "a.wav"),
+        videos=refs,
+        distribute=True,
+    )
 
 
 @pytest.fixture
