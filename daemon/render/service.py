@@ -85,10 +85,12 @@ class RenderService:
         return self._detector
 
     def recover(self) -> None:
+        """After a crash: renders caught midway go back to the queue and their temp files are removed."""
         for video in self.store.videos_in(VideoState.RENDERING):
             self.store.update_video(video.job_id, video.output, VideoState.QUEUED, progress=0.0)
             log.info("render_requeued", job=video.job_id, video=video.output)
-        for job in self.store.jobs(JobState.RENDERING):
+        for job in self.store.jobs(JobState.RENDERING, JobState.QUEUED):
+            _remove_partials(self.paths.outputs_dir / job.id)
             write_links(self.store, job.id, self.paths.outputs_dir, self.paths.locks_dir)
 
     def next_job(self) -> Job | None:
@@ -242,3 +244,11 @@ def _sha256(path: Path) -> str:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def _remove_partials(folder: Path) -> None:
+    """Hidden temp files (`.NAME.part.mp4`, `.links.json.*.tmp`) a killed process left behind."""
+    if folder.is_dir():
+        for path in folder.iterdir():
+            if path.name.startswith(".") and path.name.endswith((".part.mp4", ".tmp")):
+                path.unlink(missing_ok=True)
