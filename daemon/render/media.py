@@ -1,0 +1,469 @@
+"""Media IO with PyAV: probe and stream video frames, load audio as 16 kHz mono, encode H.264 + AAC MP4.
+
+Conventions:
+- Frames are BGR uint8 (H, W, 3), upright (the display matrix is applied), at a constant frame rate.
+- `VideoInfo.rotation` is clockwise degrees, the phone "rotate" tag convention: the decoder turns the
+  stored picture clockwise by that much to show it upright.
+- Errors meant for users are `MediaError`s that name the file and say what to do.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+from collections.abc import Iterable, Iterator
+from fractions import Fraction
+from pathlib import Path
+from types import TracebackType
+
+import av
+import numpy as np
+import structlog
+from av.video.reformatter import Interpolation
+
+from daemon.render.audio import SAMPLE_RATE
+from daemon.render.types import VideoInfo
+
+log = structlog.get_logger(__name__)
+
+FALLBACK_FPS = 25.0
+_STILL_FORMATS = ("image2", "_pipe")  # FFmpeg's demuxers for single images (png_pipe, jpeg_pipe, ...)
+_AAC_RATES = (96000, 88200, 64000, 48000, 44100, 32000, 24000, 22050, 16000, 12000, 11025, 8000)
+_EPS = 1e-6  # seconds*fps slack so exact boundaries are not lost to float rounding
+# swscale's default rounding darkens BGR<->YUV round trips by 2-3 levels; accurate costs ~3 ms per 1080p frame
+_SWS = Interpolation.BILINEAR | Interpolation.ACCURATE_RND
+
+
+class MediaError(Exception):
+    """A media file we cannot use; the message is for the user and names the file."""
+
+
+# ---------------------------------------------------------------- opening
+
+
+@contextlib.contextmanager
+def _opened(path: Path, what: str) -> Iterator[av.container.InputContainer]:
+    """Open `path` for reading; FFmpeg errors inside the block become plain-words MediaErrors."""
+    _check_file(path, what)
+    try:
+        with av.open(os.fspath(path), "r") as container:
+            yield container
+    except av.FFmpegError as exc:
+        reason = exc.strerror or str(exc)
+        raise MediaError(
+            f"{path} is not {what} we can read ({reason}). The file may be damaged or cut short, or in a "
+            f"format we do not know: re-export it (MP4/H.264 for video, WAV/MP3/M4A for sound) and retry."
+        ) from exc
+
+
+def _check_file(path: Path, what: str) -> None:
+    if not path.is_file():
+        raise MediaError(f"{path} does not exist (or is not a file): check the path in the manifest.")
+    if path.stat().st_size == 0:
+        raise MediaError(
+            f"{path} is empty (0 bytes), so it cannot be {what}: the copy or upload may not have "
+            f"finished. Copy the file again."
+        )
+
+
+def _video_stream(container: av.container.InputContainer, path: Path) -> av.video.stream.VideoStream:
+    if not container.streams.video:
+        kind = "an audio file" if container.streams.audio else "no picture at all"
+        raise MediaError(
+            f"{path} has no video track (it looks like {kind}): an avatar must be a video or an image "
+            f"(MP4, MOV, PNG, JPEG)."
+        )
+    return container.streams.video[0]
+
+
+def _audio_stream(container: av.container.InputContainer, path: Path) -> av.audio.stream.AudioStream:
+    if not container.streams.audio:
+        raise MediaError(
+            f"{path} has no audio track, so there is no voice to lip-sync to: give a file with sound "
+            f"(WAV, MP3, M4A, OGG, FLAC, or a video with an audio track)."
+        )
+    return container.streams.audio[0]
+
+
+# ---------------------------------------------------------------- probing
+
+
+def probe_video(path: Path) -> VideoInfo:
+    """Size (after rotation), frame rate, duration and rotation of a video or still image."""
+    with _opened(path, "a video") as container:
+        stream = _video_stream(container, path)
+        _check_complete(container, stream, path)
+        first = _first_frame(container, stream, path)
+        rotation = _rotation(first)
+        turned = rotation % 180 == 90
+        still = container.format.name.endswith(_STILL_FORMATS)
+        info = VideoInfo(
+            width=first.height if turned else first.width,
+            height=first.width if turned else first.height,
+            fps=FALLBACK_FPS if still else _fps(stream),
+            duration=0.0 if still else _duration(container, stream),
+            rotation=rotation,
+            is_still=still,
+        )
+    log.info(
+        "video_probed",
+        path=str(path),
+        width=info.width,
+        height=info.height,
+        fps=round(info.fps, 3),
+        duration=round(info.duration, 3),
+        rotation=rotation,
+        still=still,
+    )
+    return info
+
+
+def _cut_short(path: Path, detail: str) -> MediaError:
+    return MediaError(f"{path} is cut short or damaged ({detail}): export or copy it again.")
+
+
+def _check_complete(
+    container: av.container.InputContainer, stream: av.video.stream.VideoStream, path: Path
+) -> None:
+    """MP4/MOV index every frame's position: a file that ends before its last frame was cut short."""
+    if "mp4" not in container.format.name or not len(stream.index_entries):
+        return
+    needed = max(entry.pos + entry.size for entry in stream.index_entries[-16:])  # the tail suffices
+    size = path.stat().st_size
+    if needed > size:
+        raise _cut_short(path, f"it is {size} bytes but its frames need {needed}")
+
+
+def _decoded(
+    container: av.container.InputContainer, stream: av.video.stream.VideoStream, path: Path
+) -> Iterator[av.VideoFrame]:
+    """Decoded frames; a packet the demuxer could only read in part means the file was cut."""
+    for packet in container.demux(stream):
+        if packet.is_corrupt:
+            raise _cut_short(path, f"a frame at byte {packet.pos} is incomplete")
+        yield from packet.decode()
+
+
+def _first_frame(
+    container: av.container.InputContainer, stream: av.video.stream.VideoStream, path: Path
+) -> av.VideoFrame:
+    for frame in _decoded(container, stream, path):
+        return frame
+    raise _cut_short(path, "it has a video track but not one picture could be decoded from it")
+
+
+def _rotation(frame: av.VideoFrame) -> int:
+    """Clockwise degrees to turn the stored picture (PyAV reports the counter-clockwise angle)."""
+    return (-round(frame.rotation / 90) * 90) % 360
+
+
+def _fps(stream: av.video.stream.VideoStream) -> float:
+    for rate in (stream.average_rate, stream.guessed_rate):
+        if rate and 1 <= rate <= 240:
+            return float(rate)
+    return FALLBACK_FPS
+
+
+def _duration(container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> float:
+    if stream.duration and stream.time_base:
+        return float(stream.duration * stream.time_base)
+    if container.duration:
+        return container.duration / av.time_base
+    return 0.0
+
+
+# ---------------------------------------------------------------- decoding
+
+
+def iter_frames(path: Path, info: VideoInfo) -> Iterator[np.ndarray]:
+    """Upright BGR uint8 frames at the constant rate `info.fps`, streamed (one source frame held).
+
+    Frames are placed by presentation time: a variable frame rate source has frames repeated or dropped
+    (each output instant shows the nearest source frame). A still image yields its one frame.
+    """
+    with _opened(path, "a video") as container:
+        stream = _video_stream(container, path)
+        stream.thread_type = "AUTO"
+        timed = _timed(_decoded(container, stream, path), info.fps)
+        frames = ((item[2], 1) for item in timed) if info.is_still else _constant_rate(timed, info)
+        for frame, count in frames:
+            yield from _copies(_to_bgr(frame, info.rotation), count)
+
+
+def _timed(frames: Iterable[av.VideoFrame], fps: float) -> Iterator[tuple[float, float, av.VideoFrame]]:
+    """(start, length, frame) in seconds from the first frame; a missing pts follows the previous frame."""
+    origin: float | None = None
+    start = -1.0 / fps
+    for frame in frames:
+        start = start + 1.0 / fps if frame.time is None else float(frame.time)
+        origin = start if origin is None else origin
+        length = float(frame.duration * frame.time_base) if frame.duration and frame.time_base else 1.0 / fps
+        yield start - origin, length, frame
+
+
+def _constant_rate(
+    timed: Iterable[tuple[float, float, av.VideoFrame]], info: VideoInfo
+) -> Iterator[tuple[av.VideoFrame, int]]:
+    """(frame, times to show it): output instant n/fps shows the source frame nearest to it.
+
+    The last frame lasts until the container's duration (decoded frame durations are unreliable
+    after B-frame reordering), or its own duration when the container does not say.
+    """
+    fps = info.fps
+    shown = 0
+    held: tuple[float, float, av.VideoFrame] | None = None
+    for item in timed:
+        if held is not None:
+            count = _instants_before((held[0] + item[0]) / 2, fps) - shown
+            if count > 0:
+                yield held[2], count
+                shown += count
+        held = item
+    if held is not None:  # a one-frame video shows once
+        end = info.duration if info.duration > held[0] else held[0] + held[1]
+        yield held[2], max(_instants_before(end, fps) - shown, 0 if shown else 1)
+
+
+def _instants_before(t: float, fps: float) -> int:
+    """How many output instants n/fps (n >= 0) lie strictly before t."""
+    return max(0, math.ceil(t * fps - _EPS))
+
+
+def _copies(frame: np.ndarray, count: int) -> Iterator[np.ndarray]:
+    """The frame, then copies: a consumer may draw on what it gets."""
+    for i in range(count):
+        yield frame if i == 0 else frame.copy()
+
+
+def _to_bgr(frame: av.VideoFrame, rotation: int) -> np.ndarray:
+    """BGR uint8, any bit depth; the source's own matrix and range are honoured."""
+    bgr = frame.to_ndarray(format="bgr24", src_color_range=frame.color_range or None, interpolation=_SWS)
+    if rotation:
+        bgr = np.rot90(bgr, -(rotation // 90))  # negative k: clockwise
+    return np.ascontiguousarray(bgr)
+
+
+# ---------------------------------------------------------------- audio
+
+
+def load_audio(path: Path) -> np.ndarray:
+    """The first audio track of any audio or video file as float32 mono at 16 kHz (silence is fine)."""
+    with _opened(path, "a sound file") as container:
+        stream = _audio_stream(container, path)
+        resampler = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
+        chunks = [f.to_ndarray().reshape(-1) for f in _resampled(container.decode(stream), resampler)]
+    if not chunks:
+        raise MediaError(
+            f"{path} has an audio track but no sound could be decoded from it: the file is probably cut "
+            f"short or damaged. Export or copy it again."
+        )
+    wav = np.concatenate(chunks).astype(np.float32, copy=False)
+    log.info("audio_loaded", path=str(path), seconds=round(len(wav) / SAMPLE_RATE, 3))
+    return wav
+
+
+def _resampled(frames: Iterable[av.AudioFrame], resampler: av.AudioResampler) -> Iterator[av.AudioFrame]:
+    for frame in frames:
+        yield from resampler.resample(frame)
+    yield from resampler.resample(None)
+
+
+# ---------------------------------------------------------------- encoding
+
+# x264 preset names -> NVENC presets (p1 fastest .. p7 best)
+_NVENC_PRESETS = dict(
+    ultrafast="p1",
+    superfast="p1",
+    veryfast="p2",
+    faster="p3",
+    fast="p3",
+    medium="p4",
+    slow="p5",
+    slower="p6",
+    veryslow="p7",
+)
+
+
+def _codec_options(codec: str, crf: int, preset: str) -> dict[str, str]:
+    """Constant-quality options: x264's crf, or NVENC's cq in VBR mode with no bitrate cap.
+
+    NVENC is untested on the development machines (no GPU); `cq` and `crf` are both 0-51 scales of
+    roughly similar meaning.
+    """
+    if codec == "h264_nvenc":
+        return {"preset": _NVENC_PRESETS.get(preset, "p4"), "rc": "vbr", "cq": str(crf), "b": "0"}
+    return {"crf": str(crf), "preset": preset}
+
+
+def _even(n: int) -> int:
+    return n + (n & 1)
+
+
+class VideoEncoder:
+    """Writes an MP4 (H.264 yuv420p + AAC, moov at the front) frame by frame.
+
+    Odd widths/heights are padded to even by repeating the last column/row (yuv420p needs even sizes),
+    so a 255x257 input gives a 256x258 file. The file appears at `out_path` only when `close()`
+    succeeds; until then it is `.NAME.part.mp4` in the same folder, removed on failure.
+    Audio from `audio_path` keeps its rate (if AAC can store it) and up to two channels, and is cut or
+    padded with silence to exactly frames / fps.
+    """
+
+    def __init__(
+        self,
+        out_path: Path,
+        width: int,
+        height: int,
+        fps: float,
+        audio_path: Path | None,
+        *,
+        codec: str = "libx264",
+        crf: int = 20,
+        preset: str = "veryfast",
+        threads: int = 0,
+    ) -> None:
+        self.out_path = out_path
+        self.width, self.height = width, height
+        self.rate = Fraction(fps).limit_denominator(1001)
+        self.frames = 0
+        self._tmp = out_path.with_name(f".{out_path.stem}.part.mp4")
+        self._audio: _AudioTrack | None = None
+        self._out = av.open(
+            os.fspath(self._tmp), "w", format="mp4", container_options={"movflags": "+faststart"}
+        )
+        try:
+            self._video = self._add_video(codec, _codec_options(codec, crf, preset), threads)
+            self._audio = _AudioTrack(audio_path, self._out) if audio_path else None
+        except BaseException:
+            self._abort()
+            raise
+
+    def _add_video(self, codec: str, options: dict[str, str], threads: int) -> av.video.stream.VideoStream:
+        stream = self._out.add_stream(codec, rate=self.rate, options=options)
+        if not isinstance(stream, av.video.stream.VideoStream):
+            raise ValueError(f"{codec} is not a video codec")
+        stream.width, stream.height = _even(self.width), _even(self.height)
+        stream.pix_fmt = "yuv420p"
+        stream.codec_context.thread_count = threads
+        stream.codec_context.colorspace = 6  # SMPTE170M: the BT.601 matrix swscale converts BGR with
+        stream.codec_context.color_range = 1  # limited ("TV") range, also swscale's default
+        return stream
+
+    def write(self, frame_bgr: np.ndarray) -> None:
+        """Append one BGR uint8 frame of the size given at construction."""
+        if frame_bgr.shape != (self.height, self.width, 3) or frame_bgr.dtype != np.uint8:
+            want = (self.height, self.width, 3)
+            raise ValueError(f"frame is {frame_bgr.shape} {frame_bgr.dtype}, expected {want} uint8")
+        bgr = av.VideoFrame.from_ndarray(self._pad(frame_bgr), format="bgr24")
+        frame = bgr.reformat(format="yuv420p", interpolation=_SWS)
+        frame.pts = self.frames
+        self._out.mux(self._video.encode(frame))
+        self.frames += 1
+        if self._audio:
+            self._audio.feed_until(self.frames / self.rate)
+
+    def _pad(self, frame: np.ndarray) -> np.ndarray:
+        pad_h, pad_w = self.height & 1, self.width & 1
+        if pad_h or pad_w:
+            frame = np.pad(frame, ((0, pad_h), (0, pad_w), (0, 0)), mode="edge")
+        return np.ascontiguousarray(frame)
+
+    def close(self) -> Path:
+        """Finish the file and move it into place; returns `out_path`."""
+        try:
+            if self.frames == 0:
+                raise ValueError(f"no frames were written for {self.out_path}")
+            self._out.mux(self._video.encode(None))
+            if self._audio:
+                self._audio.finish(self.frames / self.rate)
+            self._out.close()
+        except BaseException:
+            self._abort()
+            raise
+        os.replace(self._tmp, self.out_path)
+        seconds = round(float(self.frames / self.rate), 3)
+        size = self.out_path.stat().st_size
+        log.info("video_encoded", path=str(self.out_path), frames=self.frames, seconds=seconds, bytes=size)
+        return self.out_path
+
+    def _abort(self) -> None:
+        """Drop everything written so far: no half file is ever left behind."""
+        if self._audio:
+            self._audio.discard()
+        with contextlib.suppress(Exception):
+            self._out.close()
+        self._tmp.unlink(missing_ok=True)
+
+    def __enter__(self) -> VideoEncoder:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self._abort()
+
+
+class _AudioTrack:
+    """Decodes `source` and encodes it as AAC into `out`, kept level with the video written so far."""
+
+    def __init__(self, source: Path, out: av.container.OutputContainer) -> None:
+        self._source = source
+        self._stack = contextlib.ExitStack()
+        self._input = self._stack.enter_context(_opened(source, "a sound file"))
+        try:
+            self._setup(out, _audio_stream(self._input, source))
+        except BaseException:
+            self.discard()
+            raise
+
+    def _setup(self, out: av.container.OutputContainer, source: av.audio.stream.AudioStream) -> None:
+        self.rate = source.rate if source.rate in _AAC_RATES else 48000
+        self.layout = "mono" if source.channels == 1 else "stereo"
+        self._out = out
+        self._stream = out.add_stream("aac", rate=self.rate, layout=self.layout)
+        resampler = av.AudioResampler(format="fltp", layout=self.layout, rate=self.rate)
+        self._decoded = _resampled(self._input.decode(source), resampler)
+        self._pending = np.zeros((1 if self.layout == "mono" else 2, 0), np.float32)
+        self._sent = 0
+
+    def feed_until(self, seconds: Fraction | float) -> None:
+        """Encode samples up to `seconds`, padding with silence once the source has run out."""
+        target = round(seconds * self.rate)
+        while self._sent < target:
+            chunk = self._take(target - self._sent)
+            frame = av.AudioFrame.from_ndarray(chunk, format="fltp", layout=self.layout)
+            frame.rate, frame.pts, frame.time_base = self.rate, self._sent, Fraction(1, self.rate)
+            self._out.mux(self._stream.encode(frame))
+            self._sent += chunk.shape[1]
+
+    def _take(self, wanted: int) -> np.ndarray:
+        """Up to `wanted` samples (channels, n): pending ones, else the next decoded frame, else silence."""
+        if self._pending.shape[1] == 0:
+            self._pending = self._next_block(wanted)
+        chunk, self._pending = self._pending[:, :wanted], self._pending[:, wanted:]
+        return np.ascontiguousarray(chunk)
+
+    def _next_block(self, wanted: int) -> np.ndarray:
+        try:
+            frame = next(self._decoded, None)
+        except av.FFmpegError as exc:
+            raise MediaError(
+                f"{self._source} could not be decoded past {self._sent / self.rate:.2f} s "
+                f"({exc.strerror or exc}): the file may be damaged. Export it again."
+            ) from exc
+        if frame is None:
+            return np.zeros((self._pending.shape[0], min(wanted, 1024)), np.float32)
+        return frame.to_ndarray().astype(np.float32, copy=False)
+
+    def finish(self, seconds: Fraction | float) -> None:
+        self.feed_until(seconds)
+        self._out.mux(self._stream.encode(None))
+        self._stack.close()
+
+    def discard(self) -> None:
+        with contextlib.suppress(Exception):
+            self._stack.close()
