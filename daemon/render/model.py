@@ -1,0 +1,187 @@
+"""The lip-sync model runner: onnxruntime session, provider choice, and the face tensors of DESIGN.md 4.
+
+No torch here: the model is an ONNX file described by its model.json (modelspec.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import structlog
+
+from daemon.render.modelspec import SPEC_NAME, ModelSpec
+
+log = structlog.get_logger(__name__)
+
+CPU = "CPUExecutionProvider"
+CUDA = "CUDAExecutionProvider"
+TENSORRT = "TensorrtExecutionProvider"
+PREFERENCES = ("auto", "cuda", "tensorrt", "cpu")
+MEL_SHAPE = (1, 80, 16)
+FACE_SHAPE = (6, 96, 96)
+HALF = 96 // 2  # rows 48..95 of the crop are masked
+
+
+def choose_providers(
+    preference: str = "auto", available: Sequence[str] | None = None
+) -> tuple[list[str], str]:
+    """Providers to try, best first, and one line saying why. `available` defaults to this build's list.
+
+    A provider being in the build does not prove it works (a CUDA library may be missing); the session
+    then falls back to CPU, which `LipSyncModel.open` logs as `execution_provider`.
+    """
+    if preference not in PREFERENCES:
+        raise ValueError(f"unknown execution provider '{preference}'; choose one of {', '.join(PREFERENCES)}")
+    have = list(ort.get_available_providers() if available is None else available)
+    if preference == "cpu":
+        return [CPU], "CPU requested"
+    if preference == "tensorrt" and TENSORRT in have:
+        return [TENSORRT, *([CUDA] if CUDA in have else []), CPU], "TensorrtExecutionProvider available"
+    providers = [CUDA, CPU] if CUDA in have else [CPU]
+    using = "using CUDA" if CUDA in have else "using CPU"
+    if preference == "tensorrt":
+        return providers, f"TensorrtExecutionProvider not available in this onnxruntime build; {using}"
+    if CUDA in have:
+        return providers, f"CUDAExecutionProvider available; {using}"
+    return providers, f"CUDAExecutionProvider not available in this onnxruntime build; {using}"
+
+
+@dataclass(frozen=True)
+class _Port:
+    """One model input: its name in the file and the dtype it wants."""
+
+    name: str
+    dtype: type[np.floating]
+
+
+class LipSyncModel:
+    """An open ONNX session that maps (mel, face) batches to (B, 3, 96, 96) float32 images in [0, 1]."""
+
+    def __init__(self, session: ort.InferenceSession, spec: ModelSpec) -> None:
+        self.session = session
+        self.spec = spec
+        self.provider: str = session.get_providers()[0]
+        self._mel = _port(session, spec.mel_input)
+        self._face = _port(session, spec.face_input)
+        self.batch: int | None = spec.batch or _fixed_batch(session, spec.mel_input)
+
+    @classmethod
+    def open(
+        cls,
+        folder: Path,
+        *,
+        providers: list[str],
+        precision: str | None = None,
+        threads: int = 0,
+        device_id: int = 0,
+    ) -> LipSyncModel:
+        spec = _load_spec(folder)
+        path = _onnx_file(spec, folder, precision)
+        session = ort.InferenceSession(
+            str(path),
+            sess_options=_session_options(threads),
+            providers=providers,
+            provider_options=[_provider_options(p, device_id) for p in providers],
+        )
+        model = cls(session, spec)
+        log.info(
+            "execution_provider",
+            provider=model.provider,
+            requested=providers[0],
+            model=spec.name,
+            precision=precision or spec.precision,
+            batch=model.batch or "dynamic",
+        )
+        return model
+
+    def infer(self, mel: np.ndarray, face: np.ndarray) -> np.ndarray:
+        """(B,1,80,16) and (B,6,96,96) float32 -> (B,3,96,96) float32; chunks and pads for a fixed batch."""
+        count = _check_inputs(mel, face)
+        step = self.batch or max(count, 1)
+        parts = [self._run(mel[i : i + step], face[i : i + step]) for i in range(0, count, step)]
+        if not parts:
+            return np.zeros((0, 3, 96, 96), np.float32)
+        return np.concatenate(parts)[:count]
+
+    def _run(self, mel: np.ndarray, face: np.ndarray) -> np.ndarray:
+        real = len(mel)
+        if self.batch and real < self.batch:
+            mel, face = _pad(mel, self.batch), _pad(face, self.batch)
+        feeds = {self._mel.name: mel.astype(self._mel.dtype), self._face.name: face.astype(self._face.dtype)}
+        (out,) = self.session.run([self.spec.output], feeds)
+        return np.asarray(out[:real], dtype=np.float32)
+
+
+def _load_spec(folder: Path) -> ModelSpec:
+    if not (folder / SPEC_NAME).is_file():
+        raise FileNotFoundError(
+            f"no {SPEC_NAME} in {folder}: import the model with `lipsyncd model import`, "
+            "or use the built-in model 'baseline'"
+        )
+    return ModelSpec.load(folder)
+
+
+def _onnx_file(spec: ModelSpec, folder: Path, precision: str | None) -> Path:
+    if precision and precision != spec.precision and precision not in spec.variants:
+        have = ", ".join([spec.precision, *spec.variants]) or spec.precision
+        raise ValueError(f"model '{spec.name}' in {folder} has no {precision} file; it has: {have}")
+    path = spec.onnx_path(folder, precision)
+    if not path.is_file():
+        raise FileNotFoundError(f"model '{spec.name}': {path} is missing; import the model again")
+    return path
+
+
+def _session_options(threads: int) -> ort.SessionOptions:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads  # 0: onnxruntime picks (all cores)
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return options
+
+
+def _provider_options(provider: str, device_id: int) -> dict[str, str]:
+    return {"device_id": str(device_id)} if provider in (CUDA, TENSORRT) else {}
+
+
+def _port(session: ort.InferenceSession, name: str) -> _Port:
+    for item in session.get_inputs():
+        if item.name == name:
+            return _Port(name, np.float16 if item.type == "tensor(float16)" else np.float32)
+    names = ", ".join(i.name for i in session.get_inputs())
+    raise ValueError(f"the model has no input '{name}' (it has {names}); fix model.json")
+
+
+def _fixed_batch(session: ort.InferenceSession, name: str) -> int | None:
+    dim = next(i.shape[0] for i in session.get_inputs() if i.name == name)
+    return dim if isinstance(dim, int) and dim > 0 else None
+
+
+def _check_inputs(mel: np.ndarray, face: np.ndarray) -> int:
+    if mel.shape[1:] != MEL_SHAPE or face.shape[1:] != FACE_SHAPE or len(mel) != len(face):
+        raise ValueError(f"expected mel (B,1,80,16) and face (B,6,96,96), got {mel.shape} and {face.shape}")
+    return len(mel)
+
+
+def _pad(batch: np.ndarray, size: int) -> np.ndarray:
+    filler = np.zeros((size - len(batch), *batch.shape[1:]), batch.dtype)
+    return np.concatenate([batch, filler])
+
+
+def prepare_faces(crops: Sequence[np.ndarray]) -> np.ndarray:
+    """(96,96,3) BGR uint8 crops -> (B,6,96,96) float32: [crop with rows 48.. zeroed, crop] / 255.
+
+    The reference crop is the same crop, as the Wav2Lip inference script does.
+    """
+    batch = np.stack(crops).astype(np.float32) / 255.0
+    masked = batch.copy()
+    masked[:, HALF:] = 0.0
+    return np.ascontiguousarray(np.concatenate([masked, batch], axis=3).transpose(0, 3, 1, 2))
+
+
+def to_images(out: np.ndarray) -> list[np.ndarray]:
+    """(B,3,96,96) float in [0,1] -> list of (96,96,3) BGR uint8 images."""
+    pixels = np.clip(np.rint(out.transpose(0, 2, 3, 1) * 255.0), 0, 255).astype(np.uint8)
+    return list(pixels)

@@ -1,0 +1,266 @@
+"""The ONNX runner (real onnxruntime, CPU), the face tensors, and the built-in baseline model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+from skimage import data
+from structlog.testing import capture_logs
+
+from daemon.render.baseline import write_baseline
+from daemon.render.model import LipSyncModel, choose_providers, prepare_faces, to_images
+from daemon.render.modelspec import ModelSpec
+
+CPU = ["CPUExecutionProvider"]
+
+
+@pytest.fixture(scope="module")
+def astronaut_crop() -> np.ndarray:
+    image = cv2.cvtColor(data.astronaut(), cv2.COLOR_RGB2BGR)
+    return cv2.resize(image[65:171, 176:272], (96, 96))
+
+
+@pytest.fixture(scope="module")
+def baseline(tmp_path_factory: pytest.TempPathFactory) -> LipSyncModel:
+    folder = tmp_path_factory.mktemp("baseline")
+    write_baseline(folder)
+    return LipSyncModel.open(folder, providers=CPU)
+
+
+def flat_mel(levels: list[float]) -> np.ndarray:
+    return np.stack([np.full((1, 80, 16), level, np.float32) for level in levels])
+
+
+def dummy_model(batch: int | str, elem: int = TensorProto.FLOAT) -> onnx.ModelProto:
+    """image = face[:, 3:6] * 0.5 + mean(mel) per sample: each output depends only on its own inputs."""
+    nodes = [
+        helper.make_node("Slice", ["face", "starts", "ends", "axes"], ["ref"]),
+        helper.make_node("Mul", ["ref", "half"], ["ref_half"]),
+        helper.make_node("ReduceMean", ["mel"], ["level"], axes=[1, 2, 3], keepdims=1),
+        helper.make_node("Add", ["ref_half", "level"], ["image"]),
+    ]
+    dtype = np.float16 if elem == TensorProto.FLOAT16 else np.float32
+    inits = [
+        helper.make_tensor("starts", TensorProto.INT64, [1], [3]),
+        helper.make_tensor("ends", TensorProto.INT64, [1], [6]),
+        helper.make_tensor("axes", TensorProto.INT64, [1], [1]),
+        onnx.numpy_helper.from_array(np.array(0.5, dtype), "half"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "dummy",
+        [
+            helper.make_tensor_value_info("mel", elem, [batch, 1, 80, 16]),
+            helper.make_tensor_value_info("face", elem, [batch, 6, 96, 96]),
+        ],
+        [helper.make_tensor_value_info("image", elem, [batch, 3, 96, 96])],
+        initializer=inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+def dummy_expected(mel: np.ndarray, face: np.ndarray) -> np.ndarray:
+    return face[:, 3:6] * 0.5 + mel.mean(axis=(1, 2, 3), keepdims=True)
+
+
+def random_inputs(count: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    mel = rng.uniform(-4, 4, (count, 1, 80, 16)).astype(np.float32)
+    face = rng.uniform(0, 1, (count, 6, 96, 96)).astype(np.float32)
+    return mel, face
+
+
+# --- providers -------------------------------------------------------------------------------------
+
+
+def test_choose_providers_on_this_cpu_build() -> None:
+    providers, reason = choose_providers("auto")
+    assert providers == CPU
+    assert reason == "CUDAExecutionProvider not available in this onnxruntime build; using CPU"
+
+
+def test_choose_providers_with_gpu_builds() -> None:
+    gpu = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert choose_providers("auto", gpu)[0] == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert choose_providers("cuda", gpu)[0] == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert choose_providers("tensorrt", gpu)[0] == gpu
+    assert choose_providers("cpu", gpu)[0] == CPU
+    providers, reason = choose_providers("tensorrt", gpu[1:])
+    assert providers == gpu[1:]
+    assert reason == "TensorrtExecutionProvider not available in this onnxruntime build; using CUDA"
+
+
+def test_choose_providers_refuses_unknown_names() -> None:
+    with pytest.raises(ValueError, match="unknown execution provider 'rocm'"):
+        choose_providers("rocm")
+
+
+# --- face tensors ----------------------------------------------------------------------------------
+
+
+def test_prepare_faces_layout() -> None:
+    rng = np.random.default_rng(1)
+    crops = [rng.integers(0, 256, (96, 96, 3), dtype=np.uint8) for _ in range(3)]
+    stacked = prepare_faces(crops)
+    assert stacked.shape == (3, 6, 96, 96) and stacked.dtype == np.float32
+    for i, crop in enumerate(crops):
+        scaled = crop.astype(np.float32).transpose(2, 0, 1) / 255.0
+        assert np.all(stacked[i, :3, 48:] == 0)
+        np.testing.assert_allclose(stacked[i, :3, :48], scaled[:, :48], rtol=0, atol=1e-7)
+        np.testing.assert_allclose(stacked[i, 3:], scaled, rtol=0, atol=1e-7)
+    assert stacked[0, 0, 0, 0] == np.float32(crops[0][0, 0, 0]) / 255  # channel 0 stays B: no RGB swap
+
+
+def test_to_images_round_trips_and_clips(astronaut_crop: np.ndarray) -> None:
+    stacked = prepare_faces([astronaut_crop, astronaut_crop])
+    images = to_images(stacked[:, 3:])
+    assert len(images) == 2 and images[0].dtype == np.uint8 and images[0].shape == (96, 96, 3)
+    assert np.array_equal(images[1], astronaut_crop)
+    wild = np.full((1, 3, 96, 96), 1.3, np.float32)
+    wild[0, 0] = -0.2
+    clipped = to_images(wild)[0]
+    assert clipped[..., 0].max() == 0 and clipped[..., 1].min() == 255
+
+
+# --- the runner ------------------------------------------------------------------------------------
+
+
+def write_dummy(folder: Path, batch: int | str, *, fp16: bool = False) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    onnx.save(dummy_model(batch), folder / "model.onnx")
+    variants = {}
+    if fp16:
+        onnx.save(dummy_model(batch, TensorProto.FLOAT16), folder / "model.fp16.onnx")
+        variants = {"fp16": "model.fp16.onnx"}
+    ModelSpec(
+        name="dummy", kind="wav2lip", batch=batch if isinstance(batch, int) else None, variants=variants
+    ).save(folder)
+
+
+@pytest.mark.parametrize("count", [1, 4, 10])
+def test_fixed_batch_model_is_chunked_and_padded(tmp_path: Path, count: int) -> None:
+    write_dummy(tmp_path, 4)
+    model = LipSyncModel.open(tmp_path, providers=CPU, threads=1)
+    assert model.batch == 4
+    mel, face = random_inputs(count)
+    out = model.infer(mel, face)
+    assert out.shape == (count, 3, 96, 96) and out.dtype == np.float32
+    np.testing.assert_allclose(out, dummy_expected(mel, face), atol=1e-5)
+
+
+def test_fixed_batch_is_read_from_the_file_when_the_spec_omits_it(tmp_path: Path) -> None:
+    onnx.save(dummy_model(4), tmp_path / "model.onnx")
+    ModelSpec(name="dummy", kind="wav2lip").save(tmp_path)
+    model = LipSyncModel.open(tmp_path, providers=CPU)
+    assert model.batch == 4
+    mel, face = random_inputs(6)
+    np.testing.assert_allclose(model.infer(mel, face), dummy_expected(mel, face), atol=1e-5)
+
+
+def test_fixed_batch_file_refuses_other_batches_so_padding_is_real(tmp_path: Path) -> None:
+    import onnxruntime as ort
+
+    onnx.save(dummy_model(4), tmp_path / "m.onnx")
+    session = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=CPU)
+    mel, face = random_inputs(3)
+    with pytest.raises(Exception, match="dimension"):
+        session.run(None, {"mel": mel, "face": face})
+
+
+def test_dynamic_model_runs_any_batch_in_one_go(tmp_path: Path) -> None:
+    write_dummy(tmp_path, "batch")
+    model = LipSyncModel.open(tmp_path, providers=CPU)
+    assert model.batch is None
+    mel, face = random_inputs(9)
+    np.testing.assert_allclose(model.infer(mel, face), dummy_expected(mel, face), atol=1e-5)
+    assert model.infer(mel[:0], face[:0]).shape == (0, 3, 96, 96)
+
+
+def test_fp16_file_takes_and_gives_float32(tmp_path: Path) -> None:
+    write_dummy(tmp_path, 4, fp16=True)
+    model = LipSyncModel.open(tmp_path, providers=CPU, precision="fp16")
+    mel, face = random_inputs(5)
+    out = model.infer(mel, face)
+    assert out.dtype == np.float32
+    np.testing.assert_allclose(out, dummy_expected(mel, face), atol=2e-3)
+
+
+def test_open_logs_the_provider_in_use(tmp_path: Path) -> None:
+    write_dummy(tmp_path, "batch")
+    with capture_logs() as logs:
+        model = LipSyncModel.open(tmp_path, providers=CPU)
+    assert model.provider == "CPUExecutionProvider"
+    events = [e for e in logs if e["event"] == "execution_provider"]
+    assert len(events) == 1 and events[0]["provider"] == "CPUExecutionProvider"
+
+
+def test_plain_errors(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="no model.json in"):
+        LipSyncModel.open(tmp_path, providers=CPU)
+    write_dummy(tmp_path, "batch")
+    with pytest.raises(ValueError, match="has no fp16 file; it has: fp32"):
+        LipSyncModel.open(tmp_path, providers=CPU, precision="fp16")
+    model = LipSyncModel.open(tmp_path, providers=CPU)
+    with pytest.raises(ValueError, match=r"expected mel \(B,1,80,16\)"):
+        model.infer(np.zeros((2, 80, 16), np.float32), np.zeros((2, 6, 96, 96), np.float32))
+
+
+# --- the baseline model ----------------------------------------------------------------------------
+
+
+def test_baseline_files_and_graph(tmp_path: Path) -> None:
+    spec = write_baseline(tmp_path)
+    assert spec == ModelSpec.load(tmp_path)
+    assert (spec.name, spec.kind, spec.batch) == ("baseline", "baseline", None)
+    model = onnx.load(tmp_path / "model.onnx")
+    onnx.checker.check_model(model, full_check=True)
+    assert model.opset_import[0].version == 17
+    assert [i.name for i in model.graph.input] == ["mel", "face"]
+    assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp files left
+
+
+@pytest.mark.parametrize("count", [1, 7])
+def test_baseline_runs_at_batch_1_and_7(baseline: LipSyncModel, count: int) -> None:
+    mel, face = random_inputs(count, seed=count)
+    out = baseline.infer(mel, face)
+    assert out.shape == (count, 3, 96, 96) and out.dtype == np.float32
+    assert out.min() >= 0.0 and out.max() <= 1.0
+
+
+def test_baseline_silence_keeps_the_reference(baseline: LipSyncModel, astronaut_crop: np.ndarray) -> None:
+    face = prepare_faces([astronaut_crop])
+    out = baseline.infer(flat_mel([-4.0]), face)
+    np.testing.assert_allclose(out, face[:, 3:], atol=1e-6)
+    assert np.array_equal(to_images(out)[0], astronaut_crop)
+
+
+def test_baseline_opens_more_when_louder(baseline: LipSyncModel, astronaut_crop: np.ndarray) -> None:
+    levels = [-4.0, -3.0, -2.5, -2.0, -1.5, -1.0, -0.5, 1.0]
+    face = prepare_faces([astronaut_crop] * len(levels))
+    out = baseline.infer(flat_mel(levels), face)
+    change = np.abs(out - face[:, 3:]).mean(axis=(1, 2, 3))
+    assert change[0] == pytest.approx(0, abs=1e-7) and change[1] < 1e-3  # silence and quiet noise: closed
+    assert np.all(np.diff(change[1:7]) > 1e-3)  # typical speech range: strictly opening
+    assert change[7] >= change[6] - 1e-7
+    assert np.array_equal(out[:, :, :48], face[:, 3:, :48])  # only the lower half is drawn on
+
+
+def test_baseline_listens_to_the_frames_own_columns(
+    baseline: LipSyncModel, astronaut_crop: np.ndarray
+) -> None:
+    now_loud = np.full((1, 1, 80, 16), -4.0, np.float32)
+    now_loud[..., :4] = -1.0
+    later_loud = np.full((1, 1, 80, 16), -1.0, np.float32)
+    later_loud[..., :4] = -4.0
+    face = prepare_faces([astronaut_crop, astronaut_crop])
+    out = baseline.infer(np.concatenate([now_loud, later_loud]), face)
+    assert np.abs(out[0] - face[0, 3:]).max() > 0.3
+    np.testing.assert_allclose(out[1], face[1, 3:], atol=1e-6)
