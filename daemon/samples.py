@@ -21,7 +21,7 @@ import numpy as np
 from scipy.signal import lfilter
 
 FACE_CENTRE = (224.0, 120.0)  # (x, y) of the astronaut's face in the 512x512 photo
-DEMO_TEXT = "Hello, and welcome to the spring promotion. Every video you see here was made for you."
+DEMO_TEXT = "Welcome to the spring promotion. This video was made for you."
 
 # suffix -> (container format, codec, encoder options)
 AUDIO_FORMATS: dict[str, tuple[str, str, dict[str, str]]] = {
@@ -239,6 +239,6 @@ def write_demo(folder: Path, espeak: str = "espeak-ng") -> list[Path]:
     with tempfile.TemporaryDirectory() as tmp:
         raw = Path(tmp) / "espeak.wav"
         exe = shutil.which(espeak) or espeak
-        subprocess.run([exe, "-v", "en-us", "-s", "150", "-w", os.fspath(raw), DEMO_TEXT], check=True)
+        subprocess.run([exe, "-v", "en-us", "-s", "165", "-w", os.fspath(raw), DEMO_TEXT], check=True)
         speech = write_audio(folder / "speech.wav", load_audio(raw), 16000)
     return [anchor, speech]
