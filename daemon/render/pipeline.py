@@ -188,7 +188,6 @@ class VideoRender:
                 if time.monotonic() - last_report >= 1.0:
                     last_report = time.monotonic()
                     self.on_progress(min(written / max(total, 1), 0.99))
-            encoder.close()
         return written, faceless
 
 

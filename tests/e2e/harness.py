@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -16,6 +17,7 @@ from typing import Any
 import yaml
 
 REPO = Path(__file__).resolve().parents[2]
+_RUNS = itertools.count(1)  # one log file per process started
 
 
 @dataclass
@@ -73,8 +75,11 @@ class Share:
     def lipsyncd(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [sys.executable, "-m", "daemon", "--config", str(self.config), *args],
-            cwd=REPO, capture_output=True, text=True, timeout=timeout,
-        )  # fmt: skip
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
 
 
 class Daemon:
@@ -82,12 +87,14 @@ class Daemon:
 
     def __init__(self, share: Share, *command: str) -> None:
         self.share = share
-        self.log_path = share.root.parent / f"{share.root.name}-{command[0]}.log"
+        self.log_path = share.root.parent / f"{share.root.name}-{command[0]}-{next(_RUNS)}.log"
         self.log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "daemon", "--config", str(share.config), *command],
-            cwd=REPO, stdout=self.log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
+            cwd=REPO,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
 
     def kill9(self) -> None:
         self.proc.send_signal(signal.SIGKILL)
@@ -119,7 +126,9 @@ def wait_for(predicate: Callable[[], Any], timeout: float, what: str, daemon: Da
         if value:
             return value
         if daemon is not None and daemon.proc.poll() is not None:
-            raise AssertionError(f"daemon exited ({daemon.proc.returncode}) waiting for {what}:\n{daemon.output()[-4000:]}")
+            raise AssertionError(
+                f"daemon exited ({daemon.proc.returncode}) waiting for {what}:\n{daemon.output()[-4000:]}"
+            )
         time.sleep(0.2)
     tail = daemon.output()[-4000:] if daemon else ""
     raise AssertionError(f"timed out after {timeout}s waiting for {what}\n{tail}")

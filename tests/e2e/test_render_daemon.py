@@ -28,7 +28,9 @@ def share(tmp_path: Path, media: dict[str, Path]) -> Share:
 def test_dropped_manifest_becomes_videos_and_links(share: Share) -> None:
     daemon = Daemon(share, "render")
     try:
-        share.drop("promo.yaml", {"audio": "media/speech.wav", "videos": ["media/anchor.mp4", "media/anchor_b.mp4"]})
+        share.drop(
+            "promo.yaml", {"audio": "media/speech.wav", "videos": ["media/anchor.mp4", "media/anchor_b.mp4"]}
+        )
         links = wait_for(
             lambda: (doc := share.links("promo")) and doc["status"] == "done" and doc, 120, "job done", daemon
         )
@@ -37,7 +39,11 @@ def test_dropped_manifest_becomes_videos_and_links(share: Share) -> None:
     assert statuses(links) == ["rendered", "rendered"]
     for video in links["videos"]:
         out = share.outputs / "promo" / video["output"]
-        assert video["size"] == out.stat().st_size and len(video["sha256"]) == 64 and video["model"] == "baseline"
+        assert (
+            video["size"] == out.stat().st_size
+            and len(video["sha256"]) == 64
+            and video["model"] == "baseline"
+        )
         with av.open(str(out)) as container:
             v, a = container.streams.video[0], container.streams.audio[0]
             assert (v.codec_context.name, a.codec_context.name) == ("h264", "aac")
@@ -53,10 +59,16 @@ def test_dropped_manifest_becomes_videos_and_links(share: Share) -> None:
 def test_bad_manifest_fails_clearly_while_a_good_one_renders(share: Share) -> None:
     daemon = Daemon(share, "render")
     try:
-        share.drop("bad.yaml", {"audio": "media/speech.wav", "videos": ["media/missing.mp4"], "colour": "red"})
+        share.drop(
+            "bad.yaml", {"audio": "media/speech.wav", "videos": ["media/missing.mp4"], "colour": "red"}
+        )
         share.drop("good.yaml", {"audio": "media/speech.wav", "videos": ["media/anchor.mp4"]})
-        wait_for(lambda: (share.inbox / "failed" / "bad.error.txt").exists(), 60, "bad manifest filed", daemon)
-        wait_for(lambda: (doc := share.links("good")) and doc["status"] == "done", 120, "good job done", daemon)
+        wait_for(
+            lambda: (share.inbox / "failed" / "bad.error.txt").exists(), 60, "bad manifest filed", daemon
+        )
+        wait_for(
+            lambda: (doc := share.links("good")) and doc["status"] == "done", 120, "good job done", daemon
+        )
     finally:
         daemon.terminate()
     report = (share.inbox / "failed" / "bad.error.txt").read_text()
@@ -75,7 +87,9 @@ def test_a_manifest_written_slowly_is_not_taken_early(share: Share) -> None:
                 out.write(line)
                 out.flush()
                 time.sleep(0.6)
-        wait_for(lambda: (doc := share.links("slow")) and doc["status"] == "done", 120, "slow job done", daemon)
+        wait_for(
+            lambda: (doc := share.links("slow")) and doc["status"] == "done", 120, "slow job done", daemon
+        )
     finally:
         daemon.terminate()
     assert not (share.inbox / "failed").joinpath("slow.error.txt").exists()
@@ -86,14 +100,21 @@ def test_kill_9_mid_render_then_restart_redoes_only_unfinished_work(share: Share
     manifest = {"audio": "media/long.wav", "videos": ["media/anchor_b.mp4", "media/anchor.mp4"]}
     daemon = Daemon(share, "render")
     share.drop("crash.yaml", manifest)
-    wait_for(lambda: statuses(share.links("crash")) == ["rendered", "rendering"], 120, "second video rendering", daemon)
+    wait_for(
+        lambda: statuses(share.links("crash")) == ["rendered", "rendering"],
+        120,
+        "second video rendering",
+        daemon,
+    )
     daemon.kill9()
     first = share.outputs / "crash" / "anchor_b.mp4"
     first_stat = first.stat()
     assert not (share.outputs / "crash" / "anchor.mp4").exists()
     daemon = Daemon(share, "render")
     try:
-        links = wait_for(lambda: (d := share.links("crash")) and d["status"] == "done" and d, 120, "done", daemon)
+        links = wait_for(
+            lambda: (d := share.links("crash")) and d["status"] == "done" and d, 120, "done", daemon
+        )
     finally:
         daemon.terminate()
     assert statuses(links) == ["rendered", "rendered"]

@@ -26,13 +26,21 @@ def model(tmp_path_factory: pytest.TempPathFactory) -> LipSyncModel:
     return LipSyncModel.open(folder, providers=["CPUExecutionProvider"])
 
 
-def render(tmp_path: Path, model: LipSyncModel, video: Path, audio: Path, **settings: object) -> tuple[Path, object]:
+def render(
+    tmp_path: Path, model: LipSyncModel, video: Path, audio: Path, **settings: object
+) -> tuple[Path, object]:
     out = tmp_path / "out" / "result.mp4"
     out.parent.mkdir(exist_ok=True)
     job = VideoRender(
-        source=video, audio=prepare_audio(audio), out_path=out, model=model, detector=HaarDetector(),
-        settings=RenderSettings(batch_size=8, **settings), scratch_dir=tmp_path / "scratch", stop=threading.Event(),
-    )  # fmt: skip
+        source=video,
+        audio=prepare_audio(audio),
+        out_path=out,
+        model=model,
+        detector=HaarDetector(),
+        settings=RenderSettings(batch_size=8, **settings),
+        scratch_dir=tmp_path / "scratch",
+        stop=threading.Event(),
+    )
     return out, job.run()
 
 
@@ -83,10 +91,16 @@ def test_stop_midway_leaves_no_file(tmp_path: Path, model: LipSyncModel) -> None
     stop = threading.Event()
     out = tmp_path / "out.mp4"
     job = VideoRender(
-        source=video, audio=prepare_audio(audio), out_path=out, model=model, detector=HaarDetector(),
-        settings=RenderSettings(batch_size=4), scratch_dir=tmp_path / "scratch", stop=stop,
+        source=video,
+        audio=prepare_audio(audio),
+        out_path=out,
+        model=model,
+        detector=HaarDetector(),
+        settings=RenderSettings(batch_size=4),
+        scratch_dir=tmp_path / "scratch",
+        stop=stop,
         on_progress=lambda fraction: stop.set(),
-    )  # fmt: skip
+    )
     with pytest.raises(Interrupted):
         job.run()
     assert list(tmp_path.glob("*out*")) == []
@@ -95,7 +109,9 @@ def test_stop_midway_leaves_no_file(tmp_path: Path, model: LipSyncModel) -> None
 
 def loudness_per_frame(wav: np.ndarray, fps: float, frames: int) -> np.ndarray:
     hop = SAMPLE_RATE / fps
-    return np.array([np.sqrt(np.mean(wav[int(i * hop) : int((i + 1) * hop)] ** 2) + 1e-12) for i in range(frames)])
+    return np.array(
+        [np.sqrt(np.mean(wav[int(i * hop) : int((i + 1) * hop)] ** 2) + 1e-12) for i in range(frames)]
+    )
 
 
 def test_baseline_mouth_follows_loudness_at_lag_zero(tmp_path: Path, model: LipSyncModel) -> None:
