@@ -1,0 +1,227 @@
+"""The systemd units: `systemd-analyze verify` clean, security exposure under the thresholds, and the real
+render and upload code running under the units' seccomp sandbox (see unit_sandbox.py for what that covers).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+UNITS = REPO / "systemd"
+SANDBOX = Path(__file__).with_name("unit_sandbox.py")
+INSTALLED_BINARY = "/opt/lipsyncd/venv/bin/lipsyncd"
+THRESHOLDS = {"lipsyncd-upload.service": 3.0, "lipsyncd-render.service": 4.0}
+
+needs_systemd = pytest.mark.skipif(
+    not shutil.which("systemd-analyze"), reason="systemd-analyze not installed"
+)
+
+
+def unit_lines(name: str) -> list[tuple[str, str]]:
+    pairs = []
+    for line in (UNITS / name).read_text().splitlines():
+        if line and line[0] not in "#;[" and "=" in line:
+            key, value = line.split("=", 1)
+            pairs.append((key, value))
+    return pairs
+
+
+def values(name: str, key: str) -> list[str]:
+    return [v for k, v in unit_lines(name) if k == key]
+
+
+@needs_systemd
+def test_units_verify_clean(tmp_path: Path) -> None:
+    """verify checks that ExecStart= exists; the package is not installed here, so the copies point at a
+    stub script in tmp_path (a test-only measure; everything else is verified as shipped)."""
+    stub = tmp_path / "bin" / "lipsyncd"
+    stub.parent.mkdir()
+    stub.write_text("#!/bin/sh\nexit 0\n")
+    stub.chmod(0o755)
+    for unit in UNITS.glob("lipsyncd*"):
+        (tmp_path / unit.name).write_text(unit.read_text().replace(INSTALLED_BINARY, str(stub)))
+    names = sorted(p.name for p in UNITS.glob("lipsyncd*"))
+    assert names == ["lipsyncd-render.service", "lipsyncd-upload.service", "lipsyncd.target"]
+    result = subprocess.run(
+        ["systemd-analyze", "verify", *(f"./{n}" for n in names)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert (result.returncode, result.stdout + result.stderr) == (0, "")
+
+
+def exposure(unit: Path) -> float:
+    result = subprocess.run(
+        ["systemd-analyze", "security", "--offline=true", "--no-pager", str(unit)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    match = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", result.stdout)
+    assert match, result.stdout + result.stderr
+    return float(match.group(1))
+
+
+@needs_systemd
+@pytest.mark.parametrize("name", sorted(THRESHOLDS))
+def test_security_exposure_under_threshold(name: str) -> None:
+    score = exposure(UNITS / name)
+    print(f"{name}: exposure {score}")
+    assert score <= THRESHOLDS[name]
+
+
+@pytest.mark.parametrize("name", sorted(THRESHOLDS))
+def test_service_contract(name: str) -> None:
+    pairs = dict(unit_lines(name))
+    assert pairs["Type"] == "notify" and pairs["NotifyAccess"] == "main"
+    assert pairs["Restart"] == "on-failure" and int(pairs["WatchdogSec"]) > 0
+    assert (pairs["User"], pairs["Group"], pairs["StateDirectory"]) == ("lipsyncd", "lipsyncd", "lipsyncd")
+    assert pairs["ExecStart"].startswith(f"{INSTALLED_BINARY} {name.split('-')[1].split('.')[0]} --config ")
+    assert pairs["ExecReload"] == "/bin/kill -HUP $MAINPID"
+    assert pairs["PartOf"] == "lipsyncd.target" and pairs["CapabilityBoundingSet"] == ""
+    assert values(name, "ReadWritePaths") == ["/srv/lipsyncd/inbox /srv/lipsyncd/outputs"]
+    assert pairs["RestartPreventExitStatus"] == "78"  # EX_CONFIG: a bad config does not restart-loop
+
+
+def test_no_secret_reaches_a_unit_through_its_environment() -> None:
+    for unit in UNITS.glob("lipsyncd*"):
+        assert not [k for k, _ in unit_lines(unit.name) if k.startswith("Environment")], unit.name
+    assert values("lipsyncd-upload.service", "LoadCredential") == [
+        "s3:/etc/lipsyncd/credentials/s3",
+        "webhook:/etc/lipsyncd/credentials/webhooks",
+    ]
+    assert not values("lipsyncd-render.service", "LoadCredential")
+
+
+def test_stop_timeouts_leave_room_for_a_batch_and_for_seaweedfs() -> None:
+    assert int(values("lipsyncd-upload.service", "TimeoutStopSec")[0]) > 20 + 30  # weed ~20 s + a part
+    assert int(values("lipsyncd-render.service", "TimeoutStopSec")[0]) >= 60
+    assert values("lipsyncd-upload.service", "KillMode") == ["mixed"]  # the daemon stops weed itself
+
+
+def test_render_reaches_the_gpu_but_not_the_network() -> None:
+    render = dict(unit_lines("lipsyncd-render.service"))
+    assert render["DevicePolicy"] == "closed" and render["DeviceAllow"] == "char-nvidia* rw"
+    assert "PrivateDevices" not in render  # it would hide /dev/nvidia*
+    assert (render["PrivateNetwork"], render["RestrictAddressFamilies"]) == ("yes", "AF_UNIX")
+    upload = dict(unit_lines("lipsyncd-upload.service"))
+    assert upload["PrivateDevices"] == "yes" and "DeviceAllow" not in upload
+
+
+def test_target_starts_both() -> None:
+    wants = dict(unit_lines("lipsyncd.target"))["Wants"].split()
+    assert sorted(wants) == ["lipsyncd-render.service", "lipsyncd-upload.service"]
+
+
+def _sandbox_available() -> bool:
+    return (
+        bool(shutil.which("systemd-analyze")) and Path("/usr/lib/x86_64-linux-gnu/libseccomp.so.2").exists()
+    )
+
+
+needs_sandbox = pytest.mark.skipif(not _sandbox_available(), reason="needs libseccomp2 and systemd-analyze")
+
+RENDER_CHILD = """
+import ctypes, os, socket, sys
+import av, cv2, numpy as np, onnxruntime as ort
+from onnx import TensorProto, helper
+
+weights = np.random.rand(3, 6, 3, 3).astype(np.float32)
+nodes = [helper.make_node("Conv", ["face", "w"], ["y"], pads=[1, 1, 1, 1])]
+nodes.append(helper.make_node("Sigmoid", ["y"], ["image"]))
+graph = helper.make_graph(
+    nodes, "contract", [helper.make_tensor_value_info("face", TensorProto.FLOAT, ["B", 6, 96, 96])],
+    [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["B", 3, 96, 96])],
+    [helper.make_tensor("w", TensorProto.FLOAT, weights.shape, weights.flatten())])
+model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+# Default thread settings on purpose: onnxruntime then pins its threads (sched_setaffinity).
+session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+assert session.run(None, {"face": np.random.rand(8, 6, 96, 96).astype(np.float32)})[0].shape == (8, 3, 96, 96)
+
+path = sys.argv[1]
+with av.open(path, "w") as out:
+    stream = out.add_stream("libx264", rate=25)
+    stream.width = stream.height = 128
+    stream.pix_fmt = "yuv420p"
+    for i in range(10):
+        frame = av.VideoFrame.from_ndarray(np.full((128, 128, 3), i * 20, np.uint8), format="bgr24")
+        out.mux(stream.encode(frame))
+    out.mux(stream.encode())
+with av.open(path) as src:
+    assert sum(1 for _ in src.decode(video=0)) == 10
+cascade = cv2.CascadeClassifier(cv2.data.haarcascades + "haarcascade_frontalface_default.xml")
+assert not cascade.empty()
+
+# The sandbox is really there: no W+X memory, no IP sockets.
+libc = ctypes.CDLL(None, use_errno=True)
+libc.mmap.restype = ctypes.c_void_p
+libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t] + [ctypes.c_int] * 3 + [ctypes.c_long]
+assert libc.mmap(None, 4096, 7, 0x22, -1, 0) == ctypes.c_void_p(-1).value and ctypes.get_errno() == 1
+try:
+    socket.socket(socket.AF_INET)
+    raise SystemExit("AF_INET allowed")
+except OSError as exc:
+    assert exc.errno == 97, exc
+print("render stack ok")
+"""
+
+
+def run_sandboxed(
+    unit: str, script: str, *args: str, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run(
+        [sys.executable, str(SANDBOX), str(UNITS / unit), "--", sys.executable, "-c", script, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
+
+
+@needs_sandbox
+def test_render_stack_runs_under_the_render_units_seccomp_sandbox(tmp_path: Path) -> None:
+    """onnxruntime (its default thread pool pins threads), PyAV/libx264 and OpenCV under
+    SystemCallFilter=, MemoryDenyWriteExecute=yes and RestrictAddressFamilies=AF_UNIX."""
+    result = run_sandboxed("lipsyncd-render.service", RENDER_CHILD, str(tmp_path / "out.mp4"))
+    assert result.returncode == 0, result.stderr
+    assert "render stack ok" in result.stdout
+    assert "SystemCallFilter" in result.stderr and "MemoryDenyWriteExecute" in result.stderr
+    assert "not permitted" not in result.stderr.lower()  # e.g. onnxruntime's pthread_setaffinity_np error
+
+
+UPLOAD_CHILD = """
+import sys, urllib.request
+from pathlib import Path
+from daemon.distribute.embedded import EmbeddedS3, EmbeddedSettings
+
+s3 = EmbeddedS3(Path(sys.argv[1]), EmbeddedSettings(bucket="sandbox"))
+s3.start()
+try:
+    client = s3.client()
+    client.put_object(Bucket="sandbox", Key="a.mp4", Body=b"x" * 100_000)
+    params = {"Bucket": "sandbox", "Key": "a.mp4"}
+    url = client.generate_presigned_url("get_object", Params=params, ExpiresIn=60)
+    assert urllib.request.urlopen(url, timeout=10).read() == b"x" * 100_000
+    print("upload stack ok")
+finally:
+    s3.kill()  # a graceful stop takes ~20 s and proves nothing more here
+"""
+
+
+@needs_sandbox
+def test_embedded_storage_and_boto3_run_under_the_upload_units_seccomp_sandbox(tmp_path: Path) -> None:
+    """SeaweedFS (Go) and boto3 under the upload unit's filters, without AF_NETLINK."""
+    pytest.importorskip("daemon.distribute.embedded")
+    result = run_sandboxed("lipsyncd-upload.service", UPLOAD_CHILD, str(tmp_path / "state"))
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert "upload stack ok" in result.stdout
