@@ -288,12 +288,32 @@ _NVENC_PRESETS = dict(
 def _codec_options(codec: str, crf: int, preset: str) -> dict[str, str]:
     """Constant-quality options: x264's crf, or NVENC's cq in VBR mode with no bitrate cap.
 
-    NVENC is untested on the development machines (no GPU); `cq` and `crf` are both 0-51 scales of
-    roughly similar meaning.
+    NVENC output is untested: the machines we had (no GPU; an H100, which has no NVENC unit) cannot
+    run it. `cq` and `crf` are both 0-51 quality scales of roughly similar meaning; ask
+    `encoder_available("h264_nvenc")` before choosing it.
     """
     if codec == "h264_nvenc":
         return {"preset": _NVENC_PRESETS.get(preset, "p4"), "rc": "vbr", "cq": str(crf), "b": "0"}
     return {"crf": str(crf), "preset": preset}
+
+
+def encoder_available(codec: str) -> bool:
+    """Whether `codec` can open here: h264_nvenc needs an NVIDIA GPU with NVENC and its driver library.
+
+    Checked on an H100 (driver 580): h264_nvenc is built in but fails to open, because data-centre
+    GPUs such as the H100 and H200 have no NVENC unit; use libx264 there.
+    """
+    try:
+        context = av.CodecContext.create(codec, "w")
+        if not isinstance(context, av.video.codeccontext.VideoCodecContext):
+            return False
+        context.width, context.height, context.pix_fmt = 256, 256, "yuv420p"
+        context.time_base = Fraction(1, 25)
+        context.open()
+    except (av.FFmpegError, ValueError) as exc:
+        log.info("encoder_unavailable", codec=codec, reason=getattr(exc, "strerror", None) or str(exc))
+        return False
+    return True
 
 
 def _even(n: int) -> int:
@@ -340,9 +360,10 @@ class VideoEncoder:
             raise
 
     def _add_video(self, codec: str, options: dict[str, str], threads: int) -> av.video.stream.VideoStream:
-        stream = self._out.add_stream(codec, rate=self.rate, options=options)
-        if not isinstance(stream, av.video.stream.VideoStream):
+        if av.Codec(codec, "w").type != "video":
             raise ValueError(f"{codec} is not a video codec")
+        stream = self._out.add_stream(codec, rate=self.rate, options=options)
+        assert isinstance(stream, av.video.stream.VideoStream)  # for the type checker: checked above
         stream.width, stream.height = _even(self.width), _even(self.height)
         stream.pix_fmt = "yuv420p"
         stream.codec_context.thread_count = threads

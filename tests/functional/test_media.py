@@ -309,3 +309,23 @@ def test_media_errors_name_the_file_in_plain_words(
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(media.MediaError, match="does not exist"):
         media.probe_video(tmp_path / "nope.mp4")
+
+
+def test_encoder_availability_is_checked_not_assumed() -> None:
+    assert media.encoder_available("libx264") is True
+    assert media.encoder_available("no_such_codec") is False
+    assert isinstance(media.encoder_available("h264_nvenc"), bool)  # False here; True only with NVENC
+
+
+def test_unopenable_codec_fails_cleanly(tmp_path: Path, upright: list[np.ndarray]) -> None:
+    """h264_nvenc cannot open without an NVENC GPU (none here, none on an H100): the failure is clean."""
+    if media.encoder_available("h264_nvenc"):
+        pytest.skip("this machine can encode with NVENC")
+    with (
+        pytest.raises(av.FFmpegError),
+        media.VideoEncoder(tmp_path / "o.mp4", 256, 192, 25, None, codec="h264_nvenc") as enc,
+    ):
+        enc.write(upright[0])
+    with pytest.raises(ValueError, match="not a video codec"):
+        media.VideoEncoder(tmp_path / "o.mp4", 256, 192, 25, None, codec="aac")
+    assert list(tmp_path.iterdir()) == []
