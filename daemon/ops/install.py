@@ -1,0 +1,361 @@
+"""`lipsyncd install-systemd` / `uninstall-systemd`: user, folders, config, credential places, units.
+
+Everything is planned first as a list of Steps, then run (or only described, with dry_run). Under a
+prefix other than "/" (packaging, tests) nothing touches the running system: no useradd, no
+systemctl, and owners are set only when the user exists on this machine.
+"""
+
+from __future__ import annotations
+
+import grp
+import os
+import pwd
+import re
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+Runner = Callable[[Sequence[str]], None]
+UNIT_NAMES = ("lipsyncd-render.service", "lipsyncd-upload.service", "lipsyncd.target")
+INSTALLED_BINARY = "/opt/lipsyncd/venv/bin/lipsyncd"
+DEFAULT_SHARE = Path("/srv/lipsyncd")
+STATE_DIR = Path("/var/lib/lipsyncd")
+CONFIG_DIR = Path("/etc/lipsyncd")
+UNIT_DIR = Path("/etc/systemd/system")
+CREDENTIALS_README = """\
+Secrets for lipsyncd, read by systemd (as root) and handed to lipsyncd-upload.service through
+LoadCredential=; the service finds them in $CREDENTIALS_DIRECTORY (/run/credentials/lipsyncd-upload.service/).
+Keep this folder root-only (0700) and the files 0600. Never put secrets in lipsyncd.yaml or the units.
+
+s3          S3 access keys as KEY=VALUE lines:
+                aws_access_key_id=...
+                aws_secret_access_key=...
+            Leave it empty for the embedded storage (it makes its own keys) or boto3's usual chain.
+webhooks/   one file per webhook that signs its requests (DingTalk, Feishu), named like the webhook in
+            lipsyncd.yaml, holding only the secret. It reaches the service as credential webhook_NAME:
+                webhooks: {ops-ding: {secret_file: /run/credentials/lipsyncd-upload.service/webhook_ops-ding}}
+"""
+
+
+@dataclass(frozen=True)
+class Step:
+    """One thing the installer does; `action` is None for a step that is only reported."""
+
+    description: str
+    action: Callable[[], None] | None
+
+
+@dataclass(frozen=True)
+class Layout:
+    prefix: Path
+    user: str
+    group: str
+    share: Path
+
+    def at(self, path: Path) -> Path:
+        """An absolute system path, placed under the prefix."""
+        return self.prefix / path.relative_to("/")
+
+    @property
+    def live(self) -> bool:
+        return self.prefix.resolve() == Path("/")
+
+
+def run_command(argv: Sequence[str]) -> None:
+    subprocess.run(list(argv), check=True, capture_output=True, text=True)
+
+
+def install_systemd(
+    prefix: Path = Path("/"),
+    *,
+    user: str = "lipsyncd",
+    group: str = "lipsyncd",
+    share: Path = DEFAULT_SHARE,
+    dry_run: bool = False,
+    exec_start: Path | None = None,
+    source: Path | None = None,
+    run: Runner = run_command,
+) -> list[str]:
+    """Install the service; returns the lines to print (what was done, then the next steps).
+
+    exec_start: the lipsyncd binary the units start (default /opt/lipsyncd/venv/bin/lipsyncd).
+    source: the folder holding systemd/ and config/ (default: found next to this package).
+    run: how commands (groupadd, useradd, systemctl) are run; tests pass a recorder.
+    """
+    layout = Layout(prefix, user, group, share)
+    steps = _install_steps(layout, source or find_source(), exec_start, run)
+    return _execute(steps, dry_run) + next_steps(layout, exec_start)
+
+
+def uninstall_systemd(
+    prefix: Path = Path("/"),
+    *,
+    user: str = "lipsyncd",
+    group: str = "lipsyncd",
+    share: Path = DEFAULT_SHARE,
+    dry_run: bool = False,
+    run: Runner = run_command,
+) -> list[str]:
+    """Stop and remove the units and the user; keeps the share, the state dir and /etc/lipsyncd."""
+    layout = Layout(prefix, user, group, share)
+    kept = f"kept {share}, {STATE_DIR} and {CONFIG_DIR} (user data, job store, config, secrets)"
+    return _execute(_uninstall_steps(layout, run), dry_run) + [kept]
+
+
+def _execute(steps: list[Step], dry_run: bool) -> list[str]:
+    lines = []
+    for step in steps:
+        if step.action is not None and not dry_run:
+            step.action()
+        lines.append(f"would {step.description}" if dry_run and step.action else step.description)
+    return lines
+
+
+def find_source() -> Path:
+    """The folder with systemd/ and config/: the source tree, or the package's share/lipsyncd."""
+    for candidate in (Path(__file__).resolve().parents[2], Path(sys.prefix) / "share" / "lipsyncd"):
+        if (candidate / "systemd" / UNIT_NAMES[0]).is_file():
+            return candidate
+    raise FileNotFoundError(
+        "cannot find the lipsyncd unit files (systemd/lipsyncd-render.service) next to the package or in "
+        f"{Path(sys.prefix) / 'share' / 'lipsyncd'}: reinstall lipsyncd, or pass the source folder"
+    )
+
+
+def _install_steps(layout: Layout, source: Path, exec_start: Path | None, run: Runner) -> list[Step]:
+    return [
+        *_account_steps(layout, run),
+        *_share_steps(layout),
+        *_config_steps(layout, source),
+        *_credential_steps(layout),
+        *_unit_steps(layout, source, exec_start),
+        *_reload_steps(layout, run),
+    ]
+
+
+def _account_steps(layout: Layout, run: Runner) -> list[Step]:
+    if not layout.live:
+        note = f"skipped creating user {layout.user} (installing under {layout.prefix}); owners are set only"
+        return [Step(f"{note} where user {layout.user} and group {layout.group} exist", None)]
+    steps = []
+    if not _group_exists(layout.group):
+        groupadd = ["groupadd", "--system", layout.group]
+        steps.append(Step(f"create system group {layout.group}", lambda: run(groupadd)))
+    if not _user_exists(layout.user):
+        steps.append(Step(f"create system user {layout.user}", lambda: run(_useradd(layout))))
+    return steps or [Step(f"user {layout.user} and group {layout.group} already exist", None)]
+
+
+def _useradd(layout: Layout) -> list[str]:
+    return [
+        "useradd", "--system", "--gid", layout.group, "--home-dir", str(STATE_DIR), "--no-create-home",
+        "--shell", "/usr/sbin/nologin", "--comment", "lipsyncd daemon", layout.user,
+    ]  # fmt: skip
+
+
+def _user_exists(name: str) -> bool:
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        return False
+    return True
+
+
+def _group_exists(name: str) -> bool:
+    try:
+        grp.getgrnam(name)
+    except KeyError:
+        return False
+    return True
+
+
+def _share_steps(layout: Layout) -> list[Step]:
+    # setgid: files dropped into the inbox belong to the group, so the daemon can read and move them.
+    folders = [
+        (layout.share, 0o755, "the share"),
+        (layout.share / "inbox", 0o2770, "the inbox, writable by group " + layout.group),
+        (layout.share / "outputs", 0o2750, "the outputs, readable by group " + layout.group),
+        (layout.share / "outputs" / "latest_batch", 0o2750, "outputs/latest_batch"),
+    ]
+    owner = (layout.user, layout.group)
+    return [_folder_step(layout, path, mode, what, owner) for path, mode, what in folders]
+
+
+def _folder_step(layout: Layout, path: Path, mode: int, what: str, owner: tuple[str, str]) -> Step:
+    target = layout.at(path)
+
+    def make() -> None:
+        target.mkdir(parents=True, exist_ok=True)
+        _chown(target, *owner)
+        target.chmod(mode)  # after chown, which clears setgid
+
+    return Step(f"make {path} ({what}, mode {mode:04o})", make)
+
+
+def _chown(path: Path, user: str, group: str) -> None:
+    """Set owners when they exist here and we may (root); a prefix install on a build host may not."""
+    if os.geteuid() != 0 or not (_user_exists(user) and _group_exists(group)):
+        return
+    os.chown(path, pwd.getpwnam(user).pw_uid, grp.getgrnam(group).gr_gid)
+
+
+def _config_steps(layout: Layout, source: Path) -> list[Step]:
+    config = CONFIG_DIR / "lipsyncd.yaml"
+    steps = [
+        _folder_step(layout, CONFIG_DIR, 0o750, "configuration", ("root", layout.group)),
+        _file_step(layout, CONFIG_DIR / "README.systemd.md", _read(source / "systemd" / "README.md"), 0o644),
+    ]
+    if layout.at(config).exists():
+        return [*steps, Step(f"kept the existing {config}", None)]
+    text = service_config(_example_config(source), layout.share)
+    return [*steps, _file_step(layout, config, text, 0o640, owner=("root", layout.group))]
+
+
+def _file_step(
+    layout: Layout, path: Path, text: str, mode: int, *, owner: tuple[str, str] = ("root", "root")
+) -> Step:
+    target = layout.at(path)
+
+    def write() -> None:
+        write_atomic(target, text, mode)
+        _chown(target, *owner)
+
+    return Step(f"write {path} (mode {mode:04o})", write)
+
+
+def write_atomic(path: Path, text: str, mode: int) -> None:
+    """Temp file in the same folder, mode set before the rename, so no reader sees a partial file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            out.write(text)
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _example_config(source: Path) -> str:
+    example = source / "config" / "lipsyncd.example.yaml"
+    return example.read_text() if example.is_file() else "paths:\n"
+
+
+def service_config(example: str, share: Path) -> str:
+    """The example configuration with the paths section pointed at the service's folders."""
+    paths = {
+        "shared": share,
+        "inbox": share / "inbox",
+        "outputs": share / "outputs" / "latest_batch",
+        "state": STATE_DIR,
+        "models": STATE_DIR / "models",
+    }
+    match = re.search(r"(?m)^paths:[ \t]*(#.*)?\n", example)
+    if match is None:
+        return example + "\npaths:\n" + "".join(f"  {k}: {v}\n" for k, v in paths.items())
+    block, tail = _split_section(example[match.end() :])
+    for key, value in paths.items():
+        block = _set_key(block, key, str(value))
+    return example[: match.end()] + block + tail
+
+
+def _set_key(block: str, key: str, value: str) -> str:
+    """Replace the value of `  key:` in a section, keeping its comment in place; append the key if absent."""
+
+    def replace(match: re.Match[str]) -> str:
+        width = len(match.group(2)) + len(match.group(3))  # keep the comment's column when there is room
+        return match.group(1) + value.ljust(width - 1) + (" " if match.group(3) else "")
+
+    new, count = re.subn(rf"(?m)^(  {key}:[ \t]*)(\S+)([ \t]*)", replace, block)
+    return new if count else block + f"  {key}: {value}\n"
+
+
+def _split_section(text: str) -> tuple[str, str]:
+    """The indented lines of a YAML section, and everything after them."""
+    match = re.search(r"(?m)^\S", text)
+    return (text, "") if match is None else (text[: match.start()], text[match.start() :])
+
+
+def _credential_steps(layout: Layout) -> list[Step]:
+    folder = CONFIG_DIR / "credentials"
+    steps = [
+        _folder_step(layout, folder, 0o700, "secrets, root only", ("root", "root")),
+        _folder_step(layout, folder / "webhooks", 0o700, "webhook secrets", ("root", "root")),
+        _file_step(layout, folder / "README", CREDENTIALS_README, 0o600),
+    ]
+    s3 = folder / "s3"
+    if layout.at(s3).exists():
+        return [*steps, Step(f"kept the existing {s3}", None)]
+    return [*steps, _file_step(layout, s3, "", 0o600)]  # LoadCredential= fails on a missing file
+
+
+def render_unit(text: str, layout: Layout, exec_start: Path | None) -> str:
+    """A shipped unit adjusted to this install's user, group, share and binary."""
+    text = re.sub(r"(?m)^User=.*$", f"User={layout.user}", text)
+    text = re.sub(r"(?m)^Group=.*$", f"Group={layout.group}", text)
+    text = text.replace(str(DEFAULT_SHARE) + "/", str(layout.share) + "/")
+    return text.replace(INSTALLED_BINARY, str(exec_start)) if exec_start else text
+
+
+def _unit_steps(layout: Layout, source: Path, exec_start: Path | None) -> list[Step]:
+    texts = {name: render_unit(_read(source / "systemd" / name), layout, exec_start) for name in UNIT_NAMES}
+    return [_file_step(layout, UNIT_DIR / name, text, 0o644) for name, text in texts.items()]
+
+
+def _read(path: Path) -> str:
+    return path.read_text(encoding="utf-8")
+
+
+def systemd_running() -> bool:
+    """sd_booted(3): PID 1 is systemd exactly when /run/systemd/system/ exists."""
+    return Path("/run/systemd/system").is_dir()
+
+
+def _reload_steps(layout: Layout, run: Runner) -> list[Step]:
+    if not layout.live or not systemd_running():
+        return [
+            Step("skipped systemctl daemon-reload: systemd is not PID 1 (or this is a prefix install)", None)
+        ]
+    return [Step("systemctl daemon-reload", lambda: run(["systemctl", "daemon-reload"]))]
+
+
+def next_steps(layout: Layout, binary: Path | None = None) -> list[str]:
+    config = CONFIG_DIR / "lipsyncd.yaml"
+    binary = binary or Path(INSTALLED_BINARY)
+    return [
+        "",
+        "Next steps:",
+        f"  1. Review {config} (storage, webhooks, render.providers).",
+        f"  2. S3 keys, if you use external storage: {CONFIG_DIR}/credentials/s3 (see the README there).",
+        f"  3. Let people drop jobs: usermod -aG {layout.group} USER (they write to {layout.share}/inbox).",
+        f"  4. Check the configuration: {binary} check-config --config {config}",
+        "  5. Start both watchers now and at boot: systemctl enable --now lipsyncd.target",
+        "  6. Follow them: journalctl -f -u lipsyncd-render -u lipsyncd-upload   (one job: add JOB=NAME)",
+    ]
+
+
+def _uninstall_steps(layout: Layout, run: Runner) -> list[Step]:
+    steps: list[Step] = []
+    if layout.live and systemd_running():
+        steps.append(
+            Step("systemctl disable --now lipsyncd.target and both services", lambda: run(_disable()))
+        )
+    steps += [_remove_step(layout, UNIT_DIR / name) for name in UNIT_NAMES]
+    steps += _reload_steps(layout, run)
+    if not layout.live:
+        return [*steps, Step(f"skipped removing user {layout.user}: installing under {layout.prefix}", None)]
+    if _user_exists(layout.user):
+        steps.append(Step(f"remove user {layout.user}", lambda: run(["userdel", layout.user])))
+    return steps
+
+
+def _disable() -> list[str]:
+    return ["systemctl", "disable", "--now", *UNIT_NAMES]
+
+
+def _remove_step(layout: Layout, path: Path) -> Step:
+    return Step(f"remove {path}", lambda: layout.at(path).unlink(missing_ok=True))

@@ -1,0 +1,159 @@
+"""install-systemd / uninstall-systemd into a prefix (tmp_path), with the real unit and config files.
+
+Creating the system user and running systemctl are never done by a test: under a prefix those steps
+are skipped by design, and on "/" they are only planned (dry run) with a recording runner.
+"""
+
+from __future__ import annotations
+
+import grp
+import os
+import pwd
+import stat
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+import yaml
+
+from daemon.ops.install import (
+    DEFAULT_SHARE,
+    Layout,
+    install_systemd,
+    render_unit,
+    service_config,
+    uninstall_systemd,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+UNITS = ("lipsyncd-render.service", "lipsyncd-upload.service", "lipsyncd.target")
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.commands: list[list[str]] = []
+
+    def __call__(self, argv: Sequence[str]) -> None:
+        self.commands.append(list(argv))
+
+
+def test_prefix_install_lays_out_folders_config_credentials_and_units(tmp_path: Path) -> None:
+    run = Recorder()
+    lines = install_systemd(tmp_path, run=run)
+    assert run.commands == []  # no useradd, no systemctl under a prefix
+    inbox = tmp_path / "srv/lipsyncd/inbox"
+    assert mode(inbox) == 0o2770  # group-writable drop folder; setgid keeps the group on dropped files
+    assert mode(tmp_path / "srv/lipsyncd/outputs/latest_batch") == 0o2750
+    creds = tmp_path / "etc/lipsyncd/credentials"
+    assert mode(creds) == 0o700 and mode(creds / "s3") == 0o600 and (creds / "s3").read_text() == ""
+    assert "LoadCredential" in (creds / "README").read_text() and (creds / "webhooks").is_dir()
+    config = tmp_path / "etc/lipsyncd/lipsyncd.yaml"
+    assert mode(config) == 0o640 and mode(config.parent) == 0o750
+    for name in UNITS:
+        assert (tmp_path / "etc/systemd/system" / name).read_text() == (REPO / "systemd" / name).read_text()
+    assert any("systemctl enable --now lipsyncd.target" in line for line in lines)
+    assert any(line.startswith("skipped creating user lipsyncd") for line in lines)
+    assert not [p for p in tmp_path.rglob("*.tmp")]
+
+
+def test_installed_config_points_at_the_service_folders(tmp_path: Path) -> None:
+    install_systemd(tmp_path)
+    data = yaml.safe_load((tmp_path / "etc/lipsyncd/lipsyncd.yaml").read_text())
+    assert data["paths"] == {
+        "shared": "/srv/lipsyncd",
+        "inbox": "/srv/lipsyncd/inbox",
+        "outputs": "/srv/lipsyncd/outputs/latest_batch",
+        "state": "/var/lib/lipsyncd",
+        "models": "/var/lib/lipsyncd/models",
+    }
+    example = yaml.safe_load((REPO / "config/lipsyncd.example.yaml").read_text())
+    assert {k: v for k, v in data.items() if k != "paths"} == {
+        k: v for k, v in example.items() if k != "paths"
+    }
+
+
+def test_installed_config_is_accepted_by_the_daemon(tmp_path: Path) -> None:
+    config_module = pytest.importorskip("daemon.config")
+    install_systemd(tmp_path)
+    config = config_module.load_config(tmp_path / "etc/lipsyncd/lipsyncd.yaml", required=True)
+    assert config.inbox_dir == Path("/srv/lipsyncd/inbox")
+
+
+def test_a_second_install_keeps_what_the_admin_changed(tmp_path: Path) -> None:
+    install_systemd(tmp_path)
+    config = tmp_path / "etc/lipsyncd/lipsyncd.yaml"
+    s3 = tmp_path / "etc/lipsyncd/credentials/s3"
+    config.write_text("paths:\n  shared: /data\n")
+    s3.write_text("aws_access_key_id=AKID\naws_secret_access_key=SECRET\n")
+    lines = install_systemd(tmp_path)
+    assert config.read_text() == "paths:\n  shared: /data\n"
+    assert "SECRET" in s3.read_text()
+    assert "kept the existing /etc/lipsyncd/lipsyncd.yaml" in lines
+
+
+def test_dry_run_writes_nothing(tmp_path: Path) -> None:
+    lines = install_systemd(tmp_path, dry_run=True)
+    assert list(tmp_path.iterdir()) == []
+    assert "would write /etc/systemd/system/lipsyncd-render.service (mode 0644)" in lines
+
+
+def test_custom_user_share_and_binary_reach_the_units(tmp_path: Path) -> None:
+    install_systemd(
+        tmp_path, user="lsd", group="studio", share=Path("/data/lsd"), exec_start=Path("/usr/bin/lipsyncd")
+    )
+    unit = (tmp_path / "etc/systemd/system/lipsyncd-upload.service").read_text()
+    assert "User=lsd\n" in unit and "Group=studio\n" in unit
+    assert "ReadWritePaths=/data/lsd/inbox /data/lsd/outputs\n" in unit
+    assert "ExecStart=/usr/bin/lipsyncd upload --config /etc/lipsyncd/lipsyncd.yaml" in unit
+    assert (tmp_path / "data/lsd/inbox").is_dir()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="setting owners needs root")
+def test_owners_are_set_when_the_account_exists(tmp_path: Path) -> None:
+    user, group = "nobody", grp.getgrgid(pwd.getpwnam("nobody").pw_gid).gr_name
+    install_systemd(tmp_path, user=user, group=group)
+    inbox = (tmp_path / "srv/lipsyncd/inbox").stat()
+    assert (inbox.st_uid, inbox.st_gid) == (pwd.getpwnam(user).pw_uid, grp.getgrnam(group).gr_gid)
+    assert stat.S_IMODE(inbox.st_mode) == 0o2770  # chown clears setgid; the mode is set after it
+    config = (tmp_path / "etc/lipsyncd/lipsyncd.yaml").stat()
+    assert (config.st_uid, config.st_gid) == (0, grp.getgrnam(group).gr_gid)  # root-owned, group-readable
+    assert (tmp_path / "etc/lipsyncd/credentials").stat().st_uid == 0
+
+
+def test_uninstall_removes_units_and_keeps_data(tmp_path: Path) -> None:
+    install_systemd(tmp_path)
+    (tmp_path / "srv/lipsyncd/inbox/job.yaml").write_text("audio: a.wav\n")
+    lines = uninstall_systemd(tmp_path)
+    assert not any((tmp_path / "etc/systemd/system" / name).exists() for name in UNITS)
+    assert (tmp_path / "srv/lipsyncd/inbox/job.yaml").exists()
+    assert (tmp_path / "etc/lipsyncd/lipsyncd.yaml").exists()
+    assert lines[-1].startswith("kept /srv/lipsyncd, /var/lib/lipsyncd and /etc/lipsyncd")
+
+
+def test_on_the_live_system_the_account_is_planned_first() -> None:
+    """Dry run on "/": nothing is executed, the plan names the account steps (when missing here)."""
+    run = Recorder()
+    lines = install_systemd(
+        Path("/"), user="lipsyncd-test-absent", group="lipsyncd-test-absent", dry_run=True, run=run
+    )
+    assert run.commands == []
+    assert lines[:2] == [
+        "would create system group lipsyncd-test-absent",
+        "would create system user lipsyncd-test-absent",
+    ]
+    planned = uninstall_systemd(Path("/"), user="lipsyncd-test-absent", dry_run=True, run=run)
+    assert run.commands == [] and "would remove /etc/systemd/system/lipsyncd.target" in planned
+
+
+def test_service_config_without_an_example() -> None:
+    text = service_config("logging:\n  level: info\n", Path("/s"))
+    assert yaml.safe_load(text)["paths"]["inbox"] == "/s/inbox"
+
+
+def test_render_unit_leaves_shipped_text_alone_by_default() -> None:
+    text = (REPO / "systemd/lipsyncd-render.service").read_text()
+    assert render_unit(text, Layout(Path("/"), "lipsyncd", "lipsyncd", DEFAULT_SHARE), None) == text
