@@ -72,6 +72,7 @@ class RenderDaemon:
             settings=render_settings(config),
             default_model=config.render.model,
             detector=config.render.detector,
+            max_seconds=config.render.max_video_seconds,
             stop=stop,
             beat=beats.pipeline,
         )

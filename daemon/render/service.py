@@ -64,6 +64,7 @@ class RenderService:
         default_model: str,
         detector: str,
         stop: threading.Event,
+        max_seconds: float = 3600.0,
         beat: Callable[[], None] = lambda: None,
     ) -> None:
         self.store = store
@@ -73,6 +74,7 @@ class RenderService:
         self.settings = settings
         self.default_model = default_model
         self.detector_name = detector
+        self.max_seconds = max_seconds
         self.stop = stop
         self.beat = beat
         self.progress = Progress()
@@ -124,6 +126,14 @@ class RenderService:
                 audio = prepare_audio(Path(job.audio))
             except MediaError as exc:
                 self._fail_job(job, f"the audio {job.audio_written!r} cannot be used: {exc}")
+                return
+            if audio.seconds > self.max_seconds:
+                limit = f"{self.max_seconds / 60:g} minutes"
+                self._fail_job(
+                    job,
+                    f"the audio is {audio.seconds / 60:.1f} minutes long; outputs may be at most "
+                    f"{limit} (render.max_video_seconds). Split the voice-over into shorter jobs.",
+                )
                 return
             for video in self.store.videos(job.id):
                 if video.state == VideoState.QUEUED:
