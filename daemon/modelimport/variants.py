@@ -1,0 +1,100 @@
+"""fp16 and int8 variants of an fp32 ONNX model, each measured against it on held-out inputs.
+
+fp16 keeps float32 inputs and outputs (keep_io_types) so the pipeline feeds every variant the same.
+int8 is static QDQ quantisation (uint8 activations, int8 per-channel weights), calibrated on
+generated speech and face inputs; the check uses different seeds than the calibration.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+from onnxruntime.transformers.float16 import convert_float_to_float16
+
+from daemon.modelimport.calibration import batches
+from daemon.modelimport.report import VariantCheck
+from daemon.render.modelspec import ModelSpec
+
+CALIBRATION_SAMPLES = 32
+CHECK_SAMPLES = 16
+_CALIBRATION_SEED = 1000
+_CHECK_SEED = 2000
+
+
+def variant_file(precision: str) -> str:
+    return f"model.{precision}.onnx"
+
+
+def write_fp16(src: Path, dst: Path) -> None:
+    model = convert_float_to_float16(onnx.load(str(src)), keep_io_types=True)
+    onnx.save(model, str(dst))
+
+
+class _Feeds(CalibrationDataReader):
+    def __init__(self, feeds: list[dict[str, np.ndarray]]) -> None:
+        self._feeds = iter(feeds)
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self._feeds, None)
+
+
+def write_int8(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]]) -> None:
+    with _quiet_quantizer():
+        quantize_static(
+            str(src),
+            str(dst),
+            _Feeds(feeds),
+            quant_format=QuantFormat.QDQ,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            per_channel=True,
+        )
+
+
+@contextmanager
+def _quiet_quantizer() -> Iterator[None]:
+    """The quantiser logs advice through the root logger; it would only confuse the user."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
+def compare(reference: Path, candidate: Path, feeds: list[dict[str, np.ndarray]]) -> tuple[float, float]:
+    """(max, mean) abs difference of the first output over all feeds, both run on the CPU."""
+    runs = [ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]) for p in (reference, candidate)]
+    diffs = [np.abs(runs[0].run(None, f)[0] - runs[1].run(None, f)[0]) for f in feeds]
+    return max(float(d.max()) for d in diffs), float(np.mean([d.mean() for d in diffs]))
+
+
+def build_variants(
+    folder: Path, spec: ModelSpec, *, fp16: bool, int8: bool, calibration_samples: int = CALIBRATION_SAMPLES
+) -> tuple[ModelSpec, tuple[VariantCheck, ...]]:
+    """Write the asked-for variants next to the fp32 file; the spec gains them in `variants`."""
+    names = (spec.mel_input, spec.face_input)
+    batch = spec.batch or 1
+    fp32 = folder / spec.onnx_file
+    held_out = batches(max(CHECK_SAMPLES, batch), batch, _CHECK_SEED, names)
+    checks = []
+    for precision in [p for p, wanted in (("fp16", fp16), ("int8", int8)) if wanted]:
+        target = folder / variant_file(precision)
+        if precision == "fp16":
+            write_fp16(fp32, target)
+        else:
+            write_int8(
+                fp32, target, batches(max(calibration_samples, batch), batch, _CALIBRATION_SEED, names)
+            )
+        checks.append(VariantCheck(precision, target.name, *compare(fp32, target, held_out)))
+    variants = {**spec.variants, **{c.precision: c.file for c in checks}}
+    return replace(spec, variants=variants), tuple(checks)
