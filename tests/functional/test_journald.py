@@ -50,10 +50,11 @@ def _journald_alive() -> bool:
 
 
 @pytest.fixture(scope="module")
-def journald() -> Iterator[None]:
-    """Use the running journald, or start one by hand and stop it afterwards."""
+def journald() -> Iterator[list[str]]:
+    """Use the running journald, or start one by hand and stop it afterwards. Yields where journalctl
+    should read: the host's own journal, or the volatile one the hand-started journald writes."""
     if _journald_alive():
-        yield
+        yield []
         return
     proc = subprocess.Popen([str(JOURNALD)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
@@ -64,7 +65,7 @@ def journald() -> Iterator[None]:
             )
             assert time.monotonic() < deadline, "journald did not open its socket within 10 s"
             time.sleep(0.05)
-        yield
+        yield ["-D", JOURNAL_DIR]
     finally:
         proc.terminate()
         proc.wait(timeout=10)
@@ -72,12 +73,12 @@ def journald() -> Iterator[None]:
             proc.stderr.close()
 
 
-def read_journal(match: str, count: int, timeout: float = 10.0) -> list[dict[str, object]]:
+def read_journal(where: list[str], match: str, count: int, timeout: float = 10.0) -> list[dict[str, object]]:
     """Entries matching FIELD=value, polling until `count` arrived (journald writes asynchronously)."""
     deadline = time.monotonic() + timeout
     while True:
         out = subprocess.run(
-            ["journalctl", "-D", JOURNAL_DIR, match, "-o", "json", "--all", "--no-pager"],
+            ["journalctl", *where, match, "-o", "json", "--all", "--no-pager"],
             capture_output=True,
             text=True,
             check=True,
@@ -101,7 +102,7 @@ try:
     raise OSError("upload refused: " + url)
 except OSError:
     log.exception("upload_failed", attachment="x" * 300_000)
-print("plain stderr line", file=sys.stderr)
+print("plain stderr line", sys.argv[2], file=sys.stderr)
 """
 
 
@@ -121,10 +122,10 @@ def run_child(tmp_path: Path, fmt: str, job: str, **popen: object) -> None:
     assert proc.returncode == 0
 
 
-def test_events_reach_journald_with_their_fields(journald: None, tmp_path: Path) -> None:
+def test_events_reach_journald_with_their_fields(journald: list[str], tmp_path: Path) -> None:
     job = f"jtest-{uuid.uuid4().hex[:12]}"
     run_child(tmp_path, "journald", job, stderr=subprocess.DEVNULL)
-    entries = read_journal(f"JOB={job}", 2)
+    entries = read_journal(journald, f"JOB={job}", 2)
     assert [e["EVENT"] for e in entries] == ["video_rendered", "upload_failed"]
     ok, failed = entries
     assert (ok["JOB"], ok["VIDEO"], ok["STAGE"], ok["MODEL"]) == (job, "anchor_a", "encode", "baseline")
@@ -147,13 +148,15 @@ def _journal_stream(identifier: str) -> socket.socket:
     return sock
 
 
-def test_auto_format_uses_journald_when_stderr_is_the_journal(journald: None, tmp_path: Path) -> None:
+def test_auto_format_uses_journald_when_stderr_is_the_journal(journald: list[str], tmp_path: Path) -> None:
     job = f"jauto-{uuid.uuid4().hex[:12]}"
     with _journal_stream("lipsyncd-test") as stream:
         st = os.fstat(stream.fileno())
         env = {"JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}"}
         run_child(tmp_path, "auto", job, stderr=stream.fileno(), env=env)
-    entries = read_journal(f"JOB={job}", 2)
+    entries = read_journal(journald, f"JOB={job}", 2)
     assert [e["_TRANSPORT"] for e in entries] == ["journal", "journal"]  # native fields, not stream lines
-    plain = read_journal("SYSLOG_IDENTIFIER=lipsyncd-test", 1)
-    assert any(e["MESSAGE"] == "plain stderr line" and e["_TRANSPORT"] == "stdout" for e in plain)
+    [plain] = read_journal(
+        journald, f"MESSAGE=plain stderr line {job}", 1
+    )  # ordinary stderr lines still arrive
+    assert (plain["_TRANSPORT"], plain["SYSLOG_IDENTIFIER"]) == ("stdout", "lipsyncd-test")
