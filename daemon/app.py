@@ -3,8 +3,6 @@ reads argv or the environment."""
 
 from __future__ import annotations
 
-import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,10 +11,11 @@ import structlog
 from daemon.config import Config
 from daemon.inbox import Inbox
 from daemon.intake import Intake, IntakeThread
+from daemon.ops.runtime import ServiceRuntime
 from daemon.render.pipeline import Interrupted, RenderSettings
 from daemon.render.registry import ModelPool, available_models
 from daemon.render.service import RenderPaths, RenderService
-from daemon.store import JobStore
+from daemon.store import JobState, JobStore
 
 log = structlog.get_logger(__name__)
 
@@ -47,19 +46,19 @@ class RenderDaemon:
     store: JobStore
     intake: Intake
     service: RenderService
-    stop: threading.Event
+    runtime: ServiceRuntime
 
     @classmethod
-    def build(cls, config: Config, stop: threading.Event, *, beat: Heartbeats | None = None) -> RenderDaemon:
-        beats = beat or Heartbeats()
+    def build(cls, config: Config, runtime: ServiceRuntime) -> RenderDaemon:
         store = JobStore(config.state_dir)
         inbox = Inbox(config.inbox_dir, settle_time=config.inbox.settle_time)
+        gpu = config.render.gpus[0] if config.render.gpus else 0
         models = ModelPool(
             config.models_dir,
             providers=config.render.providers,
             precision=config.render.precision,
             threads=config.render.threads,
-            device_id=config.render.gpus[0] if config.render.gpus else 0,
+            device_id=gpu,
         )
         paths = RenderPaths(
             config.outputs_dir, config.state_dir / "scratch", locks_dir(config), config.models_dir
@@ -73,8 +72,8 @@ class RenderDaemon:
             default_model=config.render.model,
             detector=config.render.detector,
             max_seconds=config.render.max_video_seconds,
-            stop=stop,
-            beat=beats.pipeline,
+            stop=runtime.stop,
+            beat=runtime.heartbeat("pipeline"),
         )
         intake = Intake(
             inbox,
@@ -86,7 +85,7 @@ class RenderDaemon:
             models=lambda: available_models(config.models_dir),
             on_job=service.wake.set,
         )
-        return cls(config, store, intake, service, stop)
+        return cls(config, store, intake, service, runtime)
 
     def recover(self) -> None:
         self.intake.recover()
@@ -96,41 +95,52 @@ class RenderDaemon:
         """Take what the inbox holds now (after one settle period), render it all, return jobs rendered."""
         self.recover()
         self.intake.sweep(rescan=True)
-        self.stop.wait(self.config.inbox.settle_time)
+        self.runtime.stop.wait(self.config.inbox.settle_time)
         self.intake.sweep(rescan=True)
         try:
             return self.service.run_pending()
         except Interrupted:
             return 0
 
-    def run_forever(self, beats: Heartbeats | None = None) -> None:
+    def run_forever(self) -> None:
         self.recover()
         thread = IntakeThread(
             self.intake,
-            self.stop,
+            self.runtime.stop,
             rescan_interval=self.config.inbox.rescan_interval,
             polling=self.config.inbox.observer == "polling",
-            beat=(beats or Heartbeats()).intake,
+            beat=self.runtime.heartbeat("intake"),
         )
         thread.start()
+        self.runtime.ready(self.describe)
+        log.info("render_ready", inbox=str(self.config.inbox_dir), outputs=str(self.config.outputs_dir))
         try:
             self.service.run_forever()
         except Interrupted:
-            log.info("render_stopping")
+            pass
         finally:
-            self.stop.set()
+            self.runtime.stopping("stopping: the video in flight goes back to the queue")
+            log.info("render_stopping")
+            self.runtime.stop.set()
             thread.join(timeout=10)
+            self.runtime.close()
             self.store.close()
 
+    def describe(self) -> str:
+        """The STATUS= line: '2 queued · rendering spring-promo 45%'."""
+        queued = len(self.store.jobs(JobState.QUEUED))
+        progress = self.service.progress
+        doing = f"rendering {progress.job} {progress.fraction:.0%}" if progress.job else "idle"
+        return f"{queued} queued · {doing}"
 
-class Heartbeats:
-    """Monotonic times of the last sign of life of each loop (read by the systemd watchdog)."""
-
-    def __init__(self) -> None:
-        self.last: dict[str, float] = {}
-
-    def pipeline(self) -> None:
-        self.last["pipeline"] = time.monotonic()
-
-    def intake(self) -> None:
-        self.last["intake"] = time.monotonic()
+    def reload(self, new: Config) -> None:
+        """Apply what can change while running; name what needs a restart."""
+        for section in ("paths", "storage"):
+            if getattr(new, section) != getattr(self.config, section):
+                log.warning("config_needs_restart", section=section)
+        self.service.settings = render_settings(new)
+        self.service.default_model = new.render.model
+        self.service.max_seconds = new.render.max_video_seconds
+        self.intake.inbox.settle_time = new.inbox.settle_time
+        self.config = new
+        log.info("config_reloaded", source=str(new.source))

@@ -12,8 +12,12 @@ import sys
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from daemon.config import Config, ConfigError, config_path, load_config
+
+if TYPE_CHECKING:
+    from daemon.ops.runtime import ServiceRuntime
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = (
     0,
@@ -87,15 +91,50 @@ def _parser() -> argparse.ArgumentParser:
 def _render(args: argparse.Namespace, config: Config) -> int:
     from daemon.app import RenderDaemon
 
-    stop = threading.Event()
-    _on_signals(stop)
-    daemon = RenderDaemon.build(config, stop)
+    runtime = _runtime(config)
+    daemon = RenderDaemon.build(config, runtime)
     if args.once:
         daemon.run_once()
         daemon.store.close()
         return EXIT_OK
+    _on_reload(args, daemon.reload)
     daemon.run_forever()
     return EXIT_OK
+
+
+def _runtime(config: Config) -> ServiceRuntime:
+    """Signals and the service manager: SIGTERM/SIGINT stop; NOTIFY_SOCKET is taken out of the environment
+    so child processes (the embedded storage) cannot talk to systemd in our name."""
+    from daemon.ops.runtime import ServiceRuntime
+    from daemon.ops.systemd import Notifier, watchdog_interval
+
+    stop = threading.Event()
+    _on_signals(stop)
+    interval = watchdog_interval(os.environ)
+    notifier = Notifier.from_environ(os.environ, unset=True)
+    return ServiceRuntime(notifier, stop, watchdog_interval=interval, stall_after=config.service.stall_after)
+
+
+def _on_reload(args: argparse.Namespace, apply: Callable[[Config], None]) -> None:
+    """SIGHUP re-reads the configuration file; a bad one is refused with a log line and the old one kept."""
+    import structlog
+
+    log = structlog.get_logger("daemon.cli")
+    wanted = threading.Event()
+
+    def reload_loop() -> None:
+        while True:
+            wanted.wait()
+            wanted.clear()
+            try:
+                apply(load_config(config_path(args.config, os.environ), required=True))
+            except ConfigError as exc:
+                log.error(
+                    "config_reload_refused", error=str(exc), keeping="the configuration already running"
+                )
+
+    signal.signal(signal.SIGHUP, lambda signum, frame: wanted.set())
+    threading.Thread(target=reload_loop, name="config-reload", daemon=True).start()
 
 
 def _submit(args: argparse.Namespace, config: Config) -> int:

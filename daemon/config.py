@@ -181,6 +181,12 @@ class WebhookConfig:
 
 
 @dataclass(frozen=True)
+class ServiceConfig:
+    stall_after: float = _key(300.0, parse_duration)
+    metrics_dir: Path | None = _key(None)
+
+
+@dataclass(frozen=True)
 class LoggingConfig:
     format: str = _key("auto", _choice("auto", "console", "json", "journald"))
     level: str = _key("info", _choice("debug", "info", "warning", "error"))
@@ -198,6 +204,7 @@ class Config:
     lifecycle: LifecycleConfig = field(default_factory=LifecycleConfig)
     webhooks: dict[str, WebhookConfig] = field(default_factory=dict)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    service: ServiceConfig = field(default_factory=ServiceConfig)
     source: Path | None = None  # the file this came from; None means built-in defaults
 
     @property

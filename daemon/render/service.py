@@ -104,6 +104,7 @@ class RenderService:
         done = 0
         while not self.stop.is_set() and (job := self.next_job()) is not None:
             self.render_job(job)
+            self.progress = Progress()
             done += 1
         return done
 
