@@ -39,7 +39,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_CONFIG
     from daemon.ops.logging import configure_logging
 
-    configure_logging(config.logging.format, config.logging.level)
+    configure_logging(config.logging.format, config.logging.level, identifier=f"lipsyncd-{args.command}")
     try:
         return int(args.handler(args, config) or EXIT_OK)
     except _UserError as exc:
@@ -58,7 +58,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--config", help="YAML configuration (default: $LIPSYNCD_CONFIG or config/lipsyncd.yaml)"
     )
-    sub = parser.add_subparsers(title="commands", metavar="COMMAND")
+    sub = parser.add_subparsers(title="commands", metavar="COMMAND", dest="command")
 
     def command(name: str, handler: Callable[..., int | None], text: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=text, description=text)
@@ -82,6 +82,18 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="machine-readable output")
 
     command("check-config", _check_config, "validate the configuration file and print the result")
+
+    for name, text in (
+        ("install-systemd", "create the user, folders and units (run as root)"),
+        ("uninstall-systemd", "remove the units and the user; keep user data"),
+    ):
+        p = command(name, _install, text)
+        p.add_argument(
+            "--prefix", type=Path, default=Path("/"), help="install into this root (for packaging)"
+        )
+        p.add_argument("--share", type=Path, default=Path("/srv/lipsyncd"), help="the shared folder")
+        p.add_argument("--user", default="lipsyncd")
+        p.add_argument("--dry-run", action="store_true", help="print the steps, change nothing")
     return parser
 
 
@@ -173,6 +185,18 @@ def _status(args: argparse.Namespace, config: Config) -> int:
 def _check_config(args: argparse.Namespace, config: Config) -> int:
     where = config.source or "built-in defaults (no configuration file found)"
     print(f"configuration OK: {where}")
+    return EXIT_OK
+
+
+def _install(args: argparse.Namespace, config: Config) -> int:
+    from daemon.ops.install import install_systemd, uninstall_systemd
+
+    options = {"user": args.user, "group": args.user, "share": args.share, "dry_run": args.dry_run}
+    if args.command == "install-systemd":
+        lines = install_systemd(args.prefix, exec_start=Path(sys.prefix) / "bin" / "lipsyncd", **options)
+    else:
+        lines = uninstall_systemd(args.prefix, **options)
+    print("\n".join(lines))
     return EXIT_OK
 
 
