@@ -51,6 +51,8 @@ log = structlog.get_logger(__name__)
 
 _PORT_NAMES = ("master", "master_grpc", "volume", "volume_grpc", "filer", "filer_grpc", "s3", "s3_grpc")
 _UNIX_PATH_MAX = 100  # sun_path is 108 bytes on Linux; keep a margin
+_SERVICES = ("master", "volume", "filer", "s3")
+_SEAWEED_TMP = Path("/tmp")
 PROBE_KEY = ".lipsyncd/ready"  # a tiny object read back at every start, outside the videos' prefix
 
 
@@ -402,17 +404,15 @@ class EmbeddedS3:
         self._remove_grpc_sockets(self._ports)
 
     def _remove_grpc_sockets(self, ports: Ports | None) -> None:
-        """SeaweedFS puts its gRPC sockets in /tmp under our port numbers; remove them once it is gone."""
+        """SeaweedFS puts sockets in /tmp (hard-coded, TMPDIR is ignored) named after our ports; remove
+        them once it is gone. Only exact names built from our own port numbers are touched."""
         if ports is None:
             return
-        for name in ("master", "volume", "filer", "s3"):
-            path = (
-                Path(tempfile.gettempdir()) / f"seaweedfs-{name}-grpc-{getattr(ports, name + '_grpc')}.sock"
-            )
+        names = [f"seaweedfs-{name}-grpc-{getattr(ports, name + '_grpc')}.sock" for name in _SERVICES]
+        names += [f"seaweedfs-filer-{ports.filer}.sock", f"seaweedfs-s3-{ports.s3}.sock"]  # long state paths
+        for path in [_SEAWEED_TMP / name for name in names] + list(self._paths.run.glob("*.sock")):
             if path.is_socket():
                 path.unlink(missing_ok=True)
-        for path in self._paths.run.glob("*.sock"):
-            path.unlink(missing_ok=True)
 
     def _require_ports(self) -> Ports:
         if self._ports is None:
