@@ -38,7 +38,6 @@ _RETRY_CODES = frozenset(
         "TooManyRequestsException",
         "InternalError",
         "ServiceUnavailable",
-        "BadDigest",  # bytes damaged on the way: sending them again is the fix
     }
 )
 _ACCESS_NAMES = ("aws_access_key_id", "access_key_id", "access_key")

