@@ -12,9 +12,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 import torch
+from onnx import TensorProto, helper
 
 from daemon.modelimport import ImportReport, ModelImportError, import_model, import_yunet, list_detectors
 from daemon.modelimport.s3fd_arch import OUTPUTS, S3FD
@@ -159,3 +161,16 @@ def test_yunet_loader_refuses_what_is_not_yunet(tmp_path: Path) -> None:
     with pytest.raises(DetectorError, match="not found"):
         load_yunet(tmp_path / "missing.onnx")
     assert not detector_folder(tmp_path / "models", "yunet").exists()
+
+
+def test_a_yunet_looking_file_goes_to_the_yunet_importer(tmp_path: Path) -> None:
+    """Outputs named like YuNet's (cls_8, obj_8, ...) route to the YuNet check, which OpenCV then runs."""
+    image = helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 64, 64])
+    names = ["cls_8", "obj_8", "bbox_8", "kps_8"]
+    nodes = [helper.make_node("Identity", ["input"], [name]) for name in names]
+    outputs = [helper.make_tensor_value_info(name, TensorProto.FLOAT, [1, 3, 64, 64]) for name in names]
+    graph = helper.make_graph(nodes, "fake_yunet", [image], outputs)
+    path = tmp_path / "face_detection_yunet_fake.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    with pytest.raises(ModelImportError, match="is not an OpenCV YuNet face detector"):
+        import_model(path, tmp_path / "models", name=None, fp16=False, int8=False)

@@ -26,6 +26,7 @@ from daemon.modelimport import (
     ModelImportError,
     file_kind,
     import_checkpoint,
+    import_model,
     list_models,
 )
 from daemon.modelimport.wav2lip_arch import Wav2Lip
@@ -256,6 +257,12 @@ def test_mismatched_keys_are_named(state: State, tmp_path: Path, edit: dict[str,
         import_checkpoint(path, tmp_path / "models", name="x", fp16=False, int8=False)
     with pytest.raises(ModelImportError, match=message):
         load_wav2lip(path)
+
+
+def test_import_model_sends_wav2lip_checkpoints_to_the_wav2lip_importer(state: State, tmp_path: Path) -> None:
+    path = _broken(state, tmp_path, drop="audio_encoder.0.conv_block.0.bias")
+    with pytest.raises(ModelImportError, match="missing keys: audio_encoder.0.conv_block.0.bias"):
+        import_model(path, tmp_path / "models", name=None, fp16=False, int8=False)
 
 
 def test_bad_model_names_are_refused(checkpoint: Path, tmp_path: Path) -> None:
