@@ -9,13 +9,17 @@ from pathlib import Path
 import structlog
 
 from daemon.config import Config
+from daemon.distribute.notify import Notifier, WebhookSettings
+from daemon.distribute.storage import Storage, abort_stale_uploads, open_storage
+from daemon.distribute.uploader import UploadSettings
+from daemon.distribute.watcher import DistributeSettings, UploadWatcher
 from daemon.inbox import Inbox
 from daemon.intake import Intake, IntakeThread
 from daemon.ops.runtime import ServiceRuntime
 from daemon.render.pipeline import Interrupted, RenderSettings
 from daemon.render.registry import ModelPool, available_models
 from daemon.render.service import RenderPaths, RenderService
-from daemon.store import JobState, JobStore
+from daemon.store import JobState, JobStore, VideoState
 
 log = structlog.get_logger(__name__)
 
@@ -142,5 +146,101 @@ class RenderDaemon:
         self.service.default_model = new.render.model
         self.service.max_seconds = new.render.max_video_seconds
         self.intake.inbox.settle_time = new.inbox.settle_time
+        self.config = new
+        log.info("config_reloaded", source=str(new.source))
+
+
+def distribute_settings(config: Config) -> DistributeSettings:
+    u = config.upload
+    return DistributeSettings(
+        bucket=config.storage.bucket,
+        prefix=config.storage.prefix,
+        max_concurrent=u.max_concurrent,
+        default_ttl=int(config.links.default_ttl),
+        base_url=config.links.base_url,
+        eviction=config.eviction.mode,
+        keep_hours=config.eviction.keep_hours,
+        upload=UploadSettings(
+            multipart_threshold=u.multipart_threshold, part_size=u.part_size, max_part_workers=u.part_workers
+        ),
+    )
+
+
+def webhook_settings(config: Config) -> list[WebhookSettings]:
+    return [
+        WebhookSettings(name, hook.kind, url=hook.url, url_file=hook.url_file, secret_file=hook.secret_file)
+        for name, hook in config.webhooks.items()
+    ]
+
+
+@dataclass
+class UploadDaemon:
+    """The parts of `lipsyncd upload`: storage (embedded or external), webhooks, the watcher."""
+
+    config: Config
+    store: JobStore
+    storage: Storage
+    notifier: Notifier
+    watcher: UploadWatcher
+    runtime: ServiceRuntime
+
+    @classmethod
+    def build(
+        cls, config: Config, runtime: ServiceRuntime, *, credentials_file: Path | None = None
+    ) -> UploadDaemon:
+        store = JobStore(config.state_dir)
+        storage = open_storage(config, credentials_file=credentials_file)
+        notifier = Notifier(webhook_settings(config))
+        watcher = UploadWatcher(
+            store,
+            storage.client,
+            distribute_settings(config),
+            outputs_dir=config.outputs_dir,
+            locks_dir=locks_dir(config),
+            stop=runtime.stop,
+            notifier=notifier,
+            beat=runtime.heartbeat("uploads"),
+        )
+        return cls(config, store, storage, notifier, watcher, runtime)
+
+    def recover(self) -> None:
+        self.watcher.recover()
+        abort_stale_uploads(self.storage, self.store.upload_ids(), older_than_hours=1)
+
+    def run_once(self) -> None:
+        try:
+            self.recover()
+            self.watcher.run_until_idle()
+        finally:
+            self.close()
+
+    def run_forever(self) -> None:
+        try:
+            self.recover()
+            self.runtime.ready(self.describe)
+            log.info("upload_ready", bucket=self.storage.bucket, outputs=str(self.config.outputs_dir))
+            self.watcher.run_forever()
+        finally:
+            self.runtime.stopping("stopping: uploads in flight stay resumable")
+            log.info("upload_stopping")
+            self.close()
+
+    def close(self) -> None:
+        self.watcher.shutdown()
+        self.notifier.close()
+        self.storage.close()
+        self.runtime.close()
+        self.store.close()
+
+    def describe(self) -> str:
+        waiting = len(self.store.videos_in(VideoState.RENDERED))
+        uploading = len(self.store.videos_in(VideoState.UPLOADING))
+        return f"{uploading} uploading · {waiting} waiting"
+
+    def reload(self, new: Config) -> None:
+        for section in ("paths", "storage", "webhooks"):
+            if getattr(new, section) != getattr(self.config, section):
+                log.warning("config_needs_restart", section=section)
+        self.watcher.settings = distribute_settings(new)
         self.config = new
         log.info("config_reloaded", source=str(new.source))

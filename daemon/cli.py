@@ -68,6 +68,24 @@ def _parser() -> argparse.ArgumentParser:
     render = command("render", _render, "watch the inbox and render jobs (the render watcher)")
     render.add_argument("--once", action="store_true", help="process what the inbox holds now, then exit")
 
+    upload = command(
+        "upload", _upload, "upload rendered videos, write links, evict local copies (the upload watcher)"
+    )
+    upload.add_argument("--once", action="store_true", help="upload what is due now, then exit")
+
+    run = command("run", _run, "start both watchers (render and upload) for a quick start")
+    run.add_argument("--once", action="store_true", help="render the inbox, upload the results, then exit")
+
+    links = command("links", _links, "print download links; --refresh re-signs links near expiry")
+    links.add_argument("job", nargs="?")
+    links.add_argument(
+        "--refresh", action="store_true", help="re-sign links expiring within links.refresh_before"
+    )
+
+    bucket = command("bucket", _bucket, "storage bucket housekeeping")
+    bucket.add_argument("what", choices=["lifecycle"])
+    bucket.add_argument("--apply", action="store_true", help="apply the configured policy (default: show)")
+
     submit = command("submit", _submit, "write a manifest into the inbox (copying outside media in)")
     submit.add_argument("audio", type=Path)
     submit.add_argument("videos", type=Path, nargs="+")
@@ -112,6 +130,65 @@ def _render(args: argparse.Namespace, config: Config) -> int:
     _on_reload(args, daemon.reload)
     daemon.run_forever()
     return EXIT_OK
+
+
+def _upload(args: argparse.Namespace, config: Config) -> int:
+    from daemon.app import UploadDaemon
+
+    runtime = _runtime(config)
+    daemon = UploadDaemon.build(config, runtime, credentials_file=_systemd_credential("s3"))
+    if args.once:
+        daemon.run_once()
+        return EXIT_OK
+    _on_reload(args, daemon.reload)
+    daemon.run_forever()
+    return EXIT_OK
+
+
+def _run(args: argparse.Namespace, config: Config) -> int:
+    from daemon.supervise import run_both
+
+    base = [sys.executable, "-m", "daemon", *(["--config", args.config] if args.config else [])]
+    return run_both(base, once=args.once)
+
+
+def _links(args: argparse.Namespace, config: Config) -> int:
+    from daemon.distribute.refresh import print_links, refresh_links
+
+    if args.refresh:
+        refreshed = refresh_links(config, args.job, credentials_file=_systemd_credential("s3"))
+        print(f"re-signed {refreshed} link(s)")
+    return print_links(config, args.job)
+
+
+def _bucket(args: argparse.Namespace, config: Config) -> int:
+    from daemon.distribute.lifecycle import LifecyclePolicy, apply, show
+    from daemon.distribute.storage import open_storage
+
+    c = config.lifecycle
+    policy = LifecyclePolicy(
+        ia_after_days=c.ia_after_days or None,
+        expire_after_days=c.expire_after_days or None,
+        abort_multipart_after_days=c.abort_multipart_after_days,
+        prefix=f"{config.storage.prefix}/" if config.storage.prefix else "",
+    )
+    storage = open_storage(config, credentials_file=_systemd_credential("s3"))
+    try:
+        print(
+            apply(storage.client, storage.bucket, policy).summary()
+            if args.apply
+            else show(storage.client, storage.bucket)
+        )
+    finally:
+        storage.close()
+    return EXIT_OK
+
+
+def _systemd_credential(name: str) -> Path | None:
+    """A secret systemd passed in with LoadCredential= (an empty file means none was configured)."""
+    folder = os.environ.get("CREDENTIALS_DIRECTORY")
+    path = Path(folder) / name if folder else None
+    return path if path is not None and path.is_file() and path.stat().st_size > 0 else None
 
 
 def _runtime(config: Config) -> ServiceRuntime:

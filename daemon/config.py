@@ -142,7 +142,7 @@ class StorageConfig:
     response_checksum_validation: str = _key("when_required", _choice("when_supported", "when_required"))
     credentials_file: Path | None = _key(None)
     profile: str | None = _key(None)
-    embedded_port: int = _key(8333, _positive_int)
+    embedded_port: int = _key(0, _non_negative_int)
 
 
 @dataclass(frozen=True)
@@ -150,7 +150,7 @@ class UploadConfig:
     max_concurrent: int = _key(3, _positive_int)
     multipart_threshold: int = _key(16 * 2**20, parse_size)
     part_size: int = _key(8 * 2**20, parse_size)
-    rescan_interval: float = _key(30.0, parse_duration)
+    part_workers: int = _key(2, _positive_int)
 
 
 @dataclass(frozen=True)
@@ -177,6 +177,7 @@ class LifecycleConfig:
 class WebhookConfig:
     kind: str = _key("json", _choice("wecom", "dingtalk", "feishu", "json"))
     url: str = _key("")
+    url_file: Path | None = _key(None)
     secret_file: Path | None = _key(None)
 
 
@@ -325,5 +326,7 @@ def _check_paths(config: Config, path: Path) -> None:
     if config.links.default_ttl > 604800:
         raise ConfigError(f"{path}: key 'links.default_ttl': presigned links can last at most 7d (604800 s)")
     for name, hook in config.webhooks.items():
-        if not hook.url.startswith(("http://", "https://")):
+        if bool(hook.url) == bool(hook.url_file):
+            raise ConfigError(f"{path}: webhook '{name}': give exactly one of 'url' or 'url_file'")
+        if hook.url and not hook.url.startswith(("http://", "https://")):
             raise ConfigError(f"{path}: key 'webhooks.{name}.url': expected an http(s) URL")

@@ -163,10 +163,12 @@ class _Handler(FileSystemEventHandler):
             self.wake.set()
 
 
-def start_observer(folder: Path, handler: FileSystemEventHandler, *, polling: bool) -> BaseObserver:
+def start_observer(
+    folder: Path, handler: FileSystemEventHandler, *, polling: bool, recursive: bool = False
+) -> BaseObserver:
     """inotify (native) by default; polling for network shares where events never arrive."""
     observer: BaseObserver = PollingObserver(timeout=1.0) if polling else Observer()
-    observer.schedule(handler, str(folder), recursive=False)
+    observer.schedule(handler, str(folder), recursive=recursive)
     observer.daemon = True
     observer.start()
     return observer

@@ -17,6 +17,7 @@ from enum import Enum, StrEnum
 from pathlib import Path
 from typing import Any
 
+from daemon.distribute.uploader import PartRecord, UploadState
 from daemon.manifest import Manifest, job_name
 
 DB_NAME = "lipsyncd.db"
@@ -114,14 +115,6 @@ class Video:
     updated: float
 
 
-@dataclass(frozen=True)
-class Part:
-    part_number: int
-    etag: str
-    size: int
-    checksum: str
-
-
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
     id TEXT PRIMARY KEY, manifest TEXT NOT NULL, claimed_path TEXT NOT NULL, base_dir TEXT NOT NULL,
@@ -137,10 +130,14 @@ CREATE TABLE IF NOT EXISTS videos (
     evicted INTEGER NOT NULL DEFAULT 0, updated REAL NOT NULL,
     PRIMARY KEY (job_id, output)
 );
+CREATE INDEX IF NOT EXISTS videos_by_state ON videos(state);
+CREATE TABLE IF NOT EXISTS uploads (
+    object_key TEXT PRIMARY KEY, upload_id TEXT NOT NULL, part_size INTEGER NOT NULL, started REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS parts (
-    object_key TEXT NOT NULL, upload_id TEXT NOT NULL, part_number INTEGER NOT NULL,
+    object_key TEXT NOT NULL REFERENCES uploads(object_key), part_number INTEGER NOT NULL,
     etag TEXT NOT NULL, size INTEGER NOT NULL, checksum TEXT NOT NULL,
-    PRIMARY KEY (object_key, upload_id, part_number)
+    PRIMARY KEY (object_key, part_number)
 );
 """
 
@@ -306,27 +303,45 @@ class JobStore:
                 (*values.values(), job_id, output),
             )
 
-    # -- multipart upload journal (keyed by object key and upload id) ---------------------------------
+    # -- multipart upload journal (the uploader's UploadJournal protocol) ------------------------------
 
-    def parts(self, object_key: str, upload_id: str) -> list[Part]:
+    def load(self, key: str) -> UploadState | None:
+        """The unfinished multipart upload of this object key, with the parts the server accepted."""
         with self._lock:
-            rows = self._db.execute(
-                "SELECT part_number, etag, size, checksum FROM parts WHERE object_key = ? AND upload_id = ?"
+            row = self._db.execute(
+                "SELECT upload_id, part_size FROM uploads WHERE object_key = ?", (key,)
+            ).fetchone()
+            if row is None:
+                return None
+            parts = self._db.execute(
+                "SELECT part_number, etag, size, checksum FROM parts WHERE object_key = ?"
                 " ORDER BY part_number",
-                (object_key, upload_id),
+                (key,),
             ).fetchall()
-        return [Part(*row) for row in rows]
+        return UploadState(key, row[0], row[1], tuple(PartRecord(*p) for p in parts))
 
-    def add_part(self, object_key: str, upload_id: str, part: Part) -> None:
+    def start(self, key: str, upload_id: str, part_size: int) -> None:
         with self._tx() as db:
+            db.execute("DELETE FROM parts WHERE object_key = ?", (key,))
             db.execute(
-                "INSERT OR REPLACE INTO parts VALUES (?,?,?,?,?,?)",
-                (object_key, upload_id, part.part_number, part.etag, part.size, part.checksum),
+                "INSERT OR REPLACE INTO uploads VALUES (?,?,?,?)", (key, upload_id, part_size, time.time())
             )
 
-    def forget_parts(self, object_key: str) -> None:
+    def part_done(self, key: str, part_number: int, etag: str, size: int, checksum: str) -> None:
         with self._tx() as db:
-            db.execute("DELETE FROM parts WHERE object_key = ?", (object_key,))
+            db.execute(
+                "INSERT OR REPLACE INTO parts VALUES (?,?,?,?,?)", (key, part_number, etag, size, checksum)
+            )
+
+    def finish(self, key: str) -> None:
+        with self._tx() as db:
+            db.execute("DELETE FROM parts WHERE object_key = ?", (key,))
+            db.execute("DELETE FROM uploads WHERE object_key = ?", (key,))
+
+    def upload_ids(self) -> set[str]:
+        """Multipart uploads this store still owns (everything else under the prefix is an orphan)."""
+        with self._lock:
+            return {row[0] for row in self._db.execute("SELECT upload_id FROM uploads")}
 
 
 _VIDEO_COLUMNS = {f.name for f in fields(Video)} - {"job_id", "output", "position", "state", "updated"}

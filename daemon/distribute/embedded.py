@@ -181,6 +181,15 @@ class EmbeddedS3:
     def client(self) -> Any:
         return make_client(self.storage_settings(), self.credentials)
 
+    def signing_client(self) -> Any:
+        """A client for presigning only, from the remembered port and keys, without starting the server
+        (`lipsyncd links --refresh` runs beside the daemon that owns it)."""
+        ports = _read_ports(self._paths.ports)
+        if ports is None or not self._paths.identities.exists():
+            raise EmbeddedS3Error("The embedded storage has never run here, so there is nothing to sign yet.")
+        self._ports = ports
+        return self.client()
+
     def __enter__(self) -> EmbeddedS3:
         self.start()
         return self

@@ -1,0 +1,58 @@
+"""`lipsyncd links [JOB] [--refresh]`: show the links of finished videos; re-sign those that expire within
+`links.refresh_before` (signing needs the keys, not the server, so this works while the daemon runs)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from daemon.config import Config
+from daemon.distribute.embedded import EmbeddedS3, EmbeddedSettings
+from daemon.distribute.s3 import make_client, presign_get
+from daemon.distribute.storage import storage_settings
+from daemon.links import iso, write_links
+from daemon.store import JobStore, Video, VideoState
+
+
+def signing_client(config: Config, credentials_file: Path | None) -> Any:
+    s = config.storage
+    if s.endpoint_url is None:
+        embedded = EmbeddedS3(config.state_dir, EmbeddedSettings(bucket=s.bucket, region=s.region))
+        return embedded.signing_client()
+    return make_client(storage_settings(config, credentials_file))
+
+
+def ready_videos(store: JobStore, job_id: str | None) -> list[Video]:
+    return [v for v in store.videos_in(VideoState.READY) if job_id in (None, v.job_id)]
+
+
+def refresh_links(config: Config, job_id: str | None, *, credentials_file: Path | None = None) -> int:
+    store = JobStore(config.state_dir)
+    client = signing_client(config, credentials_file)
+    due = [
+        v
+        for v in ready_videos(store, job_id)
+        if (v.expires_at or 0) - time.time() < config.links.refresh_before
+    ]
+    for video in due:
+        job = store.job(video.job_id)
+        assert job is not None and video.object_key is not None
+        ttl = int(job.link_ttl or config.links.default_ttl)
+        link = presign_get(client, config.storage.bucket, video.object_key, ttl, config.links.base_url)
+        store.update_video(video.job_id, video.output, url=link.url, expires_at=link.expires_at.timestamp())
+    for job_id_done in sorted({v.job_id for v in due}):
+        write_links(store, job_id_done, config.outputs_dir, config.state_dir / "locks")
+    store.close()
+    return len(due)
+
+
+def print_links(config: Config, job_id: str | None) -> int:
+    store = JobStore(config.state_dir)
+    videos = ready_videos(store, job_id)
+    store.close()
+    for video in videos:
+        print(f"{video.job_id}/{video.output}\texpires {iso(video.expires_at)}\t{video.url}")
+    if not videos:
+        print("no links yet" + (f" for job {job_id!r}" if job_id else ""))
+    return 0

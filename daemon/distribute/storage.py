@@ -1,0 +1,67 @@
+"""Open the configured object storage: an external S3 endpoint with credentials from boto3's chain or a
+file, or (no endpoint configured) the embedded SeaweedFS on loopback with keys it generated itself."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from daemon.config import Config
+from daemon.distribute.embedded import EmbeddedS3, EmbeddedSettings
+from daemon.distribute.s3 import StorageSettings, ensure_bucket, make_client
+from daemon.distribute.uploader import abort_orphans
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass
+class Storage:
+    client: Any
+    bucket: str
+    prefix: str
+    embedded: EmbeddedS3 | None = None
+
+    def close(self) -> None:
+        if self.embedded is not None:
+            self.embedded.stop()
+
+
+def storage_settings(config: Config, credentials_file: Path | None) -> StorageSettings:
+    s = config.storage
+    return StorageSettings(
+        endpoint_url=s.endpoint_url,
+        region=s.region,
+        bucket=s.bucket,
+        prefix=s.prefix,
+        addressing_style=s.addressing_style,
+        request_checksum_calculation=s.request_checksum_calculation,
+        response_checksum_validation=s.response_checksum_validation,
+        credentials_file=s.credentials_file or credentials_file,
+        profile=s.profile,
+    )
+
+
+def open_storage(config: Config, *, credentials_file: Path | None = None) -> Storage:
+    """Start or reach the storage and make sure the bucket exists. `credentials_file` is the systemd
+    credential ($CREDENTIALS_DIRECTORY/s3) when the configuration names none."""
+    s = config.storage
+    if s.endpoint_url is None:
+        embedded = EmbeddedS3(
+            config.state_dir, EmbeddedSettings(bucket=s.bucket, region=s.region, s3_port=s.embedded_port)
+        )
+        embedded.start()
+        return Storage(embedded.client(), s.bucket, s.prefix, embedded)
+    client = make_client(storage_settings(config, credentials_file))
+    ensure_bucket(client, s.bucket, s.region)
+    log.info("storage_ready", endpoint=s.endpoint_url, bucket=s.bucket)
+    return Storage(client, s.bucket, s.prefix)
+
+
+def abort_stale_uploads(storage: Storage, owned: set[str], older_than_hours: float) -> None:
+    """Multipart uploads under our prefix that no job owns (a crash between starting one and recording
+    it) are aborted once old enough that no other writer can still be using them."""
+    abort_orphans(storage.client, storage.bucket, storage.prefix, owned, timedelta(hours=older_than_hours))

@@ -1,0 +1,251 @@
+"""The upload watcher: rendered videos of jobs that asked for distribution go to object storage
+(at most `max_concurrent` at once, resumable), get a presigned link in links.json, and then the local copy
+is evicted. A watchdog observer on the outputs only wakes the loop; the job store says what is due.
+
+Order per video, each step committed before the next: object key chosen -> upload (verified: size,
+checksum) -> link signed -> READY in the store -> links.json shows the link -> local copy deleted.
+A crash anywhere repeats at most the step in flight; nothing is evicted before its upload is verified.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import structlog
+from watchdog.events import FileSystemEvent, FileSystemEventHandler
+
+from daemon.distribute.notify import JobLinks, Notifier, VideoLink
+from daemon.distribute.s3 import Link, object_key, presign_get
+from daemon.distribute.uploader import UploadCancelled, UploadError, UploadSettings, upload_file
+from daemon.inbox import start_observer
+from daemon.links import write_links
+from daemon.store import Job, JobState, JobStore, Video, VideoState
+
+log = structlog.get_logger(__name__)
+
+RETRY_FAILED_AFTER = 60.0  # seconds before a video whose upload failed for a non-network reason is retried
+
+
+@dataclass(frozen=True)
+class DistributeSettings:
+    bucket: str
+    prefix: str
+    max_concurrent: int = 3
+    default_ttl: int = 86400
+    base_url: str | None = None
+    eviction: str = "delete"  # delete, keep, or after (keep_hours)
+    keep_hours: float = 0.0
+    poll_interval: float = 1.0  # seconds between looks at the job store (cheap: one indexed query)
+    upload: UploadSettings = UploadSettings()
+
+
+class UploadWatcher:
+    def __init__(
+        self,
+        store: JobStore,
+        client: Any,
+        settings: DistributeSettings,
+        *,
+        outputs_dir: Path,
+        locks_dir: Path,
+        stop: threading.Event,
+        notifier: Notifier | None = None,
+        beat: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.store = store
+        self.client = client
+        self.settings = settings
+        self.outputs_dir = outputs_dir
+        self.locks_dir = locks_dir
+        self.stop = stop
+        self.notifier = notifier
+        self.beat = beat
+        self.wake = threading.Event()
+        self._in_flight: dict[tuple[str, str], Future[None]] = {}
+        self._retry_at: dict[tuple[str, str], float] = {}
+        self._pool = ThreadPoolExecutor(settings.max_concurrent, thread_name_prefix="upload")
+
+    # -- the loop ------------------------------------------------------------------------------------
+
+    def recover(self) -> None:
+        """Uploads caught midway go back to 'rendered'; the journal lets them resume where they were."""
+        for video in self.store.videos_in(VideoState.UPLOADING):
+            self.store.update_video(video.job_id, video.output, VideoState.RENDERED)
+            log.info("upload_resumable", job=video.job_id, video=video.output)
+
+    def run_forever(self) -> None:
+        """Events from the outputs only make it react sooner: the store is checked every poll interval."""
+        self.outputs_dir.mkdir(parents=True, exist_ok=True)
+        observer = start_observer(self.outputs_dir, _Wake(self.wake), polling=False, recursive=True)
+        try:
+            while not self.stop.is_set():
+                self.step()
+                self.beat()
+                self.wake.wait(timeout=self.settings.poll_interval)
+                self.wake.clear()
+        finally:
+            observer.stop()
+            self.shutdown()
+
+    def run_until_idle(self, timeout: float = 3600.0) -> None:
+        """Upload everything due now and wait for it (`lipsyncd upload --once`, the demo, benchmarks)."""
+        deadline = time.monotonic() + timeout
+        while not self.stop.is_set() and time.monotonic() < deadline:
+            self.step()
+            if not self._in_flight and not self._due():
+                return
+            time.sleep(0.2)
+
+    def shutdown(self) -> None:
+        self.stop.set()
+        self._pool.shutdown(wait=True)
+
+    def step(self) -> None:
+        """One pass: reap finished uploads, start due ones, evict what may go, finish complete jobs."""
+        self._reap()
+        for video in self._due():
+            key = (video.job_id, video.output)
+            if len(self._in_flight) >= self.settings.max_concurrent:
+                break
+            self._in_flight[key] = self._pool.submit(self._upload_one, video)
+        self._evict_due()
+        self._finish_jobs()
+
+    def _due(self) -> list[Video]:
+        now = time.monotonic()
+        due = []
+        for video in self.store.videos_in(VideoState.RENDERED):
+            key = (video.job_id, video.output)
+            if key in self._in_flight or self._retry_at.get(key, 0.0) > now:
+                continue
+            job = self.store.job(video.job_id)
+            if job is not None and job.distribute and self._local(video).is_file():
+                due.append(video)
+        return due
+
+    def _reap(self) -> None:
+        for key, future in list(self._in_flight.items()):
+            if future.done():
+                del self._in_flight[key]
+                if (error := future.exception()) is not None and not isinstance(error, UploadCancelled):
+                    log.error("upload_worker_crashed", job=key[0], video=key[1], error=repr(error))
+
+    # -- one video -----------------------------------------------------------------------------------
+
+    def _upload_one(self, video: Video) -> None:
+        job = self.store.job(video.job_id)
+        assert job is not None
+        with structlog.contextvars.bound_contextvars(job=job.id, video=video.output):
+            key = video.object_key or self._choose_key(job, video)
+            self.store.update_video(job.id, video.output, VideoState.UPLOADING, error=None)
+            self._links(job.id)
+            try:
+                result = upload_file(
+                    self.client, self.settings.bucket, key, self._local(video), self.store,
+                    self.settings.upload, cancel=self.stop,
+                )  # fmt: skip
+            except UploadCancelled:
+                self.store.update_video(job.id, video.output, VideoState.RENDERED)
+                raise
+            except (UploadError, OSError) as exc:
+                self._upload_failed(job, video, exc)
+                return
+            if result.sha256 != video.sha256:
+                self._upload_failed(
+                    job, video, UploadError("the uploaded file differs from the rendered one")
+                )
+                return
+            link = self._sign(job, key)
+            self.store.update_video(
+                job.id, video.output, VideoState.READY, url=link.url, expires_at=link.expires_at.timestamp()
+            )
+            self._links(job.id)
+            log.info("video_ready", key=key, bytes=result.size, resumed=result.parts > result.sent_parts)
+            if self.settings.eviction == "delete":
+                self._evict(job.id, video.output)
+
+    def _choose_key(self, job: Job, video: Video) -> str:
+        """Chosen once and stored, so a resumed or repeated upload goes to the same object."""
+        when = datetime.fromtimestamp(video.rendered_at or time.time(), UTC)
+        key = object_key(self.settings.prefix, job.id, video.output, when)
+        self.store.update_video(job.id, video.output, object_key=key)
+        return key
+
+    def _sign(self, job: Job, key: str) -> Link:
+        ttl = int(job.link_ttl or self.settings.default_ttl)
+        return presign_get(self.client, self.settings.bucket, key, ttl, self.settings.base_url)
+
+    def _upload_failed(self, job: Job, video: Video, exc: BaseException) -> None:
+        """Not a network blip (those are retried inside upload_file): keep the file, say why, retry later."""
+        reason = f"upload failed, will retry: {exc}"
+        self.store.update_video(job.id, video.output, VideoState.RENDERED, error=reason)
+        self._links(job.id)
+        self._retry_at[(job.id, video.output)] = time.monotonic() + RETRY_FAILED_AFTER
+        log.error("upload_failed", error=str(exc))
+
+    # -- eviction and job completion ---------------------------------------------------------------------
+
+    def _evict_due(self) -> None:
+        if self.settings.eviction == "keep":
+            return
+        age = 0.0 if self.settings.eviction == "delete" else self.settings.keep_hours * 3600
+        for video in self.store.videos_in(VideoState.READY):
+            if not video.evicted and time.time() - (video.rendered_at or 0.0) >= age:
+                self._evict(video.job_id, video.output)
+
+    def _evict(self, job_id: str, output: str) -> None:
+        """Only READY videos get here: uploaded, verified, and their link already in links.json."""
+        video = self.store.video(job_id, output)
+        assert video is not None and video.state == VideoState.READY
+        self._local(video).unlink(missing_ok=True)
+        self.store.update_video(job_id, output, evicted=True)
+        self._links(job_id)
+        log.info("local_copy_evicted", job=job_id, video=output)
+
+    def _finish_jobs(self) -> None:
+        for job in self.store.jobs(JobState.RENDERED):
+            videos = self.store.videos(job.id)
+            if all(v.state in (VideoState.READY, VideoState.FAILED) for v in videos):
+                self.store.set_job(job.id, JobState.DONE)
+                self._links(job.id)
+                log.info(
+                    "job_distributed", job=job.id, ready=sum(v.state == VideoState.READY for v in videos)
+                )
+                self._notify(job, videos)
+
+    def _notify(self, job: Job, videos: list[Video]) -> None:
+        if not job.notify or self.notifier is None or not self.store.mark_notified(job.id):
+            return
+        ready = [v for v in videos if v.state == VideoState.READY and v.url]
+        links = JobLinks(job.id, tuple(_video_link(v) for v in ready))
+        self.notifier.send(job.notify, links)
+
+    # -- helpers -------------------------------------------------------------------------------------
+
+    def _local(self, video: Video) -> Path:
+        return self.outputs_dir / video.job_id / video.output
+
+    def _links(self, job_id: str) -> None:
+        write_links(self.store, job_id, self.outputs_dir, self.locks_dir)
+
+
+def _video_link(video: Video) -> VideoLink:
+    expires = datetime.fromtimestamp(video.expires_at or 0.0, UTC)
+    return VideoLink(video.output, video.url or "", expires, video.sha256 or "", video.size or 0)
+
+
+class _Wake(FileSystemEventHandler):
+    """Any change in the outputs wakes the loop; the store, not the event, says what to do."""
+
+    def __init__(self, wake: threading.Event) -> None:
+        self.wake = wake
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        self.wake.set()
