@@ -2,7 +2,8 @@
 
 Mel windows come from synthetic speech (`daemon.samples.speech_like`) through the real feature code;
 faces are jittered crops of the astronaut photo stacked as the pipeline stacks them (lower half of
-the first crop zeroed, a reference crop second, BGR / 255). No downloads.
+the first crop zeroed, a reference crop second, BGR / 255). No downloads. The photo comes from
+scikit-image, needed only when variants are made (--fp16 / --int8).
 """
 
 from __future__ import annotations

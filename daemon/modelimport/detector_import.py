@@ -8,13 +8,14 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import cv2
 import numpy as np
 import structlog
 
 from daemon.modelimport.errors import ModelImportError
 from daemon.modelimport.publish import check_free, publish, sha256_file, staging
 from daemon.modelimport.report import ImportReport
-from daemon.render.detectors import DetectorError, DetectorSpec, detector_folder, load_yunet
+from daemon.render.detectors import S3FD_MEAN_RGB, DetectorError, DetectorSpec, detector_folder, load_yunet
 
 log = structlog.get_logger(__name__)
 
@@ -38,14 +39,10 @@ def import_s3fd(path: Path, models_dir: Path, *, overwrite: bool = False) -> Imp
 
 
 def _check_input() -> np.ndarray:
-    """An input with structure, not only noise: the astronaut photo, mean-subtracted like at run time."""
-    import cv2
-
-    from daemon.render.detectors import S3FD_MEAN_RGB
-    from daemon.samples import astronaut_bgr
-
+    """A smooth random picture (structure, not only pixel noise), mean-subtracted like at run time."""
     height, width = _S3FD_CHECK_SIZE[2:]
-    rgb = cv2.resize(astronaut_bgr(), (width, height))[:, :, ::-1].astype(np.float32)
+    coarse = np.random.default_rng(0).uniform(0, 255, (12, 16, 3)).astype(np.float32)
+    rgb = np.clip(cv2.resize(coarse, (width, height), interpolation=cv2.INTER_CUBIC), 0, 255)
     return np.ascontiguousarray((rgb - S3FD_MEAN_RGB).transpose(2, 0, 1)[None])
 
 

@@ -10,7 +10,7 @@ import onnx
 import onnxruntime as ort
 import structlog
 
-from daemon.modelimport.calibration import batches
+from daemon.modelimport.calibration import random_feeds
 from daemon.modelimport.errors import ModelImportError
 from daemon.modelimport.onnx_contract import Contract, match, ports
 from daemon.modelimport.publish import check_free, model_name, publish, sha256_file, staging
@@ -40,12 +40,12 @@ def inspect_wav2lip_onnx(path: Path) -> Contract:
 
 
 def smoke_run(path: Path, contract: Contract, source: Path) -> list[str]:
-    """Run the model once on realistic inputs; a file whose declared shapes lie fails here.
+    """Run the model once on random inputs in the contract's ranges; a file whose shapes lie fails here.
 
     Returns notes for the report (an output outside [0, 1] is allowed but worth saying).
     """
     batch = contract.batch or 2
-    feeds = batches(batch, batch, 3000, (contract.mel_input, contract.face_input))[0]
+    feeds = random_feeds(batch, 3000, (contract.mel_input, contract.face_input))
     try:
         options = ort.SessionOptions()
         options.log_severity_level = 4  # the failure is reported below, in plain words, once

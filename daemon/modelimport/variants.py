@@ -82,8 +82,9 @@ def build_variants(
     folder: Path, spec: ModelSpec, *, fp16: bool, int8: bool, calibration_samples: int = CALIBRATION_SAMPLES
 ) -> tuple[ModelSpec, tuple[VariantCheck, ...]]:
     """Write the asked-for variants next to the fp32 file; the spec gains them in `variants`."""
-    names = (spec.mel_input, spec.face_input)
-    batch = spec.batch or 1
+    if not (fp16 or int8):
+        return spec, ()  # no inputs to generate either (they need scikit-image's photo)
+    names, batch = (spec.mel_input, spec.face_input), spec.batch or 1
     fp32 = folder / spec.onnx_file
     held_out = batches(max(CHECK_SAMPLES, batch), batch, _CHECK_SEED, names)
     checks = []

@@ -9,6 +9,8 @@ onnxruntime runs it, which these exercise with real onnxruntime sessions.
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -175,3 +177,18 @@ def test_not_an_onnx_file(tmp_path: Path) -> None:
         file_kind(junk)
     with pytest.raises(ModelImportError, match=r"model\.onnx is not an ONNX model"):
         import_onnx(junk, tmp_path / "models", name="x", fp16=False, int8=False)
+
+
+def test_plain_import_needs_no_scikit_image(tmp_path: Path) -> None:
+    """scikit-image (the calibration photo) is a test/bench extra: only --fp16/--int8 may need it."""
+    src = dummy_wav2lip(tmp_path / "plain.onnx")
+    code = (
+        "import sys; sys.modules['skimage'] = None\n"
+        "from pathlib import Path\n"
+        "from daemon.modelimport import import_model\n"
+        f"import_model(Path({str(src)!r}), Path({str(tmp_path / 'models')!r}))\n"
+    )
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "models" / "plain" / "model.json").is_file()
