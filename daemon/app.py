@@ -3,6 +3,7 @@ reads argv or the environment."""
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -217,6 +218,8 @@ class UploadDaemon:
     def run_forever(self) -> None:
         try:
             self.recover()
+            if self.storage.embedded is not None:
+                threading.Thread(target=self._keep_embedded_up, name="embedded-s3-guard", daemon=True).start()
             self.runtime.ready(self.describe)
             log.info("upload_ready", bucket=self.storage.bucket, outputs=str(self.config.outputs_dir))
             self.watcher.run_forever()
@@ -225,8 +228,25 @@ class UploadDaemon:
             log.info("upload_stopping")
             self.close()
 
+    def _keep_embedded_up(self) -> None:
+        """The embedded server is ours to run: if it dies, start it again on the same data, ports and keys
+        (uploads in flight wait and retry meanwhile)."""
+        embedded = self.storage.embedded
+        assert embedded is not None
+        while not self.runtime.stop.wait(2.0):
+            if not embedded.running and not self.runtime.stop.is_set():
+                log.warning("embedded_s3_down", log_tail=embedded.log_tail(5))
+                try:
+                    embedded.start()
+                except Exception as exc:  # try again on the next round; uploads keep waiting
+                    log.error("embedded_s3_restart_failed", error=str(exc))
+                    continue
+                log.info("embedded_s3_restarted")
+
     def close(self) -> None:
         self.watcher.shutdown()
+        if not self.notifier.flush(timeout_s=10.0):
+            log.warning("webhooks_unsent_at_exit")
         self.notifier.close()
         self.storage.close()
         self.runtime.close()

@@ -370,7 +370,10 @@ class _HookWorker(threading.Thread):
                 links = self.inbox.get(timeout=0.2)
             except queue.Empty:
                 continue
-            self._report(self._deliver(links))
+            try:
+                self._report(self._deliver(links))
+            finally:
+                self.inbox.task_done()
         if not self.inbox.empty():
             log.warning("webhook_dropped_on_exit", hook=self.hook.settings.name, pending=self.inbox.qsize())
 
@@ -443,6 +446,15 @@ class Notifier:
                 log.warning("webhook_unknown", hook=name, job=links.job, known=self.names)
                 continue
             worker.inbox.put_nowait(links)
+
+    def flush(self, timeout_s: float = 10.0) -> bool:
+        """Wait until every queued message was delivered (or gave up); False if time ran out first."""
+        deadline = time.monotonic() + timeout_s
+        while any(w.inbox.unfinished_tasks for w in self._workers.values()):
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.05)
+        return True
 
     def close(self, timeout_s: float = 10.0) -> None:
         """Stop the hook threads; a request in flight ends by its own timeout."""
