@@ -100,6 +100,26 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="machine-readable output")
 
     command("check-config", _check_config, "validate the configuration file and print the result")
+    command(
+        "doctor",
+        _doctor,
+        "check what this machine offers: GPUs, providers, encoders, models, storage, folders",
+    )
+
+    model = sub.add_parser("model", help="import and list lip-sync models and face detectors")
+    model_sub = model.add_subparsers(title="model commands", metavar="ACTION", dest="action")
+    imp = model_sub.add_parser(
+        "import", help="import a Wav2Lip checkpoint or ONNX file, or an S3FD/YuNet detector"
+    )
+    imp.set_defaults(handler=_model_import)
+    imp.add_argument("path", type=Path)
+    imp.add_argument("--name", help="model name (default: from the file name)")
+    imp.add_argument("--fp16", action="store_true", help="also make a half-precision variant (GPUs)")
+    imp.add_argument("--int8", action="store_true", help="also make a statically quantised int8 variant")
+    imp.add_argument("--overwrite", action="store_true", help="replace a model of the same name")
+    model_sub.add_parser("list", help="models and detectors in the models directory").set_defaults(
+        handler=_model_list
+    )
 
     for name, text in (
         ("install-systemd", "create the user, folders and units (run as root)"),
@@ -257,6 +277,53 @@ def _status(args: argparse.Namespace, config: Config) -> int:
         raise _UserError(f"no job named {args.job!r}")
     print_json(documents) if args.json else print_table(documents)
     return EXIT_OK
+
+
+def _model_import(args: argparse.Namespace, config: Config) -> int:
+    from daemon.modelimport import ModelImportError, import_model
+
+    try:
+        report = import_model(
+            args.path,
+            config.models_dir,
+            name=args.name,
+            fp16=args.fp16,
+            int8=args.int8,
+            overwrite=args.overwrite,
+        )
+    except ModelImportError as exc:
+        raise _UserError(str(exc)) from exc
+    print("\n".join(report.lines()))
+    return EXIT_OK
+
+
+def _model_list(args: argparse.Namespace, config: Config) -> int:
+    from daemon.modelimport import list_detectors, list_models
+
+    default = config.render.model
+    specs = list_models(config.models_dir)
+    if "baseline" not in {spec.name for spec in specs}:
+        mark = "  (default)" if default == "baseline" else ""
+        print(f"{'baseline':24} built in, weightless placeholder{mark}")
+    for spec in specs:
+        variants = ", ".join([spec.precision, *spec.variants])
+        mark = "  (default)" if spec.name == default else ""
+        origin = (
+            "built in, weightless placeholder" if spec.kind == "baseline" else f"from {spec.source or '?'}"
+        )
+        print(f"{spec.name:24} {spec.kind} [{variants}] {origin}{mark}")
+    for detector in list_detectors(config.models_dir):
+        print(f"{'detector ' + detector.kind:24} from {detector.source or '?'}")
+    return EXIT_OK
+
+
+def _doctor(args: argparse.Namespace, config: Config) -> int:
+    from daemon.doctor import run_checks
+
+    checks = run_checks(config)
+    for check in checks:
+        print(f"{'OK ' if check.ok else 'FIX'}  {check.what:22} {check.detail}")
+    return EXIT_OK if all(c.ok for c in checks) else EXIT_FAILED
 
 
 def _check_config(args: argparse.Namespace, config: Config) -> int:

@@ -149,7 +149,9 @@ class JobStore:
         self.path = state_dir / DB_NAME
         self._lock = threading.RLock()
         try:
-            state_dir.mkdir(parents=True, exist_ok=True)
+            if not state_dir.exists():
+                state_dir.mkdir(parents=True)
+                state_dir.chmod(0o700)  # keys and the job store: the daemon's user only
             self._db = sqlite3.connect(
                 self.path, timeout=timeout, check_same_thread=False, isolation_level=None
             )

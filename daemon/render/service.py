@@ -18,7 +18,8 @@ import structlog
 
 from daemon.inbox import Inbox
 from daemon.links import write_links
-from daemon.render.faces import detector_by_name
+from daemon.render.detectors import detector_factories
+from daemon.render.faces import builtin_detectors, detector_by_name
 from daemon.render.media import MediaError
 from daemon.render.pipeline import (
     Interrupted,
@@ -83,7 +84,8 @@ class RenderService:
 
     def detector(self) -> FaceDetector:
         if self._detector is None:
-            self._detector = detector_by_name(self.detector_name, self.paths.models_dir)
+            factories = {**builtin_detectors(), **detector_factories(self.models.providers)}
+            self._detector = detector_by_name(self.detector_name, self.paths.models_dir, factories)
         return self._detector
 
     def recover(self) -> None:
