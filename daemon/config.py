@@ -272,7 +272,7 @@ def _build(cls: type, data: Any, path: Path, prefix: str) -> Any:
 
 
 def _value(f: dataclasses.Field[Any], hint: Any, raw: Any, path: Path, key: str) -> Any:
-    if dataclasses.is_dataclass(hint):
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
         return _build(hint, raw, path, key + ".")
     if hint == dict[str, WebhookConfig]:
         if not isinstance(raw, dict):

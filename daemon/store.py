@@ -240,7 +240,7 @@ class JobStore:
         return _job(row) if row else None
 
     def jobs(self, *states: JobState) -> list[Job]:
-        query, args = "SELECT * FROM jobs", ()
+        query, args = "SELECT * FROM jobs", tuple[str, ...]()
         if states:
             query += f" WHERE state IN ({','.join('?' * len(states))})"
             args = tuple(s.value for s in states)

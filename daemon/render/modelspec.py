@@ -28,7 +28,8 @@ class ModelSpec:
     precision: str = "fp32"  # fp32, fp16 or int8 (fp16 files still take and give float32 here)
     source: str = ""  # file the model was imported from (name only)
     source_sha256: str = ""
-    variants: dict[str, str] = field(default_factory=dict)  # precision -> onnx file, e.g. {"fp16": "model.fp16.onnx"}
+    # precision -> onnx file, e.g. {"fp16": "model.fp16.onnx"}
+    variants: dict[str, str] = field(default_factory=dict)
     notes: str = ""
 
     @classmethod

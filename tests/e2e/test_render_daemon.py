@@ -133,7 +133,9 @@ def test_render_once_processes_the_inbox_and_exits(share: Share) -> None:
     assert '"once"' in status.stdout and '"rendered"' in status.stdout
 
 
-def test_audio_longer_than_allowed_fails_with_the_key_to_change(tmp_path: Path, media: dict[str, Path]) -> None:
+def test_audio_longer_than_allowed_fails_with_the_key_to_change(
+    tmp_path: Path, media: dict[str, Path]
+) -> None:
     share = Share(tmp_path / "shared", {"render": {"max_video_seconds": "2s", "batch_size": 8}})
     put_media(share, media, "face", "speech")
     share.drop("long.yaml", {"audio": "media/speech.wav", "videos": ["media/anchor.mp4"]})
