@@ -153,6 +153,8 @@ class UploadWatcher:
                 )  # fmt: skip
             except UploadCancelled:
                 self.store.update_video(job.id, video.output, VideoState.RENDERED)
+                self._links(job.id)
+                log.info("upload_paused", key=key, reason="stopping; the upload resumes on the next start")
                 raise
             except (UploadError, OSError) as exc:
                 self._upload_failed(job, video, exc)

@@ -236,3 +236,47 @@ def test_webhook_gets_the_links_once(
     assert len(_Receiver.bodies) == 1
     body = _Receiver.bodies[0]
     assert body["job"] == "hooked" and body["videos"][0]["url"] == share.links("hooked")["videos"][0]["url"]  # type: ignore[index]
+
+
+def test_sigterm_mid_multipart_upload_leaves_it_resumable(
+    tmp_path: Path, embedded_s3: EmbeddedS3, media: dict[str, Path], external: dict[str, Any]
+) -> None:
+    share = Share(
+        tmp_path / "shared",
+        {
+            "storage": external,
+            "upload": {"multipart_threshold": "5MiB", "part_size": "5MiB", "part_workers": 1},
+            "render": {"crf": 0, "preset": "ultrafast"},
+        },
+    )
+    from daemon.samples import write_face_clip
+
+    write_face_clip(share.inbox / "media" / "big.mp4", 6.0, 25, (1280, 720))
+    shutil.copy(media["long_speech"], share.inbox / "media")
+    share.drop("term.yaml", {"audio": "media/long.wav", "videos": ["media/big.mp4"], "distribute": True})
+    assert share.lipsyncd("render", "--once").returncode == 0
+    weed = embedded_s3._proc
+    assert weed is not None
+    upload = Daemon(share, "upload")
+    try:
+        deadline = time.monotonic() + 60
+        while journalled_parts(share.state) < 1 and time.monotonic() < deadline:
+            time.sleep(0.005)
+        os.kill(weed.pid, signal.SIGSTOP)  # a part is in flight while SIGTERM arrives
+        upload.proc.send_signal(signal.SIGTERM)
+        time.sleep(0.5)
+    finally:
+        os.kill(weed.pid, signal.SIGCONT)
+    assert upload.proc.wait(timeout=90) == 0
+    kept = journalled_parts(share.state)
+    parts = -(-(share.outputs / "term" / "big.mp4").stat().st_size // (5 << 20))
+    assert 1 <= kept < parts and statuses(share.links("term")) == ["rendered"]
+    assert (share.outputs / "term" / "big.mp4").exists()
+    upload = Daemon(share, "upload")
+    try:
+        links = wait_for(lambda: done(share, "term"), 120, "upload finished after restart", upload)
+    finally:
+        upload.terminate()
+    finished = [e for e in upload.events() if e["event"] == "upload_done"]
+    assert finished[0]["sent_parts"] == parts - kept, "parts finished before SIGTERM were sent again"
+    assert hashlib.sha256(fetch(links["videos"][0]["url"])).hexdigest() == links["videos"][0]["sha256"]

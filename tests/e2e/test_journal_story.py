@@ -1,0 +1,27 @@
+"""`journalctl JOB=x` tells one job's story: the real render watcher logging to a real journald."""
+
+from __future__ import annotations
+
+import shutil
+import uuid
+from pathlib import Path
+
+from tests.e2e.harness import Share
+from tests.functional.test_journald import journald, pytestmark, read_journal  # noqa: F401 - fixture, skips
+
+
+def test_one_jobs_story_in_the_journal(tmp_path: Path, media: dict[str, Path], journald: list[str]) -> None:  # noqa: F811
+    share = Share(tmp_path / "shared", {"logging": {"format": "journald"}})
+    for name in ("face", "speech"):
+        shutil.copy(media[name], share.inbox / "media")
+    job = f"story-{uuid.uuid4().hex[:8]}"
+    share.drop(f"{job}.yaml", {"audio": "media/speech.wav", "videos": ["media/anchor.mp4"]})
+    result = share.lipsyncd("render", "--once")
+    assert result.returncode == 0, result.stderr
+    entries = read_journal(journald, f"JOB={job}", count=4)
+    events = [e["EVENT"] for e in entries]
+    assert events[0] == "job_queued" and "video_rendered" in events and events[-1] == "job_rendered"
+    rendered = next(e for e in entries if e["EVENT"] == "video_rendered")
+    assert rendered["VIDEO"] == "anchor.mp4" and rendered["MODEL"] == "baseline"
+    assert rendered["SYSLOG_IDENTIFIER"] == "lipsyncd-render" and rendered["PRIORITY"] == "6"
+    assert "video_rendered" in str(rendered["MESSAGE"])
