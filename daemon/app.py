@@ -79,6 +79,7 @@ class RenderDaemon:
             max_seconds=config.render.max_video_seconds,
             stop=runtime.stop,
             beat=runtime.heartbeat("pipeline"),
+            metrics=runtime.metrics,
         )
         intake = Intake(
             inbox,
@@ -201,6 +202,7 @@ class UploadDaemon:
             stop=runtime.stop,
             notifier=notifier,
             beat=runtime.heartbeat("uploads"),
+            metrics=runtime.metrics,
         )
         return cls(config, store, storage, notifier, watcher, runtime)
 

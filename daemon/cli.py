@@ -141,7 +141,7 @@ def _parser() -> argparse.ArgumentParser:
 def _render(args: argparse.Namespace, config: Config) -> int:
     from daemon.app import RenderDaemon
 
-    runtime = _runtime(config)
+    runtime = _runtime(config, "render")
     daemon = RenderDaemon.build(config, runtime)
     if args.once:
         daemon.run_once()
@@ -155,7 +155,7 @@ def _render(args: argparse.Namespace, config: Config) -> int:
 def _upload(args: argparse.Namespace, config: Config) -> int:
     from daemon.app import UploadDaemon
 
-    runtime = _runtime(config)
+    runtime = _runtime(config, "upload")
     daemon = UploadDaemon.build(config, runtime, credentials_file=_systemd_credential("s3"))
     if args.once:
         daemon.run_once()
@@ -211,7 +211,7 @@ def _systemd_credential(name: str) -> Path | None:
     return path if path is not None and path.is_file() and path.stat().st_size > 0 else None
 
 
-def _runtime(config: Config) -> ServiceRuntime:
+def _runtime(config: Config, command: str) -> ServiceRuntime:
     """Signals and the service manager: SIGTERM/SIGINT stop; NOTIFY_SOCKET is taken out of the environment
     so child processes (the embedded storage) cannot talk to systemd in our name."""
     from daemon.ops.runtime import ServiceRuntime
@@ -219,9 +219,16 @@ def _runtime(config: Config) -> ServiceRuntime:
 
     stop = threading.Event()
     _on_signals(stop)
+    from daemon.ops.metrics import Metrics
+
     interval = watchdog_interval(os.environ)
     notifier = Notifier.from_environ(os.environ, unset=True)
-    return ServiceRuntime(notifier, stop, watchdog_interval=interval, stall_after=config.service.stall_after)
+    name = f"lipsyncd-{command}"
+    folder = config.service.metrics_dir
+    metrics = Metrics(folder / f"{name}.prom" if folder else None, command)
+    return ServiceRuntime(
+        notifier, stop, watchdog_interval=interval, stall_after=config.service.stall_after, metrics=metrics
+    )
 
 
 def _on_reload(args: argparse.Namespace, apply: Callable[[Config], None]) -> None:

@@ -26,6 +26,7 @@ from daemon.distribute.s3 import Link, object_key, presign_get
 from daemon.distribute.uploader import UploadCancelled, UploadError, UploadSettings, upload_file
 from daemon.inbox import start_observer
 from daemon.links import write_links
+from daemon.ops.metrics import Metrics
 from daemon.store import Job, JobState, JobStore, Video, VideoState
 
 log = structlog.get_logger(__name__)
@@ -58,8 +59,10 @@ class UploadWatcher:
         stop: threading.Event,
         notifier: Notifier | None = None,
         beat: Callable[[], None] = lambda: None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.store = store
+        self.metrics = metrics or Metrics(None, "upload")
         self.client = client
         self.settings = settings
         self.outputs_dir = outputs_dir
@@ -169,6 +172,7 @@ class UploadWatcher:
                 job.id, video.output, VideoState.READY, url=link.url, expires_at=link.expires_at.timestamp()
             )
             self._links(job.id)
+            self.metrics.upload_bytes(result.size)
             log.info("video_ready", key=key, bytes=result.size, resumed=result.parts > result.sent_parts)
             if self.settings.eviction == "delete":
                 self._evict(job.id, video.output)
@@ -190,6 +194,7 @@ class UploadWatcher:
         self.store.update_video(job.id, video.output, VideoState.RENDERED, error=reason)
         self._links(job.id)
         self._retry_at[(job.id, video.output)] = time.monotonic() + RETRY_FAILED_AFTER
+        self.metrics.failure("upload")
         log.error("upload_failed", error=str(exc))
 
     # -- eviction and job completion ---------------------------------------------------------------------
@@ -217,6 +222,7 @@ class UploadWatcher:
             if all(v.state in (VideoState.READY, VideoState.FAILED) for v in videos):
                 self.store.set_job(job.id, JobState.DONE)
                 self._links(job.id)
+                self.metrics.job("done")
                 log.info(
                     "job_distributed", job=job.id, ready=sum(v.state == VideoState.READY for v in videos)
                 )

@@ -18,6 +18,7 @@ import structlog
 
 from daemon.inbox import Inbox
 from daemon.links import write_links
+from daemon.ops.metrics import Metrics
 from daemon.render.detectors import detector_factories
 from daemon.render.faces import builtin_detectors, detector_by_name
 from daemon.render.media import MediaError
@@ -67,6 +68,7 @@ class RenderService:
         stop: threading.Event,
         max_seconds: float = 3600.0,
         beat: Callable[[], None] = lambda: None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.store = store
         self.inbox = inbox
@@ -78,6 +80,7 @@ class RenderService:
         self.max_seconds = max_seconds
         self.stop = stop
         self.beat = beat
+        self.metrics = metrics or Metrics(None, "render")
         self.progress = Progress()
         self.wake = threading.Event()
         self._detector: FaceDetector | None = None
@@ -155,6 +158,7 @@ class RenderService:
             self.store.set_job(job.id, JobState.DONE)
         self._links(job.id)
         self.inbox.file_done(Path(job.claimed_path), job.manifest)
+        self.metrics.job("rendered")
         failed = len(videos) - len(rendered)
         log.info("job_rendered", videos=len(videos), failed=failed, seconds=round(seconds, 1))
 
@@ -166,6 +170,7 @@ class RenderService:
         self._links(job.id)
         report = f"lipsyncd could not render the job from {job.manifest}.\n\nWhat is wrong:\n  {reason}\n"
         self.inbox.file_failed(Path(job.claimed_path), job.manifest, report)
+        self.metrics.job("failed")
         log.warning("job_failed", reason=reason)
 
     # -- one video -----------------------------------------------------------------------------------
@@ -206,6 +211,7 @@ class RenderService:
                 rendered_at=time.time(),
             )
             self._links(job.id)
+            self.metrics.frames(result.frames)
             fps = result.frames / result.seconds if result.seconds else 0.0
             log.info(
                 "video_rendered",
@@ -245,6 +251,7 @@ class RenderService:
     def _fail_video(self, job: Job, video: Video, reason: str) -> None:
         self.store.update_video(job.id, video.output, VideoState.FAILED, error=reason)
         self._links(job.id)
+        self.metrics.failure("render")
         log.warning("video_failed", reason=reason)
 
     def _links(self, job_id: str) -> None:

@@ -60,7 +60,7 @@ def external(tmp_path: Path, embedded_s3: EmbeddedS3, s3_bucket: str, s3_prefix:
 def test_embedded_defaults_share_links_that_download_the_rendered_bytes(
     tmp_path: Path, media: dict[str, Path]
 ) -> None:
-    share = Share(tmp_path / "shared")
+    share = Share(tmp_path / "shared", {"service": {"metrics_dir": str(tmp_path / "metrics")}})
     for name in ("face", "face_b", "speech"):
         shutil.copy(media[name], share.inbox / "media")
     run = Daemon(share, "run")  # both watchers, embedded storage, as in the quick start
@@ -103,6 +103,12 @@ def test_embedded_defaults_share_links_that_download_the_rendered_bytes(
         assert run.terminate(timeout=90) == 0
     leaked = [line for line in run.output().splitlines() if "X-Amz-Signature=" in line]
     assert leaked == [], "signed URLs must not appear in logs"
+    render_metrics = (tmp_path / "metrics" / "lipsyncd-render.prom").read_text()
+    upload_metrics = (tmp_path / "metrics" / "lipsyncd-upload.prom").read_text()
+    frames = sum(v["frames"] for doc in (shared, private, brief) for v in doc["videos"])
+    assert f'lipsyncd_frames_total{{daemon="render"}} {frames}' in render_metrics
+    sizes = sum(v["size"] for doc in (shared, brief) for v in doc["videos"])
+    assert f'lipsyncd_upload_bytes_total{{daemon="upload"}} {sizes}' in upload_metrics
 
 
 def _expires(links: dict[str, Any]) -> float:
