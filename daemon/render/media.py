@@ -50,11 +50,52 @@ def _opened(path: Path, what: str) -> Iterator[av.container.InputContainer]:
         with av.open(os.fspath(path), "r") as container:
             yield container
     except av.FFmpegError as exc:
-        reason = exc.strerror or str(exc)
-        raise MediaError(
-            f"{path} is not {what} we can read ({reason}). The file may be damaged or cut short, or in a "
-            f"format we do not know: re-export it (MP4/H.264 for video, WAV/MP3/M4A for sound) and retry."
-        ) from exc
+        raise _unreadable(path, what, exc) from exc
+
+
+_EXPORT_AS = {"a video": "an MP4 (H.264) video or a PNG/JPEG image", "a sound file": "WAV, MP3 or M4A sound"}
+
+
+def _unreadable(path: Path, what: str, exc: av.FFmpegError) -> MediaError:
+    """Plain words for a file FFmpeg refused; its own text only where it says more than 'invalid data'."""
+    if _mp4_index_missing(path):
+        return MediaError(
+            f"{path} is not {what} we can read: it was cut short (its index, which MP4 writers add last, "
+            f"is missing). Export or copy it again."
+        )
+    detail = "" if isinstance(exc, av.InvalidDataError) else f" ({exc.strerror or exc})"
+    return MediaError(
+        f"{path} is not {what} we can read{detail}: it may be damaged, cut short or in a format we do not "
+        f"know. Export it again as {_EXPORT_AS.get(what, 'a common format')} and retry."
+    )
+
+
+def _mp4_index_missing(path: Path) -> bool:
+    """An MP4/MOV (it starts with an 'ftyp' box) whose top-level boxes run out before the 'moov' index:
+    what a copy or recording that stopped midway leaves when the index was to be written last."""
+    try:
+        kinds = list(_top_level_boxes(path))
+    except OSError:  # the caller's message still stands: the file cannot be read
+        return False
+    return bool(kinds) and kinds[0] == b"ftyp" and b"moov" not in kinds
+
+
+def _top_level_boxes(path: Path, limit: int = 64) -> Iterator[bytes]:
+    """The types of an ISO media file's top-level boxes, read from their 8/16-byte headers."""
+    size = path.stat().st_size
+    with path.open("rb") as handle:
+        pos = 0
+        for _ in range(limit):
+            handle.seek(pos)
+            header = handle.read(16)
+            if len(header) < 8:
+                return
+            length = int.from_bytes(header[:4], "big")
+            length = int.from_bytes(header[8:16], "big") if length == 1 else length or size - pos
+            yield header[4:8]
+            if length < 8:
+                return
+            pos += length
 
 
 def _check_file(path: Path, what: str) -> None:
@@ -71,8 +112,8 @@ def _video_stream(container: av.container.InputContainer, path: Path) -> av.vide
     if not container.streams.video:
         kind = "an audio file" if container.streams.audio else "no picture at all"
         raise MediaError(
-            f"{path} has no video track (it looks like {kind}): an avatar must be a video or an image "
-            f"(MP4, MOV, PNG, JPEG)."
+            f"{path} has no video track (it looks like {kind}): an avatar must be a video or an image. "
+            f"Give a video (MP4, MOV) or a photo (PNG, JPEG) of the presenter instead."
         )
     return container.streams.video[0]
 
