@@ -43,6 +43,29 @@ def render_settings(config: Config) -> RenderSettings:
     )
 
 
+def model_pools(config: Config) -> list[ModelPool]:
+    """One inference worker per configured GPU when CUDA is in use; a single worker on the CPU (it already
+    uses every core)."""
+    r = config.render
+    first = ModelPool(
+        config.models_dir,
+        providers=r.providers,
+        precision=r.precision,
+        threads=r.threads,
+        device_id=r.gpus[0] if r.gpus else 0,
+    )
+    if first.providers[0] not in ("CUDAExecutionProvider", "TensorrtExecutionProvider"):
+        return [first]
+    rest = [
+        ModelPool(
+            config.models_dir, providers=r.providers, precision=r.precision, threads=r.threads, device_id=gpu
+        )
+        for gpu in r.gpus[1:]
+    ]
+    log.info("render_workers", gpus=r.gpus, provider=first.providers[0])
+    return [first, *rest]
+
+
 @dataclass
 class RenderDaemon:
     """The parts of `lipsyncd render`, built once; `run_once` and `run_forever` drive them."""
@@ -57,14 +80,7 @@ class RenderDaemon:
     def build(cls, config: Config, runtime: ServiceRuntime) -> RenderDaemon:
         store = JobStore(config.state_dir)
         inbox = Inbox(config.inbox_dir, settle_time=config.inbox.settle_time)
-        gpu = config.render.gpus[0] if config.render.gpus else 0
-        models = ModelPool(
-            config.models_dir,
-            providers=config.render.providers,
-            precision=config.render.precision,
-            threads=config.render.threads,
-            device_id=gpu,
-        )
+        models = model_pools(config)
         paths = RenderPaths(
             config.outputs_dir, config.state_dir / "scratch", locks_dir(config), config.models_dir
         )

@@ -7,10 +7,13 @@ plain-words reason and the job goes on; a job whose audio is unusable fails as a
 
 from __future__ import annotations
 
+import contextvars
 import hashlib
+import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,7 +62,7 @@ class RenderService:
         self,
         store: JobStore,
         inbox: Inbox,
-        models: ModelPool,
+        models: Sequence[ModelPool],
         *,
         paths: RenderPaths,
         settings: RenderSettings,
@@ -72,7 +75,10 @@ class RenderService:
     ) -> None:
         self.store = store
         self.inbox = inbox
-        self.models = models
+        self.pools = list(models)  # one per GPU: videos of a job render on all of them at once
+        self._free: queue.Queue[ModelPool] = queue.Queue()
+        for pool in self.pools:
+            self._free.put(pool)
         self.paths = paths
         self.settings = settings
         self.default_model = default_model
@@ -83,13 +89,14 @@ class RenderService:
         self.metrics = metrics or Metrics(None, "render")
         self.progress = Progress()
         self.wake = threading.Event()
-        self._detector: FaceDetector | None = None
+        self._detectors: dict[int, FaceDetector] = {}
 
-    def detector(self) -> FaceDetector:
-        if self._detector is None:
-            factories = {**builtin_detectors(), **detector_factories(self.models.providers)}
-            self._detector = detector_by_name(self.detector_name, self.paths.models_dir, factories)
-        return self._detector
+    def detector(self, pool: ModelPool) -> FaceDetector:
+        """One detector per worker: OpenCV and ONNX detectors are not shared between threads."""
+        if id(pool) not in self._detectors:
+            factories = {**builtin_detectors(), **detector_factories(pool.providers)}
+            self._detectors[id(pool)] = detector_by_name(self.detector_name, self.paths.models_dir, factories)
+        return self._detectors[id(pool)]
 
     def recover(self) -> None:
         """After a crash: renders caught midway go back to the queue and their temp files are removed."""
@@ -141,10 +148,31 @@ class RenderService:
                     f"{limit} (render.max_video_seconds). Split the voice-over into shorter jobs.",
                 )
                 return
-            for video in self.store.videos(job.id):
-                if video.state == VideoState.QUEUED:
-                    self.render_video(job, video, audio)
+            queued = [v for v in self.store.videos(job.id) if v.state == VideoState.QUEUED]
+            self._render_all(job, queued, audio)
             self._finish_job(job, time.monotonic() - started)
+
+    def _render_all(self, job: Job, videos: list[Video], audio: JobAudio) -> None:
+        """Each video on the next free worker (GPU); with one worker, simply one after another."""
+        if len(self.pools) == 1:
+            for video in videos:
+                self.render_video(job, video, audio, self.pools[0])
+            return
+        with ThreadPoolExecutor(len(self.pools), thread_name_prefix="gpu-worker") as workers:
+            futures = [
+                workers.submit(contextvars.copy_context().run, self._on_free_worker, job, v, audio)
+                for v in videos
+            ]
+        errors = [f.exception() for f in futures if f.exception() is not None]
+        if errors:
+            raise errors[0]  # type: ignore[misc]  # Interrupted first of all: the stop reaches the caller
+
+    def _on_free_worker(self, job: Job, video: Video, audio: JobAudio) -> None:
+        pool = self._free.get()
+        try:
+            self.render_video(job, video, audio, pool)
+        finally:
+            self._free.put(pool)
 
     def _finish_job(self, job: Job, seconds: float) -> None:
         videos = self.store.videos(job.id)
@@ -175,14 +203,14 @@ class RenderService:
 
     # -- one video -----------------------------------------------------------------------------------
 
-    def render_video(self, job: Job, video: Video, audio: JobAudio) -> None:
+    def render_video(self, job: Job, video: Video, audio: JobAudio, pool: ModelPool) -> None:
         model_name = job.model or self.default_model
         with structlog.contextvars.bound_contextvars(video=video.output, model=model_name):
             self.store.update_video(job.id, video.output, VideoState.RENDERING, progress=0.0, error=None)
             self.progress = Progress(job.id, video.output, 0.0)
             self._links(job.id)
             try:
-                result = self._render(job, video, audio, model_name)
+                result = self._render(job, video, audio, model_name, pool)
             except Interrupted:
                 self.store.update_video(job.id, video.output, VideoState.QUEUED, progress=0.0)
                 self._links(job.id)
@@ -221,8 +249,10 @@ class RenderService:
                 fps=round(fps, 1),
             )
 
-    def _render(self, job: Job, video: Video, audio: JobAudio, model_name: str) -> RenderResult:
-        model = self.models.get(model_name)
+    def _render(
+        self, job: Job, video: Video, audio: JobAudio, model_name: str, pool: ModelPool
+    ) -> RenderResult:
+        model = pool.get(model_name)
         out_path = self.paths.outputs_dir / job.id / video.output
         out_path.parent.mkdir(parents=True, exist_ok=True)
         last = [0.0]
@@ -240,7 +270,7 @@ class RenderService:
             audio=audio,
             out_path=out_path,
             model=model,
-            detector=self.detector(),
+            detector=self.detector(pool),
             settings=self.settings,
             scratch_dir=self.paths.scratch_dir,
             stop=self.stop,
