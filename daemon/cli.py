@@ -98,6 +98,7 @@ def _parser() -> argparse.ArgumentParser:
     status = command("status", _status, "show jobs and progress")
     status.add_argument("job", nargs="?")
     status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.add_argument("--watch", action="store_true", help="live progress bars until the jobs finish")
 
     command("check-config", _check_config, "validate the configuration file and print the result")
     command(
@@ -274,15 +275,20 @@ def _submit(args: argparse.Namespace, config: Config) -> int:
 
 
 def _status(args: argparse.Namespace, config: Config) -> int:
-    from daemon.status import job_documents, print_json, print_table
+    from daemon.status import job_documents, print_json, print_table, watch
     from daemon.store import JobStore
 
     store = JobStore(config.state_dir)
-    documents = job_documents(store, args.job)
-    store.close()
-    if args.job and not documents:
-        raise _UserError(f"no job named {args.job!r}")
-    print_json(documents) if args.json else print_table(documents)
+    try:
+        documents = job_documents(store, args.job)
+        if args.job and not documents:
+            raise _UserError(f"no job named {args.job!r}")
+        if args.watch:
+            watch(lambda: job_documents(store, args.job))
+        else:
+            print_json(documents) if args.json else print_table(documents)
+    finally:
+        store.close()
     return EXIT_OK
 
 

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Callable
 from typing import Any
 
 from rich.console import Console
+from rich.live import Live
 from rich.progress_bar import ProgressBar
 from rich.table import Table
 
 from daemon.links import job_view
 from daemon.store import JobStore
 
+FINISHED = ("done", "failed")
 _STYLE = {"ready": "green", "rendered": "cyan", "failed": "red", "rendering": "yellow", "uploading": "blue"}
 
 
@@ -29,6 +33,21 @@ def print_table(documents: list[dict[str, Any]], console: Console | None = None)
     if not documents:
         console.print("No jobs yet. Drop a manifest into the inbox, or use `lipsyncd submit`.")
         return
+    console.print(_table(documents))
+
+
+def watch(read: Callable[[], list[dict[str, Any]]], every: float = 1.0) -> None:
+    """Live progress bars until every job shown has finished (Ctrl-C to leave earlier)."""
+    with Live(_table(read()), refresh_per_second=4) as live:
+        while True:
+            documents = read()
+            live.update(_table(documents))
+            if all(doc["status"] in FINISHED for doc in documents):
+                return
+            time.sleep(every)
+
+
+def _table(documents: list[dict[str, Any]]) -> Table:
     table = Table(show_header=True, header_style="bold", expand=False)
     for column in ("job", "video", "status", "progress", "link / error"):
         table.add_column(column)
@@ -40,4 +59,4 @@ def print_table(documents: list[dict[str, Any]], console: Console | None = None)
             )
             note = video["error"] or video["url"] or ""
             table.add_row(doc["job"], video["output"], f"[{_STYLE.get(status, '')}]{status}", bar, note[:80])
-    console.print(table)
+    return table
