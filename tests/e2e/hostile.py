@@ -3,7 +3,8 @@
 Each `Case` is one manifest dropped into the inbox, the media it names and the outcome it must have:
 RENDERED (links.json says `rendered`, with the audio's duration), MIXED (the bad videos `failed` in
 links.json beside a good one that rendered), JOB_FAILED (the manifest lands in inbox/failed/ with an
-error file; links.json says `failed`) or REFUSED (inbox/failed/ with an error file; no job at all).
+error file; links.json says `failed`), REFUSED (inbox/failed/ with an error file; no job at all) or ANY
+(one of those, for fuzzed inputs whose fate is not known in advance).
 
 Files outside the shared folder live in `outside/`; each holds a canary string of its own, so a case that
 tempts the daemon to read one can check that its canary never shows up anywhere.
@@ -12,7 +13,7 @@ tempts the daemon to read one can check that its canary never shows up anywhere.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from daemon import samples
 from daemon.render.media import VideoEncoder
 
 RENDERED, MIXED, JOB_FAILED, REFUSED = "rendered", "mixed", "job failed", "refused"
+ANY = "any"  # fuzzed input: rendered or failed, as long as it is clean
 VOICE_S = 1.2  # every job's voice, unless the case says otherwise
 FPS = 25
 SIZE = (160, 160)  # small avatars keep the suite fast; the face is still found at this size
@@ -221,8 +223,8 @@ MEDIA: dict[str, Make] = {
 }
 
 
-def make_media(folder: Path) -> None:
-    for name, make in MEDIA.items():
+def make_media(folder: Path, media: Mapping[str, Make]) -> None:
+    for name, make in media.items():
         path = folder / name
         path.parent.mkdir(parents=True, exist_ok=True)
         make(path)
