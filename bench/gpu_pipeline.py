@@ -115,6 +115,10 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--in-flight", default="1,4,8")
     args = parser.parse_args()
+    import onnxruntime as ort
+
+    if hasattr(ort, "preload_dlls"):
+        ort.preload_dlls()  # CUDA and cuDNN from the nvidia-* wheels
     work = Path(tempfile.mkdtemp(prefix="gpubench-"))
     clip = write_face_clip(work / "hd.mp4", args.seconds, 25, (1920, 1080))
     audio = write_audio(work / "speech.wav", speech_like(args.seconds))

@@ -30,6 +30,8 @@ class ModelPool:
     ):
         self.models_dir = models_dir
         self.providers, self.provider_reason = choose_providers(providers)
+        if self.providers[0] != "CPUExecutionProvider":
+            _preload_cuda_libraries()
         self.precision = precision
         self.threads = threads
         self.device_id = device_id
@@ -58,3 +60,15 @@ class ModelPool:
         )
         log.info("model_loaded", model=name, provider=model.provider, reason=self.provider_reason)
         return model
+
+
+def _preload_cuda_libraries() -> None:
+    """onnxruntime-gpu finds CUDA/cuDNN from the nvidia-* wheels only once they are preloaded (1.21+)."""
+    import onnxruntime as ort
+
+    preload = getattr(ort, "preload_dlls", None)
+    if preload is not None:
+        try:
+            preload()
+        except Exception as exc:  # the session will say what is missing, more precisely
+            log.warning("cuda_preload_failed", error=str(exc))
