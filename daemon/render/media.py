@@ -10,6 +10,7 @@ Conventions:
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import math
 import os
 from collections.abc import Iterable, Iterator
@@ -357,6 +358,19 @@ def encoder_available(codec: str) -> bool:
     return True
 
 
+_NAME_MAX = 255  # bytes in one file name (ext4, XFS, Btrfs, SMB and NFS exports of them)
+
+
+def _temp_path(out_path: Path) -> Path:
+    """`.NAME.part.mp4` beside the output. A stem too long for that (the output's own name may use all
+    255 bytes) is cut and marked with a hash of the whole name, so two long names never share one."""
+    name = f".{out_path.stem}.part.mp4"
+    if len(os.fsencode(name)) <= _NAME_MAX:
+        return out_path.with_name(name)
+    digest = hashlib.sha256(os.fsencode(out_path.name)).hexdigest()[:12]
+    return out_path.with_name(f".{os.fsdecode(os.fsencode(out_path.stem)[:200])}~{digest}.part.mp4")
+
+
 def _even(n: int) -> int:
     return n + (n & 1)
 
@@ -366,7 +380,8 @@ class VideoEncoder:
 
     Odd widths/heights are padded to even by repeating the last column/row (yuv420p needs even sizes),
     so a 255x257 input gives a 256x258 file. The file appears at `out_path` only when `close()`
-    succeeds; until then it is `.NAME.part.mp4` in the same folder, removed on failure.
+    succeeds; until then it is `.NAME.part.mp4` in the same folder (NAME shortened if it must be), removed
+    on failure.
     Audio from `audio_path` keeps its rate (if AAC can store it) and up to two channels, and is cut or
     padded with silence to exactly frames / fps.
     """
@@ -388,7 +403,7 @@ class VideoEncoder:
         self.width, self.height = width, height
         self.rate = Fraction(fps).limit_denominator(1001)
         self.frames = 0
-        self._tmp = out_path.with_name(f".{out_path.stem}.part.mp4")
+        self._tmp = _temp_path(out_path)
         self._audio: _AudioTrack | None = None
         self._out = av.open(
             os.fspath(self._tmp), "w", format="mp4", container_options={"movflags": "+faststart"}

@@ -174,6 +174,7 @@ def _with_sound(path: Path) -> None:
 
 
 UNICODE_VIDEO = "主播 \u200f😀 e\u0301.mp4"  # Chinese, a right-to-left mark, an emoji, a combining accent
+LONG_VIDEO = "促" * 83 + ".mp4"  # 253 bytes: near the 255-byte limit of one file name
 
 MEDIA: dict[str, Make] = {
     "voice.wav": _sound(1, 16000),
@@ -181,6 +182,7 @@ MEDIA: dict[str, Make] = {
     "a/same.mp4": _clip(seed=5),
     "b/same.mp4": _clip(seed=6),
     UNICODE_VIDEO: _clip(seed=7),
+    LONG_VIDEO: _clip(seed=8),
     # broken or mislabelled videos
     "zero.mp4": _bytes(b""),
     "text.mp4": _bytes(b"Shopping list: milk, eggs, bread.\n" * 40),
@@ -437,6 +439,27 @@ MANIFEST_CASES = [
     ),
 ]
 
+CLASH_CASES = [  # dropped in this order, so clash.json is taken first
+    Case(
+        "clash-json",
+        "manifest: two manifests with one stem (clash.json, clash.yaml)",
+        REFUSED,
+        file_name="clash.json",
+        body=_text('{"audio": "media/nope-b.wav", "videos": ["media/anchor.mp4"]}'),
+        names=("nope-b.wav",),
+        xfail="both failed manifests get inbox/failed/clash.error.txt: inbox.py picks a free name for the "
+        "manifest but not for its error file, so clash.yaml's report replaces clash.json's",
+    ),
+    Case(
+        "clash-yaml",
+        "manifest: two manifests with one stem (clash.json, clash.yaml)",
+        REFUSED,
+        body=_text(_doc(audio="media/nope-a.wav")),
+        file_name="clash.yaml",
+        names=("nope-a.wav",),
+    ),
+]
+
 PATH_CASES = [
     Case(
         "dotdot",
@@ -508,6 +531,12 @@ PATH_CASES = [
 
 NAME_CASES = [
     Case(
+        "long-media-name",
+        "name: a video's name of 253 bytes (83 Chinese characters)",
+        RENDERED,
+        videos=(LONG_VIDEO,),
+    ),
+    Case(
         "unicode-media",
         "name: Chinese, RTL mark, emoji, combining accent in a video's name",
         RENDERED,
@@ -530,7 +559,7 @@ NAME_CASES = [
     ),
 ]
 
-CASES = [*VIDEO_CASES, *AUDIO_CASES, *MANIFEST_CASES, *PATH_CASES, *NAME_CASES]
+CASES = [*VIDEO_CASES, *AUDIO_CASES, *MANIFEST_CASES, *CLASH_CASES, *PATH_CASES, *NAME_CASES]
 GOOD_CASE = Case("zz-good", "the known-good job dropped last", RENDERED)
 
 
