@@ -40,9 +40,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     from daemon.ops.logging import configure_logging
 
     configure_logging(config.logging.format, config.logging.level, identifier=f"lipsyncd-{args.command}")
+    from daemon.store import StoreError
+
     try:
         return int(args.handler(args, config) or EXIT_OK)
-    except _UserError as exc:
+    except (_UserError, StoreError) as exc:
         print(f"lipsyncd: {exc}", file=sys.stderr)
         return EXIT_FAILED
 

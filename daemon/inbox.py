@@ -117,9 +117,15 @@ class Inbox:
         return target
 
     def file_failed(self, claimed: Path, original_name: str, report: str) -> Path:
-        """Move to failed/ next to NAME.error.txt (written first, atomically, so both are there together)."""
-        target = _free_name(self.failed_dir, original_name)
-        error_file = target.with_name(target.name.rsplit(".", 1)[0] + ".error.txt")
+        """Move to failed/ next to NAME.error.txt (written first, atomically, so both are there together).
+        Neither may replace an earlier failure's files: clash.yaml and clash.json each get their own."""
+        n = 1
+        while True:
+            target = _free_name(self.failed_dir, original_name, start=n)
+            error_file = target.with_name(target.name.rsplit(".", 1)[0] + ".error.txt")
+            if not error_file.exists():
+                break
+            n += 1
         tmp = error_file.with_name(f".{error_file.name}.tmp")
         tmp.write_text(report, encoding="utf-8")
         os.replace(tmp, error_file)
@@ -127,14 +133,19 @@ class Inbox:
         return target
 
 
-def _free_name(folder: Path, name: str) -> Path:
+def _free_name(folder: Path, name: str, start: int = 1) -> Path:
     """folder/name, or folder/STEM.2.SUFFIX ... when taken: nothing in done/ or failed/ is overwritten."""
-    candidate, n = folder / name, 1
     stem, dot, suffix = name.rpartition(".")
-    while candidate.exists():
+
+    def numbered(n: int) -> Path:
+        if n == 1:
+            return folder / name
+        return folder / (f"{stem}.{n}.{suffix}" if dot else f"{name}.{n}")
+
+    n = start
+    while numbered(n).exists():
         n += 1
-        candidate = folder / (f"{stem}.{n}.{suffix}" if dot else f"{name}.{n}")
-    return candidate
+    return numbered(n)
 
 
 class _Handler(FileSystemEventHandler):

@@ -9,6 +9,7 @@ from collections.abc import Callable, Collection
 from pathlib import Path
 
 import structlog
+from watchdog.observers.api import BaseObserver
 
 from daemon.inbox import Inbox, watch
 from daemon.links import write_links
@@ -48,8 +49,10 @@ class Intake:
                 self.take(claimed)
 
     def sweep(self, *, rescan: bool) -> int:
-        """Take every complete manifest; with `rescan`, look at the whole folder first (lost events)."""
+        """Take every complete manifest; with `rescan`, look at the whole folder first (lost events) and
+        retry claimed manifests that could not become jobs yet (the store was locked, say)."""
         if rescan:
+            self.recover()
             for path in self.inbox.scan():
                 self.inbox.note(path)
         taken = 0
@@ -61,6 +64,16 @@ class Intake:
         return taken
 
     def take(self, claimed: Path) -> None:
+        if not _utf8(claimed.name):
+            report = (
+                f"lipsyncd could not start a job from {claimed.name!r}.\n\nWhat is wrong:\n"
+                "  - the file name is not valid UTF-8 text (it was probably copied from an old system).\n\n"
+                "How to fix it: rename the manifest (letters, digits, - and _ are safe) and drop it into the "
+                "inbox again.\n"
+            )
+            self.inbox.file_failed(claimed, claimed.name, report)
+            log.warning("manifest_rejected", manifest=repr(claimed.name), problems=["file name is not UTF-8"])
+            return
         try:
             manifest = load_manifest(
                 claimed,
@@ -78,7 +91,10 @@ class Intake:
             self.inbox.file_failed(claimed, claimed.name, f"lipsyncd could not read {claimed.name}: {exc}\n")
             return
         job = self.store.add_job(manifest, claimed_path=claimed, base_dir=self.inbox.folder)
-        write_links(self.store, job.id, self.outputs_dir, self.locks_dir)
+        try:
+            write_links(self.store, job.id, self.outputs_dir, self.locks_dir)
+        except OSError as exc:  # links.json is a view: the next change writes it again
+            log.error("links_write_failed", job=job.id, error=str(exc))
         log.info(
             "job_queued",
             job=job.id,
@@ -103,7 +119,7 @@ class IntakeThread(threading.Thread):
         self.wake = threading.Event()
 
     def run(self) -> None:
-        observer = watch(self.intake.inbox, self.wake, polling=self.polling)
+        observer = self._observer()
         next_rescan = 0.0
         try:
             while not self.stop.is_set():
@@ -115,11 +131,31 @@ class IntakeThread(threading.Thread):
                 self.wake.wait(timeout=0.25)
                 self.wake.clear()
         finally:
-            observer.stop()
-            observer.join(timeout=5)
+            if observer is not None:
+                observer.stop()
+                observer.join(timeout=5)
+
+    def _observer(self) -> BaseObserver | None:
+        """Events when the system gives them; without (inotify limits used up) the rescans still work."""
+        try:
+            return watch(self.intake.inbox, self.wake, polling=self.polling)
+        except OSError as exc:
+            log.warning(
+                "inbox_events_unavailable", error=str(exc), fallback=f"rescan every {self.rescan_interval}s"
+            )
+            return None
 
     def _sweep(self, rescan: bool) -> None:
         try:
             self.intake.sweep(rescan=rescan)
         except Exception:  # one bad file must not stop the intake; the next sweep tries again
             log.exception("intake_error")
+
+
+def _utf8(name: str) -> bool:
+    """Linux names are bytes; ones that are not UTF-8 reach Python as surrogates SQLite cannot store."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True

@@ -5,10 +5,13 @@ Every problem found is collected, so a user fixing a manifest sees all of them a
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import re
+import stat
 import unicodedata
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -60,10 +63,13 @@ def is_manifest_name(path: Path) -> bool:
 
 
 def job_name(raw: str) -> str:
-    """A folder- and key-safe name: letters of any script, digits, '-', '_' and '.'; other runs become '-'."""
+    """A folder- and key-safe name: letters of any script, digits, '-', '_' and '.'; other runs become '-'.
+    At most 100 characters and 150 bytes (file names are limited to 255 bytes; suffixes are added)."""
     text = unicodedata.normalize("NFC", raw)
-    text = re.sub(r"[^\w.-]+", "-", text).strip("-.")
-    return text[:100]
+    text = re.sub(r"[^\w.-]+", "-", text).strip("-.")[:100]
+    while len(text.encode("utf-8", "surrogatepass")) > 150:
+        text = text[:-1]
+    return text.rstrip("-.")
 
 
 def load_manifest(
@@ -100,25 +106,36 @@ def load_manifest(
 # -- reading -----------------------------------------------------------------------------------------
 
 
-class _NoAliasLoader(yaml.SafeLoader):
-    """Anchors and aliases have no use in a manifest and enable 'billion laughs' bombs: refuse them."""
+class _StrictLoader(yaml.SafeLoader):
+    """Anchors and aliases have no use in a manifest and enable 'billion laughs' bombs: refuse them.
+    A key given twice is refused too (PyYAML would silently keep the last one)."""
 
     def compose_node(self, parent: Any, index: Any) -> Any:  # type: ignore[override]
         if self.check_event(yaml.AliasEvent):
-            raise yaml.YAMLError("YAML aliases (*name) are not allowed in a manifest")
+            raise _Refused("YAML aliases (*name) are not allowed in a manifest; write the values out")
         return super().compose_node(parent, index)
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
+            if isinstance(key, str) and key in seen:
+                raise _Refused(
+                    f"the key '{key}' appears twice (line {key_node.start_mark.line + 1}); keep one"
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+class _Refused(Exception):
+    """A manifest rule broken while parsing, already in plain words."""
 
 
 def _read(path: Path) -> dict[str, Any]:
     def fail(problem: str) -> ManifestError:
         return ManifestError(path, [problem])
 
-    size = path.stat().st_size
-    if size > MAX_MANIFEST_BYTES:
-        raise fail(
-            f"the file is {size} bytes; a manifest is a few lines (at most {MAX_MANIFEST_BYTES} bytes)"
-        )
-    raw = path.read_bytes()
+    raw = _read_regular_file(path, fail)
     if b"\x00" in raw:
         raise fail("the file contains NUL bytes; save it as plain UTF-8 text")
     try:
@@ -127,9 +144,10 @@ def _read(path: Path) -> dict[str, Any]:
         raise fail(f"the file is not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
     try:
         data = _parse(path, text)
+    except _Refused as exc:
+        raise fail(str(exc)) from None
     except (yaml.YAMLError, json.JSONDecodeError) as exc:
-        kind = "JSON" if path.suffix.lower() == ".json" else "YAML"
-        raise fail(f"it is not valid {kind}: {_first_line(exc)}") from None
+        raise fail(_syntax_problem(exc)) from None
     except RecursionError:
         raise fail("it is nested far too deeply to be a manifest") from None
     if not isinstance(data, dict):
@@ -137,14 +155,49 @@ def _read(path: Path) -> dict[str, Any]:
     return data
 
 
+def _read_regular_file(path: Path, fail: Callable[[str], ManifestError]) -> bytes:
+    """Read without following a symlink (it could point outside the share) and without blocking on a
+    named pipe: only a plain file of sane size is a manifest."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise fail("it is a symbolic link; put the manifest file itself into the inbox") from None
+        raise fail(f"it cannot be opened ({exc.strerror})") from None
+    with os.fdopen(fd, "rb") as handle:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise fail("it is not a regular file (a folder, pipe or device); put a plain text file there")
+        if info.st_size > MAX_MANIFEST_BYTES:
+            limit = MAX_MANIFEST_BYTES
+            raise fail(f"the file is {info.st_size} bytes; a manifest is a few lines (at most {limit} bytes)")
+        return handle.read(MAX_MANIFEST_BYTES + 1)
+
+
 def _parse(path: Path, text: str) -> Any:
     if path.suffix.lower() == ".json":
-        return json.loads(text)
-    return yaml.load(text, Loader=_NoAliasLoader)  # noqa: S506 - a SafeLoader subclass
+        return json.loads(text, object_pairs_hook=_no_duplicate_keys)
+    return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
 
 
-def _first_line(exc: Exception) -> str:
-    return " ".join(str(exc).split())[:300]
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    keys = [key for key, _ in pairs]
+    for key in keys:
+        if keys.count(key) > 1:
+            raise _Refused(f"the key '{key}' appears twice; keep one")
+    return dict(pairs)
+
+
+def _syntax_problem(exc: Exception) -> str:
+    """Where the text stops making sense, in words a person can act on (not the parser's vocabulary)."""
+    if isinstance(exc, json.JSONDecodeError):
+        return f"it is not valid JSON: {exc.msg.lower()} at line {exc.lineno}, column {exc.colno}"
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    where = f" near line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    hint = "check the brackets [ ], quotes and indentation of that line and the one before"
+    if "tab" in str(getattr(exc, "problem", "") or ""):
+        hint = "indent with spaces, not tabs"
+    return f"it is not valid YAML{where}: {hint}"
 
 
 # -- checking ----------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ plain-words reason and the job goes on; a job whose audio is unusable fails as a
 from __future__ import annotations
 
 import contextvars
+import errno
 import hashlib
 import queue
 import threading
@@ -115,7 +116,11 @@ class RenderService:
         """Render every job waiting now; returns how many were finished. Raises Interrupted on stop."""
         done = 0
         while not self.stop.is_set() and (job := self.next_job()) is not None:
-            self.render_job(job)
+            try:
+                self.render_job(job)
+            except Exception as exc:  # the one place a job's unexpected failure stops: the daemon goes on
+                log.exception("job_crashed", job=job.id)
+                self._crashed(job, exc)
             self.progress = Progress()
             done += 1
         return done
@@ -190,6 +195,13 @@ class RenderService:
         failed = len(videos) - len(rendered)
         log.info("job_rendered", videos=len(videos), failed=failed, seconds=round(seconds, 1))
 
+    def _crashed(self, job: Job, exc: Exception) -> None:
+        try:
+            self._fail_job(job, f"an internal error stopped this job ({type(exc).__name__}: {exc})")
+        except Exception:  # the store or disk itself is failing: the job is retried after a restart
+            log.exception("job_fail_unrecorded", job=job.id)
+            self.stop.wait(5.0)
+
     def _fail_job(self, job: Job, reason: str) -> None:
         for video in self.store.videos(job.id):
             if video.state in (VideoState.QUEUED, VideoState.RENDERING):
@@ -218,6 +230,9 @@ class RenderService:
                 raise
             except (MediaError, LookupError) as exc:
                 self._fail_video(job, video, str(exc))
+                return
+            except OSError as exc:
+                self._fail_video(job, video, _disk_problem(exc, self.paths.outputs_dir))
                 return
             except Exception as exc:
                 log.exception("render_crashed")
@@ -285,7 +300,12 @@ class RenderService:
         log.warning("video_failed", reason=reason)
 
     def _links(self, job_id: str) -> None:
-        write_links(self.store, job_id, self.paths.outputs_dir, self.paths.locks_dir)
+        """links.json is a view of the store: if it cannot be written now (disk full), the next change
+        writes it again; rendering goes on."""
+        try:
+            write_links(self.store, job_id, self.paths.outputs_dir, self.paths.locks_dir)
+        except OSError as exc:
+            log.error("links_write_failed", job=job_id, error=str(exc))
 
 
 def _sha256(path: Path) -> str:
@@ -302,3 +322,11 @@ def _remove_partials(folder: Path) -> None:
         for path in folder.iterdir():
             if path.name.startswith(".") and path.name.endswith((".part.mp4", ".tmp")):
                 path.unlink(missing_ok=True)
+
+
+def _disk_problem(exc: OSError, outputs: Path) -> str:
+    if exc.errno == errno.ENOSPC:
+        return f"the disk holding the outputs ({outputs}) is full; free some space, then submit the job again"
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"lipsyncd may not write into {outputs}; check the folder's owner and permissions"
+    return f"the output could not be written ({exc.strerror}); check the disk holding {outputs}"

@@ -76,3 +76,14 @@ def test_failed_has_error_file_next_to_it(tmp_path: Path) -> None:
     assert target == tmp_path / "failed" / "bad.yaml"
     assert (tmp_path / "failed" / "bad.error.txt").read_text() == "what is wrong"
     assert sorted(p.name for p in (tmp_path / "failed").iterdir()) == ["bad.error.txt", "bad.yaml"]
+
+
+def test_failures_with_the_same_stem_keep_their_own_error_files(tmp_path: Path) -> None:
+    inbox = Inbox(tmp_path, settle_time=0)
+    for name, report in (("clash.yaml", "yaml report"), ("clash.json", "json report")):
+        (tmp_path / name).write_text("x")
+        inbox.file_failed(inbox.claim(tmp_path / name), name, report)  # type: ignore[arg-type]
+    failed = sorted(p.name for p in (tmp_path / "failed").iterdir())
+    assert failed == ["clash.2.error.txt", "clash.2.json", "clash.error.txt", "clash.yaml"]
+    assert (tmp_path / "failed" / "clash.error.txt").read_text() == "yaml report"
+    assert (tmp_path / "failed" / "clash.2.error.txt").read_text() == "json report"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -155,3 +156,39 @@ def test_error_report_reads_as_plain_instructions(share: Path) -> None:
     report = error_report(caught.value)
     assert report.startswith("lipsyncd could not start a job from job.yaml.")
     assert "'videos' is missing" in report and "drop it into the inbox again" in report
+
+
+def test_a_key_given_twice_is_refused(share: Path) -> None:
+    text = problems(
+        share, "audio: media/promo.wav\nvideos: [media/anchor_a.mp4]\nvideos: [media/anchor_b.mp4]\n"
+    )
+    assert "'videos' appears twice" in text
+    doc = '{"audio": "media/promo.wav", "videos": ["media/anchor_a.mp4"], "audio": "media/promo.wav"}'
+    assert "'audio' appears twice" in problems(share, doc, "dup.json")
+
+
+def test_syntax_errors_say_where_in_plain_words(share: Path) -> None:
+    text = problems(share, "audio: media/promo.wav\nvideos: [a, b\n")
+    assert "not valid YAML near line" in text and "brackets" in text
+    assert "<unicode string>" not in text and "flow sequence" not in text
+
+
+def test_symlinked_or_special_manifests_are_not_read(
+    share: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    outside = tmp_path_factory.mktemp("outside") / "secret.yaml"
+    outside.write_text("audio: top-secret\n")
+    link = share / "inbox" / "link.yaml"
+    link.symlink_to(outside)
+    with pytest.raises(ManifestError, match="symbolic link") as caught:
+        load(share, link)
+    assert "top-secret" not in str(caught.value)
+    fifo = share / "inbox" / "pipe.yaml"
+    os.mkfifo(fifo)
+    with pytest.raises(ManifestError, match="not a regular file"):
+        load(share, fifo)  # returns at once: a named pipe must not block the intake
+
+
+def test_long_names_fit_a_file_name() -> None:
+    assert len(job_name("发" * 100).encode()) <= 150
+    assert len(job_name("a" * 300)) == 100
