@@ -29,6 +29,8 @@ from daemon.render.types import VideoInfo
 log = structlog.get_logger(__name__)
 
 FALLBACK_FPS = 25.0
+MAX_SIDE = 8192  # pixels on the longer side of a picture we take (8K)
+_MAX_PADDING_S = 0.3  # the most codec padding at the end of a sound: 2 AAC frames at 8 kHz, plus slack
 _STILL_FORMATS = ("image2", "_pipe")  # FFmpeg's demuxers for single images (png_pipe, jpeg_pipe, ...)
 _AAC_RATES = (96000, 88200, 64000, 48000, 44100, 32000, 24000, 22050, 16000, 12000, 11025, 8000)
 _EPS = 1e-6  # seconds*fps slack so exact boundaries are not lost to float rounding
@@ -48,7 +50,8 @@ def _opened(path: Path, what: str) -> Iterator[av.container.InputContainer]:
     """Open `path` for reading; FFmpeg errors inside the block become plain-words MediaErrors."""
     _check_file(path, what)
     try:
-        with av.open(os.fspath(path), "r") as container:
+        # tags are only shown, never used: a camera that wrote them in Latin-1 must not make the file unusable
+        with av.open(os.fspath(path), "r", metadata_errors="replace") as container:
             yield container
     except av.FFmpegError as exc:
         raise _unreadable(path, what, exc) from exc
@@ -136,7 +139,9 @@ def probe_video(path: Path) -> VideoInfo:
     with _opened(path, "a video") as container:
         stream = _video_stream(container, path)
         _check_complete(container, stream, path)
+        _check_size(stream.codec_context.width, stream.codec_context.height, path)  # 0 x 0 for images
         first = _first_frame(container, stream, path)
+        _check_size(first.width, first.height, path)
         rotation = _rotation(first)
         turned = rotation % 180 == 90
         still = container.format.name.endswith(_STILL_FORMATS)
@@ -159,6 +164,15 @@ def probe_video(path: Path) -> VideoInfo:
         still=still,
     )
     return info
+
+
+def _check_size(width: int, height: int, path: Path) -> None:
+    """Bigger than 8K costs minutes and gigabytes per frame and is past what H.264 players take."""
+    if max(width, height) > MAX_SIDE:
+        raise MediaError(
+            f"{path} is {width}x{height} pixels; the largest picture we take is {MAX_SIDE} pixels on a side "
+            f"(8K). Scale it down and retry."
+        )
 
 
 def _cut_short(path: Path, detail: str) -> MediaError:
@@ -295,14 +309,33 @@ def load_audio(path: Path) -> np.ndarray:
         stream = _audio_stream(container, path)
         resampler = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
         chunks = [f.to_ndarray().reshape(-1) for f in _resampled(container.decode(stream), resampler)]
+        declared = _declared_samples(container, stream)
     if not chunks:
         raise MediaError(
             f"{path} has an audio track but no sound could be decoded from it: the file is probably cut "
             f"short or damaged. Export or copy it again."
         )
-    wav = np.concatenate(chunks).astype(np.float32, copy=False)
+    wav = _without_padding(np.concatenate(chunks).astype(np.float32, copy=False), declared)
     log.info("audio_loaded", path=str(path), seconds=round(len(wav) / SAMPLE_RATE, 3))
     return wav
+
+
+def _declared_samples(
+    container: av.container.InputContainer, stream: av.audio.stream.AudioStream
+) -> int | None:
+    """How many 16 kHz samples an MP4/M4A says it plays (its edit list is exact); None for other formats."""
+    if "mp4" not in container.format.name or not (stream.duration and stream.time_base):
+        return None
+    return round(float(stream.duration * stream.time_base) * SAMPLE_RATE)
+
+
+def _without_padding(wav: np.ndarray, declared: int | None) -> np.ndarray:
+    """Drop the codec's padding past the declared end: FFmpeg returns AAC's last frame whole, up to 1024
+    samples too many (0.13 s at 8 kHz), which would make the video longer than the voice. A bigger
+    difference is not padding (a wrong header, say): then the decoded sound is kept as it is."""
+    if declared is None or not 0 < len(wav) - declared <= _MAX_PADDING_S * SAMPLE_RATE:
+        return wav
+    return wav[:declared]
 
 
 def _resampled(frames: Iterable[av.AudioFrame], resampler: av.AudioResampler) -> Iterator[av.AudioFrame]:

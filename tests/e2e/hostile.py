@@ -165,6 +165,14 @@ def _uhd(path: Path) -> None:
         out.mux(stream.encode(None))
 
 
+def _latin1_tags(path: Path) -> None:
+    """A clip whose tags are Latin-1, not UTF-8, as some old cameras and editors write them."""
+    samples.write_face_clip(path, 1.0, FPS, SIZE)
+    data = path.read_bytes()
+    assert data.count(b"VideoHandler") == 1
+    path.write_bytes(data.replace(b"VideoHandler", b"Vid\xe9o-cam\xe9ra"))  # same length: boxes stay valid
+
+
 def _with_sound(path: Path) -> None:
     voice = samples.write_audio(path.with_name(".voice-for-video.wav"), _voice())
     with VideoEncoder(path, *SIZE, FPS, voice) as encoder:
@@ -190,6 +198,7 @@ MEDIA: dict[str, Make] = {
     "cut-faststart.mp4": _cut(_faststart),
     "wav-named.mp4": _renamed(".wav", _sound(1, 16000)),
     "mkv-named.mp4": _renamed(".mkv", _clip()),
+    "latin1-tags.mp4": _latin1_tags,
     "png-named.jpg": _renamed(".png", lambda p: samples.write_still(p, SIZE)),
     "voice-only.m4a": _sound(1, 16000),
     # unusual but valid videos and images
@@ -201,6 +210,7 @@ MEDIA: dict[str, Make] = {
     "vfr.mp4": lambda path: samples.write_vfr_clip(path, VOICE_S, size=SIZE),
     "still.png": lambda path: samples.write_still(path, SIZE),
     "still.jpg": lambda path: samples.write_still(path, SIZE),
+    "camera.jpg": lambda path: samples.write_still(path, (9000, 6000)),  # a 54-megapixel camera's photo
     "fifo.mp4": os.mkfifo,
     "folder.mp4": Path.mkdir,
     # sounds
@@ -216,6 +226,7 @@ MEDIA: dict[str, Make] = {
     "m4a-mono.m4a": _sound(1, 16000),
     "m4a-stereo.m4a": _sound(2, 44100),
     "m4a-5.1.m4a": _sound(6, 48000),
+    "m4a-mono-8kHz.m4a": _sound(1, 8000),  # AAC pads to 1024-sample frames: 0.12 s at this rate
     "ogg-mono.ogg": _sound(1, 16000, ".opus"),  # Opus in Ogg: FFmpeg's Vorbis encoder writes stereo only
     "ogg-stereo.ogg": _sound(2, 44100),
     "ogg-5.1.ogg": _sound(6, 48000, ".opus"),
@@ -278,6 +289,7 @@ VIDEO_CASES = [
     _video("video-folder", "video: a folder", "folder.mp4", REFUSED, words=("not a regular file",)),
     _video("video-mkv", "video: Matroska named .mp4", "mkv-named.mp4"),
     _video("video-png-as-jpg", "video: PNG named .jpg", "png-named.jpg"),
+    _video("video-latin1-tags", "video: tags in Latin-1, not UTF-8", "latin1-tags.mp4"),
     _video("video-one-frame", "video: a single frame", "one-frame.mp4"),
     _video("video-odd", "video: odd size 255x257", "odd.mkv", shape=(256, 258)),
     _video("video-4k", "video: 4K (3840x2160, 1 s)", "uhd.mp4", shape=(3840, 2160), audio="wav-mono.wav"),
@@ -286,6 +298,9 @@ VIDEO_CASES = [
     _video("video-vfr", "video: variable frame rate", "vfr.mp4"),
     _video("image-png", "image: PNG as the avatar", "still.png"),
     _video("image-jpeg", "image: JPEG as the avatar", "still.jpg"),
+    _video(
+        "image-huge", "image: 9000x6000 photo (over 8K)", "camera.jpg", JOB_FAILED, words=("Scale it down",)
+    ),
     Case(
         "mixed",
         "video: broken ones beside a good one",
@@ -347,9 +362,6 @@ MANIFEST_CASES = [
         REFUSED,
         body=_text("audio: media/voice.wav\nvideos: [a, b\n"),
         words=("not valid YAML", "line"),
-        xfail="manifest.py quotes PyYAML's message verbatim: 'while parsing a flow sequence in \"<unicode "
-        "string>\", line 2, column 9 ... expected ',' or ']', but got '<stream end>'' (parser jargon; "
-        "say 'line 2: a [ list is not closed' or just the line number)",
     ),
     Case("yaml-bomb", "manifest: alias bomb (billion laughs)", REFUSED, body=_text(BOMB), words=("aliases",)),
     Case(
@@ -434,12 +446,10 @@ MANIFEST_CASES = [
         REFUSED,
         body=_text(GOOD + "videos:\n  - media/still.png\n"),
         words=("videos",),
-        xfail="PyYAML keeps the last of duplicate keys: the first 'videos' list is silently dropped and "
-        "the job renders only still.png (manifest.py should refuse duplicate keys, as it does unknown ones)",
     ),
 ]
 
-CLASH_CASES = [  # dropped in this order, so clash.json is taken first
+CLASH_CASES = [  # each must keep its own error file (inbox/failed/clash.error.txt, clash.2.error.txt)
     Case(
         "clash-json",
         "manifest: two manifests with one stem (clash.json, clash.yaml)",
@@ -447,8 +457,6 @@ CLASH_CASES = [  # dropped in this order, so clash.json is taken first
         file_name="clash.json",
         body=_text('{"audio": "media/nope-b.wav", "videos": ["media/anchor.mp4"]}'),
         names=("nope-b.wav",),
-        xfail="both failed manifests get inbox/failed/clash.error.txt: inbox.py picks a free name for the "
-        "manifest but not for its error file, so clash.yaml's report replaces clash.json's",
     ),
     Case(
         "clash-yaml",
@@ -510,8 +518,6 @@ PATH_CASES = [
         words=("symbolic link",),
         names=("link-manifest.yaml",),
         outside=("secret.yaml",),
-        xfail="inbox.py takes a symlinked manifest and manifest.py reads its target outside the share: "
-        "secret.yaml is opened, its contents parsed and quoted in the error file",
     ),
     Case(
         "nul-path",
@@ -551,11 +557,10 @@ NAME_CASES = [
     Case(
         "bytes-manifest",
         "name: manifest file name not valid UTF-8",
-        RENDERED,
+        REFUSED,
         file_name=b"latin-caf\xe9.yaml",
-        xfail="the job store cannot save a manifest name that is not UTF-8 (SQLite refuses the surrogate "
-        "characters Python uses for such bytes): the intake logs intake_error and the manifest stays in "
-        "inbox/.claimed/ for ever, with no error file for the user",
+        names=("latin-caf",),
+        words=("not valid UTF-8",),
     ),
 ]
 

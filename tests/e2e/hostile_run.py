@@ -33,7 +33,7 @@ JARGON = re.compile(
 )
 # ...and what it must be told: something to do
 ACTION = re.compile(
-    r"\b(copy|export|re-export|save|check|give|put|correct|split|use|drop|rename|move|convert)\b", re.I
+    r"\b(copy|export|re-export|save|check|give|put|correct|split|use|drop|rename|move|convert|scale)\b", re.I
 )
 ALLOWED = ("inbox/done", "inbox/failed", "inbox/.claimed", "outputs")  # where the daemon may write
 PROBE = "probe.txt"  # opened by the driver itself, to know the watch on outside/ is live
@@ -180,12 +180,25 @@ def links_by_manifest(share: Share) -> dict[str, dict[str, Any]]:
 
 def seen(share: Share, case: Case, links: dict[str, dict[str, Any]]) -> Seen:
     name = case.manifest_name
-    places = [("failed", share.inbox / "failed"), ("done", share.inbox / "done")]
-    places += [(".claimed", share.inbox / ".claimed"), ("inbox", share.inbox)]
+    failed = _filed(share.inbox / "failed", name)
+    if failed is not None:
+        return Seen("failed", failed, links.get(name))
+    places = [("done", share.inbox / "done"), (".claimed", share.inbox / ".claimed"), ("inbox", share.inbox)]
     where = next((label for label, folder in places if os.path.lexists(folder / name)), "gone")
-    error = share.inbox / "failed" / (name.rsplit(".", 1)[0] + ".error.txt")
-    text = error.read_text(encoding="utf-8", errors="replace") if error.exists() else None
-    return Seen(where, text, links.get(name))
+    return Seen(where, None, links.get(name))
+
+
+def _filed(failed: Path, name: str) -> str | None:
+    """The error text of failed/NAME or, where that name was taken, of failed/STEM.N.SUFFIX that is about
+    NAME ("" when there is no error file); None if the manifest is not in failed/."""
+    stem, _, suffix = name.rpartition(".")
+    for n in range(1, 10):
+        candidate = failed / (name if n == 1 else f"{stem}.{n}.{suffix}")
+        error = candidate.with_name(candidate.name.rsplit(".", 1)[0] + ".error.txt")
+        text = error.read_text(encoding="utf-8", errors="replace") if error.exists() else ""
+        if os.path.lexists(candidate) and (n == 1 or name in text):
+            return text
+    return None
 
 
 def everything(share: Share, daemon: Daemon) -> bytes:

@@ -101,13 +101,9 @@ def _released(fifo_names: list[Path]) -> Iterator[None]:
                 os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="inbox.py claims a named pipe called pipe.yaml and manifest.py reads it: the read blocks until "
-    "someone writes to the pipe, so the intake thread hangs and no later manifest is ever taken "
-    "(the inbox should take regular files only, checked with lstat)",
-)
 def test_a_named_pipe_as_manifest_does_not_wedge_the_inbox(tmp_path: Path) -> None:
+    """Reading a pipe called pipe.yaml blocked the intake thread until someone wrote to it (fixed in inbox.py:
+    only regular files are taken)."""
     share = Share(tmp_path / "shared")
     for name in ("voice.wav", "anchor.mp4"):
         hostile.MEDIA[name](share.inbox / "media" / name)
@@ -129,13 +125,9 @@ def test_a_named_pipe_as_manifest_does_not_wedge_the_inbox(tmp_path: Path) -> No
 # ---------------------------------------------------------------- a job name too long for the disk
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="manifest.job_name cuts names to 100 characters, not bytes: 'name:' of 100 Chinese characters is "
-    "300 bytes, over the 255-byte limit of a file name, so links.py cannot create the job's lock file "
-    "(Errno 36) and the render daemon exits 1; the job is still queued, so every restart dies the same way",
-)
 def test_a_job_name_too_long_for_the_disk_does_not_stop_the_daemon(tmp_path: Path) -> None:
+    """'name:' of 100 Chinese characters is 300 bytes, over the 255-byte limit of a file name: the job's lock
+    file could not be made and the daemon exited 1, again at every start (fixed: names are cut by bytes)."""
     share = Share(tmp_path / "shared")
     for name in ("voice.wav", "anchor.mp4"):
         hostile.MEDIA[name](share.inbox / "media" / name)
