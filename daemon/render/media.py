@@ -139,7 +139,8 @@ def probe_video(path: Path) -> VideoInfo:
     with _opened(path, "a video") as container:
         stream = _video_stream(container, path)
         _check_complete(container, stream, path)
-        _check_size(stream.codec_context.width, stream.codec_context.height, path)  # 0 x 0 for images
+        if stream.codec_context is not None:  # None: a codec FFmpeg does not know (damaged header, say)
+            _check_size(stream.codec_context.width, stream.codec_context.height, path)  # 0 x 0 for images
         first = _first_frame(container, stream, path)
         _check_size(first.width, first.height, path)
         rotation = _rotation(first)

@@ -73,3 +73,13 @@ def test_tags_that_are_not_utf8_do_not_make_a_file_unusable(tmp_path: Path) -> N
         out.mux(stream.encode(None))
     path.write_bytes(path.read_bytes().replace(b"QQQQQQQQ", b"Caf\xe9 \xad\xadQ"))
     assert media.probe_video(path).width == 64
+
+
+def test_a_video_in_a_codec_ffmpeg_does_not_know_fails_in_plain_words(tmp_path: Path) -> None:
+    """A damaged sample description (found by fuzzing): the stream has no decoder, so no codec context."""
+    path = samples.write_face_clip(tmp_path / "odd-codec.mp4", 0.2, 25, (64, 64))
+    data = path.read_bytes()
+    at = data.index(b"avc1", data.index(b"stsd"))
+    path.write_bytes(data[:at] + b"zzzz" + data[at + 4 :])
+    with pytest.raises(media.MediaError, match="odd-codec.mp4 is not a video we can read"):
+        media.probe_video(path)
