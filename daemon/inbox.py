@@ -50,8 +50,7 @@ class Inbox:
         self._clock = clock
         self._seen: dict[Path, _Seen] = {}
         self._lock = threading.Lock()
-        for sub in (self.folder, self.claimed_dir, self.done_dir, self.failed_dir):
-            sub.mkdir(parents=True, exist_ok=True)
+        self.make_folders()
 
     def scan(self) -> list[Path]:
         """Every candidate manifest directly in the inbox (the backstop when events are lost)."""
@@ -101,6 +100,9 @@ class Inbox:
 
     def claim(self, path: Path) -> Path | None:
         """Rename into .claimed/ (atomic): whoever renames first owns it; None if it is gone."""
+        if not self.claimed_dir.is_dir():  # the inbox was made again (tidied, or a share mounted over it)
+            self.make_folders()
+            log.warning("inbox_folders_recreated", folder=str(self.folder))
         target = _free_name(self.claimed_dir, path.name)
         try:
             os.rename(path, target)
@@ -108,10 +110,17 @@ class Inbox:
             return None
         return target
 
+    def make_folders(self) -> None:
+        for sub in (self.folder, self.claimed_dir, self.done_dir, self.failed_dir):
+            sub.mkdir(parents=True, exist_ok=True)
+
     def claimed(self) -> list[Path]:
+        if not self.claimed_dir.is_dir():
+            return []
         return sorted(p for p in self.claimed_dir.iterdir() if p.is_file())
 
     def file_done(self, claimed: Path, original_name: str) -> Path:
+        self.make_folders()
         target = _free_name(self.done_dir, original_name)
         os.replace(claimed, target)
         return target
@@ -119,6 +128,7 @@ class Inbox:
     def file_failed(self, claimed: Path, original_name: str, report: str) -> Path:
         """Move to failed/ next to NAME.error.txt (written first, atomically, so both are there together).
         Neither may replace an earlier failure's files: clash.yaml and clash.json each get their own."""
+        self.make_folders()
         n = 1
         while True:
             target = _free_name(self.failed_dir, original_name, start=n)

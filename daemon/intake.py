@@ -13,8 +13,8 @@ from watchdog.observers.api import BaseObserver
 
 from daemon.inbox import Inbox, watch
 from daemon.links import write_links
-from daemon.manifest import ManifestError, error_report, load_manifest
-from daemon.store import JobStore
+from daemon.manifest import ManifestError, error_report, job_failure_report, load_manifest
+from daemon.store import JobState, JobStore
 
 log = structlog.get_logger(__name__)
 
@@ -42,11 +42,19 @@ class Intake:
         self.on_job = on_job
 
     def recover(self) -> None:
-        """Manifests claimed before a crash but never recorded as jobs are processed again."""
+        """Manifests claimed before a crash but never recorded as jobs are processed again; those whose
+        job finished but which were not filed yet (a kill in between) are filed now."""
         for claimed in self.inbox.claimed():
-            if self.store.job_by_claim(claimed) is None:
+            job = self.store.job_by_claim(claimed)
+            if job is None:
                 log.info("manifest_recovered", manifest=claimed.name)
                 self.take(claimed)
+            elif job.state == JobState.FAILED:
+                self.inbox.file_failed(
+                    claimed, job.manifest, job_failure_report(job.manifest, job.error or "")
+                )
+            elif job.state in (JobState.RENDERED, JobState.DONE):
+                self.inbox.file_done(claimed, job.manifest)
 
     def sweep(self, *, rescan: bool) -> int:
         """Take every complete manifest; with `rescan`, look at the whole folder first (lost events) and

@@ -7,11 +7,12 @@ overwrite a newer view with an older one, and a reader never sees half a file. S
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -64,15 +65,65 @@ def _video_view(video: Video) -> dict[str, Any]:
     }
 
 
+class UnsafeOutput(OSError):
+    """A job's output folder is not a plain folder inside the outputs (a planted symlink, say)."""
+
+
+def job_dir(outputs_dir: Path, job_id: str) -> Path:
+    """outputs/JOB, made if missing; refused if it is a symlink or not a folder, so nothing is ever
+    written outside the outputs through it."""
+    folder = outputs_dir / job_id
+    folder.mkdir(parents=True, exist_ok=True)
+    if folder.is_symlink() or not folder.is_dir():
+        raise UnsafeOutput(
+            errno.EEXIST,
+            f"{folder} is a symbolic link or not a folder; lipsyncd only writes into real "
+            "folders inside the outputs. Remove it and submit the job again",
+        )
+    return folder
+
+
 def write_links(store: JobStore, job_id: str, outputs_dir: Path, locks_dir: Path) -> Path:
     """Rewrite outputs_dir/JOB/links.json from the store, atomically, under the job's lock."""
-    folder = outputs_dir / job_id
     with job_lock(locks_dir, job_id):
-        job = store.job(job_id)
-        if job is None:
-            raise KeyError(job_id)
-        document = job_view(job, store.videos(job_id))
-        return write_json_atomic(folder / LINKS_NAME, document)
+        return _write_view(store, job_id, job_dir(outputs_dir, job_id))
+
+
+def _write_view(store: JobStore, job_id: str, folder: Path) -> Path:
+    job = store.job(job_id)
+    if job is None:
+        raise KeyError(job_id)
+    document = job_view(job, store.videos(job_id))
+    path = folder / LINKS_NAME
+    if _current(path) == document:
+        return path
+    return write_json_atomic(path, document)
+
+
+def _current(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def refresh_views(store: JobStore, outputs_dir: Path, locks_dir: Path, job_ids: Iterable[str]) -> int:
+    """After a restart: remove temp files a killed writer left and rewrite any links.json that differs
+    from the store (a kill between a commit and its links.json write). Returns how many were rewritten."""
+    return sum(_refresh_view(store, outputs_dir / job_id, locks_dir, job_id) for job_id in job_ids)
+
+
+def _refresh_view(store: JobStore, folder: Path, locks_dir: Path, job_id: str) -> bool:
+    if not folder.is_dir() or folder.is_symlink():
+        return False
+    try:
+        with job_lock(locks_dir, job_id, wait=False):
+            for stale in folder.glob(f".{LINKS_NAME}.*.tmp"):
+                stale.unlink(missing_ok=True)
+            before = _current(folder / LINKS_NAME)
+            return before != _current(_write_view(store, job_id, folder))
+    except BlockingIOError:
+        return False  # another process is writing this view right now: it is being refreshed anyway
 
 
 def write_json_atomic(path: Path, document: dict[str, Any]) -> Path:
@@ -93,11 +144,12 @@ def write_json_atomic(path: Path, document: dict[str, Any]) -> Path:
 
 
 @contextmanager
-def job_lock(locks_dir: Path, job_id: str) -> Iterator[None]:
-    """An advisory lock shared by every process that writes this job's links.json."""
+def job_lock(locks_dir: Path, job_id: str, *, wait: bool = True) -> Iterator[None]:
+    """An advisory lock shared by every process that writes this job's links.json. With wait=False,
+    BlockingIOError when another holds it."""
     locks_dir.mkdir(parents=True, exist_ok=True)
     with open(locks_dir / f"{job_id}.lock", "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+        fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
         try:
             yield
         finally:

@@ -353,3 +353,8 @@ def error_report(error: ManifestError) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def job_failure_report(manifest_name: str, reason: str) -> str:
+    """The error file of a job that was accepted but could not be rendered (its audio is unusable, say)."""
+    return f"lipsyncd could not render the job from {manifest_name}.\n\nWhat is wrong:\n  {reason}\n"

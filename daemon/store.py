@@ -7,6 +7,7 @@ the other writes. Every state change is one short transaction, so a `kill -9` lo
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import threading
 import time
@@ -152,6 +153,7 @@ class JobStore:
             if not state_dir.exists():
                 state_dir.mkdir(parents=True)
                 state_dir.chmod(0o700)  # keys and the job store: the daemon's user only
+            _private_files(self.path)
             self._db = sqlite3.connect(
                 self.path, timeout=timeout, check_same_thread=False, isolation_level=None
             )
@@ -164,7 +166,6 @@ class JobStore:
                 f"cannot open the job store {self.path}: {exc}. Check that the state directory exists, "
                 "is writable by this user, and that no other program holds the database locked."
             ) from exc
-        self.path.chmod(0o600)
 
     def close(self) -> None:
         with self._lock:
@@ -344,6 +345,16 @@ class JobStore:
         """Multipart uploads this store still owns (everything else under the prefix is an orphan)."""
         with self._lock:
             return {row[0] for row in self._db.execute("SELECT upload_id FROM uploads")}
+
+
+def _private_files(db: Path) -> None:
+    """SQLite gives the -wal and -shm files the database file's mode: make that 0600 before it opens,
+    whatever the umask, so job rows, links and upload ids are this user's alone."""
+    for path in (db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm")):
+        if path.exists():
+            path.chmod(0o600)
+    if not db.exists():
+        os.close(os.open(db, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
 
 
 _VIDEO_COLUMNS = {f.name for f in fields(Video)} - {"job_id", "output", "position", "state", "updated"}

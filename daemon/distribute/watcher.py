@@ -9,6 +9,7 @@ A crash anywhere repeats at most the step in flight; nothing is evicted before i
 
 from __future__ import annotations
 
+import stat
 import threading
 import time
 from collections.abc import Callable
@@ -23,9 +24,9 @@ from watchdog.events import FileSystemEvent, FileSystemEventHandler
 
 from daemon.distribute.notify import JobLinks, Notifier, VideoLink
 from daemon.distribute.s3 import Link, object_key, presign_get
-from daemon.distribute.uploader import UploadCancelled, UploadError, UploadSettings, upload_file
+from daemon.distribute.uploader import UploadCancelled, UploadError, UploadSettings, file_sha256, upload_file
 from daemon.inbox import start_observer
-from daemon.links import write_links
+from daemon.links import refresh_views, write_links
 from daemon.ops.metrics import Metrics
 from daemon.store import Job, JobState, JobStore, Video, VideoState
 
@@ -82,6 +83,10 @@ class UploadWatcher:
         for video in self.store.videos_in(VideoState.UPLOADING):
             self.store.update_video(video.job_id, video.output, VideoState.RENDERED)
             log.info("upload_resumable", job=video.job_id, video=video.output)
+        ids = [job.id for job in self.store.jobs() if job.distribute]
+        rewritten = refresh_views(self.store, self.outputs_dir, self.locks_dir, ids)
+        if rewritten:
+            log.info("links_refreshed", jobs=rewritten)
 
     def run_forever(self) -> None:
         """Events from the outputs only make it react sooner: the store is checked every poll interval."""
@@ -146,14 +151,23 @@ class UploadWatcher:
         job = self.store.job(video.job_id)
         assert job is not None
         with structlog.contextvars.bound_contextvars(job=job.id, video=video.output):
+            problem = self._not_the_rendered_file(video)
+            if problem:
+                self._upload_failed(job, video, UploadError(problem))
+                return
             key = video.object_key or self._choose_key(job, video)
             self.store.update_video(job.id, video.output, VideoState.UPLOADING, error=None)
             self._links(job.id)
             try:
                 result = upload_file(
-                    self.client, self.settings.bucket, key, self._local(video), self.store,
-                    self.settings.upload, cancel=self.stop,
-                )  # fmt: skip
+                    self.client,
+                    self.settings.bucket,
+                    key,
+                    self._local(video),
+                    self.store,
+                    self.settings.upload,
+                    cancel=self.stop,
+                )
             except UploadCancelled:
                 self.store.update_video(job.id, video.output, VideoState.RENDERED)
                 self._links(job.id)
@@ -176,6 +190,22 @@ class UploadWatcher:
             log.info("video_ready", key=key, bytes=result.size, resumed=result.parts > result.sent_parts)
             if self.settings.eviction == "delete":
                 self._evict(job.id, video.output)
+
+    def _not_the_rendered_file(self, video: Video) -> str | None:
+        """Only the very file the renderer wrote goes up: not a symlink put in its place (it could point
+        anywhere), not a file whose bytes changed since (checked before a single byte is sent)."""
+        path = self._local(video)
+        try:
+            info = path.lstat()
+        except FileNotFoundError:
+            return f"{path.name} is gone from the outputs"
+        if not stat.S_ISREG(info.st_mode):
+            return (
+                f"{path.name} in the outputs is not the rendered file (a link or special file); not uploaded"
+            )
+        if info.st_size != video.size or file_sha256(path) != video.sha256:
+            return f"{path.name} changed after it was rendered; render the job again to share it"
+        return None
 
     def _choose_key(self, job: Job, video: Video) -> str:
         """Chosen once and stored, so a resumed or repeated upload goes to the same object."""
@@ -211,6 +241,8 @@ class UploadWatcher:
         """Only READY videos get here: uploaded, verified, and their link already in links.json."""
         video = self.store.video(job_id, output)
         assert video is not None and video.state == VideoState.READY
+        if not self._links(job_id):
+            return  # links.json must show the link before the local copy goes; try again next pass
         self._local(video).unlink(missing_ok=True)
         self.store.update_video(job_id, output, evicted=True)
         self._links(job_id)
@@ -240,8 +272,14 @@ class UploadWatcher:
     def _local(self, video: Video) -> Path:
         return self.outputs_dir / video.job_id / video.output
 
-    def _links(self, job_id: str) -> None:
-        write_links(self.store, job_id, self.outputs_dir, self.locks_dir)
+    def _links(self, job_id: str) -> bool:
+        """Rewrite the job's links.json; False (logged) if it cannot be written now."""
+        try:
+            write_links(self.store, job_id, self.outputs_dir, self.locks_dir)
+        except OSError as exc:
+            log.error("links_write_failed", job=job_id, error=str(exc))
+            return False
+        return True
 
 
 def _video_link(video: Video) -> VideoLink:

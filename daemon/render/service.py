@@ -21,7 +21,8 @@ from pathlib import Path
 import structlog
 
 from daemon.inbox import Inbox
-from daemon.links import write_links
+from daemon.links import UnsafeOutput, job_dir, refresh_views, write_links
+from daemon.manifest import job_failure_report
 from daemon.ops.metrics import Metrics
 from daemon.render.detectors import detector_factories
 from daemon.render.faces import builtin_detectors, detector_by_name
@@ -47,6 +48,7 @@ class RenderPaths:
     scratch_dir: Path
     locks_dir: Path
     models_dir: Path
+    shared: Path | None = None  # media must still lie inside it when it is opened (checked again then)
 
 
 @dataclass
@@ -104,9 +106,13 @@ class RenderService:
         for video in self.store.videos_in(VideoState.RENDERING):
             self.store.update_video(video.job_id, video.output, VideoState.QUEUED, progress=0.0)
             log.info("render_requeued", job=video.job_id, video=video.output)
-        for job in self.store.jobs(JobState.RENDERING, JobState.QUEUED):
+        active = self.store.jobs(JobState.RENDERING, JobState.QUEUED)
+        for job in active:
             _remove_partials(self.paths.outputs_dir / job.id)
-            write_links(self.store, job.id, self.paths.outputs_dir, self.paths.locks_dir)
+        ids = [job.id for job in self.store.jobs()]
+        rewritten = refresh_views(self.store, self.paths.outputs_dir, self.paths.locks_dir, ids)
+        if rewritten:
+            log.info("links_refreshed", jobs=rewritten)
 
     def next_job(self) -> Job | None:
         jobs = self.store.jobs(JobState.RENDERING, JobState.QUEUED)
@@ -141,6 +147,7 @@ class RenderService:
             self._links(job.id)
             started = time.monotonic()
             try:
+                self._still_inside(job.audio_written, Path(job.audio))
                 audio = prepare_audio(Path(job.audio))
             except MediaError as exc:
                 self._fail_job(job, f"the audio {job.audio_written!r} cannot be used: {exc}")
@@ -208,8 +215,7 @@ class RenderService:
                 self.store.update_video(job.id, video.output, VideoState.FAILED, error="the job failed")
         self.store.set_job(job.id, JobState.FAILED, error=reason)
         self._links(job.id)
-        report = f"lipsyncd could not render the job from {job.manifest}.\n\nWhat is wrong:\n  {reason}\n"
-        self.inbox.file_failed(Path(job.claimed_path), job.manifest, report)
+        self.inbox.file_failed(Path(job.claimed_path), job.manifest, job_failure_report(job.manifest, reason))
         self.metrics.job("failed")
         log.warning("job_failed", reason=reason)
 
@@ -230,6 +236,9 @@ class RenderService:
                 raise
             except (MediaError, LookupError) as exc:
                 self._fail_video(job, video, str(exc))
+                return
+            except UnsafeOutput as exc:
+                self._fail_video(job, video, str(exc.strerror))
                 return
             except OSError as exc:
                 self._fail_video(job, video, _disk_problem(exc, self.paths.outputs_dir))
@@ -268,8 +277,8 @@ class RenderService:
         self, job: Job, video: Video, audio: JobAudio, model_name: str, pool: ModelPool
     ) -> RenderResult:
         model = pool.get(model_name)
-        out_path = self.paths.outputs_dir / job.id / video.output
-        out_path.parent.mkdir(parents=True, exist_ok=True)
+        self._still_inside(video.source_written, Path(video.source))
+        out_path = job_dir(self.paths.outputs_dir, job.id) / video.output
         last = [0.0]
 
         def on_progress(fraction: float) -> None:
@@ -292,6 +301,16 @@ class RenderService:
             on_progress=on_progress,
             beat=self.beat,
         ).run()
+
+    def _still_inside(self, written: str, path: Path) -> None:
+        """The manifest was checked when it was claimed; a file swapped for a symlink since then must not
+        make us read outside the share."""
+        shared = self.paths.shared
+        if shared is not None and not path.resolve().is_relative_to(shared.resolve()):
+            raise MediaError(
+                f"{written} now points outside the shared folder (it was replaced by a link after the job "
+                "was queued), so it was not read. Copy the real file into the share and submit the job again."
+            )
 
     def _fail_video(self, job: Job, video: Video, reason: str) -> None:
         self.store.update_video(job.id, video.output, VideoState.FAILED, error=reason)
@@ -320,7 +339,7 @@ def _remove_partials(folder: Path) -> None:
     """Hidden temp files (`.NAME.part.mp4`, `.links.json.*.tmp`) a killed process left behind."""
     if folder.is_dir():
         for path in folder.iterdir():
-            if path.name.startswith(".") and path.name.endswith((".part.mp4", ".tmp")):
+            if path.name.startswith(".") and path.name.endswith(".part.mp4"):
                 path.unlink(missing_ok=True)
 
 
