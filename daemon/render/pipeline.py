@@ -2,9 +2,14 @@
 
     decode + face track (thread) -> batched inference (thread) -> blend + encode (caller's thread)
 
-Queues between the stages are bounded, so memory stays the same whatever the video's length. Any stage
-failing stops the others and the error surfaces in the caller; a stop request abandons the output (the
-encoder removes its temp file) and raises `Interrupted`.
+Queues between the stages are bounded, so memory stays the same whatever the video's length: about
+`batch_size * (queue_batches + 3)` frames are alive at once (the batch being gathered, the one in the
+model, the ones queued for the encoder, the one being encoded), plus the tracker's few frames of
+look-ahead. Any stage failing stops the others and the error surfaces in the caller; a stop request
+abandons the output (the encoder removes its temp file) and raises `Interrupted`.
+
+With an `AvatarCache`, the decode stage replays the detections of an earlier render of the same video
+instead of running the detector, and stores new ones when it is done.
 """
 
 from __future__ import annotations
@@ -14,19 +19,23 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import structlog
 
 from daemon.render import audio as audio_features
+from daemon.render.avatar_cache import AvatarCache
 from daemon.render.blend import paste_back
-from daemon.render.faces import crop_face, track_faces
+from daemon.render.faces import FaceTracker, TrackStats, crop_face
 from daemon.render.media import VideoEncoder, iter_frames, load_audio, probe_video
 from daemon.render.model import LipSyncModel, prepare_faces, to_images
 from daemon.render.timeline import TimelineFrame, timeline
 from daemon.render.types import FaceDetector, VideoInfo
+
+log = structlog.get_logger(__name__)
 
 SILENT_MEL = -4.0  # the normalised floor: what the mel of silence looks like
 
@@ -44,7 +53,10 @@ class RenderSettings:
     encoder: str = "libx264"
     crf: int = 20
     preset: str = "veryfast"
-    queue_batches: int = 3  # batches in flight between two stages: the memory bound
+    # batches waiting between two stages: the memory bound. 1 is enough on CPU and GPU alike (the model
+    # is the slow stage, so the encoder's queue stays short); each extra one costs batch_size frames
+    # (16 x 6 MB at 1080p).
+    queue_batches: int = 1
 
 
 @dataclass(frozen=True)
@@ -61,12 +73,26 @@ class JobAudio:
 
 
 @dataclass(frozen=True)
+class StageTimes:
+    """Seconds each stage worked (its wall time minus time blocked on its queues), for profiling."""
+
+    decode: float  # decoding, tracking (detection included) and timeline
+    detect: float  # of which: face detection
+    infer: float  # crops, model, output conversion
+    model: float  # of which: the model itself
+    encode: float  # blending, encoding, muxing
+
+
+@dataclass(frozen=True)
 class RenderResult:
     output: Path
     frames: int
     faceless_frames: int
     fps: float
     seconds: float  # wall time
+    detector_calls: int = 0
+    cached_detections: int = 0  # answers replayed from the avatar cache
+    stages: StageTimes | None = None
 
 
 @dataclass(frozen=True)
@@ -97,6 +123,9 @@ class VideoRender:
     stop: threading.Event
     on_progress: Callable[[float], None] = lambda fraction: None
     beat: Callable[[], None] = lambda: None
+    cache: AvatarCache | None = None
+    _clocks: dict[str, _Clock] = field(default_factory=dict, init=False, repr=False)
+    _track: TrackStats = field(default_factory=TrackStats, init=False, repr=False)
 
     def run(self) -> RenderResult:
         started = time.monotonic()
@@ -108,6 +137,7 @@ class VideoRender:
         batches_q: queue.Queue[Any] = queue.Queue(maxsize=self.settings.queue_batches)
         failed = threading.Event()
         halted = lambda: self.stop.is_set() or failed.is_set()  # noqa: E731
+        self._clocks = {name: _Clock() for name in ("decode", "infer", "encode", "model")}
         workers = [
             _Worker("decode", lambda: self._decode(info, total, frames_q, halted), frames_q, failed),
             _Worker("infer", lambda: self._infer(info.fps, frames_q, batches_q, halted), batches_q, failed),
@@ -120,31 +150,72 @@ class VideoRender:
             failed.set()  # tell any worker still running to give up
             for worker in workers:
                 worker.join()
-        return RenderResult(self.out_path, written, faceless, info.fps, time.monotonic() - started)
+        return self._result(info, written, faceless, time.monotonic() - started)
+
+    def _result(self, info: VideoInfo, written: int, faceless: int, seconds: float) -> RenderResult:
+        busy = {name: clock.busy() for name, clock in self._clocks.items()}
+        stages = StageTimes(
+            busy["decode"],
+            self._track.detector_seconds,
+            busy["infer"],
+            self._clocks["model"].worked,
+            busy["encode"],
+        )
+        log.info(
+            "render_stages",
+            frames=written,
+            seconds=round(seconds, 2),
+            detector_calls=self._track.detector_calls,
+            cached_detections=self._track.memo_hits,
+            **{f"{name}_s": round(value, 2) for name, value in vars(stages).items()},
+        )
+        return RenderResult(
+            self.out_path,
+            written,
+            faceless,
+            info.fps,
+            seconds,
+            detector_calls=self._track.detector_calls,
+            cached_detections=self._track.memo_hits,
+            stages=stages,
+        )
 
     # -- stage 1: decode and track faces ---------------------------------------------------------------
 
     def _decode(self, info: VideoInfo, total: int, out: queue.Queue[Any], halted: Callable[[], bool]) -> None:
-        frames = iter_frames(self.source, info)
-        tracked = track_faces(frames, self.detector, detect_every=self.settings.detect_every)
+        clock = self._clocks["decode"].start()
+        memo = self.cache.track(self.source, self.detector, info) if self.cache else None
+        tracker = FaceTracker(self.detector, detect_every=self.settings.detect_every, memo=memo)
+        self._track = tracker.stats
         needs_replay = info.is_still or info.duration * info.fps < total + info.fps
         spill_dir = self.scratch_dir if needs_replay else None
         keep = self.settings.video_longer == "keep"
-        for item in timeline(
-            tracked, total, policy=self.settings.audio_longer, spill_dir=spill_dir, keep_longer_video=keep
-        ):
-            _put(out, item, halted)
-        _put(out, _DONE, halted)
+        try:
+            for item in timeline(
+                tracker.track(iter_frames(self.source, info)),
+                total,
+                policy=self.settings.audio_longer,
+                spill_dir=spill_dir,
+                keep_longer_video=keep,
+            ):
+                _put(out, item, halted, clock)
+            _put(out, _DONE, halted, clock)
+        finally:
+            if self.cache and memo:
+                self.cache.save(memo)  # what was detected is right even if the render goes no further
+            clock.stop()
 
     # -- stage 2: batched inference --------------------------------------------------------------------
 
     def _infer(
         self, fps: float, inp: queue.Queue[Any], out: queue.Queue[Any], halted: Callable[[], bool]
     ) -> None:
-        for items in _batches(inp, self.settings.batch_size, halted):
-            _put(out, _Batch(items, self._faces_for(items, fps)), halted)
+        clock = self._clocks["infer"].start()
+        for items in _batches(inp, self.settings.batch_size, halted, clock):
+            _put(out, _Batch(items, self._faces_for(items, fps)), halted, clock)
             self.beat()
-        _put(out, _DONE, halted)
+        _put(out, _DONE, halted, clock)
+        clock.stop()
 
     def _faces_for(self, items: list[TimelineFrame], fps: float) -> list[np.ndarray | None]:
         with_face = [item for item in items if item.crop.box is not None]
@@ -152,7 +223,10 @@ class VideoRender:
             return [None] * len(items)
         crops = [crop_face(item.frame, item.crop.box) for item in with_face if item.crop.box is not None]
         mels = np.stack([self._mel_for(item.index, fps) for item in with_face])[:, None]
-        images = iter(to_images(self.model.infer(mels.astype(np.float32), prepare_faces(crops))))
+        faces = prepare_faces(crops)
+        with self._clocks["model"].timing():
+            out = self.model.infer(mels.astype(np.float32), faces)
+        images = iter(to_images(out))
         return [next(images) if item.crop.box is not None else None for item in items]
 
     def _mel_for(self, index: int, fps: float) -> np.ndarray:
@@ -164,6 +238,15 @@ class VideoRender:
     # -- stage 3: blend and encode ---------------------------------------------------------------------
 
     def _encode(self, info: VideoInfo, total: int, inp: queue.Queue[Any]) -> tuple[int, int]:
+        clock = self._clocks["encode"].start()
+        try:
+            return self._encode_all(info, total, inp, clock)
+        finally:
+            clock.stop()
+
+    def _encode_all(
+        self, info: VideoInfo, total: int, inp: queue.Queue[Any], clock: _Clock
+    ) -> tuple[int, int]:
         written = faceless = 0
         last_report = 0.0
         s = self.settings
@@ -177,7 +260,7 @@ class VideoRender:
             crf=s.crf,
             preset=s.preset,
         ) as encoder:
-            for batch in _drain(inp, self.stop):
+            for batch in _drain(inp, self.stop, clock):
                 for item, face in zip(batch.items, batch.faces, strict=True):
                     box = item.crop.box
                     encoder.write(
@@ -189,6 +272,34 @@ class VideoRender:
                     last_report = time.monotonic()
                     self.on_progress(min(written / max(total, 1), 0.99))
         return written, faceless
+
+
+class _Clock:
+    """A stage's wall time and the part of it spent blocked on queues; busy = the difference."""
+
+    def __init__(self) -> None:
+        self.started = self.stopped = 0.0
+        self.waited = self.worked = 0.0
+
+    def start(self) -> _Clock:
+        self.started = time.perf_counter()
+        return self
+
+    def stop(self) -> None:
+        self.stopped = time.perf_counter()
+
+    def busy(self) -> float:
+        end = self.stopped or time.perf_counter()
+        return max(0.0, end - self.started - self.waited) if self.started else 0.0
+
+    @contextlib.contextmanager
+    def timing(self) -> Iterator[None]:
+        """Adds the block's duration to `worked` (for a part of a stage, e.g. the model)."""
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.worked += time.perf_counter() - started
 
 
 class _Worker(threading.Thread):
@@ -221,15 +332,20 @@ class _Abandoned(Exception):
     """A stage gave up because another stage failed or a stop was requested."""
 
 
-def _put(q: queue.Queue[Any], item: Any, halted: Callable[[], bool]) -> None:
-    while True:
-        if halted():
-            raise _Abandoned
-        try:
-            q.put(item, timeout=0.2)
-            return
-        except queue.Full:
-            continue
+def _put(q: queue.Queue[Any], item: Any, halted: Callable[[], bool], clock: _Clock | None = None) -> None:
+    started = time.perf_counter()
+    try:
+        while True:
+            if halted():
+                raise _Abandoned
+            try:
+                q.put(item, timeout=0.2)
+                return
+            except queue.Full:
+                continue
+    finally:
+        if clock is not None:
+            clock.waited += time.perf_counter() - started
 
 
 def _put_force(q: queue.Queue[Any], item: Any) -> None:
@@ -243,22 +359,28 @@ def _put_force(q: queue.Queue[Any], item: Any) -> None:
                 q.get_nowait()
 
 
-def _get(q: queue.Queue[Any], halted: Callable[[], bool], on_halt: type[BaseException]) -> Any:
-    while True:
-        try:
-            item = q.get(timeout=0.2)
-        except queue.Empty:
-            if halted():
-                raise on_halt from None
-            continue
-        if isinstance(item, _Failure):
-            raise item.error
-        return item
+def _get(q: queue.Queue[Any], halted: Callable[[], bool], on_halt: type[BaseException], clock: _Clock) -> Any:
+    started = time.perf_counter()
+    try:
+        while True:
+            try:
+                item = q.get(timeout=0.2)
+            except queue.Empty:
+                if halted():
+                    raise on_halt from None
+                continue
+            if isinstance(item, _Failure):
+                raise item.error
+            return item
+    finally:
+        clock.waited += time.perf_counter() - started
 
 
-def _batches(q: queue.Queue[Any], size: int, halted: Callable[[], bool]) -> Iterator[list[TimelineFrame]]:
+def _batches(
+    q: queue.Queue[Any], size: int, halted: Callable[[], bool], clock: _Clock
+) -> Iterator[list[TimelineFrame]]:
     batch: list[TimelineFrame] = []
-    while (item := _get(q, halted, _Abandoned)) is not _DONE:
+    while (item := _get(q, halted, _Abandoned, clock)) is not _DONE:
         batch.append(item)
         if len(batch) == size:
             yield batch
@@ -267,6 +389,6 @@ def _batches(q: queue.Queue[Any], size: int, halted: Callable[[], bool]) -> Iter
         yield batch
 
 
-def _drain(q: queue.Queue[Any], stop: threading.Event) -> Iterator[_Batch]:
-    while (item := _get(q, stop.is_set, Interrupted)) is not _DONE:
+def _drain(q: queue.Queue[Any], stop: threading.Event, clock: _Clock) -> Iterator[_Batch]:
+    while (item := _get(q, stop.is_set, Interrupted, clock)) is not _DONE:
         yield item

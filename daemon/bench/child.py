@@ -1,0 +1,134 @@
+"""One render in a fresh process, so its peak memory is its own: `measure_render` starts
+`python -m daemon.bench.child JOB_JSON`, which renders and prints one line `BENCH_RESULT {...}`.
+
+Peak memory is the child's VmHWM (resident high-water mark, model included) read just before it exits.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from daemon.bench.machine import busy_cpu_seconds
+
+PREFIX = "BENCH_RESULT "
+
+
+@dataclass(frozen=True)
+class RenderJob:
+    video: Path
+    audio: Path
+    model: Path  # a model folder (model.json inside)
+    settings: dict[str, Any]  # RenderSettings fields
+    threads: int = 0
+    precision: str | None = None
+
+
+@dataclass(frozen=True)
+class RenderRun:
+    frames: int
+    seconds: float  # the render's wall time (model loading excluded)
+    fps: float
+    peak_rss_mib: float
+    cpu_seconds: float  # the render's user + system CPU (all its threads; model loading excluded)
+    other_cpu_seconds: float  # CPU that other processes used meanwhile: > 0 means a shared machine
+    detector_calls: int
+    stages: dict[str, float]
+
+    @property
+    def cpu_ms_per_frame(self) -> float:
+        return 1000 * self.cpu_seconds / max(self.frames, 1)
+
+
+def measure_render(job: RenderJob, timeout: float = 3600.0) -> RenderRun:
+    """Run `job` in a child process; raises RuntimeError with the child's last words if it fails."""
+    payload = json.dumps(asdict(job), default=str)
+    before_usage = os.times()
+    before_busy = busy_cpu_seconds()
+    done = subprocess.run(
+        [sys.executable, "-m", "daemon.bench.child", payload],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    after_usage = os.times()
+    child_cpu = (after_usage.children_user + after_usage.children_system) - (
+        before_usage.children_user + before_usage.children_system
+    )
+    found = [line for line in done.stdout.splitlines() if line.startswith(PREFIX)]
+    if done.returncode != 0 or not found:
+        tail = (done.stderr or done.stdout).strip().splitlines()[-5:]
+        raise RuntimeError(f"the benchmark render of {job.video.name} failed: " + " | ".join(tail))
+    result = json.loads(found[-1][len(PREFIX) :])
+    result["other_cpu_seconds"] = round(max(0.0, busy_cpu_seconds() - before_busy - child_cpu), 1)
+    return RenderRun(**result)
+
+
+# -- the child ------------------------------------------------------------------------------------------
+
+
+def _render(job: dict[str, Any]) -> dict[str, Any]:
+    from daemon.render.faces import HaarDetector
+    from daemon.render.model import LipSyncModel
+    from daemon.render.pipeline import RenderSettings, VideoRender, prepare_audio
+
+    model = LipSyncModel.open(
+        Path(job["model"]),
+        providers=["CPUExecutionProvider"],
+        threads=job["threads"],
+        precision=job["precision"],
+    )
+    audio = prepare_audio(Path(job["audio"]))
+    before = os.times()
+    with tempfile.TemporaryDirectory(prefix="lipsyncd-bench-") as tmp:
+        result = VideoRender(
+            source=Path(job["video"]),
+            audio=audio,
+            out_path=Path(tmp) / "out.mp4",
+            model=model,
+            detector=HaarDetector(),
+            settings=RenderSettings(**job["settings"]),
+            scratch_dir=Path(tmp) / "scratch",
+            stop=threading.Event(),
+        ).run()
+    after = os.times()
+    return {
+        "frames": result.frames,
+        "seconds": round(result.seconds, 2),
+        "fps": round(result.frames / result.seconds, 2),
+        "peak_rss_mib": round(_vm_hwm_kib() / 1024, 1),
+        "cpu_seconds": round(after.user + after.system - before.user - before.system, 2),
+        "detector_calls": result.detector_calls,
+        "stages": {k: round(v, 2) for k, v in asdict(result.stages).items()} if result.stages else {},
+    }
+
+
+def _vm_hwm_kib() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    import structlog
+
+    structlog.configure(  # the child's own logs: warnings only, to stderr; stdout carries the result
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
+    )
+    print(PREFIX + json.dumps(_render(json.loads(argv[0]))), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,81 @@
+"""The benchmark command's frame: the quick path of one real section (a real render in a child process),
+section choice and failure handling, the table, the JSON, and the long-clip generator."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import av
+import pytest
+
+from daemon.bench import BenchOptions, Check, Section, SectionResult, format_table, run_bench, write_json
+from daemon.bench.core import BenchContext
+from daemon.bench.inputs import concat_copies
+from daemon.samples import write_face_clip
+
+
+def test_quick_example_renders_the_bundled_demo_and_reports_it(tmp_path: Path) -> None:
+    results = run_bench(BenchOptions(quick=True, only=("example",), work_dir=tmp_path, quiet_wait=0))
+    (section,) = results["sections"]
+    assert section["name"] == "example" and "error" not in section
+    (row,) = section["rows"]
+    assert row["clip"] == "examples/demo" and row["frames"] > 90
+    assert row["fps"] > 0 and 50 < row["peak_rss_mib"] < 1500
+    machine = results["machine"]
+    assert machine["cpu_cores"] >= 1 and machine["ram_gib"] > 0 and "CPUExecutionProvider" in str(machine)
+    assert "examples/demo" in format_table(results)
+    write_json(results, tmp_path / "results" / "run.json")
+    assert json.loads((tmp_path / "results" / "run.json").read_text())["sections"][0]["rows"] == [row]
+
+
+def test_an_unknown_section_is_refused_by_name(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="unknown bench section nope; choose from e2e, example"):
+        run_bench(BenchOptions(quick=True, only=("nope",), work_dir=tmp_path))
+
+
+def fine(ctx: BenchContext) -> SectionResult:
+    return SectionResult([{"what": "ok", "value": 1.5}], [Check("speed", ">= 1", "2", True)], ["a note"])
+
+
+def broken(ctx: BenchContext) -> SectionResult:
+    raise RuntimeError("the disk is full")
+
+
+def test_a_failing_section_is_recorded_and_the_others_still_run(tmp_path: Path) -> None:
+    sections = [Section("broken", "Broken", broken), Section("fine", "Fine", fine)]
+    results = run_bench(BenchOptions(work_dir=tmp_path), sections)
+    first, second = results["sections"]
+    assert first["error"] == "RuntimeError: the disk is full" and first["rows"] == []
+    assert second["rows"] == [{"what": "ok", "value": 1.5}] and "error" not in second
+    table = format_table(results)
+    assert "FAILED: RuntimeError: the disk is full" in table
+    assert "[met   ] speed: 2 (target >= 1)" in table and "note: a note" in table
+
+
+def test_missed_targets_stand_out_in_the_table() -> None:
+    results = {
+        "date": "today",
+        "machine": {},
+        "sections": [
+            {
+                "name": "e2e",
+                "title": "End to end",
+                "rows": [{"size": "1080p", "fps": 7.25}],
+                "checks": [{"what": "ratio", "target": ">= 60%", "value": "41%", "met": False}],
+                "notes": [],
+            }
+        ],
+    }
+    table = format_table(results)
+    assert "[MISSED] ratio: 41% (target >= 60%)" in table
+    assert "1080p" in table and "7.2" in table
+
+
+def test_long_clips_are_copies_of_a_segment_back_to_back(tmp_path: Path) -> None:
+    segment = write_face_clip(tmp_path / "segment.mp4", 0.4, 25, (64, 64))
+    long = concat_copies(segment, tmp_path / "long.mp4", 3)
+    with av.open(str(long)) as container:
+        frames = [frame.time for frame in container.decode(video=0)]
+    assert len(frames) == 30
+    assert frames == sorted(frames) and frames[-1] == pytest.approx(frames[0] + 29 / 25)
