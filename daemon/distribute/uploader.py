@@ -36,13 +36,13 @@ import botocore.exceptions
 import structlog
 
 from daemon.distribute.s3 import error_code, http_status, is_retryable
+from daemon.files import file_sha256  # noqa: F401 - re-exported for callers of the uploader
 
 log = structlog.get_logger(__name__)
 
 MiB = 1024 * 1024
 MIN_PART_SIZE = 5 * MiB  # S3's minimum for every part but the last
 MAX_PARTS = 10000
-_READ_CHUNK = 4 * MiB
 T = TypeVar("T")
 
 
@@ -211,14 +211,6 @@ def _describe(exc: BaseException) -> str:
 
 
 # -- local file helpers --------------------------------------------------------------------------------
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(_READ_CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def md5_b64(data: bytes) -> str:

@@ -24,7 +24,8 @@ from watchdog.events import FileSystemEvent, FileSystemEventHandler
 
 from daemon.distribute.notify import JobLinks, Notifier, VideoLink
 from daemon.distribute.s3 import Link, object_key, presign_get
-from daemon.distribute.uploader import UploadCancelled, UploadError, UploadSettings, file_sha256, upload_file
+from daemon.distribute.uploader import UploadCancelled, UploadError, UploadSettings, upload_file
+from daemon.files import file_sha256
 from daemon.inbox import start_observer
 from daemon.links import refresh_views, write_links
 from daemon.ops.metrics import Metrics

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextvars
 import errno
-import hashlib
 import queue
 import threading
 import time
@@ -20,6 +19,7 @@ from pathlib import Path
 
 import structlog
 
+from daemon.files import file_sha256
 from daemon.inbox import Inbox
 from daemon.links import UnsafeOutput, job_dir, refresh_views, write_links
 from daemon.manifest import job_failure_report
@@ -258,7 +258,7 @@ class RenderService:
                 frames=result.frames,
                 faceless_frames=result.faceless_frames,
                 size=out.stat().st_size,
-                sha256=_sha256(out),
+                sha256=file_sha256(out),
                 model=model_name,
                 rendered_at=time.time(),
             )
@@ -325,14 +325,6 @@ class RenderService:
             write_links(self.store, job_id, self.paths.outputs_dir, self.paths.locks_dir)
         except OSError as exc:
             log.error("links_write_failed", job=job_id, error=str(exc))
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _remove_partials(folder: Path) -> None:
