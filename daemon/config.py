@@ -150,7 +150,7 @@ class UploadConfig:
     max_concurrent: int = _key(3, _positive_int)
     multipart_threshold: int = _key(16 * 2**20, parse_size)
     part_size: int = _key(8 * 2**20, parse_size)
-    part_workers: int = _key(2, _positive_int)
+    part_workers: int = _key(4, _positive_int)  # with 3 files: 12 requests, 96 MiB of parts in memory
 
 
 @dataclass(frozen=True)

@@ -75,7 +75,7 @@ class StorageSettings:
     connect_timeout_s: float = 5.0  # short, so an unreachable endpoint is noticed quickly
     read_timeout_s: float = 60.0  # one part of a multipart upload must go through in this time
     max_attempts: int = 3  # botocore's own quick retries per call; long outages are the caller's loop
-    max_pool_connections: int = 10  # >= files at once x part workers
+    max_pool_connections: int = 16  # >= files at once x part workers (3 x 4) + spare for HEAD and listing
 
     def __post_init__(self) -> None:
         _check_choice("addressing_style", self.addressing_style, _ADDRESSING)

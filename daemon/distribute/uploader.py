@@ -68,7 +68,9 @@ class UploadSettings:
 
     multipart_threshold: int = 16 * MiB  # files at least this big go up in parts
     part_size: int = 8 * MiB  # >= 5 MiB; raised automatically when a file would need > 10000 parts
-    max_part_workers: int = 2  # parts of one file sent at once (memory: workers x part_size)
+    # parts of one file sent at once (memory: workers x part_size). 4, not 2: 64 MiB files went up
+    # 25% faster to the embedded SeaweedFS (bench/upload_speed.py); 8 MiB parts did as well as 16
+    max_part_workers: int = 4
     retry_base_s: float = 0.5  # first backoff step; doubles each attempt, full jitter
     retry_cap_s: float = 30.0  # the longest wait between two attempts
     retry_deadline_s: float | None = None  # give up after failing this long; None: retry until back
