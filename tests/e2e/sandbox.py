@@ -34,7 +34,7 @@ def is_root() -> bool:
 
 def can_mount(scratch: Path) -> bool:
     """True when this process may mount (root with CAP_SYS_ADMIN): tries a 64 KiB tmpfs once."""
-    if not is_root() or not shutil.which("mount") or not shutil.which("unshare"):
+    if not is_root() or not all(shutil.which(tool) for tool in ("mount", "unshare", "nsenter")):
         return False
     probe = scratch / ".mount-probe"
     probe.mkdir(exist_ok=True)

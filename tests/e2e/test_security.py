@@ -404,13 +404,9 @@ def test_modes_under_the_units_umask_with_a_state_dir_made_by_systemd(tmp_path: 
     assert [str(p) for p in outputs if p.stat().st_mode & 0o040 == 0] == [], "the share's group reads outputs"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: JobStore chmods lipsyncd.db to 0600 after SQLite made lipsyncd.db-wal and -shm with the "
-    "umask's mode: in a state dir that already exists (0755) under umask 0022 the WAL (job rows, paths, "
-    "presigned URLs, upload ids) is world-readable (0644) for the life of the process",
-)
 def test_the_job_stores_wal_is_as_private_as_the_store(tmp_path: Path) -> None:
+    """A state dir that exists already (0755) and a shell's umask 0022: SQLite's -wal and -shm files hold
+    the same rows as the store (paths, presigned URLs, upload ids), so they must be as private (was 0644)."""
     share = Share(tmp_path / "shared", {"inbox": FAST_INBOX})
     share.state.mkdir()
     share.state.chmod(0o755)
@@ -479,12 +475,6 @@ def test_manifests_cannot_name_their_way_out(tmp_path: Path, around: tuple[Share
         assert "outside the shared folder" in (share.inbox / "failed" / name).read_text()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a symlink planted at outputs/latest_batch/JOB before the job runs is followed: the video "
-    "and links.json are written into the folder it points at (service._render mkdir + VideoEncoder, "
-    "links.write_links)",
-)
 def test_a_planted_job_folder_symlink_does_not_redirect_outputs(
     tmp_path: Path, around: tuple[Share, Path]
 ) -> None:
@@ -495,6 +485,7 @@ def test_a_planted_job_folder_symlink_does_not_redirect_outputs(
     share.drop("victim.yaml", job())
     assert share.lipsyncd("render", "--once").returncode == 0
     assert outside(tmp_path, share) == before, "the daemon wrote outside the outputs"
+    assert "symbolic link" in (share.inbox / "failed" / "victim.error.txt").read_text()
 
 
 @pytest.mark.xfail(
@@ -519,9 +510,9 @@ def test_a_planted_temp_file_symlink_is_not_written_through(
 
 @pytest.mark.xfail(
     strict=True,
-    reason="BUG: media paths are checked when the manifest is claimed, not when the file is opened: a "
-    "media file swapped for a symlink to a file outside the share while the job waits in the queue is "
-    "rendered (time-of-check/time-of-use)",
+    reason="BUG: a media file swapped for a symlink to a file outside the share while the job waits in the "
+    "queue is rendered (time-of-check/time-of-use). RenderService._still_inside (9147a9d) never runs in the "
+    "daemon: app.RenderDaemon.build makes RenderPaths without shared=config.shared",
 )
 def test_media_swapped_for_a_symlink_after_the_check_is_not_read(around: tuple[Share, Path]) -> None:
     share, elsewhere = around
@@ -545,12 +536,6 @@ def test_media_swapped_for_a_symlink_after_the_check_is_not_read(around: tuple[S
     assert doc["videos"][0]["status"] == "failed"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: the upload watcher follows a symlink that replaced a rendered video in the outputs: the "
-    "file it points at (outside the outputs) is uploaded to the job's object key and stays in the bucket "
-    "after the checksum mismatch (watcher._upload_one / uploader.upload_file)",
-)
 def test_a_rendered_video_swapped_for_a_symlink_is_not_uploaded(
     tmp_path: Path,
     around: tuple[Share, Path],
@@ -581,3 +566,6 @@ def test_a_rendered_video_swapped_for_a_symlink_is_not_uploaded(
     listed = s3_client.list_objects_v2(Bucket=s3_bucket, Prefix=prefix + "/").get("Contents", [])
     stored = [s3_client.get_object(Bucket=s3_bucket, Key=o["Key"])["Body"].read() for o in listed]
     assert not any(b"PAYROLL" in body for body in stored), "a file outside the outputs reached the bucket"
+    video = share.links("exfil")["videos"][0]  # type: ignore[index]
+    assert video["status"] == "rendered" and "not the rendered file" in video["error"]
+    assert (elsewhere / "payroll.txt").exists(), "nothing outside is deleted either"
