@@ -409,6 +409,17 @@ def _even(n: int) -> int:
     return n + (n & 1)
 
 
+def _claim_temp(tmp: Path) -> int:
+    """Create the temp file ourselves, never through a symlink someone left at its name (it could point
+    outside the outputs); FFmpeg then writes into this very file. Returns its inode for a check at close."""
+    tmp.unlink(missing_ok=True)  # a leftover file or a planted link: the link itself goes, not its target
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+    try:
+        return os.fstat(fd).st_ino
+    finally:
+        os.close(fd)
+
+
 class VideoEncoder:
     """Writes an MP4 (H.264 yuv420p + AAC, moov at the front) frame by frame.
 
@@ -438,6 +449,7 @@ class VideoEncoder:
         self.rate = Fraction(fps).limit_denominator(1001)
         self.frames = 0
         self._tmp = _temp_path(out_path)
+        self._tmp_inode = _claim_temp(self._tmp)
         self._audio: _AudioTrack | None = None
         self._out = av.open(
             os.fspath(self._tmp), "w", format="mp4", container_options={"movflags": "+faststart"}
@@ -492,6 +504,9 @@ class VideoEncoder:
         except BaseException:
             self._abort()
             raise
+        if self._tmp.lstat().st_ino != self._tmp_inode:  # replaced behind our back (a planted symlink)
+            self._tmp.unlink(missing_ok=True)
+            raise MediaError(f"{self._tmp} was replaced while it was being written; the output was dropped")
         os.replace(self._tmp, self.out_path)
         seconds = round(float(self.frames / self.rate), 3)
         size = self.out_path.stat().st_size
