@@ -94,6 +94,7 @@ class CrashReport:
     videos: int
     multipart_videos: int
     links_reads: int
+    links_passes: int
     seconds: float
     checks: tuple[Check, ...]
 
@@ -112,7 +113,7 @@ class CrashReport:
             f"(render {per_role['render']}, upload {per_role['upload']}; "
             f"{sum(k.hit for k in aimed)}/{len(aimed)} aimed kills hit their stage) in {self.seconds:.0f} s",
             f"{self.jobs} jobs, {self.videos} videos ({self.multipart_videos} multipart), "
-            f"links.json read {self.links_reads} times",
+            f"links.json parsed {self.links_reads} times in {self.links_passes} passes over all jobs",
             "stages hit (a kill can land in several threads' stages at once):",
         ]
         lines += [
@@ -253,6 +254,7 @@ class CrashRun:
             len(videos),
             sum((v["size"] or 0) >= self.settings.part_size for v in videos),
             self.reader.reads,
+            self.reader.passes,
             time.monotonic() - began,
             checks,
         )

@@ -45,7 +45,9 @@ class VideoHistory:
 
 
 class LinksReader(threading.Thread):
-    """Reads every links.json every `interval` seconds, as a user's script polling the share would."""
+    """Reads every links.json every `interval` seconds, as a user's script polling the share would.
+    A file whose inode, mtime and size are unchanged is not parsed again (every rewrite is a rename, so
+    a new inode), but its rendered videos are still looked for on disk at every pass."""
 
     def __init__(self, outputs: Path, interval: float = 0.02) -> None:
         super().__init__(name="links-reader", daemon=True)
@@ -55,19 +57,34 @@ class LinksReader(threading.Thread):
         self.reads = 0
         self.invalid: list[str] = []
         self.videos: dict[tuple[str, str], VideoHistory] = {}
+        self.passes = 0
+        self._known: dict[Path, tuple[tuple[int, int, int], dict[str, Any]]] = {}
 
     def run(self) -> None:
         while not self.stop.wait(self.interval):
             for path in sorted(self.outputs.glob("*/links.json")):
                 self.read(path)
+            self.passes += 1
 
     def read(self, path: Path) -> None:
-        doc = self._load(path)
-        if doc is None:
+        try:
+            info = path.stat()
+        except FileNotFoundError:
             return
-        for video in doc["videos"]:
-            self.videos.setdefault((doc["job"], video["output"]), VideoHistory()).note(video)
-            self._check_local(path, doc["job"], video)
+        key = (info.st_ino, info.st_mtime_ns, info.st_size)
+        known = self._known.get(path)
+        doc = known[1] if known and known[0] == key else self._note(path, key)
+        if doc is not None:
+            for video in doc["videos"]:
+                self._check_local(path, doc["job"], video)
+
+    def _note(self, path: Path, key: tuple[int, int, int]) -> dict[str, Any] | None:
+        doc = self._load(path)
+        if doc is not None:
+            self._known[path] = (key, doc)
+            for video in doc["videos"]:
+                self.videos.setdefault((doc["job"], video["output"]), VideoHistory()).note(video)
+        return doc
 
     def _load(self, path: Path) -> dict[str, Any] | None:
         try:
