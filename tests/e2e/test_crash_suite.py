@@ -9,12 +9,11 @@ and prints the figures the README's Reliability section quotes.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from daemon.distribute.embedded import EmbeddedS3, EmbeddedSettings
-from tests.e2e.crash import REQUIRED, CrashRun, CrashSettings, Storage, external_storage
+from tests.e2e.crash import REQUIRED, CrashReport, CrashRun, CrashSettings, Storage, external_storage
 
 
 def embedded_storage(root: Path) -> Storage:
@@ -25,13 +24,13 @@ def embedded_storage(root: Path) -> Storage:
     )
 
 
-def run_and_report(root: Path, storage: Storage, settings: CrashSettings) -> Any:
+def run_and_report(root: Path, storage: Storage, settings: CrashSettings) -> CrashReport:
     report = CrashRun(root, storage, settings).run()
     print("\n" + report.text() + "\nkills:\n" + report.kills_text())
     return report
 
 
-def assert_survived(report: Any) -> None:
+def assert_survived(report: CrashReport) -> None:
     failed = [f"{c.name}: {c.detail}" for c in report.checks if not c.ok]
     assert not failed, "\n".join(failed) + "\n\n" + report.text()
     for role, stages in REQUIRED.items():
@@ -50,15 +49,14 @@ def test_short_seeded_crash_run(
 
 @pytest.mark.slow
 @pytest.mark.timeout(0)
-def test_long_crash_run(
-    request: pytest.FixtureRequest, tmp_path: Path, embedded_s3: EmbeddedS3, s3_bucket: str, s3_prefix: str
-) -> None:
+def test_long_crash_run(request: pytest.FixtureRequest, tmp_path: Path, s3_prefix: str) -> None:
     kills = request.config.getoption("--crash-kills")
     if not kills:
         pytest.skip("the long crash run needs --crash-kills N")
     if request.config.getoption("--crash-storage") == "embedded":
         storage = embedded_storage(tmp_path)
-    else:
-        storage = external_storage(tmp_path, embedded_s3, s3_bucket, s3_prefix)
+    else:  # the session's server, started only for this case
+        server, bucket = request.getfixturevalue("embedded_s3"), request.getfixturevalue("s3_bucket")
+        storage = external_storage(tmp_path, server, bucket, s3_prefix)
     settings = CrashSettings(seed=request.config.getoption("--crash-seed"), kills=kills, drain_s=600)
     assert_survived(run_and_report(tmp_path, storage, settings))
