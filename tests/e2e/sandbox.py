@@ -156,11 +156,6 @@ def _describe(path: Path) -> str:
     return f"file {st.st_size}"
 
 
-def changes(before: dict[str, str], after: dict[str, str]) -> dict[str, tuple[str | None, str | None]]:
-    keys = set(before) | set(after)
-    return {k: (before.get(k), after.get(k)) for k in sorted(keys) if before.get(k) != after.get(k)}
-
-
 # -- the job store, read as an operator would ----------------------------------------------------------
 
 
