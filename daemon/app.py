@@ -81,9 +81,8 @@ class RenderDaemon:
         store = JobStore(config.state_dir)
         inbox = Inbox(config.inbox_dir, settle_time=config.inbox.settle_time)
         models = model_pools(config)
-        paths = RenderPaths(
-            config.outputs_dir, config.state_dir / "scratch", locks_dir(config), config.models_dir
-        )
+        scratch = config.state_dir / "scratch"
+        paths = RenderPaths(config.outputs_dir, scratch, locks_dir(config), config.models_dir, config.shared)
         service = RenderService(
             store,
             inbox,

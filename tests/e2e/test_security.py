@@ -505,12 +505,6 @@ def test_a_planted_temp_file_symlink_is_not_written_through(
     ) == (96, 96)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a media file swapped for a symlink to a file outside the share while the job waits in the "
-    "queue is rendered (time-of-check/time-of-use). RenderService._still_inside (9147a9d) never runs in the "
-    "daemon: app.RenderDaemon.build makes RenderPaths without shared=config.shared",
-)
 def test_media_swapped_for_a_symlink_after_the_check_is_not_read(around: tuple[Share, Path]) -> None:
     share, elsewhere = around
     media = share.inbox / "media"
