@@ -42,25 +42,34 @@ class Intake:
         self.on_job = on_job
 
     def recover(self) -> None:
-        """Manifests claimed before a crash but never recorded as jobs are processed again; those whose
-        job finished but which were not filed yet (a kill in between) are filed now."""
-        for claimed in self.inbox.claimed():
+        """At start: manifests claimed before a crash but never recorded as jobs are processed again;
+        those whose job finished but which were not filed yet (a kill in between) are filed now. Only at
+        start: while running, filing finished jobs is the render worker's job."""
+        for claimed in self.retake_unrecorded():
             job = self.store.job_by_claim(claimed)
-            if job is None:
+            if job is not None and job.state == JobState.FAILED:
+                report = job_failure_report(job.manifest, job.error or "")
+                self.inbox.file_failed(claimed, job.manifest, report)
+            elif job is not None and job.state in (JobState.RENDERED, JobState.DONE):
+                self.inbox.file_done(claimed, job.manifest)
+
+    def retake_unrecorded(self) -> list[Path]:
+        """Take again the claimed manifests that have no job (the store was locked, say); returns the
+        claimed manifests that do have one."""
+        recorded = []
+        for claimed in self.inbox.claimed():
+            if self.store.job_by_claim(claimed) is None:
                 log.info("manifest_recovered", manifest=claimed.name)
                 self.take(claimed)
-            elif job.state == JobState.FAILED:
-                self.inbox.file_failed(
-                    claimed, job.manifest, job_failure_report(job.manifest, job.error or "")
-                )
-            elif job.state in (JobState.RENDERED, JobState.DONE):
-                self.inbox.file_done(claimed, job.manifest)
+            else:
+                recorded.append(claimed)
+        return recorded
 
     def sweep(self, *, rescan: bool) -> int:
         """Take every complete manifest; with `rescan`, look at the whole folder first (lost events) and
         retry claimed manifests that could not become jobs yet (the store was locked, say)."""
         if rescan:
-            self.recover()
+            self.retake_unrecorded()
             for path in self.inbox.scan():
                 self.inbox.note(path)
         taken = 0
