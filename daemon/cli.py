@@ -124,6 +124,11 @@ def _parser() -> argparse.ArgumentParser:
         handler=_model_list
     )
 
+    bench = command("bench", _bench, "measure speed and memory; print a table (see bench/README.md)")
+    bench.add_argument("--quick", action="store_true", help="tiny inputs: checks the command works")
+    bench.add_argument("--only", nargs="+", default=[], metavar="SECTION", help="example, e2e, memory, model")
+    bench.add_argument("--json", type=Path, help="also write the results here")
+
     for name, text in (
         ("install-systemd", "create the user, folders and units (run as root)"),
         ("uninstall-systemd", "remove the units and the user; keep user data"),
@@ -344,6 +349,19 @@ def _doctor(args: argparse.Namespace, config: Config) -> int:
 def _check_config(args: argparse.Namespace, config: Config) -> int:
     where = config.source or "built-in defaults (no configuration file found)"
     print(f"configuration OK: {where}")
+    return EXIT_OK
+
+
+def _bench(args: argparse.Namespace, config: Config) -> int:
+    from daemon.bench import BenchOptions, format_table, run_bench, write_json
+
+    try:
+        results = run_bench(BenchOptions(quick=args.quick, only=tuple(args.only)))
+    except ValueError as exc:
+        raise _UserError(str(exc)) from exc
+    print(format_table(results))
+    if args.json:
+        write_json(results, args.json)
     return EXIT_OK
 
 
