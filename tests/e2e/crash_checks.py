@@ -229,11 +229,13 @@ def _hidden_temps(shared: Path) -> list[Path]:
 
 
 def wait_all_done(outputs: Path, jobs: list[str], timeout: float, alive: Any = None) -> bool:
-    """True once every job's links.json says done (alive() may raise if a daemon died)."""
+    """True once every job's links.json says done; False at the timeout or as soon as every job is
+    finished with some failed (alive() may raise if a daemon died)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if all(_status(outputs / job / "links.json") == "done" for job in jobs):
-            return True
+        states = [_status(outputs / job / "links.json") for job in jobs]
+        if all(state in ("done", "failed") for state in states):
+            return all(state == "done" for state in states)
         if alive is not None:
             alive()
         time.sleep(0.25)
