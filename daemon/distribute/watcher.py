@@ -242,6 +242,8 @@ class UploadWatcher:
         """Only READY videos get here: uploaded, verified, and their link already in links.json."""
         video = self.store.video(job_id, output)
         assert video is not None and video.state == VideoState.READY
+        if video.evicted:
+            return
         if not self._links(job_id):
             return  # links.json must show the link before the local copy goes; try again next pass
         self._local(video).unlink(missing_ok=True)
