@@ -214,8 +214,9 @@ def check_files(shared: Path, manifests: dict[str, int]) -> list[Check]:
         Check(
             "every manifest in done/ exactly once",
             done == sorted(manifests) and not failed,
-            f"done={done} failed={failed}",
-        ),  # fmt: skip
+            f"missing {sorted(set(manifests) - set(done))}, extra {sorted(set(done) - set(manifests))}, "
+            f"in failed/ {failed}",
+        ),
         Check("no local copy left after eviction", not local, str(local[:10])),
     ]
 
