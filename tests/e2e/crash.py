@@ -186,9 +186,8 @@ def plan_job(number: int, rng: random.Random, big: bool) -> JobPlan:
 def share_overrides(storage: Storage, part_size: int) -> dict[str, Any]:
     size = f"{part_size // MiB}MiB"
     overrides: dict[str, Any] = {
-        # the default rescan (30 s): a rescan racing a finishing job fails it (test_crash_findings E);
-        # back to 1s when that is fixed, so rescans meet the kills more often
-        "inbox": {"settle_time": "0.5s", "rescan_interval": "30s"},
+        # rescans every second, so they meet the kills often (test_crash_findings E was such a race)
+        "inbox": {"settle_time": "0.5s", "rescan_interval": "1s"},
         "render": {"crf": 0, "preset": "ultrafast", "batch_size": 8},
         "upload": {"multipart_threshold": size, "part_size": size, "part_workers": 1},
     }
