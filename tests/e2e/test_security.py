@@ -31,7 +31,7 @@ import pytest
 
 from daemon.distribute.embedded import EmbeddedS3
 from daemon.distribute.s3 import Credentials, StorageSettings, make_client
-from daemon.samples import write_face_clip
+from daemon.samples import speech_like, write_audio, write_face_clip
 from tests.e2e import sandbox
 from tests.e2e.harness import Daemon, Share, statuses, wait_for
 
@@ -508,12 +508,13 @@ def test_a_planted_temp_file_symlink_is_not_written_through(
 def test_media_swapped_for_a_symlink_after_the_check_is_not_read(around: tuple[Share, Path]) -> None:
     share, elsewhere = around
     media = share.inbox / "media"
-    write_face_clip(media / "slow.mp4", 4.0, 25, (320, 320))  # keeps the renderer busy while we swap
+    write_face_clip(media / "slow.mp4", 4.0, 25, (320, 320))  # with 12 s of audio: keeps the renderer busy
+    write_audio(media / "long.wav", speech_like(12.0))
     shutil.copy(media / "face.mp4", media / "swap.mp4")
     daemon = Daemon(share, "render")
     try:
         sandbox.ready(daemon)
-        share.drop("blocker.yaml", {"audio": "media/voice.wav", "videos": ["media/slow.mp4"]})
+        share.drop("blocker.yaml", {"audio": "media/long.wav", "videos": ["media/slow.mp4"]})
         wait_for(lambda: statuses(share.links("blocker")) == ["rendering"], 60, "blocker rendering", daemon)
         share.drop("swap.yaml", {"audio": "media/voice.wav", "videos": ["media/swap.mp4"]})
         wait_for(lambda: statuses(share.links("swap")) == ["queued"], 30, "swap queued", daemon)
