@@ -3,10 +3,12 @@
     decode + face track (thread) -> batched inference (thread) -> blend + encode (caller's thread)
 
 Queues between the stages are bounded, so memory stays the same whatever the video's length: about
-`batch_size * (queue_batches + 3)` frames are alive at once (the batch being gathered, the one in the
-model, the ones queued for the encoder, the one being encoded), plus the tracker's few frames of
-look-ahead. Any stage failing stops the others and the error surfaces in the caller; a stop request
-abandons the output (the encoder removes its temp file) and raises `Interrupted`.
+`batch * (queue_batches + 3)` frames are alive at once (the batch being gathered, the one in the model,
+the ones queued for the encoder, the one being encoded), plus the tracker's few frames of look-ahead.
+`batch` is `batch_size`, made smaller for big frames so that those frames fit in `frames_budget_mb`.
+
+Any stage failing stops the others and the error surfaces in the caller; a stop request abandons the
+output (the encoder removes its temp file) and raises `Interrupted`.
 
 With an `AvatarCache`, the decode stage replays the detections of an earlier render of the same video
 instead of running the detector, and stores new ones when it is done.
@@ -57,6 +59,15 @@ class RenderSettings:
     # is the slow stage, so the encoder's queue stays short); each extra one costs batch_size frames
     # (16 x 6 MB at 1080p).
     queue_batches: int = 1
+    # Frames in flight may take at most this much memory: at 1080p (6.2 MB a frame) the batch drops to 10.
+    # On a CPU the batch size barely matters for speed (Wav2Lip fp32: 21 frames/s at 1, 22 at 16).
+    frames_budget_mb: int = 256
+
+    def batch_for(self, width: int, height: int) -> int:
+        """`batch_size`, or fewer when that many frames of this size would not fit the budget."""
+        frame_bytes = width * height * 3
+        fits = self.frames_budget_mb * 2**20 // (frame_bytes * (self.queue_batches + 3))
+        return max(1, min(self.batch_size, fits))
 
 
 @dataclass(frozen=True)
@@ -126,14 +137,14 @@ class VideoRender:
     cache: AvatarCache | None = None
     _clocks: dict[str, _Clock] = field(default_factory=dict, init=False, repr=False)
     _track: TrackStats = field(default_factory=TrackStats, init=False, repr=False)
+    _batch: int = field(default=1, init=False, repr=False)
 
     def run(self) -> RenderResult:
         started = time.monotonic()
         info = probe_video(self.source)
         total = audio_features.frame_count(self.audio.samples, info.fps)
-        frames_q: queue.Queue[Any] = queue.Queue(
-            maxsize=self.settings.batch_size * self.settings.queue_batches
-        )
+        self._batch = self.settings.batch_for(info.width, info.height)
+        frames_q: queue.Queue[Any] = queue.Queue(maxsize=self._batch * self.settings.queue_batches)
         batches_q: queue.Queue[Any] = queue.Queue(maxsize=self.settings.queue_batches)
         failed = threading.Event()
         halted = lambda: self.stop.is_set() or failed.is_set()  # noqa: E731
@@ -164,6 +175,7 @@ class VideoRender:
         log.info(
             "render_stages",
             frames=written,
+            batch=self._batch,
             seconds=round(seconds, 2),
             detector_calls=self._track.detector_calls,
             cached_detections=self._track.memo_hits,
@@ -211,7 +223,7 @@ class VideoRender:
         self, fps: float, inp: queue.Queue[Any], out: queue.Queue[Any], halted: Callable[[], bool]
     ) -> None:
         clock = self._clocks["infer"].start()
-        for items in _batches(inp, self.settings.batch_size, halted, clock):
+        for items in _batches(inp, self._batch, halted, clock):
             _put(out, _Batch(items, self._faces_for(items, fps)), halted, clock)
             self.beat()
         _put(out, _DONE, halted, clock)
