@@ -11,7 +11,7 @@ from typing import Any
 import structlog
 
 from daemon.config import Config
-from daemon.distribute.embedded import EmbeddedS3, EmbeddedSettings
+from daemon.distribute.embedded import EmbeddedS3, EmbeddedS3Error, EmbeddedSettings
 from daemon.distribute.s3 import StorageSettings, ensure_bucket, make_client
 from daemon.distribute.uploader import abort_orphans
 
@@ -53,12 +53,25 @@ def open_storage(config: Config, *, credentials_file: Path | None = None) -> Sto
         embedded = EmbeddedS3(
             config.state_dir, EmbeddedSettings(bucket=s.bucket, region=s.region, s3_port=s.embedded_port)
         )
-        embedded.start()
+        _start_embedded(embedded)
         return Storage(embedded.client(), s.bucket, s.prefix, embedded)
     client = make_client(storage_settings(config, credentials_file))
     ensure_bucket(client, s.bucket, s.region)
     log.info("storage_ready", endpoint=s.endpoint_url, bucket=s.bucket)
     return Storage(client, s.bucket, s.prefix)
+
+
+def _start_embedded(embedded: EmbeddedS3, attempts: int = 3) -> None:
+    """Free loopback ports are picked just before SeaweedFS binds them; another program can take one in
+    between, so a failed start is tried again (new ports are picked when none were remembered yet)."""
+    for attempt in range(1, attempts + 1):
+        try:
+            embedded.start()
+            return
+        except EmbeddedS3Error as exc:
+            if attempt == attempts:
+                raise
+            log.warning("embedded_s3_start_retry", attempt=attempt, error=str(exc))
 
 
 def abort_stale_uploads(storage: Storage, owned: set[str], older_than_hours: float) -> None:
