@@ -12,7 +12,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, fields
 from enum import Enum, StrEnum
 from pathlib import Path
@@ -150,17 +150,13 @@ class JobStore:
         self.path = state_dir / DB_NAME
         self._lock = threading.RLock()
         try:
-            if not state_dir.exists():
-                state_dir.mkdir(parents=True)
-                state_dir.chmod(0o700)  # keys and the job store: the daemon's user only
+            _private_dir(state_dir)
             _private_files(self.path)
             self._db = sqlite3.connect(
                 self.path, timeout=timeout, check_same_thread=False, isolation_level=None
             )
             self._db.row_factory = sqlite3.Row
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.executescript(_SCHEMA)
+            _prepare(self._db, timeout)
         except (sqlite3.Error, OSError) as exc:
             raise StoreError(
                 f"cannot open the job store {self.path}: {exc}. Check that the state directory exists, "
@@ -347,13 +343,39 @@ class JobStore:
             return {row[0] for row in self._db.execute("SELECT upload_id FROM uploads")}
 
 
+def _prepare(db: sqlite3.Connection, timeout: float) -> None:
+    """WAL mode and the schema. While the other watcher sets up a fresh database, SQLite may answer
+    "database is locked" at once instead of waiting its busy timeout: try again until the timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.executescript(_SCHEMA)
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.05)
+
+
+def _private_dir(state_dir: Path) -> None:
+    """Create the state directory 0700 (keys and the job store: the daemon's user only). Both watchers
+    start at once under `lipsyncd run`, so the other one may create it first: that is not an error."""
+    try:
+        state_dir.mkdir(parents=True)
+    except FileExistsError:
+        return
+    state_dir.chmod(0o700)
+
+
 def _private_files(db: Path) -> None:
     """SQLite gives the -wal and -shm files the database file's mode: make that 0600 before it opens,
     whatever the umask, so job rows, links and upload ids are this user's alone."""
     for path in (db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm")):
         if path.exists():
             path.chmod(0o600)
-    if not db.exists():
+    with suppress(FileExistsError):  # made before, or by the other watcher starting at the same moment
         os.close(os.open(db, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
 
 

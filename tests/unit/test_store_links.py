@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import multiprocessing
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -63,6 +65,28 @@ def test_state_survives_reopening(store: JobStore, tmp_path: Path) -> None:
     video = again.video("promo", "a.mp4")
     assert video is not None and video.state == VideoState.RENDERING and video.progress == 0.5
     assert again.videos_in(VideoState.RENDERING)[0].output == "a.mp4"
+
+
+def _open_when_released(state_dir: Path, go: Any) -> None:
+    go.wait()
+    JobStore(state_dir).close()
+
+
+def test_two_watchers_opening_a_new_state_dir_at_once_both_succeed(tmp_path: Path) -> None:
+    """`lipsyncd run` starts both watchers together on a fresh machine: neither may trip over the
+    directory or database file the other has just created (CI once saw `File exists` here)."""
+    context = multiprocessing.get_context("fork")
+    for round_ in range(15):
+        state_dir = tmp_path / f"state-{round_}"
+        go = context.Event()
+        procs = [context.Process(target=_open_when_released, args=(state_dir, go)) for _ in range(4)]
+        for proc in procs:
+            proc.start()
+        go.set()
+        for proc in procs:
+            proc.join(30)
+        assert [proc.exitcode for proc in procs] == [0, 0, 0, 0], f"round {round_}"
+        assert state_dir.stat().st_mode & 0o777 == 0o700
 
 
 def test_unwritable_state_dir_is_a_clear_error(tmp_path: Path) -> None:
