@@ -126,8 +126,17 @@ def _parser() -> argparse.ArgumentParser:
 
     bench = command("bench", _bench, "measure speed and memory; print a table (see bench/README.md)")
     bench.add_argument("--quick", action="store_true", help="tiny inputs: checks the command works")
-    bench.add_argument("--only", nargs="+", default=[], metavar="SECTION", help="example, e2e, memory, model")
+    bench.add_argument(
+        "--only", nargs="+", default=[], metavar="SECTION", help="example, e2e, memory, encoder, model"
+    )
     bench.add_argument("--json", type=Path, help="also write the results here")
+    bench.add_argument(
+        "--repeats",
+        type=_at_least_one,
+        default=1,
+        metavar="N",
+        help="speed runs per figure, the fastest counts (default 1; 3 on a machine that is not quiet)",
+    )
 
     for name, text in (
         ("install-systemd", "create the user, folders and units (run as root)"),
@@ -352,11 +361,17 @@ def _check_config(args: argparse.Namespace, config: Config) -> int:
     return EXIT_OK
 
 
+def _at_least_one(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
+    return int(text)
+
+
 def _bench(args: argparse.Namespace, config: Config) -> int:
     from daemon.bench import BenchOptions, format_table, run_bench, write_json
 
     try:
-        results = run_bench(BenchOptions(quick=args.quick, only=tuple(args.only)))
+        results = run_bench(BenchOptions(quick=args.quick, only=tuple(args.only), repeats=args.repeats))
     except ValueError as exc:
         raise _UserError(str(exc)) from exc
     print(format_table(results))

@@ -42,6 +42,7 @@ class RenderRun:
     other_cpu_seconds: float  # CPU that other processes used meanwhile: > 0 means a shared machine
     detector_calls: int
     stages: dict[str, float]
+    output_bytes: int = 0  # the rendered MP4's size
 
     @property
     def cpu_ms_per_frame(self) -> float:
@@ -104,6 +105,7 @@ def _render(job: dict[str, Any]) -> dict[str, Any]:
             scratch_dir=Path(tmp) / "scratch",
             stop=threading.Event(),
         ).run()
+        output_bytes = result.output.stat().st_size
     after = os.times()
     return {
         "frames": result.frames,
@@ -112,6 +114,7 @@ def _render(job: dict[str, Any]) -> dict[str, Any]:
         "peak_rss_mib": round(_vm_hwm_kib() / 1024, 1),
         "cpu_seconds": round(after.user + after.system - before.user - before.system, 2),
         "detector_calls": result.detector_calls,
+        "output_bytes": output_bytes,
         "stages": {k: round(v, 2) for k, v in asdict(result.stages).items()} if result.stages else {},
     }
 

@@ -8,7 +8,7 @@ records how much CPU they used meanwhile (`other_cpu_s`): a shared machine makes
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +16,7 @@ from daemon.bench.child import RenderJob, RenderRun, measure_render
 from daemon.bench.core import BenchContext, Check, Section, SectionResult
 from daemon.bench.machine import wait_for_quiet
 from daemon.bench.modelonly import baseline_folder, measure_model, wav2lip_folder
+from daemon.render.pipeline import RenderSettings
 
 DEMO = Path(__file__).resolve().parents[2] / "examples" / "demo"
 SIZES = {"256x256": (256, 256), "720p": (1280, 720), "1080p": (1920, 1080)}
@@ -34,9 +35,17 @@ def _model(ctx: BenchContext, name: str) -> Path:
     return wav2lip_folder(_models_dir(ctx))
 
 
-def _render(ctx: BenchContext, video: Path, audio: Path, model: str, repeats: int | None = None) -> RenderRun:
+def _render(
+    ctx: BenchContext,
+    video: Path,
+    audio: Path,
+    model: str,
+    repeats: int | None = None,
+    settings: RenderSettings | None = None,
+) -> RenderRun:
     """The fastest of `repeats` runs (default: the options'), each in a fresh process."""
-    job = RenderJob(video, audio, _model(ctx, model), asdict(ctx.options.settings), ctx.options.threads)
+    chosen = asdict(settings or ctx.options.settings)
+    job = RenderJob(video, audio, _model(ctx, model), chosen, ctx.options.threads)
     runs = []
     for _ in range(repeats or ctx.options.repeats):
         wait_for_quiet(ctx.options.quiet_wait)
@@ -162,6 +171,30 @@ def memory_section(ctx: BenchContext) -> SectionResult:
     return SectionResult(rows, checks)
 
 
+# -- issue 7: what the x264 preset costs and buys -----------------------------------------------------------
+
+PRESETS = ("veryfast", "superfast", "ultrafast")
+
+
+def encoder_section(ctx: BenchContext) -> SectionResult:
+    """1080p Wav2Lip at three x264 presets: on a CPU the encoder competes with the model for the cores,
+    so a faster preset buys frames/s and costs file size (what every upload and download then pays)."""
+    size, model, seconds = ("256x256", "baseline", 2.0) if ctx.quick else ("1080p", "wav2lip", 20.0)
+    batch = ctx.options.settings.batch_for(*SIZES[size])
+    alone = _model_only(ctx, model, batch)
+    video = ctx.inputs.clip(SIZES[size], seconds + VIDEO_SLACK)
+    rows = []
+    for preset in PRESETS:
+        settings = replace(ctx.options.settings, preset=preset)
+        run = _render(ctx, video, ctx.inputs.speech(seconds), model, settings=settings)
+        row = _row({"size": size, "model": model, "preset": preset, "model_only_fps": round(alone, 1)}, run)
+        row["vs_model_only"] = f"{run.fps / alone:.0%}"
+        row["mb_per_minute"] = round(run.output_bytes / 1e6 * 60 / seconds, 1)
+        rows.append(row)
+    notes = [f"crf {ctx.options.settings.crf}; the generated clip (a moving photo), {seconds:g} s of audio"]
+    return SectionResult(rows, notes=notes)
+
+
 # -- model only ---------------------------------------------------------------------------------------------
 
 
@@ -193,5 +226,6 @@ SECTIONS: tuple[Section, ...] = (
     Section("example", "Bundled example and 60 s 1080p (issue 2)", example_section),
     Section("e2e", "End to end vs model only", e2e_section),
     Section("memory", "Peak memory vs length", memory_section),
+    Section("encoder", "x264 preset: speed vs file size", encoder_section),
     Section("model", "Model only", model_section),
 )
