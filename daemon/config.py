@@ -113,6 +113,20 @@ class InboxConfig:
     settle_time: float = _key(2.0, parse_duration)
 
 
+# x264's speed presets, fastest first; NVENC is given its nearest p1-p7 (daemon/render/media.py).
+X264_PRESETS = (
+    "ultrafast",
+    "superfast",
+    "veryfast",
+    "faster",
+    "fast",
+    "medium",
+    "slow",
+    "slower",
+    "veryslow",
+)
+
+
 @dataclass(frozen=True)
 class RenderConfig:
     model: str = _key("baseline")
@@ -127,7 +141,7 @@ class RenderConfig:
     video_longer: str = _key("cut", _choice("cut", "keep"))
     encoder: str = _key("auto", _choice("auto", "libx264", "h264_nvenc"))
     crf: int = _key(20, _non_negative_int)
-    preset: str = _key("veryfast")
+    preset: str = _key("veryfast", _choice(*X264_PRESETS))
     max_video_seconds: float = _key(3600.0, parse_duration)
 
 

@@ -56,6 +56,10 @@ def test_missing_default_file_means_defaults(tmp_path: Path) -> None:
     [
         ("render:\n  batch_sise: 8\n", "unknown key 'render.batch_sise'"),
         ("render:\n  batch_size: -1\n", "key 'render.batch_size'"),
+        (
+            "render:\n  preset: veryfst\n",
+            "key 'render.preset': expected one of ultrafast, superfast, veryfast",
+        ),
         ("inbox:\n  settle_time: soon\n", "key 'inbox.settle_time'"),
         ("upload:\n  part_size: 1MiB\n", "key 'upload.part_size'"),
         ("links:\n  default_ttl: 8d\n", "key 'links.default_ttl'"),
