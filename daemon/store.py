@@ -373,7 +373,7 @@ def _private_files(db: Path) -> None:
     """SQLite gives the -wal and -shm files the database file's mode: make that 0600 before it opens,
     whatever the umask, so job rows, links and upload ids are this user's alone."""
     for path in (db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm")):
-        if path.exists():
+        with suppress(FileNotFoundError):  # absent, or removed just now by the other watcher closing it
             path.chmod(0o600)
     with suppress(FileExistsError):  # made before, or by the other watcher starting at the same moment
         os.close(os.open(db, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))

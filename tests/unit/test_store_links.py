@@ -89,6 +89,22 @@ def test_two_watchers_opening_a_new_state_dir_at_once_both_succeed(tmp_path: Pat
         assert state_dir.stat().st_mode & 0o777 == 0o700
 
 
+def test_a_wal_file_removed_while_opening_is_no_error(tmp_path: Path, monkeypatch: Any) -> None:
+    """SQLite removes -wal and -shm when the last connection closes: another process may do that between
+    our look and our chmod."""
+    JobStore(tmp_path / "state").close()
+    real_chmod = Path.chmod
+
+    def chmod_after_removal(path: Path, mode: int) -> None:
+        if path.name.endswith(("-wal", "-shm")):
+            raise FileNotFoundError(2, "No such file or directory", str(path))
+        real_chmod(path, mode)
+
+    (tmp_path / "state" / "lipsyncd.db-wal").write_bytes(b"")
+    monkeypatch.setattr(Path, "chmod", chmod_after_removal)
+    JobStore(tmp_path / "state").close()
+
+
 def test_unwritable_state_dir_is_a_clear_error(tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("")
