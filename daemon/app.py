@@ -11,7 +11,7 @@ import structlog
 
 from daemon.config import Config
 from daemon.distribute.notify import Notifier, WebhookSettings
-from daemon.distribute.storage import Storage, abort_stale_uploads, open_storage
+from daemon.distribute.storage import Storage, abort_stale_uploads, keep_embedded_up, open_storage
 from daemon.distribute.uploader import UploadSettings
 from daemon.distribute.watcher import DistributeSettings, UploadWatcher
 from daemon.inbox import Inbox
@@ -206,7 +206,7 @@ class UploadDaemon:
         cls, config: Config, runtime: ServiceRuntime, *, credentials_file: Path | None = None
     ) -> UploadDaemon:
         store = JobStore(config.state_dir)
-        storage = open_storage(config, credentials_file=credentials_file)
+        storage = open_storage(config, role="upload", credentials_file=credentials_file)
         notifier = Notifier(webhook_settings(config))
         watcher = UploadWatcher(
             store,
@@ -236,7 +236,13 @@ class UploadDaemon:
         try:
             self.recover()
             if self.storage.embedded is not None:
-                threading.Thread(target=self._keep_embedded_up, name="embedded-s3-guard", daemon=True).start()
+                guard = threading.Thread(
+                    target=keep_embedded_up,
+                    args=(self.storage.embedded, self.runtime.stop),
+                    name="embedded-s3-guard",
+                    daemon=True,
+                )
+                guard.start()
             self.runtime.ready(self.describe)
             log.info("upload_ready", bucket=self.storage.bucket, outputs=str(self.config.outputs_dir))
             self.watcher.run_forever()
@@ -244,21 +250,6 @@ class UploadDaemon:
             self.runtime.stopping("stopping: uploads in flight stay resumable")
             log.info("upload_stopping")
             self.close()
-
-    def _keep_embedded_up(self) -> None:
-        """The embedded server is ours to run: if it dies, start it again on the same data, ports and keys
-        (uploads in flight wait and retry meanwhile)."""
-        embedded = self.storage.embedded
-        assert embedded is not None
-        while not self.runtime.stop.wait(2.0):
-            if not embedded.running and not self.runtime.stop.is_set():
-                log.warning("embedded_s3_down", log_tail=embedded.log_tail(5))
-                try:
-                    embedded.start()
-                except Exception as exc:  # try again on the next round; uploads keep waiting
-                    log.error("embedded_s3_restart_failed", error=str(exc))
-                    continue
-                log.info("embedded_s3_restarted")
 
     def close(self) -> None:
         self.watcher.shutdown()

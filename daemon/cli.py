@@ -17,13 +17,14 @@ from typing import TYPE_CHECKING
 from daemon.config import Config, ConfigError, config_path, load_config
 
 if TYPE_CHECKING:
+    from daemon.ops.instance import InstanceLock
     from daemon.ops.runtime import ServiceRuntime
+    from daemon.ops.signals import SignalRelay
 
-EXIT_OK, EXIT_FAILED, EXIT_CONFIG = (
-    0,
-    1,
-    78,
-)  # 78 = EX_CONFIG: systemd shows it, and Restart= won't loop on it
+# 78 = EX_CONFIG: systemd shows it, and Restart= won't loop on it; 75: another instance holds the state dir
+EXIT_OK, EXIT_FAILED, EXIT_IN_USE, EXIT_CONFIG = 0, 1, 75, 78
+SUPERVISOR_ENV = "LIPSYNCD_SUPERVISOR_PID"  # set by `lipsyncd run` for its children
+_relay: SignalRelay | None = None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -40,11 +41,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     from daemon.ops.logging import configure_logging
 
     configure_logging(config.logging.format, config.logging.level, identifier=f"lipsyncd-{args.command}")
+    if SUPERVISOR_ENV in os.environ:
+        from daemon.ops.signals import die_with_parent
+
+        die_with_parent(int(os.environ[SUPERVISOR_ENV]))
+    from daemon.distribute.s3 import StorageError
+    from daemon.ops.instance import AlreadyRunning
     from daemon.store import StoreError
 
     try:
         return int(args.handler(args, config) or EXIT_OK)
-    except (_UserError, StoreError) as exc:
+    except AlreadyRunning as exc:
+        print(f"lipsyncd: {exc}", file=sys.stderr)
+        return EXIT_IN_USE
+    except (_UserError, StoreError, StorageError) as exc:
         print(f"lipsyncd: {exc}", file=sys.stderr)
         return EXIT_FAILED
 
@@ -75,8 +85,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     upload.add_argument("--once", action="store_true", help="upload what is due now, then exit")
 
-    run = command("run", _run, "start both watchers (render and upload) for a quick start")
+    run = command(
+        "run", _run, "start the storage and both watchers (render, upload) as supervised child processes"
+    )
     run.add_argument("--once", action="store_true", help="render the inbox, upload the results, then exit")
+
+    command("storage", _storage, "run the embedded storage (SeaweedFS) as a service of its own")
 
     links = command("links", _links, "print download links; --refresh re-signs links near expiry")
     links.add_argument("job", nargs="?")
@@ -155,9 +169,18 @@ def _parser() -> argparse.ArgumentParser:
 # -- handlers ----------------------------------------------------------------------------------------
 
 
+def _hold(config: Config, role: str) -> InstanceLock:
+    """This process's one-of-a-kind lock in the state directory, or AlreadyRunning naming the holder."""
+    from daemon.ops.instance import InstanceLock
+
+    config.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return InstanceLock.acquire(config.state_dir / "locks" / f"{role}.lock", role)
+
+
 def _render(args: argparse.Namespace, config: Config) -> int:
     from daemon.app import RenderDaemon
 
+    _hold(config, "render")
     runtime = _runtime(config, "render")
     daemon = RenderDaemon.build(config, runtime)
     if args.once:
@@ -172,6 +195,7 @@ def _render(args: argparse.Namespace, config: Config) -> int:
 def _upload(args: argparse.Namespace, config: Config) -> int:
     from daemon.app import UploadDaemon
 
+    _hold(config, "upload")
     runtime = _runtime(config, "upload")
     daemon = UploadDaemon.build(config, runtime, credentials_file=_systemd_credential("s3"))
     if args.once:
@@ -183,10 +207,37 @@ def _upload(args: argparse.Namespace, config: Config) -> int:
 
 
 def _run(args: argparse.Namespace, config: Config) -> int:
-    from daemon.supervise import run_both
+    from daemon.ops.instance import is_held
+    from daemon.supervise import Child, Supervisor, run_once
 
+    _hold(config, "run")
     base = [sys.executable, "-m", "daemon", *(["--config", args.config] if args.config else [])]
-    return run_both(base, once=args.once)
+    if args.once:
+        return run_once(base)
+    env = {**os.environ, SUPERVISOR_ENV: str(os.getpid())}
+    children = [Child(name, [*base, name], env) for name in ("render", "upload")]
+    if config.storage.endpoint_url is None:
+        owner = config.state_dir / "embedded-s3" / "owner.lock"
+        children.insert(0, Child("storage", [*base, "storage"], env, ready=lambda: is_held(owner)))
+    stop, reload = threading.Event(), threading.Event()
+    relay = _signals()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        relay.on(signum, stop.set)
+    relay.on(signal.SIGHUP, reload.set)
+    return Supervisor(children, stop, reload).run()
+
+
+def _storage(args: argparse.Namespace, config: Config) -> int:
+    from daemon.distribute.server import StorageDaemon
+
+    if config.storage.endpoint_url is not None:
+        raise _UserError(
+            f"storage.endpoint_url is set ({config.storage.endpoint_url}): lipsyncd uses that storage, "
+            "so there is no embedded storage to run here."
+        )
+    _hold(config, "storage")
+    StorageDaemon.build(config, _runtime(config, "storage")).run_forever()
+    return EXIT_OK
 
 
 def _links(args: argparse.Namespace, config: Config) -> int:
@@ -209,7 +260,7 @@ def _bucket(args: argparse.Namespace, config: Config) -> int:
         abort_multipart_after_days=c.abort_multipart_after_days,
         prefix=f"{config.storage.prefix}/" if config.storage.prefix else "",
     )
-    storage = open_storage(config, credentials_file=_systemd_credential("s3"))
+    storage = open_storage(config, role="bucket", credentials_file=_systemd_credential("s3"))
     try:
         print(
             apply(storage.client, storage.bucket, policy).summary()
@@ -235,7 +286,9 @@ def _runtime(config: Config, command: str) -> ServiceRuntime:
     from daemon.ops.systemd import Notifier, watchdog_interval
 
     stop = threading.Event()
-    _on_signals(stop)
+    relay = _signals()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        relay.on(signum, stop.set)
     from daemon.ops.metrics import Metrics
 
     interval = watchdog_interval(os.environ)
@@ -266,7 +319,7 @@ def _on_reload(args: argparse.Namespace, apply: Callable[[Config], None]) -> Non
                     "config_reload_refused", error=str(exc), keeping="the configuration already running"
                 )
 
-    signal.signal(signal.SIGHUP, lambda signum, frame: wanted.set())
+    _signals().on(signal.SIGHUP, wanted.set)
     threading.Thread(target=reload_loop, name="config-reload", daemon=True).start()
 
 
@@ -392,9 +445,11 @@ def _install(args: argparse.Namespace, config: Config) -> int:
     return EXIT_OK
 
 
-def _on_signals(stop: threading.Event) -> None:
-    def handle(signum: int, _frame: object) -> None:
-        stop.set()
+def _signals() -> SignalRelay:
+    """Signals reach callbacks through one relay thread per process (see daemon/ops/signals.py)."""
+    global _relay
+    if _relay is None:
+        from daemon.ops.signals import SignalRelay
 
-    signal.signal(signal.SIGTERM, handle)
-    signal.signal(signal.SIGINT, handle)
+        _relay = SignalRelay.install()
+    return _relay

@@ -157,6 +157,7 @@ class StorageConfig:
     credentials_file: Path | None = _key(None)
     profile: str | None = _key(None)
     embedded_port: int = _key(0, _non_negative_int)
+    embedded_stop_timeout: float = _key(20.0, parse_duration)
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,13 @@ Used when no storage endpoint is configured. Everything lives under STATE_DIR/em
   ports.json       the loopback ports picked on first start, reused so link hosts stay the same
   data/            volumes and filer metadata       weed.log (+ weed.log.1)  the server's output
   weed.pid         so a restart can end a server left behind by a crashed daemon
+  owner.lock       held (flock) by the one lipsyncd process that runs the server
 Authentication stays on: wrong keys and expired or tampered links get 403.
+
+One server per state directory, one owner: the first process to start() takes owner.lock and runs
+SeaweedFS; every other process (the upload watcher beside `lipsyncd storage`, `lipsyncd bucket`) attaches
+to the running server and never stops or replaces it. The kernel drops the lock when the owner dies, so
+only then is a server left behind treated as stale, and the next start() takes over.
 
 Stopping: SIGTERM, then SIGKILL after stop_timeout_s. `-volume.preStopSeconds=0` removes the volume
 server's 10 s heartbeat grace (meant for multi-node clusters); what is left (~15 s) is SeaweedFS 4.48's
@@ -46,6 +52,7 @@ from daemon.distribute.s3 import (
     is_retryable,
     make_client,
 )
+from daemon.ops.instance import InstanceLock, holder, is_held
 
 log = structlog.get_logger(__name__)
 
@@ -103,11 +110,13 @@ class _Paths:
     ports: Path = field(init=False)
     log: Path = field(init=False)
     pid: Path = field(init=False)
+    owner: Path = field(init=False)
 
     def __post_init__(self) -> None:
         self.data, self.run = self.root / "data", self.root / "run"
         self.identities, self.ports = self.root / "identities.json", self.root / "ports.json"
         self.log, self.pid = self.root / "weed.log", self.root / "weed.pid"
+        self.owner = self.root / "owner.lock"
 
 
 def find_weed(explicit: Path | None = None) -> Path:
@@ -128,10 +137,15 @@ def find_weed(explicit: Path | None = None) -> Path:
 class EmbeddedS3:
     """A SeaweedFS S3 server for this machine. Use as a context manager, or start()/stop()."""
 
-    def __init__(self, state_dir: Path, settings: EmbeddedSettings | None = None) -> None:
+    def __init__(
+        self, state_dir: Path, settings: EmbeddedSettings | None = None, *, role: str = "storage"
+    ) -> None:
         self.settings = settings or EmbeddedSettings()
+        self.role = role  # who we are, for the owner lock's refusal messages
         self._paths = _Paths(Path(state_dir) / "embedded-s3")
         self._proc: subprocess.Popen[bytes] | None = None
+        self._owner_lock: InstanceLock | None = None
+        self.attached = False  # True: another process runs the server and we only use it
         self._ports: Ports | None = None
         self._credentials: Credentials | None = None
 
@@ -166,6 +180,9 @@ class EmbeddedS3:
 
     @property
     def running(self) -> bool:
+        """Ours and alive; or, when attached, its owner still holds the lock (the owner restarts it)."""
+        if self.attached:
+            return is_held(self._paths.owner)
         return self._proc is not None and self._proc.poll() is None
 
     def storage_settings(self, prefix: str = "lipsyncd") -> StorageSettings:
@@ -199,11 +216,17 @@ class EmbeddedS3:
 
     # -- lifecycle --------------------------------------------------------------------------------
     def start(self) -> None:
-        """Start the server on the same data, ports and keys as last time; wait until S3 answers."""
-        if self.running:
+        """Start the server on the same data, ports and keys as last time and wait until S3 answers; or,
+        when another lipsyncd process owns the server, wait until it answers and use it."""
+        if self.running and not self.attached:
             return
-        binary = find_weed(self.settings.binary)
         self._prepare_dirs()
+        self._owner_lock = self._owner_lock or InstanceLock.try_acquire(self._paths.owner, self.role)
+        if self._owner_lock is None:
+            self._attach()
+            return
+        self.attached = False
+        binary = find_weed(self.settings.binary)
         self._credentials = self._load_or_create_credentials()
         self._end_stale_server()
         self._ports = self._resolve_ports()
@@ -222,19 +245,72 @@ class EmbeddedS3:
             seconds=round(time.monotonic() - started, 2),
         )
 
+    def owner_description(self) -> str:
+        who = holder(self._paths.owner)
+        return f"pid {who[0]}, {who[1]}" if who else "another lipsyncd process"
+
+    def _attach(self) -> None:
+        """Use the server another process of ours runs (it may still be starting: wait for it)."""
+        self.attached = True
+        started = time.monotonic()
+        deadline = started + 2 * self.settings.start_timeout_s
+        while (ports := _read_ports(self._paths.ports)) is None or not self._paths.identities.exists():
+            self._check_owner_before(deadline, "it has not written its ports and keys")
+            time.sleep(0.1)
+        self._ports, self._credentials = ports, _read_identities(self._paths.identities)
+        while not self._probe_readable():  # the owner writes it last, once the bucket exists
+            self._check_owner_before(deadline, "it did not answer, or its bucket is not there yet")
+            time.sleep(0.1)
+        who = holder(self._paths.owner)
+        log.info("embedded_s3_attached", endpoint=self.endpoint_url, owner_pid=who[0] if who else None)
+
+    def _probe_readable(self) -> bool:
+        if not self._s3_answers():
+            return False
+        client = self.client()
+        try:
+            _read_probe(client, self.settings.bucket)
+        except Exception:  # any answer but the probe's bytes means "not ready yet"
+            return False
+        finally:
+            client.close()
+        return True
+
+    def _check_owner_before(self, deadline: float, what: str) -> None:
+        if not is_held(self._paths.owner):
+            raise EmbeddedS3Error(
+                f"The embedded storage's owner stopped while this process waited for it ({what}); "
+                "starting it here instead is tried next."
+            )
+        if time.monotonic() > deadline:
+            raise EmbeddedS3Error(
+                f"The embedded storage is run by {self.owner_description()}, and it did not come up within "
+                f"{2 * self.settings.start_timeout_s:g} s: {what}. "
+                f"Its log {self._paths.log} ends with:\n{self.log_tail()}"
+            )
+
     def stop(self, timeout_s: float | None = None) -> None:
-        """SIGTERM, wait up to timeout_s (default: settings.stop_timeout_s), then SIGKILL."""
+        """SIGTERM, wait up to timeout_s (default: settings.stop_timeout_s), then SIGKILL. A server we
+        only attached to is left running: its owner stops it."""
         proc = self._proc
         if proc is None:
+            self._release_ownership()
             return
         began = time.monotonic()
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
             self._wait_or_kill(proc, self.settings.stop_timeout_s if timeout_s is None else timeout_s)
         self._forget_process()
+        self._release_ownership()
         log.info(
             "embedded_s3_stopped", seconds=round(time.monotonic() - began, 2), returncode=proc.returncode
         )
+
+    def _release_ownership(self) -> None:
+        self.attached = False
+        if self._owner_lock is not None:
+            self._owner_lock.release()
+            self._owner_lock = None
 
     def kill(self) -> None:
         """Stop at once (SIGKILL), as a crash or a pulled plug would. start() recovers the same data."""

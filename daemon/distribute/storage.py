@@ -3,6 +3,8 @@ file, or (no endpoint configured) the embedded SeaweedFS on loopback with keys i
 
 from __future__ import annotations
 
+import threading
+import time
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -45,14 +47,21 @@ def storage_settings(config: Config, credentials_file: Path | None) -> StorageSe
     )
 
 
-def open_storage(config: Config, *, credentials_file: Path | None = None) -> Storage:
-    """Start or reach the storage and make sure the bucket exists. `credentials_file` is the systemd
-    credential ($CREDENTIALS_DIRECTORY/s3) when the configuration names none."""
+def embedded_storage(config: Config, role: str) -> EmbeddedS3:
+    s = config.storage
+    settings = EmbeddedSettings(
+        bucket=s.bucket, region=s.region, s3_port=s.embedded_port, stop_timeout_s=s.embedded_stop_timeout
+    )
+    return EmbeddedS3(config.state_dir, settings, role=role)
+
+
+def open_storage(config: Config, *, role: str, credentials_file: Path | None = None) -> Storage:
+    """Reach the storage and make sure the bucket exists: the embedded server is used as it runs, or
+    started here when no process runs it (`role` names us in its owner lock). `credentials_file` is the
+    systemd credential ($CREDENTIALS_DIRECTORY/s3) when the configuration names none."""
     s = config.storage
     if s.endpoint_url is None:
-        embedded = EmbeddedS3(
-            config.state_dir, EmbeddedSettings(bucket=s.bucket, region=s.region, s3_port=s.embedded_port)
-        )
+        embedded = embedded_storage(config, role)
         _start_embedded(embedded)
         return Storage(embedded.client(), s.bucket, s.prefix, embedded)
     client = make_client(storage_settings(config, credentials_file))
@@ -72,6 +81,31 @@ def _start_embedded(embedded: EmbeddedS3, attempts: int = 3) -> None:
             if attempt == attempts:
                 raise
             log.warning("embedded_s3_start_retry", attempt=attempt, error=str(exc))
+
+
+def keep_embedded_up(
+    embedded: EmbeddedS3, stop: threading.Event, every_s: float = 2.0, take_over_after_s: float = 10.0
+) -> None:
+    """Run by whoever needs the embedded server: if ours died, start it again on the same data, ports and
+    keys. If we only use it and its owner is gone, give the owner's supervisor (`lipsyncd run`, systemd)
+    take_over_after_s to start it again before we take it over. Uploads in flight wait and retry."""
+    owner_gone_since: float | None = None
+    while not stop.wait(every_s):
+        if embedded.running:
+            owner_gone_since = None
+            continue
+        if embedded.attached:
+            owner_gone_since = owner_gone_since or time.monotonic()
+            if time.monotonic() - owner_gone_since < take_over_after_s:
+                continue
+        log.warning("embedded_s3_down", attached=embedded.attached, log_tail=embedded.log_tail(5))
+        try:
+            embedded.start()
+        except Exception as exc:  # try again on the next round; uploads keep waiting
+            log.error("embedded_s3_restart_failed", error=str(exc))
+            continue
+        owner_gone_since = None
+        log.info("embedded_s3_restarted", attached=embedded.attached)
 
 
 def abort_stale_uploads(storage: Storage, owned: set[str], older_than_hours: float) -> None:

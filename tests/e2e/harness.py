@@ -85,7 +85,7 @@ class Share:
 class Daemon:
     """`lipsyncd COMMAND` running in the background; its log goes to a file the test can show."""
 
-    def __init__(self, share: Share, *command: str) -> None:
+    def __init__(self, share: Share, *command: str, new_session: bool = False) -> None:
         self.share = share
         self.log_path = share.root.parent / f"{share.root.name}-{command[0]}-{next(_RUNS)}.log"
         self.log = self.log_path.open("ab")
@@ -94,6 +94,7 @@ class Daemon:
             cwd=REPO,
             stdout=self.log,
             stderr=subprocess.STDOUT,
+            start_new_session=new_session,  # its own process group, as a terminal gives a command
         )
 
     def kill9(self) -> None:
