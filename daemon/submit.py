@@ -3,10 +3,14 @@ media that lies outside the shared folder into it (the daemon refuses to read ou
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import os
 import shutil
+import stat
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,7 +42,7 @@ def submit(request: Submission, *, inbox: Path, shared: Path) -> Path:
     for path in (request.audio, *request.videos):
         if not path.is_file():
             raise SubmitError(f"{path}: no such file")
-    media_dir = inbox / "media" / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    media_dir = _MediaDir(inbox / "media", f"{name}-{time.strftime('%Y%m%d-%H%M%S')}-")
     document: dict[str, object] = {
         "name": name,
         "audio": _place(request.audio, media_dir, shared.resolve()),
@@ -50,29 +54,106 @@ def submit(request: Submission, *, inbox: Path, shared: Path) -> Path:
     return _write_manifest(inbox, name, document)
 
 
-def _place(path: Path, media_dir: Path, shared: Path) -> str:
+class _MediaDir:
+    """This submit's own folder under inbox/media, made on first use: two submits of one name in one
+    second must never share a folder, or a same-named file of one replaces the other's."""
+
+    def __init__(self, parent: Path, prefix: str) -> None:
+        self.parent, self.prefix = parent, prefix
+        self._path: Path | None = None
+
+    def path(self) -> Path:
+        if self._path is None:
+            self.parent.mkdir(parents=True, exist_ok=True)
+            made = Path(tempfile.mkdtemp(prefix=self.prefix, dir=self.parent))
+            # mkdtemp makes it 0700; the daemon (another user of the share's group) must read it.
+            # Keep the setgid bit the folder took from a setgid share, so files stay in the group.
+            os.chmod(made, 0o775 | (made.stat().st_mode & stat.S_ISGID))  # noqa: S103
+            self._path = made
+        return self._path
+
+
+def _place(path: Path, media_dir: _MediaDir, shared: Path) -> str:
     """A path the manifest can use: inside the share as it is, else copied into the inbox's media folder."""
     real = path.resolve()
     if real.is_relative_to(shared):
         return str(real)
-    media_dir.mkdir(parents=True, exist_ok=True)
-    target = media_dir / path.name
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=media_dir)
+    folder = media_dir.path()
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
     os.close(fd)
-    shutil.copyfile(real, tmp)
-    os.replace(tmp, target)
-    return str(target)
+    try:
+        shutil.copyfile(real, tmp)
+        os.chmod(tmp, 0o664)  # mkstemp makes it 0600; the daemon must read it, as it reads the manifest
+        # two inputs of one name (a/face.mp4, b/face.mp4) must not replace each other either
+        return str(_publish(Path(tmp), folder, path.stem, path.suffix))
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def _write_manifest(inbox: Path, name: str, document: dict[str, object]) -> Path:
     inbox.mkdir(parents=True, exist_ok=True)
-    target, n = inbox / f"{name}.yaml", 1
-    while target.exists():
-        n += 1
-        target = inbox / f"{name}-{n}.yaml"
     fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".yaml.tmp", dir=inbox)
-    with os.fdopen(fd, "w", encoding="utf-8") as out:
-        yaml.safe_dump(document, out, allow_unicode=True, sort_keys=False)
-    os.chmod(tmp, 0o664)
-    os.rename(tmp, target)  # arrives complete: the inbox takes renamed-in files at once
-    return target
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            yaml.safe_dump(document, out, allow_unicode=True, sort_keys=False)
+        os.chmod(tmp, 0o664)
+        return _publish(Path(tmp), inbox, name, ".yaml")  # the inbox takes a renamed-in file at once
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _publish(tmp: Path, folder: Path, stem: str, suffix: str) -> Path:
+    """Rename `tmp` to STEM.SUFFIX in `folder`, or STEM-2.SUFFIX, ... : the first name nobody holds."""
+    n = 1
+    while True:
+        target = folder / (f"{stem}{suffix}" if n == 1 else f"{stem}-{n}{suffix}")
+        try:
+            rename_noreplace(tmp, target)
+            return target
+        except FileExistsError:
+            n += 1  # another submit (or a user) took this name first: never replace theirs
+
+
+def rename_noreplace(src: Path, dst: Path) -> None:
+    """Move `src` to `dst` in one step, raising FileExistsError rather than replacing an existing `dst`.
+
+    renameat2(RENAME_NOREPLACE) keeps it a rename, which the inbox takes at once as complete; where the
+    filesystem or kernel lacks it, a hard link (which never replaces either) and an unlink of `src`."""
+    try:
+        _renameat2_noreplace(src, dst)
+        return
+    except _NoRenameat2:
+        pass
+    os.link(src, dst)  # FileExistsError when taken; the inbox sees a new file and waits the settle time
+    src.unlink()
+
+
+class _NoRenameat2(Exception):
+    pass
+
+
+_AT_FDCWD, _RENAME_NOREPLACE = -100, 1
+
+
+def _renameat2_noreplace(src: Path, dst: Path) -> None:
+    renameat2 = _libc_renameat2()
+    if renameat2 is None:
+        raise _NoRenameat2
+    if renameat2(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst), _RENAME_NOREPLACE) == 0:
+        return
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP):  # this filesystem or kernel cannot do it
+        raise _NoRenameat2
+    raise OSError(code, os.strerror(code), str(src), None, str(dst))
+
+
+def _libc_renameat2() -> Callable[..., int] | None:
+    try:
+        func = ctypes.CDLL(None, use_errno=True).renameat2  # glibc 2.28+; absent on macOS and old libcs
+    except (OSError, AttributeError):
+        return None
+    func.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    func.restype = ctypes.c_int
+    return func
