@@ -9,6 +9,8 @@ import base64
 import hashlib
 import os
 import stat
+import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -20,6 +22,8 @@ import pytest
 
 from daemon.distribute.embedded import EmbeddedS3, EmbeddedS3Error, EmbeddedSettings
 from daemon.distribute.s3 import Credentials, make_client, presign_get
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def fetch(url: str) -> tuple[int, bytes]:
@@ -152,14 +156,14 @@ def test_keys_ports_and_data_survive_a_clean_restart(tmp_path: Path) -> None:
         assert (first.access_key, first.secret_key, first.endpoint_url) == (*keys, endpoint)
         assert fetch(link.url) == (200, b"still here")
 
-        # the daemon is killed with -9: its server keeps running; the next daemon takes over
-        second = EmbeddedS3(tmp_path, EmbeddedSettings(bucket="restart-test"))
-        try:
-            second.start()
-            assert not first.running
-            assert fetch(link.url) == (200, b"still here")
-        finally:
-            second.kill()
+        # another process's view of it (here: a second object) attaches and never stops or replaces it
+        beside = EmbeddedS3(tmp_path, EmbeddedSettings(bucket="restart-test"), role="bucket")
+        beside.start()
+        assert beside.attached and beside.endpoint_url == endpoint
+        running = _pid(first)
+        beside.stop()
+        assert first.running and _pid(first) == running
+        assert fetch(link.url) == (200, b"still here")
     finally:
         first.kill()
     assert (tmp_path / "embedded-s3" / "weed.log").stat().st_size > 0
@@ -173,3 +177,45 @@ def _leftover_sockets(server: EmbeddedS3) -> list[Path]:
     ports = server.ports
     grpc = (ports.master_grpc, ports.volume_grpc, ports.filer_grpc, ports.s3_grpc)
     return [p for p in Path("/tmp").glob("seaweedfs-*-grpc-*.sock") if int(p.stem.rsplit("-", 1)[1]) in grpc]
+
+
+_OWNER = """
+import sys, time
+from pathlib import Path
+from daemon.distribute.embedded import EmbeddedS3, EmbeddedSettings
+EmbeddedS3(Path(sys.argv[1]), EmbeddedSettings(bucket="restart-test")).start()
+print("up", flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_server_left_by_a_killed_owner_is_replaced(tmp_path: Path) -> None:
+    """The owner is killed with -9: its SeaweedFS keeps running, but the kernel dropped the owner lock,
+    so the next start ends that server and starts a fresh one on the same ports, keys and data."""
+    owner = subprocess.Popen(
+        [sys.executable, "-c", _OWNER, str(tmp_path)], stdout=subprocess.PIPE, text=True, cwd=REPO
+    )
+    try:
+        assert owner.stdout is not None
+        assert "up" in iter(lambda: owner.stdout.readline().strip(), "")  # its log lines come first
+        orphan = int((tmp_path / "embedded-s3" / "weed.pid").read_text())
+    finally:
+        owner.kill()
+        owner.wait()
+    second = EmbeddedS3(tmp_path, EmbeddedSettings(bucket="restart-test"))
+    try:
+        second.start()
+        assert not second.attached and _pid(second) != orphan
+        assert not Path(f"/proc/{orphan}").exists() or _zombie(orphan)
+        client = second.client()
+        put(client, "restart-test", "after.mp4", b"fresh")
+        assert fetch(presign_get(client, "restart-test", "after.mp4", 60).url) == (200, b"fresh")
+    finally:
+        second.kill()
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[0] == "Z"
+    except OSError:
+        return True
