@@ -81,8 +81,9 @@ class RenderDaemon:
         store = JobStore(config.state_dir)
         inbox = Inbox(config.inbox_dir, settle_time=config.inbox.settle_time)
         models = model_pools(config)
-        scratch = config.state_dir / "scratch"
-        paths = RenderPaths(config.outputs_dir, scratch, locks_dir(config), config.models_dir, config.shared)
+        paths = RenderPaths(
+            config.outputs_dir, config.scratch_dir, locks_dir(config), config.models_dir, config.shared
+        )
         service = RenderService(
             store,
             inbox,

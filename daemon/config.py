@@ -103,6 +103,7 @@ class PathsConfig:
     inbox: Path = _key(Path("inbox"))
     outputs: Path = _key(Path("outputs/latest_batch"))
     state: Path = _key(Path("state"))  # job store, embedded storage data, credentials it generates
+    scratch: Path | None = _key(None)  # None: .lipsyncd-scratch beside the outputs folder, on its disk
     models: Path = _key(Path("models"))
 
 
@@ -238,6 +239,15 @@ class Config:
     @property
     def state_dir(self) -> Path:
         return self.paths.state.resolve()
+
+    @property
+    def scratch_dir(self) -> Path:
+        """Frames a render spills to disk. Beside the outputs (the disk sized for video), not in the state
+        directory (a small private disk); hidden and outside the outputs folder, so no watcher or user
+        listing mistakes it for a job."""
+        if self.paths.scratch is not None:
+            return self.paths.scratch.resolve()
+        return self.outputs_dir.parent / ".lipsyncd-scratch"
 
     @property
     def models_dir(self) -> Path:

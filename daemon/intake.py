@@ -14,7 +14,7 @@ from watchdog.observers.api import BaseObserver
 from daemon.inbox import Inbox, watch
 from daemon.links import write_links
 from daemon.manifest import ManifestError, error_report, job_failure_report, load_manifest
-from daemon.store import JobState, JobStore
+from daemon.store import JobState, JobStore, StateDiskFull
 
 log = structlog.get_logger(__name__)
 
@@ -165,6 +165,8 @@ class IntakeThread(threading.Thread):
     def _sweep(self, rescan: bool) -> None:
         try:
             self.intake.sweep(rescan=rescan)
+        except StateDiskFull as exc:  # one plain line; the claimed manifest is taken on a later rescan
+            log.warning("intake_waits_for_space", reason=str(exc))
         except Exception:  # one bad file must not stop the intake; the next sweep tries again
             log.exception("intake_error")
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sqlite3
 import threading
 import time
@@ -26,6 +27,19 @@ DB_NAME = "lipsyncd.db"
 
 class StoreError(Exception):
     """The state database cannot be used (locked, read-only, corrupt): an operator problem."""
+
+
+class StateDiskFull(StoreError, sqlite3.OperationalError):
+    """The disk holding the state directory is full (or over quota): nothing was recorded. Passing, not
+    fatal: the caller keeps what it has and tries again once space is back. Still an OperationalError for
+    code that catches SQLite's own."""
+
+    def __init__(self, state_dir: Path, cause: BaseException) -> None:
+        super().__init__(
+            f"the disk holding the state directory {state_dir} is full ({_free(state_dir)} free; SQLite: "
+            f"{cause}), so the job store cannot record progress. Free some space on that disk or move "
+            "paths.state to a bigger one; lipsyncd carries on by itself once there is room."
+        )
 
 
 class VideoState(StrEnum):
@@ -170,13 +184,19 @@ class JobStore:
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
             try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self._db
+                    self._db.execute("COMMIT")
+                except BaseException:
+                    if self._db.in_transaction:  # SQLite rolls back by itself on some errors (disk full)
+                        self._db.execute("ROLLBACK")
+                    raise
+            except sqlite3.OperationalError as exc:
+                if _disk_full(exc):
+                    raise StateDiskFull(self.path.parent, exc) from exc
                 raise
-            self._db.execute("COMMIT")
 
     # -- jobs ----------------------------------------------------------------------------------------
 
@@ -253,6 +273,27 @@ class JobStore:
                 "UPDATE jobs SET state = ?, error = ?, updated = ? WHERE id = ?",
                 (state.value, error, time.time(), job_id),
             )
+
+    def reopen_pending_jobs(self) -> list[str]:
+        """A job is only finished when its videos are: one marked rendered or done while a video still
+        waits to render (a write lost to a full state disk, or an older version) goes back to rendering,
+        so the render watcher picks it up again. A repair of a broken invariant, not a transition: it is
+        not in _JOB_MOVES, so no normal step can undo a finished job. Returns the ids reopened."""
+        pending = (VideoState.QUEUED.value, VideoState.RENDERING.value)
+        finished = (JobState.RENDERED.value, JobState.DONE.value)
+        with self._tx() as db:
+            rows = db.execute(
+                "SELECT DISTINCT j.id FROM jobs j JOIN videos v ON v.job_id = j.id"
+                " WHERE j.state IN (?,?) AND v.state IN (?,?) ORDER BY j.id",
+                (*finished, *pending),
+            ).fetchall()
+            ids = [row[0] for row in rows]
+            for job_id in ids:
+                db.execute(
+                    "UPDATE jobs SET state = ?, updated = ? WHERE id = ?",
+                    (JobState.RENDERING.value, time.time(), job_id),
+                )
+        return ids
 
     def mark_notified(self, job_id: str) -> bool:
         """True for the one caller that flips the flag (notifications go out once)."""
@@ -360,13 +401,29 @@ def _prepare(db: sqlite3.Connection, timeout: float) -> None:
 
 
 def _private_dir(state_dir: Path) -> None:
-    """Create the state directory 0700 (keys and the job store: the daemon's user only). Both watchers
-    start at once under `lipsyncd run`, so the other one may create it first: that is not an error."""
-    try:
+    """The state directory 0700 (keys and the job store: the daemon's user only), whether we create it or
+    it is already there (a mount point, such as a tmpfs, comes 1777). Both watchers start at once under
+    `lipsyncd run`, so the other one may create it first: that is not an error. Someone else's directory
+    (an operator running `lipsyncd status` as another user) is left as it is."""
+    with suppress(FileExistsError):
         state_dir.mkdir(parents=True)
-    except FileExistsError:
-        return
-    state_dir.chmod(0o700)
+    if state_dir.stat().st_mode & 0o7777 != 0o700:
+        with suppress(OSError):  # not ours, or read-only: opening the store says what is wrong
+            state_dir.chmod(0o700)
+
+
+def _disk_full(exc: sqlite3.Error) -> bool:
+    """SQLITE_FULL: "database or disk is full" (SQLite's word for ENOSPC, and for EDQUOT on most systems)."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    return (code is not None and code & 0xFF == sqlite3.SQLITE_FULL) or "disk is full" in str(exc)
+
+
+def _free(folder: Path) -> str:
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return "unknown"
+    return f"{free / 2**20:.1f} MiB" if free < 2**30 else f"{free / 2**30:.1f} GiB"
 
 
 def _private_files(db: Path) -> None:

@@ -10,6 +10,7 @@ Conventions:
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import math
 import os
@@ -40,6 +41,11 @@ _SWS = Interpolation.BILINEAR | Interpolation.ACCURATE_RND
 
 class MediaError(Exception):
     """A media file we cannot use; the message is for the user and names the file."""
+
+
+class OutputRemoved(OSError):
+    """The half-written output vanished while it was being encoded: someone deleted the job's output
+    folder (or the temp file in it). Nothing is wrong with the media; the render can simply run again."""
 
 
 # ---------------------------------------------------------------- opening
@@ -501,9 +507,14 @@ class VideoEncoder:
             if self._audio:
                 self._audio.finish(self.frames / self.rate)
             self._out.close()
-        except BaseException:
+        except BaseException as exc:
+            gone = not os.path.lexists(self._tmp)  # FFmpeg reopens the file to move the index to the front
             self._abort()
+            if gone and isinstance(exc, Exception):
+                raise self._removed() from exc
             raise
+        if not os.path.lexists(self._tmp):
+            raise self._removed()
         if self._tmp.lstat().st_ino != self._tmp_inode:  # replaced behind our back (a planted symlink)
             self._tmp.unlink(missing_ok=True)
             raise MediaError(f"{self._tmp} was replaced while it was being written; the output was dropped")
@@ -512,6 +523,11 @@ class VideoEncoder:
         size = self.out_path.stat().st_size
         log.info("video_encoded", path=str(self.out_path), frames=self.frames, seconds=seconds, bytes=size)
         return self.out_path
+
+    def _removed(self) -> OutputRemoved:
+        return OutputRemoved(
+            errno.ENOENT, f"{self._tmp.name} was removed from {self._tmp.parent} while it was written"
+        )
 
     def _abort(self) -> None:
         """Drop everything written so far: no half file is ever left behind."""

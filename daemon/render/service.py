@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import contextvars
 import errno
+import os
 import queue
+import shutil
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -26,7 +28,7 @@ from daemon.manifest import job_failure_report
 from daemon.ops.metrics import Metrics
 from daemon.render.detectors import detector_factories
 from daemon.render.faces import builtin_detectors, detector_by_name
-from daemon.render.media import MediaError
+from daemon.render.media import MediaError, OutputRemoved
 from daemon.render.pipeline import (
     Interrupted,
     JobAudio,
@@ -37,9 +39,14 @@ from daemon.render.pipeline import (
 )
 from daemon.render.registry import ModelPool
 from daemon.render.types import FaceDetector
-from daemon.store import Job, JobState, JobStore, Video, VideoState
+from daemon.store import Job, JobState, JobStore, StateDiskFull, Video, VideoState
 
 log = structlog.get_logger(__name__)
+
+_PENDING = (VideoState.QUEUED, VideoState.RENDERING)
+_RENDERED = (VideoState.RENDERED, VideoState.UPLOADING, VideoState.READY)
+_REMOVED_RETRIES = 3  # renders again after the output folder was deleted mid-render, then fail
+_FULL_WAIT_MAX = 30.0  # seconds between tries while the state disk is full
 
 
 @dataclass(frozen=True)
@@ -93,6 +100,7 @@ class RenderService:
         self.progress = Progress()
         self.wake = threading.Event()
         self._detectors: dict[int, FaceDetector] = {}
+        self._full_wait = 0.0  # the current wait while the state disk is full; 0 when it is not
 
     def detector(self, pool: ModelPool) -> FaceDetector:
         """One detector per worker: OpenCV and ONNX detectors are not shared between threads."""
@@ -106,6 +114,8 @@ class RenderService:
         for video in self.store.videos_in(VideoState.RENDERING):
             self.store.update_video(video.job_id, video.output, VideoState.QUEUED, progress=0.0)
             log.info("render_requeued", job=video.job_id, video=video.output)
+        for job_id in self.store.reopen_pending_jobs():
+            log.warning("job_reopened", job=job_id, reason="a video of this finished job was never rendered")
         active = self.store.jobs(JobState.RENDERING, JobState.QUEUED)
         for job in active:
             _remove_partials(self.paths.outputs_dir / job.id)
@@ -124,6 +134,10 @@ class RenderService:
         while not self.stop.is_set() and (job := self.next_job()) is not None:
             try:
                 self.render_job(job)
+                self._space_back()
+            except StateDiskFull as exc:  # nothing failed: the job is taken up again as the store has it
+                self._wait_for_space(exc)
+                continue
             except Exception as exc:  # the one place a job's unexpected failure stops: the daemon goes on
                 log.exception("job_crashed", job=job.id)
                 self._crashed(job, exc)
@@ -160,8 +174,9 @@ class RenderService:
                     f"{limit} (render.max_video_seconds). Split the voice-over into shorter jobs.",
                 )
                 return
-            queued = [v for v in self.store.videos(job.id) if v.state == VideoState.QUEUED]
-            self._render_all(job, queued, audio)
+            # `rendering` too: a video whose end a full state disk kept from being recorded renders again
+            todo = [v for v in self.store.videos(job.id) if v.state in _PENDING]
+            self._render_all(job, todo, audio)
             self._finish_job(job, time.monotonic() - started)
 
     def _render_all(self, job: Job, videos: list[Video], audio: JobAudio) -> None:
@@ -188,16 +203,20 @@ class RenderService:
 
     def _finish_job(self, job: Job, seconds: float) -> None:
         videos = self.store.videos(job.id)
-        rendered = [v for v in videos if v.state != VideoState.FAILED]
+        if pending := [v.output for v in videos if v.state in _PENDING]:
+            log.warning("job_unfinished", pending=pending)  # not finished with a video left behind
+            return
+        rendered = [v for v in videos if v.state in _RENDERED]
         if not rendered:
             reasons = "\n".join(f"  - {v.source_written}: {v.error}" for v in videos)
             self._fail_job(job, f"no video of this job could be rendered:\n{reasons}")
             return
-        self.store.set_job(job.id, JobState.RENDERED)
+        self._record(lambda: self.store.set_job(job.id, JobState.RENDERED))
         if not job.distribute:
-            self.store.set_job(job.id, JobState.DONE)
+            self._record(lambda: self.store.set_job(job.id, JobState.DONE))
         self._links(job.id)
-        self.inbox.file_done(Path(job.claimed_path), job.manifest)
+        if Path(job.claimed_path).exists():  # a reopened job's manifest was filed the first time
+            self.inbox.file_done(Path(job.claimed_path), job.manifest)
         self.metrics.job("rendered")
         failed = len(videos) - len(rendered)
         log.info("job_rendered", videos=len(videos), failed=failed, seconds=round(seconds, 1))
@@ -205,6 +224,8 @@ class RenderService:
     def _crashed(self, job: Job, exc: Exception) -> None:
         try:
             self._fail_job(job, f"an internal error stopped this job ({type(exc).__name__}: {exc})")
+        except StateDiskFull as full:
+            self._wait_for_space(full)
         except Exception:  # the store or disk itself is failing: the job is retried after a restart
             log.exception("job_fail_unrecorded", job=job.id)
             self.stop.wait(5.0)
@@ -228,7 +249,9 @@ class RenderService:
             self.progress = Progress(job.id, video.output, 0.0)
             self._links(job.id)
             try:
-                result = self._render(job, video, audio, model_name, pool)
+                result = self._render_again_if_removed(job, video, audio, model_name, pool)
+            except StateDiskFull:
+                raise
             except Interrupted:
                 self.store.update_video(job.id, video.output, VideoState.QUEUED, progress=0.0)
                 self._links(job.id)
@@ -241,7 +264,7 @@ class RenderService:
                 self._fail_video(job, video, str(exc.strerror))
                 return
             except OSError as exc:
-                self._fail_video(job, video, _disk_problem(exc, self.paths.outputs_dir))
+                self._fail_video(job, video, _disk_problem(exc, self._disks()))
                 return
             except Exception as exc:
                 log.exception("render_crashed")
@@ -250,17 +273,20 @@ class RenderService:
                 )
                 return
             out = result.output
-            self.store.update_video(
-                job.id,
-                video.output,
-                VideoState.RENDERED,
-                progress=1.0,
-                frames=result.frames,
-                faceless_frames=result.faceless_frames,
-                size=out.stat().st_size,
-                sha256=file_sha256(out),
-                model=model_name,
-                rendered_at=time.time(),
+            size, sha256 = out.stat().st_size, file_sha256(out)
+            self._record(  # the render is done: wait for room on the state disk rather than lose it
+                lambda: self.store.update_video(
+                    job.id,
+                    video.output,
+                    VideoState.RENDERED,
+                    progress=1.0,
+                    frames=result.frames,
+                    faceless_frames=result.faceless_frames,
+                    size=size,
+                    sha256=sha256,
+                    model=model_name,
+                    rendered_at=time.time(),
+                )
             )
             self._links(job.id)
             self.metrics.frames(result.frames)
@@ -280,13 +306,20 @@ class RenderService:
         self._still_inside(video.source_written, Path(video.source))
         out_path = job_dir(self.paths.outputs_dir, job.id) / video.output
         last = [0.0]
+        unrecorded = [False]
 
         def on_progress(fraction: float) -> None:
             self.progress.fraction = fraction
             self.beat()
             if fraction - last[0] >= 0.02:
                 last[0] = fraction
-                self.store.update_video(job.id, video.output, progress=fraction)
+                try:
+                    self.store.update_video(job.id, video.output, progress=fraction)
+                except StateDiskFull as exc:  # progress is only shown: render on, say so once
+                    if not unrecorded[0]:
+                        log.warning("progress_not_recorded", reason=str(exc))
+                    unrecorded[0] = True
+                    return
                 self._links(job.id)
 
         return VideoRender(
@@ -302,6 +335,68 @@ class RenderService:
             beat=self.beat,
         ).run()
 
+    def _render_again_if_removed(
+        self, job: Job, video: Video, audio: JobAudio, model_name: str, pool: ModelPool
+    ) -> RenderResult:
+        """Someone deleted the job's output folder mid-render (`rm -rf outputs/latest_batch/JOB`): the media
+        are fine, so the video renders again into a re-made folder, a few times at most."""
+        folder = self.paths.outputs_dir / job.id
+        for attempt in range(1, _REMOVED_RETRIES + 2):
+            try:
+                return self._render(job, video, audio, model_name, pool)
+            except OutputRemoved:
+                removed = f"the job's output folder {folder} was removed while {video.output} was rendering"
+                media = ((video.source_written, video.source), (job.audio_written, job.audio))
+                gone = [written for written, path in media if not Path(path).is_file()]
+                if gone:
+                    raise MediaError(
+                        f"{removed}, and {' and '.join(gone)} {'is' if len(gone) == 1 else 'are'} gone too; "
+                        "put it back and submit the job again"
+                    ) from None
+                if attempt > _REMOVED_RETRIES:
+                    raise MediaError(
+                        f"{removed}, {attempt} times; leave the folder alone while the job runs, then submit "
+                        "the job again"
+                    ) from None
+                log.warning(
+                    "output_folder_removed", folder=str(folder), attempt=attempt, action="renders again"
+                )
+                self.store.update_video(job.id, video.output, progress=0.0)
+        raise AssertionError("unreachable")
+
+    def _disks(self) -> dict[str, Path]:
+        return {
+            "outputs": self.paths.outputs_dir,
+            "render scratch": self.paths.scratch_dir,
+            "state directory": self.store.path.parent,
+        }
+
+    def _record(self, write: Callable[[], None]) -> None:
+        """A store write that must not be lost: while the state disk is full, wait for room and write
+        again. On a stop it is left unwritten (Interrupted): the video renders again after the restart."""
+        while True:
+            try:
+                write()
+            except StateDiskFull as exc:
+                if self.stop.is_set():
+                    raise Interrupted from exc
+                self._wait_for_space(exc)
+                continue
+            self._space_back()
+            return
+
+    def _wait_for_space(self, exc: StateDiskFull) -> None:
+        """One plain line per try and a growing wait (2 s, 4 s, ... 30 s), not a traceback every 5 s."""
+        self._full_wait = min(max(2 * self._full_wait, 2.0), _FULL_WAIT_MAX)
+        log.warning("state_disk_full", reason=str(exc), retry_in_s=self._full_wait)
+        self.beat()
+        self.stop.wait(self._full_wait)
+
+    def _space_back(self) -> None:
+        if self._full_wait:
+            log.info("state_disk_writable", action="carrying on where it stopped")
+            self._full_wait = 0.0
+
     def _still_inside(self, written: str, path: Path) -> None:
         """The manifest was checked when it was claimed; a file swapped for a symlink since then must not
         make us read outside the share."""
@@ -313,7 +408,7 @@ class RenderService:
             )
 
     def _fail_video(self, job: Job, video: Video, reason: str) -> None:
-        self.store.update_video(job.id, video.output, VideoState.FAILED, error=reason)
+        self._record(lambda: self.store.update_video(job.id, video.output, VideoState.FAILED, error=reason))
         self._links(job.id)
         self.metrics.failure("render")
         log.warning("video_failed", reason=reason)
@@ -335,9 +430,37 @@ def _remove_partials(folder: Path) -> None:
                 path.unlink(missing_ok=True)
 
 
-def _disk_problem(exc: OSError, outputs: Path) -> str:
-    if exc.errno == errno.ENOSPC:
-        return f"the disk holding the outputs ({outputs}) is full; free some space, then submit the job again"
+def _disk_problem(exc: OSError, disks: dict[str, Path]) -> str:
+    """Plain words for a failed write, naming the disk (outputs, render scratch or state) that failed."""
+    outputs = disks["outputs"]
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        what, folder = _full_disk(exc, disks)
+        full = "is full" if exc.errno == errno.ENOSPC else "is full for this user (disk quota)"
+        return (
+            f"the disk holding the {what} ({folder}) {full}: {_free(folder) / 2**20:.1f} MiB free; "
+            "free some space there, then submit the job again"
+        )
     if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         return f"lipsyncd may not write into {outputs}; check the folder's owner and permissions"
     return f"the output could not be written ({exc.strerror}); check the disk holding {outputs}"
+
+
+def _full_disk(exc: OSError, disks: dict[str, Path]) -> tuple[str, Path]:
+    """The disk the failed write was on: the one holding the file named in the error, else the one with
+    the least room (FFmpeg and spill-file errors often name no file)."""
+    if exc.filename:
+        named = Path(os.fsdecode(exc.filename))
+        for what, folder in disks.items():
+            if named.is_relative_to(folder):
+                return what, folder
+    return min(disks.items(), key=lambda item: _free(item[1]))
+
+
+def _free(folder: Path) -> int:
+    """Free bytes on the disk holding `folder` (or its nearest existing parent)."""
+    for path in (folder, *folder.parents):
+        try:
+            return shutil.disk_usage(path).free
+        except OSError:
+            continue
+    return 0

@@ -68,6 +68,7 @@ def test_installed_config_points_at_the_service_folders(tmp_path: Path) -> None:
         "inbox": "/srv/lipsyncd/inbox",
         "outputs": "/srv/lipsyncd/outputs/latest_batch",
         "state": "/var/lib/lipsyncd",
+        "scratch": None,  # the default: /srv/lipsyncd/outputs/.lipsyncd-scratch, inside ReadWritePaths
         "models": "/var/lib/lipsyncd/models",
     }
     example = yaml.safe_load((REPO / "config/lipsyncd.example.yaml").read_text())
