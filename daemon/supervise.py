@@ -19,8 +19,11 @@ def run_both(base: Sequence[str], *, once: bool) -> int:
                 return code
         return 0
     children = {name: subprocess.Popen([*base, name]) for name in WATCHERS}
+    stopping: list[int] = []
 
     def forward(signum: int, _frame: object) -> None:
+        if signum != signal.SIGHUP:  # SIGHUP only reloads the configuration
+            stopping.append(signum)
         for child in children.values():
             if child.poll() is None:
                 child.send_signal(signum)
@@ -29,6 +32,7 @@ def run_both(base: Sequence[str], *, once: bool) -> int:
         signal.signal(signum, forward)
     while all(child.poll() is None for child in children.values()):
         time.sleep(0.5)
-    forward(signal.SIGTERM, None)
+    if not stopping:  # one child died on its own: stop the other. Never a second SIGTERM to a child
+        forward(signal.SIGTERM, None)  # already stopping: one that came while Python shut down would kill it
     codes = [child.wait() for child in children.values()]
     return next((code for code in codes if code != 0), 0)
