@@ -197,7 +197,8 @@ class RenderService:
         if not job.distribute:
             self.store.set_job(job.id, JobState.DONE)
         self._links(job.id)
-        self.inbox.file_done(Path(job.claimed_path), job.manifest)
+        if not job.rerenders:  # a job rendered again was filed the first time; its claimed name may be reused
+            self.inbox.file_done(Path(job.claimed_path), job.manifest)
         self.metrics.job("rendered")
         failed = len(videos) - len(rendered)
         log.info("job_rendered", videos=len(videos), failed=failed, seconds=round(seconds, 1))
@@ -215,7 +216,9 @@ class RenderService:
                 self.store.update_video(job.id, video.output, VideoState.FAILED, error="the job failed")
         self.store.set_job(job.id, JobState.FAILED, error=reason)
         self._links(job.id)
-        self.inbox.file_failed(Path(job.claimed_path), job.manifest, job_failure_report(job.manifest, reason))
+        if not job.rerenders:  # see _finish_job
+            report = job_failure_report(job.manifest, reason)
+            self.inbox.file_failed(Path(job.claimed_path), job.manifest, report)
         self.metrics.job("failed")
         log.warning("job_failed", reason=reason)
 
