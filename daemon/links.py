@@ -12,6 +12,7 @@ import fcntl
 import json
 import os
 import tempfile
+import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -124,6 +125,79 @@ def _refresh_view(store: JobStore, folder: Path, locks_dir: Path, job_id: str) -
             return before != _current(_write_view(store, job_id, folder))
     except BlockingIOError:
         return False  # another process is writing this view right now: it is being refreshed anyway
+
+
+class ViewChecker:
+    """The periodic check of every job's links.json against the store, so a view edited or truncated by
+    hand, or left stale by a write that failed (disk full), is put right without waiting for the job's
+    next change. Cheap when nothing changed: one query for all jobs and one stat per view; a view is read
+    again only when its file or its job changed since it was last found right."""
+
+    GRACE = 2.0  # seconds a valid but older view is left to the writer that just committed a change
+
+    def __init__(self, store: JobStore, outputs_dir: Path, locks_dir: Path) -> None:
+        self.store, self.outputs_dir, self.locks_dir = store, outputs_dir, locks_dir
+        self._verified: dict[str, tuple[float, tuple[int, int, int] | None]] = {}
+
+    def check(self) -> list[tuple[str, str]]:
+        """Rewrite the views that are not the store's; returns (job id, what was wrong) per rewrite."""
+        repaired = []
+        for job_id, changed in self.store.view_stamps().items():
+            path = self.outputs_dir / job_id / LINKS_NAME
+            seen = (changed, _signature(path))
+            if self._verified.get(job_id) == seen:
+                continue
+            fresh = time.time() - changed < self.GRACE
+            try:
+                was = self._repair(job_id, path, fresh)
+            except (OSError, KeyError):
+                continue  # tried again on the next pass
+            if was == "busy":
+                continue
+            if was:
+                repaired.append((job_id, was))
+            self._verified[job_id] = (changed, _signature(path))
+        return repaired
+
+    def _repair(self, job_id: str, path: Path, fresh: bool) -> str | None:
+        """None if the view is right (or its folder is gone: an operator removed it), "busy" if it could
+        not be looked at now, else what was wrong with it, after rewriting it."""
+        folder = path.parent
+        if not folder.is_dir() or folder.is_symlink():
+            return None
+        try:
+            with job_lock(self.locks_dir, job_id, wait=False):
+                return self._compare_and_write(job_id, path, fresh)
+        except BlockingIOError:
+            return "busy"  # another process is writing this view right now
+
+    def _compare_and_write(self, job_id: str, path: Path, fresh: bool) -> str | None:
+        job = self.store.job(job_id)
+        if job is None:
+            return None
+        document = job_view(job, self.store.videos(job_id))
+        try:
+            current = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            was = "missing"
+        except (OSError, ValueError):
+            was = "not valid JSON"
+        else:
+            if current == document:
+                return None
+            if fresh:
+                return "busy"  # its writer committed just now and is about to write it
+            was = "different from the job store"
+        write_json_atomic(path, document)
+        return was
+
+
+def _signature(path: Path) -> tuple[int, int, int] | None:
+    try:
+        info = path.stat()
+    except OSError:
+        return None
+    return (info.st_ino, info.st_mtime_ns, info.st_size)
 
 
 def write_json_atomic(path: Path, document: dict[str, Any]) -> Path:

@@ -62,7 +62,7 @@ class JobState(StrEnum):
 _VIDEO_MOVES: dict[VideoState, set[VideoState]] = {
     VideoState.QUEUED: {VideoState.RENDERING, VideoState.FAILED},
     VideoState.RENDERING: {VideoState.QUEUED, VideoState.RENDERED, VideoState.FAILED},
-    VideoState.RENDERED: {VideoState.UPLOADING, VideoState.FAILED},
+    VideoState.RENDERED: {VideoState.UPLOADING, VideoState.QUEUED, VideoState.FAILED},  # QUEUED: file gone
     VideoState.UPLOADING: {VideoState.RENDERED, VideoState.READY, VideoState.FAILED},
     VideoState.READY: set(),
     VideoState.FAILED: set(),
@@ -70,7 +70,7 @@ _VIDEO_MOVES: dict[VideoState, set[VideoState]] = {
 _JOB_MOVES: dict[JobState, set[JobState]] = {
     JobState.QUEUED: {JobState.RENDERING, JobState.FAILED},
     JobState.RENDERING: {JobState.QUEUED, JobState.RENDERED, JobState.FAILED},
-    JobState.RENDERED: {JobState.DONE, JobState.FAILED},
+    JobState.RENDERED: {JobState.QUEUED, JobState.DONE, JobState.FAILED},  # QUEUED: render again
     JobState.DONE: set(),
     JobState.FAILED: set(),
 }
@@ -104,6 +104,7 @@ class Job:
     created: float
     updated: float
     notified: bool
+    rerenders: int = 0  # times rendered videos of it were sent back to the queue (their files vanished)
 
 
 @dataclass(frozen=True)
@@ -135,7 +136,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     id TEXT PRIMARY KEY, manifest TEXT NOT NULL, claimed_path TEXT NOT NULL, base_dir TEXT NOT NULL,
     audio TEXT NOT NULL, audio_written TEXT NOT NULL, distribute INTEGER NOT NULL, link_ttl REAL,
     notify TEXT NOT NULL, model TEXT, state TEXT NOT NULL, error TEXT,
-    created REAL NOT NULL, updated REAL NOT NULL, notified INTEGER NOT NULL DEFAULT 0
+    created REAL NOT NULL, updated REAL NOT NULL, notified INTEGER NOT NULL DEFAULT 0,
+    rerenders INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS videos (
     job_id TEXT NOT NULL REFERENCES jobs(id), output TEXT NOT NULL, position INTEGER NOT NULL,
@@ -206,7 +208,7 @@ class JobStore:
         with self._tx() as db:
             job_id = self._free_id(db, manifest.name)
             db.execute(
-                "INSERT INTO jobs VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,0)",
+                "INSERT INTO jobs VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,0,0)",
                 (
                     job_id,
                     manifest.source.name,
@@ -343,6 +345,41 @@ class JobStore:
                 (*values.values(), job_id, output),
             )
 
+    def render_again(self, job_id: str, output: str, reason: str) -> bool:
+        """Send a rendered video whose file vanished back to the queue, and its job with it (one
+        transaction), so the render watcher renders it again. False, changing nothing, while the job's
+        other videos are still rendering: the render watcher would not see a video queued in the middle
+        of its pass, so this waits until that pass is over."""
+        with self._tx() as db:
+            job = JobState(db.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()[0])
+            if job == JobState.RENDERING:
+                return False
+            row = db.execute("SELECT state FROM videos WHERE job_id = ? AND output = ?", (job_id, output))
+            check_move(VideoState(row.fetchone()[0]), VideoState.QUEUED)
+            check_move(job, JobState.QUEUED)
+            now = time.time()
+            db.execute(
+                "UPDATE videos SET state = ?, progress = 0, error = ?, updated = ?"
+                " WHERE job_id = ? AND output = ?",
+                (VideoState.QUEUED.value, reason, now, job_id, output),
+            )
+            if job != JobState.QUEUED:
+                db.execute(
+                    "UPDATE jobs SET state = ?, rerenders = rerenders + 1, updated = ? WHERE id = ?",
+                    (JobState.QUEUED.value, now, job_id),
+                )
+        return True
+
+    def view_stamps(self) -> dict[str, float]:
+        """Each job's last change (its row or any of its videos'): the periodic links.json check only
+        looks again at views whose job changed or whose file did."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT j.id, MAX(j.updated, COALESCE((SELECT MAX(v.updated) FROM videos v"
+                " WHERE v.job_id = j.id), 0)) FROM jobs j"
+            ).fetchall()
+        return {row[0]: row[1] for row in rows}
+
     # -- multipart upload journal (the uploader's UploadJournal protocol) ------------------------------
 
     def load(self, key: str) -> UploadState | None:
@@ -393,11 +430,24 @@ def _prepare(db: sqlite3.Connection, timeout: float) -> None:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
             db.executescript(_SCHEMA)
+            _add_missing_columns(db)
             return
         except sqlite3.OperationalError as exc:
             if "locked" not in str(exc) or time.monotonic() >= deadline:
                 raise
             time.sleep(0.05)
+
+
+def _add_missing_columns(db: sqlite3.Connection) -> None:
+    """A store made by an older version lacks columns added since: add them (the other watcher may be
+    adding the same one at this moment; that is no error)."""
+    columns = {row[1] for row in db.execute("PRAGMA table_info(jobs)")}
+    if "rerenders" not in columns:
+        try:
+            db.execute("ALTER TABLE jobs ADD COLUMN rerenders INTEGER NOT NULL DEFAULT 0")
+        except sqlite3.OperationalError as exc:
+            if "duplicate column" not in str(exc):
+                raise
 
 
 def _private_dir(state_dir: Path) -> None:

@@ -27,13 +27,15 @@ from daemon.distribute.s3 import Link, object_key, presign_get
 from daemon.distribute.uploader import UploadCancelled, UploadError, UploadSettings, upload_file
 from daemon.files import file_sha256
 from daemon.inbox import start_observer
-from daemon.links import refresh_views, write_links
+from daemon.links import ViewChecker, refresh_views, write_links
 from daemon.ops.metrics import Metrics
 from daemon.store import Job, JobState, JobStore, Video, VideoState
 
 log = structlog.get_logger(__name__)
 
 RETRY_FAILED_AFTER = 60.0  # seconds before a video whose upload failed for a non-network reason is retried
+MAX_RERENDERS = 3  # a job whose rendered files keep vanishing is rendered again at most this often
+VIEWS_CHECKED_EVERY = 3.0  # seconds between looks at every job's links.json (see ViewChecker)
 
 
 @dataclass(frozen=True)
@@ -75,6 +77,9 @@ class UploadWatcher:
         self.wake = threading.Event()
         self._in_flight: dict[tuple[str, str], Future[None]] = {}
         self._retry_at: dict[tuple[str, str], float] = {}
+        self._evicting = threading.Lock()  # the loop and an upload thread may both evict the same video
+        self._views = ViewChecker(store, outputs_dir, locks_dir)
+        self._views_due = 0.0
         self._pool = ThreadPoolExecutor(settings.max_concurrent, thread_name_prefix="upload")
 
     # -- the loop ------------------------------------------------------------------------------------
@@ -119,6 +124,7 @@ class UploadWatcher:
     def step(self) -> None:
         """One pass: reap finished uploads, start due ones, evict what may go, finish complete jobs."""
         self._reap()
+        self._send_back_vanished()
         for video in self._due():
             key = (video.job_id, video.output)
             if len(self._in_flight) >= self.settings.max_concurrent:
@@ -126,6 +132,7 @@ class UploadWatcher:
             self._in_flight[key] = self._pool.submit(self._upload_one, video)
         self._evict_due()
         self._finish_jobs()
+        self._check_views()
 
     def _due(self) -> list[Video]:
         now = time.monotonic()
@@ -152,6 +159,8 @@ class UploadWatcher:
         job = self.store.job(video.job_id)
         assert job is not None
         with structlog.contextvars.bound_contextvars(job=job.id, video=video.output):
+            if self._vanished(video):
+                return  # the next pass sends it back to be rendered again
             problem = self._not_the_rendered_file(video)
             if problem:
                 self._upload_failed(job, video, UploadError(problem))
@@ -228,6 +237,61 @@ class UploadWatcher:
         self.metrics.failure("upload")
         log.error("upload_failed", error=str(exc))
 
+    # -- rendered files that vanished before their upload --------------------------------------------
+
+    def _send_back_vanished(self) -> None:
+        """A rendered file deleted before it was uploaded (its job folder removed by hand, say) would
+        leave the video waiting forever: render it again, or fail it in plain words if it cannot be."""
+        for video in self.store.videos_in(VideoState.RENDERED):
+            if (video.job_id, video.output) in self._in_flight or not self._vanished(video):
+                continue
+            job = self.store.job(video.job_id)
+            if job is None or not job.distribute or job.state == JobState.RENDERING:
+                continue  # a job still rendering is sent back once that pass is over
+            with structlog.contextvars.bound_contextvars(job=job.id, video=video.output):
+                self._render_again_or_fail(job, video)
+
+    def _render_again_or_fail(self, job: Job, video: Video) -> None:
+        gone = f"the rendered file {video.output} vanished from {self.outputs_dir / job.id} before upload"
+        problem = self._cannot_render_again(job, video)
+        if problem:
+            self.store.update_video(job.id, video.output, VideoState.FAILED, error=f"{gone}; {problem}")
+            self._links(job.id)
+            self.metrics.failure("upload")
+            log.warning("video_failed", reason=f"{gone}; {problem}")
+            return
+        if self.store.render_again(job.id, video.output, f"{gone}; rendering it again"):
+            self._links(job.id)
+            log.warning("rendered_file_vanished", reason=f"{gone}; rendering it again")
+
+    def _cannot_render_again(self, job: Job, video: Video) -> str | None:
+        if job.state not in (JobState.RENDERED, JobState.QUEUED):
+            return f"the job is {job.state.value}, so it is not rendered again. Submit the job again"
+        missing = [
+            w
+            for w, p in ((job.audio_written, job.audio), (video.source_written, video.source))
+            if not Path(p).is_file()
+        ]
+        if missing:
+            return (
+                f"it cannot be rendered again because {' and '.join(missing)} "
+                f"{'is' if len(missing) == 1 else 'are'} gone too. "
+                "Put the files back and submit the job again"
+            )
+        if job.rerenders >= MAX_RERENDERS:
+            return (
+                f"it was rendered {job.rerenders + 1} times and its file was removed each time, so lipsyncd "
+                "stopped. Find what deletes files in the outputs folder, then submit the job again"
+            )
+        return None
+
+    def _vanished(self, video: Video) -> bool:
+        try:
+            self._local(video).lstat()
+        except FileNotFoundError:
+            return True
+        return False
+
     # -- eviction and job completion ---------------------------------------------------------------------
 
     def _evict_due(self) -> None:
@@ -239,6 +303,10 @@ class UploadWatcher:
                 self._evict(video.job_id, video.output)
 
     def _evict(self, job_id: str, output: str) -> None:
+        with self._evicting:  # read, delete and mark as one step: once per video, not once per caller
+            self._evict_unlocked(job_id, output)
+
+    def _evict_unlocked(self, job_id: str, output: str) -> None:
         """Only READY videos get here: uploaded, verified, and their link already in links.json."""
         video = self.store.video(job_id, output)
         assert video is not None and video.state == VideoState.READY
@@ -254,7 +322,9 @@ class UploadWatcher:
     def _finish_jobs(self) -> None:
         for job in self.store.jobs(JobState.RENDERED):
             videos = self.store.videos(job.id)
-            if all(v.state in (VideoState.READY, VideoState.FAILED) for v in videos):
+            if all(v.state == VideoState.FAILED for v in videos):
+                self._fail_job(job, videos)
+            elif all(v.state in (VideoState.READY, VideoState.FAILED) for v in videos):
                 self.store.set_job(job.id, JobState.DONE)
                 self._links(job.id)
                 self.metrics.job("done")
@@ -262,6 +332,23 @@ class UploadWatcher:
                     "job_distributed", job=job.id, ready=sum(v.state == VideoState.READY for v in videos)
                 )
                 self._notify(job, videos)
+
+    def _fail_job(self, job: Job, videos: list[Video]) -> None:
+        """Every video failed after rendering (its file vanished and it could not be rendered again)."""
+        reasons = "\n".join(f"  - {v.source_written}: {v.error}" for v in videos)
+        self.store.set_job(job.id, JobState.FAILED, error=f"no video of this job could be shared:\n{reasons}")
+        self._links(job.id)
+        self.metrics.job("failed")
+        log.warning("job_failed", job=job.id, reason="no video of this job could be shared")
+
+    def _check_views(self) -> None:
+        """links.json edited, truncated or left stale by hand or by a failed write is put right within
+        seconds, not at the job's next change (a finished job has none)."""
+        if time.monotonic() < self._views_due:
+            return
+        self._views_due = time.monotonic() + VIEWS_CHECKED_EVERY
+        for job_id, was in self._views.check():
+            log.warning("links_view_repaired", job=job_id, was=was)
 
     def _notify(self, job: Job, videos: list[Video]) -> None:
         if not job.notify or self.notifier is None or not self.store.mark_notified(job.id):

@@ -215,7 +215,9 @@ class RenderService:
         if not job.distribute:
             self._record(lambda: self.store.set_job(job.id, JobState.DONE))
         self._links(job.id)
-        if Path(job.claimed_path).exists():  # a reopened job's manifest was filed the first time
+        # filed once: a job rendered again, or reopened, was filed the first time (its claimed name may
+        # belong to a newer job by now)
+        if not job.rerenders and Path(job.claimed_path).exists():
             self.inbox.file_done(Path(job.claimed_path), job.manifest)
         self.metrics.job("rendered")
         failed = len(videos) - len(rendered)
@@ -236,7 +238,9 @@ class RenderService:
                 self.store.update_video(job.id, video.output, VideoState.FAILED, error="the job failed")
         self.store.set_job(job.id, JobState.FAILED, error=reason)
         self._links(job.id)
-        self.inbox.file_failed(Path(job.claimed_path), job.manifest, job_failure_report(job.manifest, reason))
+        if not job.rerenders:  # see _finish_job
+            report = job_failure_report(job.manifest, reason)
+            self.inbox.file_failed(Path(job.claimed_path), job.manifest, report)
         self.metrics.job("failed")
         log.warning("job_failed", reason=reason)
 

@@ -1,0 +1,98 @@
+"""Rendered files that vanish before their upload: sent back to the render queue a bounded number of
+times, never while the job's render pass is still running; and a store made before the count existed."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from pathlib import Path
+
+import pytest
+
+from daemon.distribute.watcher import MAX_RERENDERS, DistributeSettings, UploadWatcher
+from daemon.store import JobState, JobStore, VideoState
+from tests.unit.test_store_links import manifest
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> JobStore:
+    return JobStore(tmp_path / "state")
+
+
+def rendered(store: JobStore, tmp_path: Path, *, job_state: JobState = JobState.RENDERED) -> None:
+    """Job `promo` with a.mp4 rendered (the file itself is not there: it vanished)."""
+    for name in ("a.wav", "a.mp4"):
+        (tmp_path / name).write_bytes(b"x")
+    store.add_job(manifest(tmp_path, "a.mp4"), claimed_path=tmp_path / "1", base_dir=tmp_path)
+    store.set_job("promo", JobState.RENDERING)
+    store.update_video("promo", "a.mp4", VideoState.RENDERING)
+    store.update_video("promo", "a.mp4", VideoState.RENDERED, size=1, sha256="ab" * 32)
+    if job_state == JobState.RENDERED:
+        store.set_job("promo", JobState.RENDERED)
+
+
+def watcher(store: JobStore, tmp_path: Path) -> UploadWatcher:
+    settings = DistributeSettings(bucket="lipsyncd", prefix="p")
+    return UploadWatcher(
+        store,
+        None,
+        settings,
+        outputs_dir=tmp_path / "outputs",
+        locks_dir=tmp_path / "locks",
+        stop=threading.Event(),
+    )
+
+
+def render_once_more(store: JobStore) -> None:
+    """What the render watcher does with the requeued job, the file still not reaching the upload."""
+    store.set_job("promo", JobState.RENDERING)
+    store.update_video("promo", "a.mp4", VideoState.RENDERING)
+    store.update_video("promo", "a.mp4", VideoState.RENDERED)
+    store.set_job("promo", JobState.RENDERED)
+
+
+def test_a_vanished_file_is_rendered_again_at_most_max_rerenders_times(
+    store: JobStore, tmp_path: Path
+) -> None:
+    rendered(store, tmp_path)
+    upload = watcher(store, tmp_path)
+    for n in range(1, MAX_RERENDERS + 1):
+        upload.step()
+        job, video = store.job("promo"), store.video("promo", "a.mp4")
+        assert job is not None and video is not None
+        assert (job.state, job.rerenders, video.state) == (JobState.QUEUED, n, VideoState.QUEUED)
+        assert video.error is not None and "vanished" in video.error and "rendering it again" in video.error
+        render_once_more(store)
+    upload.step()
+    upload.shutdown()
+    job, video = store.job("promo"), store.video("promo", "a.mp4")
+    assert job is not None and video is not None
+    assert video.state == VideoState.FAILED and "removed each time" in (video.error or "")
+    assert job.state == JobState.FAILED and "no video of this job could be shared" in (job.error or "")
+
+
+def test_nothing_is_sent_back_while_the_job_is_still_rendering(store: JobStore, tmp_path: Path) -> None:
+    """The render watcher picks its job's queued videos once per pass: one queued in the middle of it
+    would be left behind, so the video waits until the job is rendered."""
+    rendered(store, tmp_path, job_state=JobState.RENDERING)
+    upload = watcher(store, tmp_path)
+    upload.step()
+    video = store.video("promo", "a.mp4")
+    assert video is not None and video.state == VideoState.RENDERED
+    assert store.render_again("promo", "a.mp4", "gone") is False
+    store.set_job("promo", JobState.RENDERED)
+    upload.step()
+    upload.shutdown()
+    video = store.video("promo", "a.mp4")
+    assert video is not None and video.state == VideoState.QUEUED
+
+
+def test_a_store_from_before_the_rerender_count_gains_it(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    JobStore(state).close()
+    with sqlite3.connect(state / "lipsyncd.db") as db:
+        db.execute("ALTER TABLE jobs DROP COLUMN rerenders")
+    store = JobStore(state)
+    rendered(store, tmp_path)
+    job = store.job("promo")
+    assert job is not None and job.rerenders == 0
