@@ -11,6 +11,7 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Sequence
+from contextlib import suppress
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -46,7 +47,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         die_with_parent(int(os.environ[SUPERVISOR_ENV]))
     from daemon.distribute.s3 import StorageError
-    from daemon.ops.instance import AlreadyRunning
+    from daemon.ops.instance import AlreadyRunning, LockUnusable
     from daemon.store import StoreError
 
     try:
@@ -54,7 +55,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except AlreadyRunning as exc:
         print(f"lipsyncd: {exc}", file=sys.stderr)
         return EXIT_IN_USE
-    except (_UserError, StoreError, StorageError) as exc:
+    except (_UserError, StoreError, StorageError, LockUnusable) as exc:
         print(f"lipsyncd: {exc}", file=sys.stderr)
         return EXIT_FAILED
 
@@ -173,47 +174,51 @@ def _hold(config: Config, role: str) -> InstanceLock:
     """This process's one-of-a-kind lock in the state directory, or AlreadyRunning naming the holder."""
     from daemon.ops.instance import InstanceLock
 
-    config.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    with suppress(OSError):  # a read-only state directory is reported by the lock, in plain words
+        config.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     return InstanceLock.acquire(config.state_dir / "locks" / f"{role}.lock", role)
 
 
 def _render(args: argparse.Namespace, config: Config) -> int:
     from daemon.app import RenderDaemon
 
-    _hold(config, "render")
-    runtime = _runtime(config, "render")
-    daemon = RenderDaemon.build(config, runtime)
-    if args.once:
-        daemon.run_once()
-        daemon.store.close()
-        return EXIT_OK
-    _on_reload(args, daemon.reload)
-    daemon.run_forever()
+    with _hold(config, "render"):
+        daemon = RenderDaemon.build(config, _runtime(config, "render"))
+        if args.once:
+            daemon.run_once()
+            daemon.store.close()
+            return EXIT_OK
+        _on_reload(args, daemon.reload)
+        daemon.run_forever()
     return EXIT_OK
 
 
 def _upload(args: argparse.Namespace, config: Config) -> int:
     from daemon.app import UploadDaemon
 
-    _hold(config, "upload")
-    runtime = _runtime(config, "upload")
-    daemon = UploadDaemon.build(config, runtime, credentials_file=_systemd_credential("s3"))
-    if args.once:
-        daemon.run_once()
-        return EXIT_OK
-    _on_reload(args, daemon.reload)
-    daemon.run_forever()
+    with _hold(config, "upload"):
+        runtime = _runtime(config, "upload")
+        daemon = UploadDaemon.build(config, runtime, credentials_file=_systemd_credential("s3"))
+        if args.once:
+            daemon.run_once()
+            return EXIT_OK
+        _on_reload(args, daemon.reload)
+        daemon.run_forever()
     return EXIT_OK
 
 
 def _run(args: argparse.Namespace, config: Config) -> int:
-    from daemon.ops.instance import is_held
-    from daemon.supervise import Child, Supervisor, run_once
+    from daemon.supervise import run_once
 
-    _hold(config, "run")
-    base = [sys.executable, "-m", "daemon", *(["--config", args.config] if args.config else [])]
-    if args.once:
-        return run_once(base)
+    with _hold(config, "run"):
+        base = [sys.executable, "-m", "daemon", *(["--config", args.config] if args.config else [])]
+        return run_once(base) if args.once else _supervise(base, config)
+
+
+def _supervise(base: list[str], config: Config) -> int:
+    from daemon.ops.instance import is_held
+    from daemon.supervise import Child, Supervisor
+
     env = {**os.environ, SUPERVISOR_ENV: str(os.getpid())}
     children = [Child(name, [*base, name], env) for name in ("render", "upload")]
     if config.storage.endpoint_url is None:
@@ -235,8 +240,8 @@ def _storage(args: argparse.Namespace, config: Config) -> int:
             f"storage.endpoint_url is set ({config.storage.endpoint_url}): lipsyncd uses that storage, "
             "so there is no embedded storage to run here."
         )
-    _hold(config, "storage")
-    StorageDaemon.build(config, _runtime(config, "storage")).run_forever()
+    with _hold(config, "storage"):
+        StorageDaemon.build(config, _runtime(config, "storage")).run_forever()
     return EXIT_OK
 
 

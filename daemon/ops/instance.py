@@ -16,6 +16,10 @@ class AlreadyRunning(Exception):
     """Another process holds the lock; the message names it and says how to stop it."""
 
 
+class LockUnusable(Exception):
+    """The lock file cannot be made (a read-only or missing state directory): said in plain words."""
+
+
 @dataclass
 class InstanceLock:
     path: Path
@@ -25,8 +29,14 @@ class InstanceLock:
     def try_acquire(cls, path: Path, role: str) -> InstanceLock | None:
         """The lock, or None when another process holds it. The holder's pid, role and start time are
         written into the file for the refusal message."""
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+        except OSError as exc:
+            raise LockUnusable(
+                f"cannot use the state directory {path.parent.parent} ({exc.strerror}: {path}). Check that "
+                "it exists and is writable by this user."
+            ) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -43,6 +53,12 @@ class InstanceLock:
         if lock is None:
             raise AlreadyRunning(refusal(path, role))
         return lock
+
+    def __enter__(self) -> InstanceLock:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.release()
 
     def release(self) -> None:
         if self.fd >= 0:
