@@ -26,6 +26,8 @@ from safetensors.torch import save_file
 from transformers import WhisperConfig, WhisperForConditionalGeneration
 
 from daemon.modelimport import ModelImportError, import_model
+from daemon.modelimport.musetalk_arch import load_vae
+from daemon.modelimport.musetalk_files import find_files
 from daemon.render.modelspec import ModelSpec
 from daemon.render.registry import ModelPool, available_models
 from tests.e2e.harness import Share
@@ -306,3 +308,16 @@ def test_a_folder_that_is_not_a_release(tmp_path: Path) -> None:
     (tmp_path / "stuff").mkdir()
     message = _refused(tmp_path / "stuff", tmp_path)
     assert "not a MuseTalk release" in message
+
+
+def test_v10_layout_and_safetensors_vae_are_found(release: Path, nets: Nets, tmp_path: Path) -> None:
+    folder = _broken(release, tmp_path)
+    (folder / "musetalkV15").rename(folder / "musetalk")
+    (folder / "musetalk" / "unet.pth").rename(folder / "musetalk" / "pytorch_model.bin")
+    (folder / "sd-vae" / "diffusion_pytorch_model.bin").unlink()
+    state = {k: v.contiguous() for k, v in nets.vae.state_dict().items()}  # today's attention names
+    save_file(state, str(folder / "sd-vae" / "diffusion_pytorch_model.safetensors"))
+    files = find_files(folder)
+    assert files.version == "1.0" and files.unet_weights.name == "pytorch_model.bin"
+    encoder, _ = load_vae(files)
+    assert torch.equal(encoder.vae.state_dict()["encoder.conv_in.weight"], state["encoder.conv_in.weight"])
