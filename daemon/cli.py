@@ -127,10 +127,11 @@ def _parser() -> argparse.ArgumentParser:
     model = sub.add_parser("model", help="import and list lip-sync models and face detectors")
     model_sub = model.add_subparsers(title="model commands", metavar="ACTION", dest="action")
     imp = model_sub.add_parser(
-        "import", help="import a Wav2Lip checkpoint or ONNX file, or an S3FD/YuNet detector"
+        "import",
+        help="import a Wav2Lip checkpoint or ONNX file, a MuseTalk release folder, or an S3FD/YuNet detector",
     )
     imp.set_defaults(handler=_model_import)
-    imp.add_argument("path", type=Path)
+    imp.add_argument("path", type=Path, help="a file, or a MuseTalk folder (musetalkV15/, sd-vae/, whisper/)")
     imp.add_argument("--name", help="model name (default: from the file name)")
     imp.add_argument("--fp16", action="store_true", help="also make a half-precision variant (GPUs)")
     imp.add_argument("--int8", action="store_true", help="also make a statically quantised int8 variant")

@@ -80,8 +80,10 @@ def import_model(
     """Import whatever `path` holds: Wav2Lip checkpoint or ONNX, S3FD checkpoint, or YuNet ONNX.
 
     Detectors have fixed names (s3fd, yunet) and no variants; `name`, `fp16` and `int8` apply to
-    lip-sync models only.
+    lip-sync models only. A folder is a MuseTalk release (musetalkV15/, sd-vae/, whisper/).
     """
+    if path.is_dir():
+        return _import_folder(path, models_dir, name=name, fp16=fp16, int8=int8, overwrite=overwrite)
     if file_kind(path) == "torch":
         if _is_s3fd_checkpoint(path):
             return import_s3fd(path, models_dir, overwrite=overwrite)
@@ -89,6 +91,23 @@ def import_model(
     if _is_yunet(path):
         return import_yunet(path, models_dir, overwrite=overwrite)
     return import_onnx(path, models_dir, name=name, fp16=fp16, int8=int8, overwrite=overwrite)
+
+
+def _import_folder(
+    path: Path, models_dir: Path, *, name: str | None, fp16: bool, int8: bool, overwrite: bool
+) -> ImportReport:
+    from daemon.modelimport.musetalk_files import is_musetalk_folder
+
+    if not is_musetalk_folder(path):
+        raise ModelImportError(
+            f"{path} is a folder but not a MuseTalk release (no musetalkV15/, sd-vae/ or whisper/ in it); "
+            "import a single file, or a folder laid out as MuseTalk's download script leaves it"
+        )
+    if int8:
+        raise ModelImportError("--int8 is not offered for MuseTalk models; use --fp16 (GPUs) or neither")
+    from daemon.modelimport.musetalk_import import import_musetalk  # torch, diffusers, transformers
+
+    return import_musetalk(path, models_dir, name=name, fp16=fp16, overwrite=overwrite)
 
 
 def _is_s3fd_checkpoint(path: Path) -> bool:

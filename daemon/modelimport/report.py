@@ -17,6 +17,7 @@ class VariantCheck:
     file: str  # name inside the model folder
     max_abs_error: float  # on outputs in [0, 1]; x255 for pixel levels
     mean_abs_error: float
+    graph: str = ""  # which graph of a multi-graph model (MuseTalk); its outputs need not be in [0, 1]
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,7 @@ class ImportReport:
     onnx_vs_torch: float | None = None  # max abs difference fp32 ONNX vs torch; None for ONNX imports
     variants: tuple[VariantCheck, ...] = ()
     notes: tuple[str, ...] = ()
+    graph_errors: tuple[tuple[str, float], ...] = ()  # (ONNX file, max abs vs torch) per graph
 
     def variant(self, precision: str) -> VariantCheck:
         return next(v for v in self.variants if v.precision == precision)
@@ -39,12 +41,18 @@ class ImportReport:
         out += [f"  wrote {path.name} ({_size(path)})" for path in self.files]
         if self.onnx_vs_torch is not None:
             out.append(f"  fp32 ONNX vs PyTorch: max abs difference {self.onnx_vs_torch:.2e}")
+        out += [f"  {file} vs PyTorch: max abs difference {error:.2e}" for file, error in self.graph_errors]
         out += [_variant_line(v) for v in self.variants]
         out += [f"  note: {note}" for note in self.notes]
         return out
 
 
 def _variant_line(check: VariantCheck) -> str:
+    if check.graph:
+        return (
+            f"  {check.graph} {check.precision} vs fp32: max abs error {check.max_abs_error:.2e}, "
+            f"mean {check.mean_abs_error:.2e}"
+        )
     return (
         f"  {check.precision} vs fp32: max abs error {check.max_abs_error:.2e} "
         f"({check.max_abs_error * 255:.1f} of 255 levels), mean {check.mean_abs_error:.2e}"

@@ -50,12 +50,14 @@ def export(
     inputs: Sequence[str],
     outputs: Sequence[str],
     dynamic: dict[str, dict[int, str]],
+    *,
+    fold: bool = True,
 ) -> None:
-    """Write `model` (BatchNorm folded) to `path` as a single ONNX file."""
+    """Write `model` (BatchNorm folded unless `fold` is False: nets without BatchNorm skip the copy)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the exporter's deprecation notice: the legacy path is chosen
         torch.onnx.export(
-            fold_batchnorm(model),
+            fold_batchnorm(model) if fold else model.eval(),
             tuple(example),
             str(path),
             input_names=list(inputs),

@@ -33,9 +33,23 @@ def variant_file(precision: str) -> str:
     return f"model.{precision}.onnx"
 
 
-def write_fp16(src: Path, dst: Path) -> None:
-    model = convert_float_to_float16(onnx.load(str(src)), keep_io_types=True)
-    onnx.save(model, str(dst))
+def write_fp16(src: Path, dst: Path, *, external: bool = False) -> None:
+    """`external`: weights in DST.data beside it, for files over 2 GB.
+
+    Shapes are inferred from the file (which works over 2 GB, unlike the converter's own in-memory
+    pass): the converter needs them to keep Resize's scales in float32.
+    """
+    if not external:
+        model = convert_float_to_float16(onnx.load(str(src)), keep_io_types=True)
+        onnx.save(model, str(dst))
+        return
+    shapes = src.with_name(f".{src.stem}.shapes.onnx")  # beside src, so its external data is found
+    try:
+        onnx.shape_inference.infer_shapes_path(str(src), str(shapes))
+        model = convert_float_to_float16(onnx.load(str(shapes)), keep_io_types=True, disable_shape_infer=True)
+    finally:
+        shapes.unlink(missing_ok=True)
+    onnx.save(model, str(dst), save_as_external_data=True, location=f"{dst.name}.data")
 
 
 class _Feeds(CalibrationDataReader):

@@ -19,7 +19,7 @@ ONNX_NAME = "model.onnx"
 @dataclass(frozen=True)
 class ModelSpec:
     name: str
-    kind: str  # "baseline" (built in, weightless) or "wav2lip" (imported)
+    kind: str  # "baseline" (built in, weightless), "wav2lip" or "musetalk" (imported)
     onnx_file: str = ONNX_NAME  # relative to the spec's folder
     mel_input: str = "mel"  # the model's name for the (B, 1, 80, 16) mel window
     face_input: str = "face"  # the model's name for the (B, 6, 96, 96) face stack
@@ -31,6 +31,9 @@ class ModelSpec:
     # precision -> onnx file, e.g. {"fp16": "model.fp16.onnx"}
     variants: dict[str, str] = field(default_factory=dict)
     notes: str = ""
+    # kind "musetalk" only: its four graphs, role -> precision -> file, e.g. {"unet": {"fp32": "unet.onnx"}};
+    # onnx_file and variants then name the UNet's files
+    graphs: dict[str, dict[str, str]] = field(default_factory=dict)
 
     @classmethod
     def load(cls, folder: Path) -> ModelSpec:
@@ -50,3 +53,7 @@ class ModelSpec:
         if precision and precision != self.precision:
             return folder / self.variants[precision]
         return folder / self.onnx_file
+
+    def graph_path(self, folder: Path, role: str, precision: str | None = None) -> Path:
+        """One graph of a multi-graph model (kind "musetalk"), in the given precision or the spec's."""
+        return folder / self.graphs[role][precision or self.precision]

@@ -9,11 +9,12 @@ import structlog
 
 from daemon.render.baseline import write_baseline
 from daemon.render.model import LipSyncModel, choose_providers
-from daemon.render.modelspec import SPEC_NAME
+from daemon.render.modelspec import SPEC_NAME, ModelSpec
 
 log = structlog.get_logger(__name__)
 
 BASELINE = "baseline"
+RENDERABLE = frozenset({"baseline", "wav2lip"})  # kinds this version renders; "musetalk" imports only
 
 
 def available_models(models_dir: Path) -> list[str]:
@@ -50,6 +51,7 @@ class ModelPool:
             write_baseline(folder)
         if not (folder / SPEC_NAME).exists():
             raise LookupError(f"no model named {name!r} in {self.models_dir}; see `lipsyncd model list`")
+        _check_renderable(name, folder)
         precision = self.precision if name != BASELINE else None
         model = LipSyncModel.open(
             folder,
@@ -60,6 +62,17 @@ class ModelPool:
         )
         log.info("model_loaded", model=name, provider=model.provider, reason=self.provider_reason)
         return model
+
+
+def _check_renderable(name: str, folder: Path) -> None:
+    kind = ModelSpec.load(folder).kind
+    if kind == "musetalk":
+        raise LookupError(
+            f"model {name!r} is a MuseTalk model: MuseTalk rendering is not available in this version; "
+            "choose a Wav2Lip model or 'baseline' (see `lipsyncd model list`)"
+        )
+    if kind not in RENDERABLE:
+        raise LookupError(f"model {name!r} in {folder} is of kind {kind!r}, which this version cannot render")
 
 
 def _preload_cuda_libraries() -> None:
