@@ -45,8 +45,8 @@ RAMP_MIN = 2.0  # rows; keeps the ramp finite where the shift is ~0
 MOUTH_HALF_WIDTH = 24.0  # the shade fades as 1 - (dx / w)^2: the lips stay together at the corners
 TOP_STILL = 64  # rows above this are copied untouched (the ramp starts below 68 even at full shift)
 SETTLE = (88.0, 96.0)  # rows where the shift eases back to 0, so the crop's bottom edge never moves
-SHADE_GAIN = 0.9  # shade alpha = clip(SHADE_GAIN * stretch, 0, SHADE_MAX); stretch = 1 - d source / d row
-SHADE_MAX = 0.85  # a little of the lips' own texture stays visible through the shade
+SHADE_GAIN = 1.0  # shade alpha = clip(SHADE_GAIN * stretch, 0, SHADE_MAX); stretch = 1 - d source / d row
+SHADE_MAX = 0.92  # a little of the lips' own texture stays visible through the shade
 MOUTH_BGR = (0.08, 0.10, 0.25)  # dark red-brown inner mouth, BGR in [0, 1]
 
 
