@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
-from daemon.render.baseline import write_baseline
+from daemon.render.baseline import ensure_baseline
 from daemon.render.modelspec import SPEC_NAME
 
 MODEL_SPEED = Path(__file__).resolve().parents[2] / "bench" / "model_speed.py"
@@ -49,8 +49,7 @@ def wav2lip_folder(models_dir: Path) -> Path:
 
 def baseline_folder(models_dir: Path) -> Path:
     folder = models_dir / "baseline"
-    if not (folder / SPEC_NAME).is_file():
-        write_baseline(folder)
+    ensure_baseline(folder)
     return folder
 
 

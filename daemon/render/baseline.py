@@ -1,9 +1,14 @@
 """The built-in `baseline` model: a weightless ONNX graph that obeys the model contract (DESIGN.md 4).
 
-It is a placeholder, not a learned model. It opens a drawn "mouth" in proportion to speech loudness so
-that the product runs end to end, and the audio-video alignment can be seen, before anyone imports real
-Wav2Lip weights. Output = the reference crop (face channels 3..5) with a dark, soft-edged ellipse in
-the lower middle whose height grows with loudness.
+It is a placeholder, not a learned model. It opens the presenter's own jaw in proportion to speech
+loudness so that the product runs end to end, and the audio-video alignment can be seen, before anyone
+imports real Wav2Lip weights. Output = the reference crop (face channels 3..5, the unmasked crop) warped
+vertically: everything below the mouth line slides down by up to JAW_DROP px, smoothly (a smoothstep
+ramp around the mouth line, a soft horizontal falloff, back to no motion at the crop's bottom edge), so
+the chin moves and the lips part. Where the warp stretches the face (the parted lips), a dark
+inner-mouth shade is blended in, in proportion to the stretch. The displacement and the shade are fixed
+96x96 fields scaled by one number per frame, the openness; the warp is a vertical
+resampling (two GatherElements and a lerp).
 
 Loudness = the mean of the mel window's first 4 columns (the window starts at the frame's own time, so
 these columns are the frame's audio: the mouth moves at lag 0), over all 80 bands, on the normalised
@@ -20,20 +25,29 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import structlog
 from onnx import TensorProto, helper, numpy_helper
 
-from daemon.render.modelspec import ONNX_NAME, ModelSpec
+from daemon.render.modelspec import ONNX_NAME, SPEC_NAME, ModelSpec
+
+log = structlog.get_logger(__name__)
 
 OPSET = 17
 SIZE = 96
 NOW_COLUMNS = 4  # 80 mel columns/s: 4 columns = 50 ms, about one video frame at 20-30 fps
 QUIET, LOUD = -3.0, -0.5  # normalised-dB loudness mapped to openness 0 and 1 (see the module docstring)
-CENTRE_X, CENTRE_Y = 48.0, 72.0  # where the mouth sits in a padded 96x96 crop (Haar box on the astronaut)
-HALF_WIDTH = (13.0, 16.0)  # ellipse semi-axes in px at openness 0 and 1
-HALF_HEIGHT = (1.0, 11.0)
-EDGE = 6.0  # sigmoid sharpness on the ellipse equation: an edge about 2 px wide
-FADE_IN = 4.0  # alpha is scaled by clip(FADE_IN * openness, 0, 1): exactly the reference crop at silence
-MOUTH_BGR = (0.08, 0.10, 0.25)  # dark red-brown, BGR in [0, 1]
+CENTRE_X = 48.0  # the mouth's middle in a padded 96x96 crop (Haar box on the astronaut)
+MOUTH_LINE = 71.5  # the reference row where the lips part (between the astronaut's teeth)
+JAW_DROP = 9.0  # downward shift in px at full loudness, under the middle of the mouth
+JAW_HALF_WIDTH = 24.0  # horizontal falloff exp(-(dx / w)^4): flat under the mouth, gone by the cheeks
+RAMP_PER_PX = 1.6  # the shift rises over RAMP_PER_PX * shift rows: peak stretch 1.5 / 1.6, never a fold
+RAMP_MIN = 2.0  # rows; keeps the ramp finite where the shift is ~0
+MOUTH_HALF_WIDTH = 24.0  # the shade fades as 1 - (dx / w)^2: the lips stay together at the corners
+TOP_STILL = 64  # rows above this are copied untouched (the ramp starts below 68 even at full shift)
+SETTLE = (88.0, 96.0)  # rows where the shift eases back to 0, so the crop's bottom edge never moves
+SHADE_GAIN = 1.0  # shade alpha = clip(SHADE_GAIN * stretch, 0, SHADE_MAX); stretch = 1 - d source / d row
+SHADE_MAX = 0.92  # a little of the lips' own texture stays visible through the shade
+MOUTH_BGR = (0.08, 0.10, 0.25)  # dark red-brown inner mouth, BGR in [0, 1]
 
 
 def write_baseline(folder: Path) -> ModelSpec:
@@ -43,10 +57,27 @@ def write_baseline(folder: Path) -> ModelSpec:
     spec = ModelSpec(
         name="baseline",
         kind="baseline",
-        notes="Built-in placeholder, not a learned model: draws a mouth that opens with loudness.",
+        notes="Built-in placeholder, not a learned model: drops the jaw of the face itself with loudness.",
     )
     spec.save(folder)
     return spec
+
+
+def ensure_baseline(folder: Path) -> None:
+    """(Re)write the built-in model if it is missing or was written by another version of this file."""
+    try:
+        current = (folder / ONNX_NAME).read_bytes() == build_graph().SerializeToString()
+        current = current and (folder / SPEC_NAME).is_file()
+    except FileNotFoundError:
+        current = False
+    if current:
+        return
+    try:
+        write_baseline(folder)
+    except OSError as exc:
+        if not (folder / SPEC_NAME).is_file():
+            raise
+        log.warning("baseline_not_updated", folder=str(folder), error=str(exc), using="the older baseline")
 
 
 def _write_atomic(path: Path, payload: bytes) -> None:
@@ -58,7 +89,7 @@ def _write_atomic(path: Path, payload: bytes) -> None:
 
 def build_graph() -> onnx.ModelProto:
     """The baseline as an ONNX model: mel (B,1,80,16), face (B,6,96,96) -> image (B,3,96,96) in [0,1]."""
-    nodes = _openness_nodes() + _ellipse_nodes() + _compose_nodes()
+    nodes = _openness_nodes() + _warp_nodes() + _compose_nodes()
     graph = helper.make_graph(
         nodes,
         "lipsyncd_baseline",
@@ -87,57 +118,101 @@ def _openness_nodes() -> list[onnx.NodeProto]:
     ]
 
 
-def _ellipse_nodes() -> list[onnx.NodeProto]:
-    """r2 = dx^2 / a^2 + dy^2 / b^2, with the semi-axes a and b growing linearly with openness."""
+def _warp_nodes() -> list[onnx.NodeProto]:
+    """Per column, the shift rises with a smoothstep from 0 above the mouth line to its full value below.
+
+    shift = openness * drop(x); ramp = max(RAMP_PER_PX * shift, RAMP_MIN); t = clip((y - MOUTH_LINE) /
+    ramp + OFFSET, 0, 1); output row y shows reference row y - shift * smoothstep(t) * settle(y). The
+    ramp grows with the shift so the gap's height does too; OFFSET centres the split on MOUTH_LINE.
+    """
     node = helper.make_node
     return [
-        node("Mul", ["openness", "width_gain"], ["width_grow"]),
-        node("Add", ["width_grow", "width_base"], ["half_width"]),
-        node("Mul", ["openness", "height_gain"], ["height_grow"]),
-        node("Add", ["height_grow", "height_base"], ["half_height"]),
-        node("Mul", ["half_width", "half_width"], ["width_sq"]),
-        node("Mul", ["half_height", "half_height"], ["height_sq"]),
-        node("Div", ["dx_sq", "width_sq"], ["r2_x"]),
-        node("Div", ["dy_sq", "height_sq"], ["r2_y"]),
-        node("Add", ["r2_x", "r2_y"], ["r2"]),
+        node("Mul", ["openness", "drop"], ["shift"]),  # (B,1,1,96)
+        node("Mul", ["shift", "ramp_per_px"], ["ramp_raw"]),
+        node("Max", ["ramp_raw", "ramp_min"], ["ramp"]),
+        node("Div", ["below_line", "ramp"], ["t_raw0"]),  # (1,1,96,1) / (B,1,1,96) -> (B,1,96,96)
+        node("Add", ["t_raw0", "offset"], ["t_raw"]),
+        node("Clip", ["t_raw", "zero", "one"], ["t"]),
+        node("Mul", ["t", "t"], ["t2"]),
+        node("Mul", ["t", "two"], ["t_twice"]),
+        node("Sub", ["three", "t_twice"], ["three_less"]),
+        node("Mul", ["t2", "three_less"], ["rise"]),
+        node("Mul", ["shift", "settle"], ["shift_settled"]),
+        node("Mul", ["rise", "shift_settled"], ["displacement"]),
+        node("Sub", ["rows", "displacement"], ["source_row"]),
+        node("Floor", ["source_row"], ["row0_f"]),
+        node("Sub", ["source_row", "row0_f"], ["frac"]),
+        node("Cast", ["row0_f"], ["row0_1"], to=TensorProto.INT64),
+        node("Add", ["row0_1", "one_int"], ["row1_raw"]),
+        node("Min", ["row1_raw", "last_row"], ["row1_1"]),
+        node("Slice", ["face", "ref_start", "ref_end", "channel_axis"], ["reference"]),
+        node("Slice", ["reference", "top_rows", "all_rows", "row_axis"], ["lower_face"]),
+        node("Shape", ["lower_face"], ["ref_shape"]),
+        node("Expand", ["row0_1", "ref_shape"], ["row0"]),
+        node("Expand", ["row1_1", "ref_shape"], ["row1"]),
+        node("GatherElements", ["lower_face", "row0"], ["upper"], axis=2),
+        node("GatherElements", ["lower_face", "row1"], ["lower"], axis=2),
+        node("Sub", ["lower", "upper"], ["step"]),
+        node("Mul", ["step", "frac"], ["step_part"]),
+        node("Add", ["upper", "step_part"], ["warped"]),
     ]
 
 
 def _compose_nodes() -> list[onnx.NodeProto]:
-    """alpha = sigmoid(EDGE * (1 - r2)) * fade; image = clip(ref * (1 - alpha) + MOUTH * alpha, 0, 1)."""
+    """stretch = 6 t (1 - t) * shift / ramp (the smoothstep's slope); alpha = clip(stretch * gain, 0, max);
+    image = clip(warped + (MOUTH - warped) * alpha, 0, 1): the parted lips darken like an open mouth."""
     node = helper.make_node
     return [
-        node("Sub", ["one", "r2"], ["inside"]),
-        node("Mul", ["inside", "edge"], ["edge_logit"]),
-        node("Sigmoid", ["edge_logit"], ["soft"]),
-        node("Mul", ["openness", "fade_in"], ["fade_raw"]),
-        node("Clip", ["fade_raw", "zero", "one"], ["fade"]),
-        node("Mul", ["soft", "fade"], ["alpha"]),
-        node("Slice", ["face", "ref_start", "ref_end", "channel_axis"], ["reference"]),
-        node("Sub", ["mouth", "reference"], ["towards_mouth"]),
-        node("Mul", ["towards_mouth", "alpha"], ["shift"]),
-        node("Add", ["reference", "shift"], ["mixed"]),
-        node("Clip", ["mixed", "zero", "one"], ["image"]),
+        node("Sub", ["one", "t"], ["t_rest"]),
+        node("Mul", ["t", "t_rest"], ["bell"]),
+        node("Div", ["shift_settled", "ramp"], ["slope"]),
+        node("Mul", ["bell", "slope"], ["bell_slope"]),
+        node("Mul", ["bell_slope", "shade_gain"], ["alpha_raw"]),  # shade_gain includes the 6
+        node("Mul", ["alpha_raw", "lens"], ["alpha_lens"]),
+        node("Clip", ["alpha_lens", "zero", "shade_max"], ["alpha"]),
+        node("Sub", ["mouth", "warped"], ["towards_mouth"]),
+        node("Mul", ["towards_mouth", "alpha"], ["darken"]),
+        node("Add", ["warped", "darken"], ["mixed"]),
+        node("Clip", ["mixed", "zero", "one"], ["lower_image"]),
+        node("Slice", ["reference", "zero_int", "top_rows", "row_axis"], ["upper_face"]),
+        node("Concat", ["upper_face", "lower_image"], ["image"], axis=2),
     ]
 
 
+def jaw_drop() -> np.ndarray:
+    """(96,) the downward shift in px at full openness, per column."""
+    xs = np.arange(SIZE, dtype=np.float64)
+    return JAW_DROP * np.exp(-(((xs - CENTRE_X) / JAW_HALF_WIDTH) ** 4))
+
+
+def settle_rows() -> np.ndarray:
+    """(96,) 1 down to SETTLE[0], easing to 0 at SETTLE[1]: the shift's weight per row."""
+    u = np.clip((np.arange(SIZE, dtype=np.float64) - SETTLE[0]) / (SETTLE[1] - SETTLE[0]), 0.0, 1.0)
+    return 0.5 + 0.5 * np.cos(np.pi * u)
+
+
 def _constants() -> list[onnx.TensorProto]:
-    ys, xs = np.mgrid[0:SIZE, 0:SIZE].astype(np.float32)
+    rows = np.arange(TOP_STILL, SIZE, dtype=np.float32)  # the warp works on rows TOP_STILL.. only
+    xs = np.arange(SIZE, dtype=np.float64)
     floats = {
         "quiet": QUIET,
         "loud_range": LOUD - QUIET,
         "zero": 0.0,
         "one": 1.0,
-        "width_base": HALF_WIDTH[0],
-        "width_gain": HALF_WIDTH[1] - HALF_WIDTH[0],
-        "height_base": HALF_HEIGHT[0],
-        "height_gain": HALF_HEIGHT[1] - HALF_HEIGHT[0],
-        "edge": EDGE,
-        "fade_in": FADE_IN,
+        "two": 2.0,
+        "three": 3.0,
+        "ramp_per_px": RAMP_PER_PX,
+        "ramp_min": RAMP_MIN,
+        "offset": 0.5 - 0.5 / RAMP_PER_PX,  # the steepest row, t = 0.5, shows reference row MOUTH_LINE
+        "shade_gain": 6.0 * SHADE_GAIN,
+        "shade_max": SHADE_MAX,
     }
     arrays = {
-        "dx_sq": ((xs - CENTRE_X) ** 2)[None, None],
-        "dy_sq": ((ys - CENTRE_Y) ** 2)[None, None],
+        "drop": jaw_drop().reshape(1, 1, 1, SIZE),
+        "lens": np.clip(1 - ((xs - CENTRE_X) / MOUTH_HALF_WIDTH) ** 2, 0, 1).reshape(1, 1, 1, SIZE),
+        "settle": settle_rows()[TOP_STILL:].reshape(1, 1, -1, 1),
+        "rows": (rows - TOP_STILL).reshape(1, 1, -1, 1),  # GatherElements indexes the lower rows
+        "below_line": (rows - MOUTH_LINE).reshape(1, 1, -1, 1),
         "mouth": np.array(MOUTH_BGR, np.float32).reshape(1, 3, 1, 1),
     }
     ints = {
@@ -147,6 +222,12 @@ def _constants() -> list[onnx.TensorProto]:
         "ref_start": [3],
         "ref_end": [6],
         "channel_axis": [1],
+        "one_int": 1,
+        "last_row": SIZE - 1 - TOP_STILL,
+        "zero_int": [0],
+        "top_rows": [TOP_STILL],
+        "all_rows": [SIZE],
+        "row_axis": [2],
     }
     tensors = [numpy_helper.from_array(np.array(v, np.float32), k) for k, v in floats.items()]
     tensors += [numpy_helper.from_array(v.astype(np.float32), k) for k, v in arrays.items()]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import structlog
 
-from daemon.render.baseline import write_baseline
+from daemon.render.baseline import ensure_baseline
 from daemon.render.model import LipSyncModel, choose_providers
 from daemon.render.modelspec import SPEC_NAME, ModelSpec
 
@@ -24,7 +24,7 @@ def available_models(models_dir: Path) -> list[str]:
 
 
 class ModelPool:
-    """Opens each model once, on first use. The baseline is (re)generated if its folder is missing."""
+    """Opens each model once, on first use. The baseline is (re)generated if missing or out of date."""
 
     def __init__(
         self, models_dir: Path, *, providers: str, precision: str | None, threads: int, device_id: int = 0
@@ -47,8 +47,8 @@ class ModelPool:
 
     def _load(self, name: str) -> LipSyncModel:
         folder = self.models_dir / name
-        if name == BASELINE and not (folder / SPEC_NAME).exists():
-            write_baseline(folder)
+        if name == BASELINE:
+            ensure_baseline(folder)  # an upgrade brings the new look without deleting anything
         if not (folder / SPEC_NAME).exists():
             raise LookupError(f"no model named {name!r} in {self.models_dir}; see `lipsyncd model list`")
         _check_renderable(name, folder)

@@ -12,7 +12,7 @@ from onnx import TensorProto, helper
 from skimage import data
 from structlog.testing import capture_logs
 
-from daemon.render.baseline import write_baseline
+from daemon.render.baseline import JAW_DROP, TOP_STILL, ensure_baseline, write_baseline
 from daemon.render.model import LipSyncModel, choose_providers, prepare_faces, to_images
 from daemon.render.modelspec import ModelSpec
 
@@ -258,7 +258,73 @@ def test_baseline_opens_more_when_louder(baseline: LipSyncModel, astronaut_crop:
     assert change[0] == pytest.approx(0, abs=1e-7) and change[1] < 1e-3  # silence and quiet noise: closed
     assert np.all(np.diff(change[1:7]) > 1e-3)  # typical speech range: strictly opening
     assert change[7] >= change[6] - 1e-7
-    assert np.array_equal(out[:, :, :48], face[:, 3:, :48])  # only the lower half is drawn on
+    assert np.array_equal(out[:, :, :TOP_STILL], face[:, 3:, :TOP_STILL])  # eyes, nose: bit for bit
+
+
+def striped_face(row: int) -> np.ndarray:
+    """A grey 96x96 crop with one bright horizontal line at `row`: an edge below the mouth to follow.
+
+    Bright, so that the dark inner-mouth shade cannot be mistaken for it."""
+    crop = np.full((96, 96, 3), 160, np.uint8)
+    crop[row] = 250
+    return crop
+
+
+def line_row(image: np.ndarray, column: int = 48) -> float:
+    """Sub-pixel row of the bright line: the brightness-weighted mean row of one column."""
+    brightness = np.clip(image[:, column].astype(float).mean(axis=1) - 160.0, 0, None)
+    return float((brightness * np.arange(96)).sum() / brightness.sum())
+
+
+def test_baseline_moves_the_chin_down_with_loudness(baseline: LipSyncModel) -> None:
+    levels = [-4.0, -2.5, -2.0, -1.5, -1.0, -0.5]
+    face = prepare_faces([striped_face(80)] * len(levels))
+    rows = [line_row(image) for image in to_images(baseline.infer(flat_mel(levels), face))]
+    assert rows[0] == pytest.approx(80.0, abs=1e-6)  # silence: nothing moves
+    assert np.all(np.diff(rows) > 0.5), rows  # every louder step drops it further
+    assert rows[-1] - rows[0] == pytest.approx(JAW_DROP, abs=1.0), rows  # full loudness: the full drop
+    sides = [line_row(image, column=4) for image in to_images(baseline.infer(flat_mel(levels), face))]
+    assert sides == pytest.approx([80.0] * len(levels), abs=1e-6)  # the crop's edges never move
+
+
+def test_baseline_parts_the_lips_with_a_dark_gap(baseline: LipSyncModel) -> None:
+    """Just below the mouth line the (bright) face darkens more as the jaw opens; above it, nothing."""
+    levels = [-4.0, -2.5, -2.0, -1.5, -1.0, -0.5]
+    face = prepare_faces([striped_face(90)] * len(levels))
+    out = np.stack(to_images(baseline.infer(flat_mel(levels), face))).astype(float)
+    gap = out[:, 68:86, 40:56].mean(axis=(1, 2, 3))  # the whole mouth, so the growing gap counts
+    assert gap[0] == 160.0 and np.all(np.diff(gap) < -2.0), gap
+    darkest_row = out[-1, 68:86, 40:56].mean(axis=(1, 2)).min()
+    assert darkest_row < 70.0, darkest_row  # a clearly dark opening at full loudness (face: 160)
+    corners = out[:, 68:86, 16:20].mean(axis=(1, 2, 3))
+    assert np.all(corners > 150.0), corners  # the lips stay closed at the corners of the mouth
+
+
+def test_baseline_frames_do_not_affect_each_other(baseline: LipSyncModel, astronaut_crop: np.ndarray) -> None:
+    levels = [-1.0, -4.0, -0.5, -2.0]
+    crops = [astronaut_crop, striped_face(80), np.flipud(astronaut_crop).copy(), striped_face(75)]
+    together = baseline.infer(flat_mel(levels), prepare_faces(crops))
+    for i, (level, crop) in enumerate(zip(levels, crops, strict=True)):
+        alone = baseline.infer(flat_mel([level]), prepare_faces([crop]))
+        np.testing.assert_allclose(together[i], alone[0], atol=1e-6)
+
+
+def test_baseline_is_deterministic(tmp_path: Path) -> None:
+    first, second = tmp_path / "a", tmp_path / "b"
+    write_baseline(first)
+    write_baseline(second)
+    assert (first / "model.onnx").read_bytes() == (second / "model.onnx").read_bytes()
+
+
+def test_an_older_baseline_on_disk_is_replaced(tmp_path: Path) -> None:
+    write_baseline(tmp_path)
+    fresh = (tmp_path / "model.onnx").read_bytes()
+    (tmp_path / "model.onnx").write_bytes(dummy_model("batch").SerializeToString())  # "last version's"
+    ensure_baseline(tmp_path)
+    assert (tmp_path / "model.onnx").read_bytes() == fresh
+    before = (tmp_path / "model.onnx").stat().st_mtime_ns
+    ensure_baseline(tmp_path)  # up to date: left alone
+    assert (tmp_path / "model.onnx").stat().st_mtime_ns == before
 
 
 def test_baseline_listens_to_the_frames_own_columns(
