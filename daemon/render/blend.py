@@ -22,11 +22,17 @@ SOLID = 0.55  # fraction of the radius that is fully the model's output; a cosin
 
 def paste_back(frame: np.ndarray, box: Box, face: np.ndarray) -> np.ndarray:
     """A copy of `frame` with `face` (96,96,3 BGR uint8) resized to `box` and feathered in."""
+    if box.width <= 0 or box.height <= 0:
+        return frame.copy()
+    return paste_masked(frame, box, face, mouth_mask(box.width, box.height))
+
+
+def paste_masked(frame: np.ndarray, box: Box, face: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """A copy of `frame` with `face` resized to `box`, mixed in by `mask` (box-sized, (h, w, 1), 0..1)."""
     out = frame.copy()
     if box.width <= 0 or box.height <= 0:
         return out
     resized = cv2.resize(face, (box.width, box.height)).astype(np.float32)
-    mask = mouth_mask(box.width, box.height)
     region = _visible(box, frame.shape)
     rows, cols = slice(region.y1, region.y2), slice(region.x1, region.x2)
     inner = (slice(region.y1 - box.y1, region.y2 - box.y1), slice(region.x1 - box.x1, region.x2 - box.x1))

@@ -13,7 +13,11 @@ import numpy as np
 import onnxruntime as ort
 import structlog
 
+from daemon.render import audio as audio_features
+from daemon.render.blend import paste_back
+from daemon.render.faces import crop_face
 from daemon.render.modelspec import SPEC_NAME, ModelSpec
+from daemon.render.types import Box
 
 log = structlog.get_logger(__name__)
 
@@ -24,6 +28,7 @@ PREFERENCES = ("auto", "cuda", "tensorrt", "cpu")
 MEL_SHAPE = (1, 80, 16)
 FACE_SHAPE = (6, 96, 96)
 HALF = 96 // 2  # rows 48..95 of the crop are masked
+SILENT_MEL = -4.0  # the normalised floor: what the mel of silence looks like
 
 
 def choose_providers(
@@ -98,6 +103,25 @@ class LipSyncModel:
         )
         return model
 
+    # -- the model family interface (family.LipSyncFamily): Wav2Lip and the baseline --------------------
+
+    @property
+    def audio_key(self) -> str:
+        return "wav2lip-mel"  # the mel does not depend on the weights: every Wav2Lip model shares it
+
+    def job_audio(self, wav: np.ndarray) -> MelFeatures:
+        return MelFeatures(audio_features.mel_spectrogram(wav), len(wav) / audio_features.SAMPLE_RATE)
+
+    def prepare(self, frame: np.ndarray, box: Box) -> np.ndarray:
+        return crop_face(frame, box)
+
+    def faces(self, crops: list[np.ndarray], audio: np.ndarray) -> list[np.ndarray]:
+        """96x96 crops and (B, 80, 16) mel windows -> 96x96 BGR uint8 faces."""
+        return to_images(self.infer(audio[:, None].astype(np.float32), prepare_faces(crops)))
+
+    def paste(self, frame: np.ndarray, box: Box, face: np.ndarray) -> np.ndarray:
+        return paste_back(frame, box, face)
+
     def infer(self, mel: np.ndarray, face: np.ndarray) -> np.ndarray:
         """(B,1,80,16) and (B,6,96,96) float32 -> (B,3,96,96) float32; chunks and pads for a fixed batch."""
         count = _check_inputs(mel, face)
@@ -114,6 +138,20 @@ class LipSyncModel:
         feeds = {self._mel.name: mel.astype(self._mel.dtype), self._face.name: face.astype(self._face.dtype)}
         (out,) = self.session.run([self.spec.output], feeds)
         return np.asarray(out[:real], dtype=np.float32)
+
+
+@dataclass(frozen=True)
+class MelFeatures:
+    """A job's Wav2Lip mel spectrogram (80, T), normalised."""
+
+    mel: np.ndarray
+    seconds: float
+
+    def window(self, frame_index: int, fps: float) -> np.ndarray:
+        """The frame's mel window; frames past the audio's end (a kept longer video) hear silence."""
+        if frame_index / fps >= self.seconds:
+            return np.full((80, audio_features.MEL_STEP), SILENT_MEL, dtype=np.float32)
+        return audio_features.mel_window(self.mel, frame_index, fps)
 
 
 def _load_spec(folder: Path) -> ModelSpec:

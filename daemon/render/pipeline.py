@@ -30,16 +30,13 @@ import structlog
 
 from daemon.render import audio as audio_features
 from daemon.render.avatar_cache import AvatarCache
-from daemon.render.blend import paste_back
-from daemon.render.faces import FaceTracker, TrackStats, crop_face
+from daemon.render.faces import FaceTracker, TrackStats
+from daemon.render.family import AudioFeatures, LipSyncFamily
 from daemon.render.media import VideoEncoder, iter_frames, load_audio, probe_video
-from daemon.render.model import LipSyncModel, prepare_faces, to_images
 from daemon.render.timeline import TimelineFrame, timeline
 from daemon.render.types import FaceDetector, VideoInfo
 
 log = structlog.get_logger(__name__)
-
-SILENT_MEL = -4.0  # the normalised floor: what the mel of silence looks like
 
 
 class Interrupted(BaseException):
@@ -70,17 +67,33 @@ class RenderSettings:
         return max(1, min(self.batch_size, fits))
 
 
-@dataclass(frozen=True)
+@dataclass
 class JobAudio:
-    """Computed once per job and shared by all its videos."""
+    """Loaded once per job and shared by all its videos; the model's features are computed on first use
+    (the job's model is only known to be loadable then) and kept for the job's other videos."""
 
     path: Path
     samples: int
-    mel: np.ndarray  # (80, T) normalised
+    _wav: np.ndarray | None = field(default=None, repr=False)  # dropped once features are computed
+    _features: dict[str, AudioFeatures] = field(default_factory=dict, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
     def seconds(self) -> float:
         return self.samples / audio_features.SAMPLE_RATE
+
+    def features(self, model: LipSyncFamily) -> AudioFeatures:
+        """The model family's features of this audio, computed once (videos on other GPUs wait for it)."""
+        with self._lock:
+            if model.audio_key not in self._features:
+                wav = self._wav if self._wav is not None else load_audio(self.path)
+                started = time.perf_counter()
+                self._features[model.audio_key] = model.job_audio(wav)
+                self._wav = None  # a job has one model: the samples are not needed again
+                log.info(
+                    "job_audio", features=model.audio_key, seconds=round(time.perf_counter() - started, 2)
+                )
+            return self._features[model.audio_key]
 
 
 @dataclass(frozen=True)
@@ -117,7 +130,7 @@ _DONE = object()
 
 def prepare_audio(path: Path) -> JobAudio:
     wav = load_audio(path)
-    return JobAudio(path=path, samples=len(wav), mel=audio_features.mel_spectrogram(wav))
+    return JobAudio(path=path, samples=len(wav), _wav=wav)
 
 
 @dataclass
@@ -127,7 +140,7 @@ class VideoRender:
     source: Path
     audio: JobAudio
     out_path: Path
-    model: LipSyncModel
+    model: LipSyncFamily
     detector: FaceDetector
     settings: RenderSettings
     scratch_dir: Path
@@ -138,11 +151,13 @@ class VideoRender:
     _clocks: dict[str, _Clock] = field(default_factory=dict, init=False, repr=False)
     _track: TrackStats = field(default_factory=TrackStats, init=False, repr=False)
     _batch: int = field(default=1, init=False, repr=False)
+    _features: AudioFeatures | None = field(default=None, init=False, repr=False)
 
     def run(self) -> RenderResult:
         started = time.monotonic()
         info = probe_video(self.source)
         total = audio_features.frame_count(self.audio.samples, info.fps)
+        self._features = self.audio.features(self.model)
         self._batch = self.settings.batch_for(info.width, info.height)
         frames_q: queue.Queue[Any] = queue.Queue(maxsize=self._batch * self.settings.queue_batches)
         batches_q: queue.Queue[Any] = queue.Queue(maxsize=self.settings.queue_batches)
@@ -233,19 +248,14 @@ class VideoRender:
         with_face = [item for item in items if item.crop.box is not None]
         if not with_face:
             return [None] * len(items)
-        crops = [crop_face(item.frame, item.crop.box) for item in with_face if item.crop.box is not None]
-        mels = np.stack([self._mel_for(item.index, fps) for item in with_face])[:, None]
-        faces = prepare_faces(crops)
+        assert self._features is not None
+        crops = [
+            self.model.prepare(item.frame, item.crop.box) for item in with_face if item.crop.box is not None
+        ]
+        audio = np.stack([self._features.window(item.index, fps) for item in with_face])
         with self._clocks["model"].timing():
-            out = self.model.infer(mels.astype(np.float32), faces)
-        images = iter(to_images(out))
+            images = iter(self.model.faces(crops, audio))
         return [next(images) if item.crop.box is not None else None for item in items]
-
-    def _mel_for(self, index: int, fps: float) -> np.ndarray:
-        """The frame's mel window; frames past the audio's end (a kept longer video) hear silence."""
-        if index / fps >= self.audio.seconds:
-            return np.full((80, audio_features.MEL_STEP), SILENT_MEL, dtype=np.float32)
-        return audio_features.mel_window(self.audio.mel, index, fps)
 
     # -- stage 3: blend and encode ---------------------------------------------------------------------
 
@@ -276,7 +286,7 @@ class VideoRender:
                 for item, face in zip(batch.items, batch.faces, strict=True):
                     box = item.crop.box
                     encoder.write(
-                        item.frame if face is None or box is None else paste_back(item.frame, box, face)
+                        item.frame if face is None or box is None else self.model.paste(item.frame, box, face)
                     )
                     faceless += box is None
                 written += len(batch.items)

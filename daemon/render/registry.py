@@ -3,18 +3,27 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import structlog
 
 from daemon.render.baseline import ensure_baseline
+from daemon.render.family import LipSyncFamily
 from daemon.render.model import LipSyncModel, choose_providers
 from daemon.render.modelspec import SPEC_NAME, ModelSpec
+from daemon.render.musetalk import MuseTalkModel
 
 log = structlog.get_logger(__name__)
 
 BASELINE = "baseline"
-RENDERABLE = frozenset({"baseline", "wav2lip"})  # kinds this version renders; "musetalk" imports only
+# kind (model.json) -> the family adapter that opens it; the only place that knows the families
+OPENERS: dict[str, Callable[..., LipSyncFamily]] = {
+    "baseline": LipSyncModel.open,
+    "wav2lip": LipSyncModel.open,
+    "musetalk": MuseTalkModel.open,
+}
+RENDERABLE = frozenset(OPENERS)
 
 
 def available_models(models_dir: Path) -> list[str]:
@@ -36,24 +45,24 @@ class ModelPool:
         self.precision = precision
         self.threads = threads
         self.device_id = device_id
-        self._open: dict[str, LipSyncModel] = {}
+        self._open: dict[str, LipSyncFamily] = {}
         self._lock = threading.Lock()
 
-    def get(self, name: str) -> LipSyncModel:
+    def get(self, name: str) -> LipSyncFamily:
         with self._lock:
             if name not in self._open:
                 self._open[name] = self._load(name)
             return self._open[name]
 
-    def _load(self, name: str) -> LipSyncModel:
+    def _load(self, name: str) -> LipSyncFamily:
         folder = self.models_dir / name
         if name == BASELINE:
             ensure_baseline(folder)  # an upgrade brings the new look without deleting anything
         if not (folder / SPEC_NAME).exists():
             raise LookupError(f"no model named {name!r} in {self.models_dir}; see `lipsyncd model list`")
-        _check_renderable(name, folder)
+        opener = OPENERS[_renderable_kind(name, folder)]
         precision = self.precision if name != BASELINE else None
-        model = LipSyncModel.open(
+        model: LipSyncFamily = opener(
             folder,
             providers=self.providers,
             precision=precision,
@@ -64,15 +73,11 @@ class ModelPool:
         return model
 
 
-def _check_renderable(name: str, folder: Path) -> None:
+def _renderable_kind(name: str, folder: Path) -> str:
     kind = ModelSpec.load(folder).kind
-    if kind == "musetalk":
-        raise LookupError(
-            f"model {name!r} is a MuseTalk model: MuseTalk rendering is not available in this version; "
-            "choose a Wav2Lip model or 'baseline' (see `lipsyncd model list`)"
-        )
     if kind not in RENDERABLE:
         raise LookupError(f"model {name!r} in {folder} is of kind {kind!r}, which this version cannot render")
+    return kind
 
 
 def _preload_cuda_libraries() -> None:

@@ -29,6 +29,7 @@ from daemon.modelimport import ModelImportError, import_model
 from daemon.modelimport.musetalk_arch import load_vae
 from daemon.modelimport.musetalk_files import find_files
 from daemon.render.modelspec import ModelSpec
+from daemon.render.musetalk import MuseTalkModel
 from daemon.render.registry import ModelPool, available_models
 from tests.e2e.harness import Share
 
@@ -248,12 +249,13 @@ def test_fp16_graphs_keep_float32_inputs_and_outputs(imported: tuple[Share, str]
     assert out[0].dtype == np.float32 and out[0].shape == (2, 4, 32, 32)
 
 
-def test_registry_lists_it_but_refuses_to_render_it(imported: tuple[Share, str]) -> None:
+def test_registry_lists_it_and_opens_its_graphs(imported: tuple[Share, str]) -> None:
     models = _models(imported[0])
     assert "mt" in available_models(models)
-    pool = ModelPool(models, providers="cpu", precision=None, threads=1)
-    with pytest.raises(LookupError, match="MuseTalk rendering is not available in this version"):
-        pool.get("mt")
+    pool = ModelPool(models, providers="cpu", precision="fp16", threads=1)
+    model = pool.get("mt")
+    assert isinstance(model, MuseTalkModel) and model.provider == "CPUExecutionProvider"
+    assert pool.get("mt") is model  # opened once
 
 
 # -- broken releases: each problem named in plain words, nothing written -------------------------------

@@ -1,0 +1,53 @@
+"""What the render pipeline needs from a model, whatever its family (Wav2Lip and the baseline, MuseTalk).
+
+The pipeline only ever calls these methods; it never asks which family it holds. Per job, `job_audio`
+turns the audio into features once (shared by all the job's videos: `JobAudio.features` memoises them
+under `audio_key`); per frame with a face, `prepare` crops it, `faces` turns a batch of crops and their
+audio windows into generated faces, and `paste` puts one back into its frame.
+
+Adapters: `model.LipSyncModel` (Wav2Lip, baseline: 96x96 crops, mel windows) and
+`musetalk.MuseTalkModel` (256x256 crops, Whisper windows, three ONNX graphs per frame).
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import numpy as np
+
+from daemon.render.types import Box
+
+
+class AudioFeatures(Protocol):
+    """A job's audio as one family needs it; independent of any video (frame rate given per call)."""
+
+    def window(self, frame_index: int, fps: float) -> np.ndarray:
+        """The model's audio input for output frame `frame_index` (frames past the audio hear silence)."""
+        ...
+
+
+class LipSyncFamily(Protocol):
+    """An open model of some family; one instance per model and execution provider, shared by jobs."""
+
+    provider: str  # the onnxruntime execution provider actually in use
+
+    @property
+    def audio_key(self) -> str:
+        """Models with the same key compute the same `job_audio` (so a job computes it once)."""
+        ...
+
+    def job_audio(self, wav: np.ndarray) -> AudioFeatures:
+        """16 kHz mono float32 samples -> this family's features, computed once per job."""
+        ...
+
+    def prepare(self, frame: np.ndarray, box: Box) -> np.ndarray:
+        """The model's input crop for one BGR uint8 frame and the tracker's face box."""
+        ...
+
+    def faces(self, crops: list[np.ndarray], audio: np.ndarray) -> list[np.ndarray]:
+        """A batch of `prepare` crops and their stacked audio windows -> one BGR uint8 face per crop."""
+        ...
+
+    def paste(self, frame: np.ndarray, box: Box, face: np.ndarray) -> np.ndarray:
+        """A copy of `frame` with `face` blended in; `box` is the tracker's box `prepare` was given."""
+        ...

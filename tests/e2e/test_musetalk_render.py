@@ -1,0 +1,101 @@
+"""An imported MuseTalk model renders a job through the real daemon (`lipsyncd render --once`).
+
+The release is random weights of tiny configurations of the real classes (the import test's builder),
+so the generated mouth is noise: that makes it easy to see where the model's face was pasted. The
+checks: H.264/AAC output as long as the audio, the frame unchanged (within codec tolerance) outside
+MuseTalk's box and above its middle row, and the lower face changed.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+from daemon.modelimport import import_model
+from daemon.render.faces import FaceTracker, HaarDetector
+from daemon.render.media import iter_frames, probe_video
+from daemon.render.musetalk import musetalk_box
+from daemon.render.timeline import source_index
+from daemon.render.types import Box
+from daemon.samples import speech_like, write_audio, write_face_clip
+from tests.e2e.harness import Share
+from tests.functional.test_musetalk_import import Nets, write_release
+
+FPS = 10  # few frames: the tiny model still takes ~0.5 s a frame on 2 cores
+AUDIO_SECONDS = 1.5  # longer than the 1 s clip: the avatar ping-pongs
+
+
+@pytest.fixture(scope="module")
+def share(tmp_path_factory: pytest.TempPathFactory) -> Share:
+    root = tmp_path_factory.mktemp("musetalk")
+    share = Share(root / "shared", {"render": {"batch_size": 8}})
+    release = write_release(Nets(), root / "MuseTalk")
+    import_model(release, root / "shared-models", name="mt")
+    write_face_clip(share.inbox / "media" / "anchor.mp4", 1.0, FPS, (320, 240), seed=3)
+    write_audio(share.inbox / "media" / "speech.wav", speech_like(AUDIO_SECONDS, seed=1))
+    return share
+
+
+def test_musetalk_model_renders_a_job(share: Share) -> None:
+    share.drop("talk.yaml", {"audio": "media/speech.wav", "videos": ["media/anchor.mp4"], "model": "mt"})
+    rendered = share.lipsyncd("render", "--once", timeout=300)
+    assert rendered.returncode == 0, rendered.stderr
+    video = share.links("talk")["videos"][0]  # type: ignore[index]
+    assert video["status"] == "rendered" and video["model"] == "mt", video
+    frames = round(AUDIO_SECONDS * FPS)
+    assert video["frames"] == frames
+    _print_stages(rendered.stdout + rendered.stderr)
+
+    out = share.outputs / "talk" / video["output"]
+    with av.open(str(out)) as container:
+        v, a = container.streams.video[0], container.streams.audio[0]
+        assert (v.codec_context.name, a.codec_context.name) == ("h264", "aac")
+        assert abs(float(a.duration * a.time_base) - AUDIO_SECONDS) < 0.05
+    rendered_frames = list(iter_frames(out, probe_video(out)))
+    assert len(rendered_frames) == frames
+    _only_the_lower_face_changed(share.inbox / "media" / "anchor.mp4", rendered_frames)
+
+
+def _only_the_lower_face_changed(source: Path, rendered: list[np.ndarray]) -> None:
+    """Each output frame against the avatar frame it shows, through the boxes the daemon's tracker finds
+    (the same code on the same frames: the same boxes)."""
+    tracked = list(
+        FaceTracker(HaarDetector(), detect_every=5).track(iter_frames(source, probe_video(source)))
+    )
+    for index, out in enumerate(rendered):
+        frame, crop = tracked[source_index(index, len(tracked), "pingpong")]
+        assert crop.box is not None
+        face = musetalk_box(crop.box, frame.shape)
+        diff = np.abs(out.astype(np.int16) - frame.astype(np.int16)).mean(axis=2)
+        kept = np.ones(diff.shape, bool)
+        margin = 4  # chroma subsampling and the codec's blocks smear an edge by a few pixels
+        kept[(face.y1 + face.y2) // 2 - margin : face.y2 + margin, face.x1 - margin : face.x2 + margin] = (
+            False
+        )
+        upper = (slice(face.y1 + margin, (face.y1 + face.y2) // 2 - margin), slice(face.x1, face.x2))
+        print(
+            f"frame {index}: mean abs diff outside {diff[kept].mean():.2f}, upper face "
+            f"{diff[upper].mean():.2f}, lower face {diff[_lower_middle(face)].mean():.2f}"
+        )
+        assert diff[kept].mean() < 3, f"frame {index}: the frame changed outside the face"
+        assert diff[upper].mean() < 4, f"frame {index}: the upper face (eyes, nose) changed"
+        assert diff[_lower_middle(face)].mean() > 20, f"frame {index}: the lower face was not replaced"
+
+
+def _lower_middle(face: Box) -> tuple[slice, slice]:
+    """The middle of the box's lower half, where the blend mask is fully the model's face."""
+    return (
+        slice(face.y1 + face.height * 5 // 8, face.y1 + face.height * 7 // 8),
+        slice(face.x1 + face.width // 4, face.x2 - face.width // 4),
+    )
+
+
+def _print_stages(log: str) -> None:
+    for line in log.splitlines():
+        if '"render_stages"' in line or '"job_audio"' in line:
+            event = json.loads(line)
+            print({k: v for k, v in event.items() if k.endswith("_s") or k in ("seconds", "frames", "batch")})
