@@ -2,8 +2,10 @@
 
 The pipeline only ever calls these methods; it never asks which family it holds. Per job, `job_audio`
 turns the audio into features once (shared by all the job's videos: `JobAudio.features` memoises them
-under `audio_key`); per frame with a face, `prepare` crops it, `faces` turns a batch of crops and their
-audio windows into generated faces, and `paste` puts one back into its frame.
+under `audio_key`); per frame with a face, `prepare` crops it, `avatar_inputs` turns a batch of crops
+into the model's avatar-only input (which depends on the avatar frame alone, so a family where that is
+costly says `reuse_inputs` and the pipeline keeps it for the frame's next showing), `generate` turns those
+and the audio windows into faces, and `paste` puts one back into its frame.
 
 Adapters: `model.LipSyncModel` (Wav2Lip, baseline: 96x96 crops, mel windows) and
 `musetalk.MuseTalkModel` (256x256 crops, Whisper windows, three ONNX graphs per frame).
@@ -30,6 +32,7 @@ class LipSyncFamily(Protocol):
     """An open model of some family; one instance per model and execution provider, shared by jobs."""
 
     provider: str  # the onnxruntime execution provider actually in use
+    reuse_inputs: bool  # `avatar_inputs` costs more than keeping its result for a frame shown again
 
     @property
     def audio_key(self) -> str:
@@ -44,8 +47,12 @@ class LipSyncFamily(Protocol):
         """The model's input crop for one BGR uint8 frame and the tracker's face box."""
         ...
 
-    def faces(self, crops: list[np.ndarray], audio: np.ndarray) -> list[np.ndarray]:
-        """A batch of `prepare` crops and their stacked audio windows -> one BGR uint8 face per crop."""
+    def avatar_inputs(self, crops: list[np.ndarray]) -> np.ndarray:
+        """A batch of `prepare` crops -> the model's per-frame avatar input, stacked (B, ...)."""
+        ...
+
+    def generate(self, inputs: np.ndarray, audio: np.ndarray) -> list[np.ndarray]:
+        """Stacked `avatar_inputs` rows and audio windows -> one BGR uint8 face per row."""
         ...
 
     def paste(self, frame: np.ndarray, box: Box, face: np.ndarray) -> np.ndarray:

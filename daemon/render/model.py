@@ -115,9 +115,14 @@ class LipSyncModel:
     def prepare(self, frame: np.ndarray, box: Box) -> np.ndarray:
         return crop_face(frame, box)
 
-    def faces(self, crops: list[np.ndarray], audio: np.ndarray) -> list[np.ndarray]:
-        """96x96 crops and (B, 80, 16) mel windows -> 96x96 BGR uint8 faces."""
-        return to_images(self.infer(audio[:, None].astype(np.float32), prepare_faces(crops)))
+    reuse_inputs = False  # stacking a crop costs less than keeping it
+
+    def avatar_inputs(self, crops: list[np.ndarray]) -> np.ndarray:
+        return prepare_faces(crops)
+
+    def generate(self, inputs: np.ndarray, audio: np.ndarray) -> list[np.ndarray]:
+        """(B, 6, 96, 96) face stacks and (B, 80, 16) mel windows -> 96x96 BGR uint8 faces."""
+        return to_images(self.infer(audio[:, None].astype(np.float32), inputs))
 
     def paste(self, frame: np.ndarray, box: Box, face: np.ndarray) -> np.ndarray:
         return paste_back(frame, box, face)

@@ -10,6 +10,10 @@ the ones queued for the encoder, the one being encoded), plus the tracker's few 
 Any stage failing stops the others and the error surfaces in the caller; a stop request abandons the
 output (the encoder removes its temp file) and raises `Interrupted`.
 
+A frame shown again (a short avatar ping-ponging under long audio) reuses the model's avatar inputs
+computed the first time, when the model family says they are worth keeping (MuseTalk's VAE latents),
+up to `INPUT_MEMO_MB`.
+
 With an `AvatarCache`, the decode stage replays the detections of an earlier render of the same video
 instead of running the detector, and stores new ones when it is done.
 """
@@ -37,6 +41,8 @@ from daemon.render.timeline import TimelineFrame, timeline
 from daemon.render.types import FaceDetector, VideoInfo
 
 log = structlog.get_logger(__name__)
+
+INPUT_MEMO_MB = 128  # avatar inputs kept per render for frames shown again (MuseTalk: 32 KB a frame)
 
 
 class Interrupted(BaseException):
@@ -116,6 +122,7 @@ class RenderResult:
     seconds: float  # wall time
     detector_calls: int = 0
     cached_detections: int = 0  # answers replayed from the avatar cache
+    reused_inputs: int = 0  # frames whose avatar inputs were computed earlier in this render
     stages: StageTimes | None = None
 
 
@@ -152,6 +159,9 @@ class VideoRender:
     _track: TrackStats = field(default_factory=TrackStats, init=False, repr=False)
     _batch: int = field(default=1, init=False, repr=False)
     _features: AudioFeatures | None = field(default=None, init=False, repr=False)
+    _inputs: _InputMemo = field(
+        default_factory=lambda: _InputMemo(INPUT_MEMO_MB << 20), init=False, repr=False
+    )
 
     def run(self) -> RenderResult:
         started = time.monotonic()
@@ -194,6 +204,7 @@ class VideoRender:
             seconds=round(seconds, 2),
             detector_calls=self._track.detector_calls,
             cached_detections=self._track.memo_hits,
+            reused_inputs=self._inputs.hits,
             **{f"{name}_s": round(value, 2) for name, value in vars(stages).items()},
         )
         return RenderResult(
@@ -204,6 +215,7 @@ class VideoRender:
             seconds,
             detector_calls=self._track.detector_calls,
             cached_detections=self._track.memo_hits,
+            reused_inputs=self._inputs.hits,
             stages=stages,
         )
 
@@ -249,13 +261,25 @@ class VideoRender:
         if not with_face:
             return [None] * len(items)
         assert self._features is not None
-        crops = [
-            self.model.prepare(item.frame, item.crop.box) for item in with_face if item.crop.box is not None
-        ]
         audio = np.stack([self._features.window(item.index, fps) for item in with_face])
         with self._clocks["model"].timing():
-            images = iter(self.model.faces(crops, audio))
+            images = iter(self.model.generate(self._avatar_inputs(with_face), audio))
         return [next(images) if item.crop.box is not None else None for item in items]
+
+    def _avatar_inputs(self, items: list[TimelineFrame]) -> np.ndarray:
+        """The model's avatar inputs for these frames: kept ones reused, the others computed in one batch."""
+        keys = [(item.source_index, item.crop.box) for item in items]
+        fresh = {key: item for key, item in zip(keys, items, strict=True) if key not in self._inputs}
+        self._inputs.hits += len(keys) - len(fresh)  # kept earlier, or shown twice in this batch
+        computed: dict[Any, np.ndarray] = {}
+        if fresh:
+            crops = [
+                self.model.prepare(item.frame, box) for (_, box), item in fresh.items() if box is not None
+            ]
+            computed = dict(zip(fresh, self.model.avatar_inputs(crops), strict=True))
+            if self.model.reuse_inputs:
+                self._inputs.keep(computed)
+        return np.stack([computed[key] if key in computed else self._inputs.take(key) for key in keys])
 
     # -- stage 3: blend and encode ---------------------------------------------------------------------
 
@@ -294,6 +318,29 @@ class VideoRender:
                     last_report = time.monotonic()
                     self.on_progress(min(written / max(total, 1), 0.99))
         return written, faceless
+
+
+class _InputMemo:
+    """Avatar inputs by (source frame, box), up to `budget` bytes; later ones are not kept."""
+
+    def __init__(self, budget: int) -> None:
+        self.budget = budget
+        self.used = 0
+        self.hits = 0
+        self._kept: dict[Any, np.ndarray] = {}
+
+    def __contains__(self, key: Any) -> bool:
+        return key in self._kept
+
+    def take(self, key: Any) -> np.ndarray:
+        return self._kept[key]
+
+    def keep(self, inputs: dict[Any, np.ndarray]) -> None:
+        for key, value in inputs.items():
+            if self.used + value.nbytes > self.budget:
+                return
+            self._kept[key] = value.copy()  # a row of the batch: keep it alone, not the whole batch
+            self.used += value.nbytes
 
 
 class _Clock:

@@ -48,7 +48,9 @@ def test_musetalk_model_renders_a_job(share: Share) -> None:
     assert video["status"] == "rendered" and video["model"] == "mt", video
     frames = round(AUDIO_SECONDS * FPS)
     assert video["frames"] == frames
-    _print_stages(rendered.stdout + rendered.stderr)
+    stages = _print_stages(rendered.stdout + rendered.stderr)
+    # 10 avatar frames, 15 shown (ping-pong): the 5 shown again reuse their VAE latents
+    assert stages["reused_inputs"] == frames - 10
 
     out = share.outputs / "talk" / video["output"]
     with av.open(str(out)) as container:
@@ -94,8 +96,14 @@ def _lower_middle(face: Box) -> tuple[slice, slice]:
     )
 
 
-def _print_stages(log: str) -> None:
+def _print_stages(log: str) -> dict[str, object]:
+    """Prints the daemon's job_audio and render_stages timings; returns render_stages."""
+    stages: dict[str, object] = {}
     for line in log.splitlines():
         if '"render_stages"' in line or '"job_audio"' in line:
             event = json.loads(line)
-            print({k: v for k, v in event.items() if k.endswith("_s") or k in ("seconds", "frames", "batch")})
+            print(
+                {k: v for k, v in event.items() if k not in ("timestamp", "level", "logger", "job", "video")}
+            )
+            stages = event if event["event"] == "render_stages" else stages
+    return stages
