@@ -9,6 +9,12 @@ fresh run would, whatever `detect_every` or the audio's length; frames never see
 
 Files: `FOLDER/SHA256-KEY.npz` (KEY: 16 hex digits of the fingerprint's sha256), written to a temp name in
 the same folder and renamed into place; an unreadable file counts as a miss and is replaced.
+
+A model family whose avatar inputs are costly (MuseTalk: two VAE encodes a frame) also keeps them here,
+in `FOLDER/SHA256-inputs-KEY.npz` (KEY from the model's `inputs_key`: its encoder file and preprocessing
+version), by source frame and face box: a later render of the same video whose tracker gives the same box
+for a frame reuses that frame's latents. At most the render's memo budget is kept per video (128 MB,
+about 4,000 MuseTalk frames); frames past it are encoded on every render.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -90,9 +97,104 @@ class AvatarCache:
         track.added = 0
         log.info("avatar_cache_saved", video_sha256=track.video_sha256, detections=len(track.detections))
 
+    def inputs(self, video: Path, key: str, budget: int) -> AvatarInputs:
+        """A model's kept avatar inputs for this video (see `AvatarInputs`); empty on a miss."""
+        return load_inputs(self.folder, video, key, budget)
+
+    def save_inputs(self, inputs: AvatarInputs) -> None:
+        save_inputs(self.folder, inputs)
+
     def _path(self, track: AvatarTrack) -> Path:
         key = hashlib.sha256(track.fingerprint.encode()).hexdigest()[:16]
         return self.folder / f"{track.video_sha256}-{key}.npz"
+
+
+InputKey = tuple[int, Box]  # (source frame index, the tracker's face box)
+
+
+class AvatarInputs:
+    """A model's avatar inputs by (source frame, box), up to `budget` bytes; later ones are not kept.
+
+    Used within one render (a frame shown again reuses them) and, through `AvatarCache.inputs`, between
+    renders of the same video."""
+
+    def __init__(self, budget: int, video_sha256: str = "", key: str = "") -> None:
+        self.budget = budget
+        self.video_sha256 = video_sha256
+        self.key = key
+        self.used = 0
+        self.hits = 0  # frames served without computing their inputs
+        self.added = 0  # entries since loading: the entry needs saving when > 0
+        self._kept: dict[InputKey, np.ndarray] = {}
+
+    def __contains__(self, key: InputKey) -> bool:
+        return key in self._kept
+
+    def __len__(self) -> int:
+        return len(self._kept)
+
+    def take(self, key: InputKey) -> np.ndarray:
+        return self._kept[key]
+
+    def keep(self, inputs: dict[InputKey, np.ndarray], *, loaded: bool = False) -> None:
+        for key, value in inputs.items():
+            if self.used + value.nbytes > self.budget:
+                return
+            self._kept[key] = np.array(value, copy=True)  # a row of a batch: keep it alone, not the batch
+            self.used += value.nbytes
+            self.added += not loaded
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        keys = sorted(self._kept, key=lambda k: k[0])
+        return {
+            "format": np.array(FORMAT),
+            "video_sha256": np.array(self.video_sha256),
+            "key": np.array(self.key),
+            "indices": np.array([index for index, _ in keys], np.int64),
+            "boxes": np.array([[b.x1, b.y1, b.x2, b.y2] for _, b in keys], np.int64).reshape(-1, 4),
+            "values": np.stack([self._kept[k] for k in keys]),
+        }
+
+
+def _inputs_path(folder: Path, video_sha256: str, key: str) -> Path:
+    return folder / f"{video_sha256}-inputs-{hashlib.sha256(key.encode()).hexdigest()[:16]}.npz"
+
+
+def load_inputs(folder: Path, video: Path, key: str, budget: int) -> AvatarInputs:
+    """The kept inputs of this video under this model key, or an empty set (a bad file is a miss)."""
+    fresh = AvatarInputs(budget, file_sha256(video), key)
+    path = _inputs_path(folder, fresh.video_sha256, key)
+    if not path.is_file():
+        log.info("avatar_inputs", video=str(video), hit=False, frames=0)
+        return fresh
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {name: data[name] for name in data.files}
+        if int(arrays["format"]) != FORMAT or str(arrays["key"]) != key:
+            raise ValueError("the entry belongs to another model or version")
+        if not len(arrays["indices"]) == len(arrays["boxes"]) == len(arrays["values"]):
+            raise ValueError("the entry's arrays do not agree in length")
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+        log.warning("avatar_inputs_unreadable", path=str(path), error=str(exc))
+        return fresh
+    rows = zip(arrays["indices"], arrays["boxes"], arrays["values"], strict=True)
+    fresh.keep({(int(i), Box(*map(int, b))): v for i, b, v in rows}, loaded=True)
+    log.info("avatar_inputs", video=str(video), hit=True, frames=len(fresh))
+    return fresh
+
+
+def save_inputs(folder: Path, inputs: AvatarInputs) -> None:
+    """Write the entry if the render added to it; a full disk only logs."""
+    if not inputs.added or not inputs.video_sha256:
+        return
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        _write_atomic(_inputs_path(folder, inputs.video_sha256, inputs.key), inputs.arrays())
+    except OSError as exc:
+        log.warning("avatar_inputs_not_saved", folder=str(folder), error=str(exc))
+        return
+    inputs.added = 0
+    log.info("avatar_inputs_saved", video_sha256=inputs.video_sha256, frames=len(inputs))
 
 
 def _arrays(track: AvatarTrack) -> dict[str, np.ndarray]:

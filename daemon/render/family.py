@@ -35,6 +35,12 @@ class LipSyncFamily(Protocol):
     reuse_inputs: bool  # `avatar_inputs` costs more than keeping its result for a frame shown again
 
     @property
+    def inputs_key(self) -> str:
+        """What `avatar_inputs` depends on besides the frame and box (weights, preprocessing version):
+        the avatar cache keeps inputs under it."""
+        ...
+
+    @property
     def audio_key(self) -> str:
         """Models with the same key compute the same `job_audio` (so a job computes it once)."""
         ...

@@ -116,6 +116,7 @@ class LipSyncModel:
         return crop_face(frame, box)
 
     reuse_inputs = False  # stacking a crop costs less than keeping it
+    inputs_key = "wav2lip-faces-v1"  # never kept, but named
 
     def avatar_inputs(self, crops: list[np.ndarray]) -> np.ndarray:
         return prepare_faces(crops)

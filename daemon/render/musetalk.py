@@ -126,10 +126,11 @@ class _Graph:
 class MuseTalkModel:
     """The open graphs of one imported MuseTalk model; implements `family.LipSyncFamily`."""
 
-    def __init__(self, graphs: dict[str, _Graph], spec: ModelSpec, audio_file: Path) -> None:
+    def __init__(self, graphs: dict[str, _Graph], spec: ModelSpec, audio_file: Path, vae_file: Path) -> None:
         self.spec = spec
         self._graphs = graphs
         self._audio_file = audio_file
+        self._vae_file = vae_file
         self.provider: str = graphs["unet"].session.get_providers()[0]
 
     @classmethod
@@ -156,7 +157,7 @@ class MuseTalkModel:
             )
             for role, path in files.items()
         }
-        model = cls(graphs, spec, files["audio_encoder"])
+        model = cls(graphs, spec, files["audio_encoder"], files["vae_encoder"])
         log.info(
             "execution_provider",
             provider=model.provider,
@@ -179,6 +180,12 @@ class MuseTalkModel:
         return crop_256(frame, box)
 
     reuse_inputs = True  # two VAE encodes a frame: a third of the work (32 KB of latents to keep)
+    GEOMETRY = "v1"  # bump when musetalk_box, crop_256 or vae_inputs change: kept latents then miss
+
+    @property
+    def inputs_key(self) -> str:
+        vae = self._vae_file.stat()
+        return f"musetalk-latents-{self.GEOMETRY} {self._vae_file.resolve()} {vae.st_size} {vae.st_mtime_ns}"
 
     def avatar_inputs(self, crops: list[np.ndarray]) -> np.ndarray:
         """256x256 BGR crops -> (B, 8, 32, 32) latents, masked then full."""

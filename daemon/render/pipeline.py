@@ -33,7 +33,7 @@ import numpy as np
 import structlog
 
 from daemon.render import audio as audio_features
-from daemon.render.avatar_cache import AvatarCache
+from daemon.render.avatar_cache import AvatarCache, AvatarInputs, InputKey
 from daemon.render.faces import FaceTracker, TrackStats
 from daemon.render.family import AudioFeatures, LipSyncFamily
 from daemon.render.media import VideoEncoder, iter_frames, load_audio, probe_video
@@ -159,8 +159,8 @@ class VideoRender:
     _track: TrackStats = field(default_factory=TrackStats, init=False, repr=False)
     _batch: int = field(default=1, init=False, repr=False)
     _features: AudioFeatures | None = field(default=None, init=False, repr=False)
-    _inputs: _InputMemo = field(
-        default_factory=lambda: _InputMemo(INPUT_MEMO_MB << 20), init=False, repr=False
+    _inputs: AvatarInputs = field(
+        default_factory=lambda: AvatarInputs(INPUT_MEMO_MB << 20), init=False, repr=False
     )
 
     def run(self) -> RenderResult:
@@ -168,6 +168,8 @@ class VideoRender:
         info = probe_video(self.source)
         total = audio_features.frame_count(self.audio.samples, info.fps)
         self._features = self.audio.features(self.model)
+        if self.cache and self.model.reuse_inputs:
+            self._inputs = self.cache.inputs(self.source, self.model.inputs_key, INPUT_MEMO_MB << 20)
         self._batch = self.settings.batch_for(info.width, info.height)
         frames_q: queue.Queue[Any] = queue.Queue(maxsize=self._batch * self.settings.queue_batches)
         batches_q: queue.Queue[Any] = queue.Queue(maxsize=self.settings.queue_batches)
@@ -186,6 +188,8 @@ class VideoRender:
             failed.set()  # tell any worker still running to give up
             for worker in workers:
                 worker.join()
+            if self.cache:
+                self.cache.save_inputs(self._inputs)  # what was encoded is right even if the render stopped
         return self._result(info, written, faceless, time.monotonic() - started)
 
     def _result(self, info: VideoInfo, written: int, faceless: int, seconds: float) -> RenderResult:
@@ -268,14 +272,12 @@ class VideoRender:
 
     def _avatar_inputs(self, items: list[TimelineFrame]) -> np.ndarray:
         """The model's avatar inputs for these frames: kept ones reused, the others computed in one batch."""
-        keys = [(item.source_index, item.crop.box) for item in items]
+        keys = [(item.source_index, item.crop.box) for item in items if item.crop.box is not None]
         fresh = {key: item for key, item in zip(keys, items, strict=True) if key not in self._inputs}
         self._inputs.hits += len(keys) - len(fresh)  # kept earlier, or shown twice in this batch
-        computed: dict[Any, np.ndarray] = {}
+        computed: dict[InputKey, np.ndarray] = {}
         if fresh:
-            crops = [
-                self.model.prepare(item.frame, box) for (_, box), item in fresh.items() if box is not None
-            ]
+            crops = [self.model.prepare(item.frame, box) for (_, box), item in fresh.items()]
             computed = dict(zip(fresh, self.model.avatar_inputs(crops), strict=True))
             if self.model.reuse_inputs:
                 self._inputs.keep(computed)
@@ -318,29 +320,6 @@ class VideoRender:
                     last_report = time.monotonic()
                     self.on_progress(min(written / max(total, 1), 0.99))
         return written, faceless
-
-
-class _InputMemo:
-    """Avatar inputs by (source frame, box), up to `budget` bytes; later ones are not kept."""
-
-    def __init__(self, budget: int) -> None:
-        self.budget = budget
-        self.used = 0
-        self.hits = 0
-        self._kept: dict[Any, np.ndarray] = {}
-
-    def __contains__(self, key: Any) -> bool:
-        return key in self._kept
-
-    def take(self, key: Any) -> np.ndarray:
-        return self._kept[key]
-
-    def keep(self, inputs: dict[Any, np.ndarray]) -> None:
-        for key, value in inputs.items():
-            if self.used + value.nbytes > self.budget:
-                return
-            self._kept[key] = value.copy()  # a row of the batch: keep it alone, not the whole batch
-            self.used += value.nbytes
 
 
 class _Clock:

@@ -1,0 +1,58 @@
+"""Kept avatar inputs (MuseTalk latents): by video and model key, bounded; a damaged file is a miss."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from daemon.render.avatar_cache import AvatarInputs, load_inputs, save_inputs
+from daemon.render.types import Box
+
+BOX = Box(10, 20, 110, 140)
+ROW = 8 * 32 * 32 * 4  # bytes of one MuseTalk frame's latents
+
+
+def _latents(count: int) -> dict[tuple[int, Box], np.ndarray]:
+    rng = np.random.default_rng(count)
+    return {(i, BOX): rng.normal(size=(8, 32, 32)).astype(np.float32) for i in range(count)}
+
+
+def test_saved_inputs_come_back_under_the_same_video_and_key(tmp_path: Path) -> None:
+    video = tmp_path / "a.mp4"
+    video.write_bytes(b"frames")
+    first = load_inputs(tmp_path / "cache", video, "key-1", budget=10 * ROW)
+    assert len(first) == 0
+    rows = _latents(3)
+    first.keep(rows)
+    save_inputs(tmp_path / "cache", first)
+    again = load_inputs(tmp_path / "cache", video, "key-1", budget=10 * ROW)
+    assert len(again) == 3 and again.added == 0
+    for key, value in rows.items():
+        np.testing.assert_array_equal(again.take(key), value)
+    assert (1, Box(10, 20, 110, 141)) not in again  # another box for that frame: computed again
+    assert len(load_inputs(tmp_path / "cache", video, "key-2", budget=10 * ROW)) == 0
+    video.write_bytes(b"other frames")
+    assert len(load_inputs(tmp_path / "cache", video, "key-1", budget=10 * ROW)) == 0
+
+
+def test_budget_bounds_what_is_kept(tmp_path: Path) -> None:
+    inputs = AvatarInputs(budget=2 * ROW)
+    inputs.keep(_latents(5))
+    assert len(inputs) == 2 and inputs.used == 2 * ROW
+
+
+def test_a_damaged_file_is_a_miss_and_is_replaced(tmp_path: Path) -> None:
+    video = tmp_path / "a.mp4"
+    video.write_bytes(b"frames")
+    inputs = load_inputs(tmp_path, video, "k", budget=10 * ROW)
+    inputs.keep(_latents(2))
+    save_inputs(tmp_path, inputs)
+    (saved,) = tmp_path.glob("*-inputs-*.npz")
+    saved.write_bytes(saved.read_bytes()[:100])
+    broken = load_inputs(tmp_path, video, "k", budget=10 * ROW)
+    assert len(broken) == 0
+    broken.keep(_latents(1))
+    save_inputs(tmp_path, broken)
+    assert len(load_inputs(tmp_path, video, "k", budget=10 * ROW)) == 1
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp file left
