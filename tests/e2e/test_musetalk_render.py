@@ -149,7 +149,9 @@ def test_avatar_cache_keeps_the_latents_between_renders(share: Share, tmp_path: 
     assert len(list((tmp_path / "avatars").glob("*-inputs-*.npz"))) == 1
     again, again_frames = render("again")
     assert CountingMuseTalk.encoded == 10 and again.reused_inputs == 15  # no VAE encode at all
-    # the same latents give the same video; onnxruntime's threads may round a pixel of the (random,
-    # noisy) face differently, which the encoder may spread over its block: so a mean, not equality
+    # the same latents give the same video, up to rounding: onnxruntime's results depend slightly on the
+    # batch a frame shares (the two renders batch the UNet differently), the random tiny UNet amplifies
+    # that, and x264 spreads it over its blocks. Measured here: a mean of 0.0-0.7 of 255 over the frame,
+    # where the render test above sees the generated lower face differ from the source by 76-112.
     for one, two in zip(first_frames, again_frames, strict=True):
-        assert np.abs(one.astype(np.int16) - two.astype(np.int16)).mean() < 0.2
+        assert np.abs(one.astype(np.int16) - two.astype(np.int16)).mean() < 2.0
