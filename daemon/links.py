@@ -1,4 +1,4 @@
-"""links.json: the status and download links of one job, next to its outputs (DESIGN.md section 2).
+"""links.json: the status and download links of one job, next to its outputs.
 
 It is a view of the job store, never edited in place: each writer reads the job's rows and replaces the
 whole file (temp file + rename) while holding a per-job lock, so the render and upload processes cannot

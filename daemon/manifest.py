@@ -1,4 +1,4 @@
-"""Job manifests (DESIGN.md section 2): parse YAML or JSON, validate strictly, keep media inside the share.
+"""Job manifests: parse YAML or JSON, validate strictly, keep media inside the share.
 
 Every problem found is collected, so a user fixing a manifest sees all of them at once.
 """

@@ -1,4 +1,4 @@
-"""Generated media for tests, the demo and the benchmark: no downloads (DESIGN.md section 7).
+"""Generated media for tests, the demo and the benchmark: no downloads.
 
 Faces come from `skimage.data.astronaut()` (a public-domain NASA photo that ships in the scikit-image
 wheel); scikit-image is a test/bench extra, so it is imported inside the functions that need it.

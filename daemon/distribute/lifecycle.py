@@ -2,7 +2,7 @@
 
 Our rules carry IDs starting with "lipsyncd-"; rules anyone else put on the bucket are kept as they are.
 Each action is its own rule, so a server that refuses one kind (SeaweedFS answers NotImplemented to
-Transitions, DESIGN 5) still gets the others. PutBucketLifecycleConfiguration replaces the whole set,
+Transitions) still gets the others. PutBucketLifecycleConfiguration replaces the whole set,
 so `apply` reads the current rules first and writes back the ones that are not ours.
 """
 

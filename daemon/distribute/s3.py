@@ -67,7 +67,7 @@ class StorageSettings:
     bucket: str = "lipsyncd"
     prefix: str = "lipsyncd"  # key prefix: PREFIX/YYYY/MM/DD/JOB/VIDEO.mp4 ("" for none)
     addressing_style: str = "path"  # "path" works everywhere; "virtual" (bucket.host) or "auto"
-    # boto3 >= 1.36 adds CRC checksums by default; several S3-compatible servers reject them (DESIGN 5)
+    # boto3 >= 1.36 adds CRC checksums by default; several S3-compatible servers reject them
     request_checksum_calculation: str = "when_required"  # or "when_supported"
     response_checksum_validation: str = "when_required"  # or "when_supported"
     credentials_file: Path | None = None  # ini or KEY=VALUE file, e.g. $CREDENTIALS_DIRECTORY/s3

@@ -1,8 +1,8 @@
 """MuseTalk's three networks from the libraries' own classes, and the four modules exported to ONNX.
 
 UNet: diffusers UNet2DConditionModel(**musetalk.json); VAE: diffusers AutoencoderKL; audio: the encoder
-of transformers' WhisperModel. The wrappers hold what MuseTalk does around each call (DESIGN.md
-section 8), so the graphs need no MuseTalk code at run time: stacked hidden states, posterior mean x
+of transformers' WhisperModel. The wrappers hold what MuseTalk does around each call, so the
+graphs need no MuseTalk code at run time: stacked hidden states, posterior mean x
 scaling factor, positional encoding and timestep 0, decode of latent / scaling factor to [0, 1].
 Imported only by the MuseTalk import (torch, diffusers, transformers: the `import` extra).
 """

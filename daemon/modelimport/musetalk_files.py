@@ -28,7 +28,7 @@ _VAE_WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.
 _WHISPER_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
 AUDIO_WINDOW = 50  # audio tokens per frame: 10 whisper steps x 5 hidden states (time major)
 AUDIO_STEPS = 10
-# the Whisper features the daemon computes (DESIGN.md section 8); the preprocessor config must agree
+# the Whisper features the daemon computes; the preprocessor config must agree
 FEATURES = {"feature_size": 80, "sampling_rate": 16000, "n_fft": 400, "hop_length": 160, "chunk_length": 30}
 FACE = 256  # face crop side; the VAE turns it into a FACE / 8 latent
 

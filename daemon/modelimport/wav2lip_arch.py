@@ -1,4 +1,4 @@
-"""The Wav2Lip generator in torch, built from the table in DESIGN.md section 4.
+"""The Wav2Lip generator in torch, built from its published architecture.
 
 Module names follow the public checkpoints so that `state_dict` keys match them one to one
 (`face_encoder_blocks.1.0.conv_block.0.weight`, `audio_encoder.3.conv_block.1.running_mean`, ...).
@@ -12,7 +12,7 @@ from torch import nn
 
 MEL_SHAPE = (1, 80, 16)
 FACE_SHAPE = (6, 96, 96)
-PARAMETERS = 36_298_035  # DESIGN.md section 4
+PARAMETERS = 36_298_035  # the published Wav2Lip generator
 
 Stride = int | tuple[int, int]
 

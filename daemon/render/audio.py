@@ -1,7 +1,7 @@
 """Audio features for the lip-sync model: the Wav2Lip mel spectrogram and its per-frame windows.
 
 Pure numpy (scipy only for the pre-emphasis filter), matching the Wav2Lip reference that uses librosa
-(DESIGN.md section 4). The input is 16 kHz mono float32 as `media.load_audio` returns it.
+(the Wav2Lip reference). The input is 16 kHz mono float32 as `media.load_audio` returns it.
 """
 
 from __future__ import annotations

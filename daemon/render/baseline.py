@@ -1,4 +1,4 @@
-"""The built-in `baseline` model: a weightless ONNX graph that obeys the model contract (DESIGN.md 4).
+"""The built-in `baseline` model: a weightless ONNX graph that obeys the model contract.
 
 It is a placeholder, not a learned model. It opens the presenter's own jaw in proportion to speech
 loudness so that the product runs end to end, and the audio-video alignment can be seen, before anyone

@@ -1,4 +1,4 @@
-"""Face detection, streaming tracking and smoothing, and the 96x96 crop (DESIGN.md section 4).
+"""Face detection, streaming tracking and smoothing, and the 96x96 crop.
 
 The tracker is two small generator stages so that memory stays bounded whatever the video's length:
 

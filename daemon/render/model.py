@@ -1,4 +1,4 @@
-"""The lip-sync model runner: onnxruntime session, provider choice, and the face tensors of DESIGN.md 4.
+"""The lip-sync model runner: onnxruntime session, provider choice, and the Wav2Lip face tensors.
 
 No torch here: the model is an ONNX file described by its model.json (modelspec.py).
 """

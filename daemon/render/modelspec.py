@@ -1,7 +1,7 @@
 """The spec file that sits next to every model in the models directory (models/NAME/model.json).
 
 The render side reads it to open the ONNX file; `lipsyncd model import` writes it. It maps the model's
-own input/output names onto the contract of DESIGN.md section 4 (mel, face -> image).
+own input/output names onto the Wav2Lip contract (mel, face -> image).
 """
 
 from __future__ import annotations

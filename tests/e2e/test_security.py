@@ -347,7 +347,7 @@ def test_no_secret_in_any_log_line_journald_format(
 
 @contextlib.contextmanager
 def journal(alive: Any) -> Iterator[list[str]]:
-    """The running journald, or one started by hand for this test (DESIGN.md section 6)."""
+    """The running journald, or one started by hand for this test."""
     from tests.functional.test_journald import JOURNAL_DIR, JOURNALD
 
     if alive():

@@ -1,4 +1,4 @@
-"""A real systemd-journald (started here when none runs; DESIGN §6) receives the daemon's log events.
+"""A real systemd-journald (started here when none runs) receives the daemon's log events.
 
 A child Python process configures the journald sink and logs; `journalctl -D /run/log/journal` reads
 the fields back. Needs root (journald binds /run/systemd/journal) and the systemd package.

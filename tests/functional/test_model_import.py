@@ -3,7 +3,7 @@
 The checkpoint is random (the real weights are not redistributable) but realistic: legacy non-zip
 pickle, a dict with `state_dict` and optimizer entries, `module.` prefixes, BatchNorm statistics
 gathered by running the net in training mode. The ONNX output is checked against a forward pass
-written here from the table in DESIGN.md section 4 with torch.nn.functional: it shares no code
+written here from the published layer table with torch.nn.functional: it shares no code
 with the importer's architecture.
 """
 
@@ -35,7 +35,7 @@ from daemon.render.modelspec import ModelSpec
 
 State = dict[str, torch.Tensor]
 
-# -- an independent forward pass, from DESIGN.md section 4 -----------------------------------------
+# -- an independent forward pass -----------------------------------------
 # ("c", stride, pad) conv block; ("t", stride, pad, output_padding) transposed; "r" residual k3 s1 p1
 FACE_ENCODER = [
     [("c", 1, 3)],

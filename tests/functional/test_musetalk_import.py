@@ -6,7 +6,7 @@ dicts, the VAE under diffusers' old attention names as sd-vae-ft-mse ships them,
 WhisperForConditionalGeneration in model.safetensors. The tiny configs keep every size of the graph
 contract (d_model 384, 4 encoder layers -> 5 hidden states, 1500 positions, 80 mels, 8 -> 4 latent
 channels, 256 -> 32): only widths inside the networks shrink. The graphs are checked here against
-torch computations written from DESIGN.md section 8 (own positional encoding and scaling), not the
+torch computations written from MuseTalk's published recipe (own positional encoding and scaling), not the
 importer's wrappers.
 """
 
