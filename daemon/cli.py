@@ -65,16 +65,21 @@ class _UserError(Exception):
 
 
 def _parser() -> argparse.ArgumentParser:
+    from daemon import __version__
+
+    config_help = "YAML configuration (default: $LIPSYNCD_CONFIG or config/lipsyncd.yaml)"
     parser = argparse.ArgumentParser(
         prog="lipsyncd", description="Lip-synced presenter videos from a drop folder."
     )
-    parser.add_argument(
-        "--config", help="YAML configuration (default: $LIPSYNCD_CONFIG or config/lipsyncd.yaml)"
-    )
+    parser.add_argument("--version", action="version", version=f"lipsyncd {__version__}")
+    parser.add_argument("--config", help=config_help)
+    # --config is also taken after the command; SUPPRESS keeps one given before it
+    anywhere = argparse.ArgumentParser(add_help=False)
+    anywhere.add_argument("--config", default=argparse.SUPPRESS, help=config_help)
     sub = parser.add_subparsers(title="commands", metavar="COMMAND", dest="command")
 
     def command(name: str, handler: Callable[..., int | None], text: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=text, description=text)
+        p = sub.add_parser(name, help=text, description=text, parents=[anywhere])
         p.set_defaults(handler=handler)
         return p
 
@@ -124,11 +129,14 @@ def _parser() -> argparse.ArgumentParser:
         "check what this machine offers: GPUs, providers, encoders, models, storage, folders",
     )
 
-    model = sub.add_parser("model", help="import and list lip-sync models and face detectors")
+    model = sub.add_parser(
+        "model", help="import and list lip-sync models and face detectors", parents=[anywhere]
+    )
     model_sub = model.add_subparsers(title="model commands", metavar="ACTION", dest="action")
     imp = model_sub.add_parser(
         "import",
         help="import a Wav2Lip checkpoint or ONNX file, a MuseTalk release folder, or an S3FD/YuNet detector",
+        parents=[anywhere],
     )
     imp.set_defaults(handler=_model_import)
     imp.add_argument("path", type=Path, help="a file, or a MuseTalk folder (musetalkV15/, sd-vae/, whisper/)")
@@ -136,9 +144,9 @@ def _parser() -> argparse.ArgumentParser:
     imp.add_argument("--fp16", action="store_true", help="also make a half-precision variant (GPUs)")
     imp.add_argument("--int8", action="store_true", help="also make a statically quantised int8 variant")
     imp.add_argument("--overwrite", action="store_true", help="replace a model of the same name")
-    model_sub.add_parser("list", help="models and detectors in the models directory").set_defaults(
-        handler=_model_list
-    )
+    model_sub.add_parser(
+        "list", help="models and detectors in the models directory", parents=[anywhere]
+    ).set_defaults(handler=_model_list)
 
     bench = command("bench", _bench, "measure speed and memory; print a table (see bench/README.md)")
     bench.add_argument("--quick", action="store_true", help="tiny inputs: checks the command works")

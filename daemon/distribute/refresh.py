@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -48,9 +49,14 @@ def refresh_links(config: Config, job_id: str | None, *, credentials_file: Path 
 
 
 def print_links(config: Config, job_id: str | None) -> int:
+    """0, or 1 for a job that does not exist (as `lipsyncd status JOB` answers)."""
     store = JobStore(config.state_dir)
+    known = job_id is None or store.job(job_id) is not None
     videos = ready_videos(store, job_id)
     store.close()
+    if not known:
+        print(f"lipsyncd: no job named {job_id!r}", file=sys.stderr)
+        return 1
     for video in videos:
         print(f"{video.job_id}/{video.output}\texpires {iso(video.expires_at)}\t{video.url}")
     if not videos:
