@@ -63,8 +63,12 @@ def events(daemon: Daemon, name: str) -> list[dict[str, Any]]:
 def start_run(share: Share) -> Daemon:
     """`lipsyncd run` in a session of its own, as a terminal would start it; returns once all is up."""
     run = Daemon(share, "run", new_session=True)
-    wait_for(lambda: events(run, "upload_ready"), 90, "upload watcher and storage up", run)
-    wait_for(lambda: events(run, "render_ready"), 60, "render watcher up", run)
+    try:
+        wait_for(lambda: events(run, "upload_ready"), 90, "upload watcher and storage up", run)
+        wait_for(lambda: events(run, "render_ready"), 60, "render watcher up", run)
+    except BaseException:  # a failed start must not leave the tree running after the test
+        run.terminate(timeout=90)
+        raise
     return run
 
 
