@@ -1,9 +1,11 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from daemon.distribute.embedded import EmbeddedS3
 from daemon.samples import speech_like, write_audio, write_face_clip
 
 
@@ -16,4 +18,21 @@ def media(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "face_b": write_face_clip(folder / "anchor_b.mp4", 1.0, 30, (320, 240), seed=3),
         "speech": write_audio(folder / "speech.wav", speech_like(3.0, seed=1)),
         "long_speech": write_audio(folder / "long.wav", speech_like(6.0, seed=2)),
+    }
+
+
+@pytest.fixture
+def external(tmp_path: Path, embedded_s3: EmbeddedS3, s3_bucket: str, s3_prefix: str) -> dict[str, Any]:
+    """The session's SeaweedFS configured as an external endpoint (no storage start per test), keys in a
+    0600 credentials file."""
+    keys = tmp_path / "s3-credentials"
+    keys.write_text(
+        f"aws_access_key_id={embedded_s3.access_key}\naws_secret_access_key={embedded_s3.secret_key}\n"
+    )
+    keys.chmod(0o600)
+    return {
+        "endpoint_url": embedded_s3.endpoint_url,
+        "bucket": s3_bucket,
+        "prefix": s3_prefix.rstrip("/"),
+        "credentials_file": str(keys),
     }

@@ -18,8 +18,6 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from daemon.distribute.embedded import EmbeddedS3
 from tests.e2e.harness import Daemon, Share, statuses, wait_for
 
@@ -39,22 +37,6 @@ def http_status(url: str) -> int:
 
 def done(share: Share, job: str) -> Any:
     return (doc := share.links(job)) and doc["status"] == "done" and doc
-
-
-@pytest.fixture
-def external(tmp_path: Path, embedded_s3: EmbeddedS3, s3_bucket: str, s3_prefix: str) -> dict[str, Any]:
-    """The session's SeaweedFS configured as an external endpoint, keys in a credentials file (0600)."""
-    keys = tmp_path / "s3-credentials"
-    keys.write_text(
-        f"aws_access_key_id={embedded_s3.access_key}\naws_secret_access_key={embedded_s3.secret_key}\n"
-    )
-    keys.chmod(0o600)
-    return {
-        "endpoint_url": embedded_s3.endpoint_url,
-        "bucket": s3_bucket,
-        "prefix": s3_prefix.rstrip("/"),
-        "credentials_file": str(keys),
-    }
 
 
 def test_embedded_defaults_share_links_that_download_the_rendered_bytes(

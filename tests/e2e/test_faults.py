@@ -39,22 +39,6 @@ def done(share: Share, name: str) -> Any:
     return (doc := share.links(name)) and doc["status"] in ("done", "failed") and doc
 
 
-@pytest.fixture
-def external(tmp_path: Path, embedded_s3: EmbeddedS3, s3_bucket: str, s3_prefix: str) -> dict[str, Any]:
-    """The session's SeaweedFS as an external endpoint; keys in a 0600 credentials file."""
-    keys = tmp_path / "s3-credentials"
-    keys.write_text(
-        f"aws_access_key_id={embedded_s3.access_key}\naws_secret_access_key={embedded_s3.secret_key}\n"
-    )
-    keys.chmod(0o600)
-    return {
-        "endpoint_url": embedded_s3.endpoint_url,
-        "bucket": s3_bucket,
-        "prefix": s3_prefix.rstrip("/"),
-        "credentials_file": str(keys),
-    }
-
-
 class LinksReader(threading.Thread):
     """Reads every links.json under the outputs over and over, as a user's script would, and keeps any
     document that was not valid JSON."""

@@ -10,30 +10,11 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-import pytest
-
-from daemon.distribute.embedded import EmbeddedS3
 from daemon.links import job_view
 from daemon.store import JobStore
 from tests.e2e.harness import Daemon, Share, wait_for
 
 FAST_INBOX = {"settle_time": "0.3s", "rescan_interval": "2s"}
-
-
-@pytest.fixture
-def external(tmp_path: Path, embedded_s3: EmbeddedS3, s3_bucket: str, s3_prefix: str) -> dict[str, Any]:
-    """The session's SeaweedFS as an external endpoint (no storage start per test)."""
-    keys = tmp_path / "s3-credentials"
-    keys.write_text(
-        f"aws_access_key_id={embedded_s3.access_key}\naws_secret_access_key={embedded_s3.secret_key}\n"
-    )
-    keys.chmod(0o600)
-    return {
-        "endpoint_url": embedded_s3.endpoint_url,
-        "bucket": s3_bucket,
-        "prefix": s3_prefix.rstrip("/"),
-        "credentials_file": str(keys),
-    }
 
 
 def fetch(url: str) -> bytes:
