@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint unit bench setup clean-demo
+.PHONY: demo test lint unit bench setup system-packages clean-demo
 
 # A virtual environment with the project (editable) and its test extras; redone when setup.cfg changes.
 $(BIN)/.installed: setup.cfg pyproject.toml
@@ -14,11 +14,23 @@ $(BIN)/.installed: setup.cfg pyproject.toml
 
 setup: $(BIN)/.installed
 
+# Debian packages the tests drive for real: a headless browser for the links page, a reverse proxy in
+# front of the storage. Installed only when missing (apt-get as root, else through sudo).
+TEST_DEB_PACKAGES := chromium nginx-light
+system-packages:
+	@missing=$$(for p in $(TEST_DEB_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages for the tests:" $$missing; \
+	  sudo=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+
 # Render the bundled example on the embedded defaults (built-in model, embedded storage).
 demo: setup
 	$(BIN)/python -m daemon.demo
 
-test: setup lint
+test: setup system-packages lint
 	$(BIN)/pytest -q -ra $(PYTEST_ARGS)
 
 lint: setup
