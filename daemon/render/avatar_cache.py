@@ -15,10 +15,15 @@ in `FOLDER/SHA256-inputs-KEY.npz` (KEY from the model's `inputs_key`: its encode
 version), by source frame and face box: a later render of the same video whose tracker gives the same box
 for a frame reuses that frame's latents. At most the render's memo budget is kept per video (128 MB,
 about 4,000 MuseTalk frames); frames past it are encoded on every render.
+
+The folder is bounded (`render.avatar_cache_size`): after each write the least recently used entries go
+until the rest fit. A hit touches its file's mtime, so mtime is the last use. Only finished `.npz` files
+are counted and removed; temp files (`.NAME.npz.tmp`, being written) are never touched.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import tempfile
@@ -68,10 +73,13 @@ class AvatarTrack:
 
 
 class AvatarCache:
-    """The folder of entries (e.g. `STATE/avatars`); `track()` before rendering, `save()` after."""
+    """The folder of entries (e.g. `STATE/avatars`); `track()` before rendering, `save()` after.
 
-    def __init__(self, folder: Path) -> None:
+    `max_bytes`: the folder's bound (None: unbounded); least recently used entries go past it."""
+
+    def __init__(self, folder: Path, max_bytes: int | None = None) -> None:
         self.folder = folder
+        self.max_bytes = max_bytes
 
     def track(self, video: Path, detector: FaceDetector, info: VideoInfo) -> AvatarTrack:
         """The entry for this video and detector: loaded when there is a usable one, else empty."""
@@ -80,6 +88,8 @@ class AvatarCache:
         )
         path = self._path(fresh)
         loaded = _load(path, fresh) if path.is_file() else None
+        if loaded:
+            _touch(path)
         found = len(loaded.detections) if loaded else 0
         log.info("avatar_cache", video=str(video), hit=loaded is not None, detections=found)
         return loaded or fresh
@@ -96,13 +106,26 @@ class AvatarCache:
             return
         track.added = 0
         log.info("avatar_cache_saved", video_sha256=track.video_sha256, detections=len(track.detections))
+        self.trim()
 
     def inputs(self, video: Path, key: str, budget: int) -> AvatarInputs:
         """A model's kept avatar inputs for this video (see `AvatarInputs`); empty on a miss."""
         return load_inputs(self.folder, video, key, budget)
 
     def save_inputs(self, inputs: AvatarInputs) -> None:
-        save_inputs(self.folder, inputs)
+        if save_inputs(self.folder, inputs):
+            self.trim()
+
+    def trim(self) -> list[Path]:
+        """Remove least recently used entries until the folder fits `max_bytes`; returns those removed."""
+        if self.max_bytes is None:
+            return []
+        removed = trim_lru(self.folder, self.max_bytes)
+        if removed:
+            log.info(
+                "avatar_cache_trimmed", folder=str(self.folder), removed=len(removed), limit=self.max_bytes
+            )
+        return removed
 
     def _path(self, track: AvatarTrack) -> Path:
         key = hashlib.sha256(track.fingerprint.encode()).hexdigest()[:16]
@@ -179,22 +202,61 @@ def load_inputs(folder: Path, video: Path, key: str, budget: int) -> AvatarInput
         return fresh
     rows = zip(arrays["indices"], arrays["boxes"], arrays["values"], strict=True)
     fresh.keep({(int(i), Box(*map(int, b))): v for i, b, v in rows}, loaded=True)
+    _touch(path)
     log.info("avatar_inputs", video=str(video), hit=True, frames=len(fresh))
     return fresh
 
 
-def save_inputs(folder: Path, inputs: AvatarInputs) -> None:
-    """Write the entry if the render added to it; a full disk only logs."""
+def save_inputs(folder: Path, inputs: AvatarInputs) -> bool:
+    """Write the entry if the render added to it (True when written); a full disk only logs."""
     if not inputs.added or not inputs.video_sha256:
-        return
+        return False
     try:
         folder.mkdir(parents=True, exist_ok=True)
         _write_atomic(_inputs_path(folder, inputs.video_sha256, inputs.key), inputs.arrays())
     except OSError as exc:
         log.warning("avatar_inputs_not_saved", folder=str(folder), error=str(exc))
-        return
+        return False
     inputs.added = 0
     log.info("avatar_inputs_saved", video_sha256=inputs.video_sha256, frames=len(inputs))
+    return True
+
+
+def trim_lru(folder: Path, max_bytes: int) -> list[Path]:
+    """Remove the least recently used entries (oldest mtime first) until the rest total at most
+    `max_bytes`. Temp files being written (dot-names) are neither counted nor removed; an entry another
+    worker removed meanwhile is skipped."""
+    entries = []
+    for path in folder.glob("*.npz"):
+        if path.name.startswith("."):
+            continue
+        try:
+            stat = path.stat()
+        except OSError:
+            continue
+        entries.append((stat.st_mtime_ns, stat.st_size, path))
+    entries.sort()
+    total = sum(size for _, size, _ in entries)
+    removed = []
+    for _, size, path in entries:
+        if total <= max_bytes:
+            break
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            log.warning("avatar_cache_not_trimmed", path=str(path), error=str(exc))
+            continue
+        total -= size
+        removed.append(path)
+    return removed
+
+
+def _touch(path: Path) -> None:
+    """Mark an entry as just used (its mtime is the LRU clock); a read-only or vanished file is fine."""
+    with contextlib.suppress(OSError):
+        os.utime(path)
 
 
 def _arrays(track: AvatarTrack) -> dict[str, np.ndarray]:
