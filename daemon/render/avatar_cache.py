@@ -39,7 +39,8 @@ from daemon.render.types import Box, FaceDetector, VideoInfo
 
 log = structlog.get_logger(__name__)
 
-FORMAT = 1  # bump when the file layout changes: old files then miss
+FORMAT = 2  # bump when the file layout changes: old files then miss (2: boxes carry landmarks)
+POINTS = 10  # Box.landmarks: five (x, y) points
 _CHUNK = 1 << 20
 
 
@@ -101,7 +102,7 @@ class AvatarCache:
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
             _write_atomic(self._path(track), _arrays(track))
-        except OSError as exc:
+        except (OSError, ValueError) as exc:
             log.warning("avatar_cache_not_saved", folder=str(self.folder), error=str(exc))
             return
         track.added = 0
@@ -174,7 +175,7 @@ class AvatarInputs:
             "video_sha256": np.array(self.video_sha256),
             "key": np.array(self.key),
             "indices": np.array([index for index, _ in keys], np.int64),
-            "boxes": np.array([[b.x1, b.y1, b.x2, b.y2] for _, b in keys], np.int64).reshape(-1, 4),
+            **_box_arrays([box for _, box in keys]),
             "values": np.stack([self._kept[k] for k in keys]),
         }
 
@@ -195,13 +196,14 @@ def load_inputs(folder: Path, video: Path, key: str, budget: int) -> AvatarInput
             arrays = {name: data[name] for name in data.files}
         if int(arrays["format"]) != FORMAT or str(arrays["key"]) != key:
             raise ValueError("the entry belongs to another model or version")
-        if not len(arrays["indices"]) == len(arrays["boxes"]) == len(arrays["values"]):
+        boxes = _boxes(arrays)
+        if not len(arrays["indices"]) == len(boxes) == len(arrays["values"]):
             raise ValueError("the entry's arrays do not agree in length")
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
         log.warning("avatar_inputs_unreadable", path=str(path), error=str(exc))
         return fresh
-    rows = zip(arrays["indices"], arrays["boxes"], arrays["values"], strict=True)
-    fresh.keep({(int(i), Box(*map(int, b))): v for i, b, v in rows}, loaded=True)
+    rows = zip(arrays["indices"], boxes, arrays["values"], strict=True)
+    fresh.keep({(int(i), b): v for i, b, v in rows}, loaded=True)
     _touch(path)
     log.info("avatar_inputs", video=str(video), hit=True, frames=len(fresh))
     return fresh
@@ -214,7 +216,7 @@ def save_inputs(folder: Path, inputs: AvatarInputs) -> bool:
     try:
         folder.mkdir(parents=True, exist_ok=True)
         _write_atomic(_inputs_path(folder, inputs.video_sha256, inputs.key), inputs.arrays())
-    except OSError as exc:
+    except (OSError, ValueError) as exc:
         log.warning("avatar_inputs_not_saved", folder=str(folder), error=str(exc))
         return False
     inputs.added = 0
@@ -269,8 +271,29 @@ def _arrays(track: AvatarTrack) -> dict[str, np.ndarray]:
         "size_fps": np.array([track.width, track.height, track.fps], np.float64),
         "indices": np.array(indices, np.int64),
         "counts": np.array([len(track.detections[i]) for i in indices], np.int64),
-        "boxes": np.array([[b.x1, b.y1, b.x2, b.y2] for b in boxes], np.int64).reshape(-1, 4),
+        **_box_arrays(boxes),
     }
+
+
+def _box_arrays(boxes: list[Box]) -> dict[str, np.ndarray]:
+    """Boxes as arrays: corners (N, 4), landmarks (N, 10; zeros where `has_landmarks` is False)."""
+    if any(b.landmarks is not None and len(b.landmarks) != POINTS for b in boxes):
+        raise ValueError(f"a box's landmarks are not {POINTS // 2} points")
+    return {
+        "boxes": np.array([[b.x1, b.y1, b.x2, b.y2] for b in boxes], np.int64).reshape(-1, 4),
+        "has_landmarks": np.array([b.landmarks is not None for b in boxes], bool),
+        "landmarks": np.array([b.landmarks or (0,) * POINTS for b in boxes], np.int64).reshape(-1, POINTS),
+    }
+
+
+def _boxes(arrays: dict[str, np.ndarray]) -> list[Box]:
+    corners, has, points = arrays["boxes"], arrays["has_landmarks"], arrays["landmarks"]
+    if not len(corners) == len(has) == len(points):
+        raise ValueError("the entry's box arrays do not agree in length")
+    return [
+        Box(int(c[0]), int(c[1]), int(c[2]), int(c[3]), tuple(map(int, p)) if h else None)
+        for c, h, p in zip(corners, has, points, strict=True)
+    ]
 
 
 def _load(path: Path, want: AvatarTrack) -> AvatarTrack | None:
@@ -297,12 +320,12 @@ def _matches(arrays: dict[str, np.ndarray], want: AvatarTrack) -> bool:
 
 
 def _detections(arrays: dict[str, np.ndarray]) -> dict[int, list[Box]]:
-    counts, boxes = arrays["counts"], arrays["boxes"]
+    counts, boxes = arrays["counts"], _boxes(arrays)
     if counts.sum() != len(boxes) or len(counts) != len(arrays["indices"]):
         raise ValueError("the entry's arrays do not agree in length")
     ends = np.cumsum(counts)
     return {
-        int(index): [Box(*map(int, row)) for row in boxes[end - count : end]]
+        int(index): boxes[end - count : end]
         for index, count, end in zip(arrays["indices"], counts, ends, strict=True)
     }
 

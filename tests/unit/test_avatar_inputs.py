@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from daemon.render.avatar_cache import AvatarCache, AvatarInputs, load_inputs, save_inputs, trim_lru
-from daemon.render.types import Box
+from daemon.render.types import Box, VideoInfo
 
 BOX = Box(10, 20, 110, 140)
 ROW = 8 * 32 * 32 * 4  # bytes of one MuseTalk frame's latents
@@ -96,3 +96,31 @@ def test_a_hit_makes_an_entry_the_last_to_go(tmp_path: Path) -> None:
     left = list((tmp_path / "cache").glob("*.npz"))
     assert len(left) == 1 and len(cache.inputs(videos[0], "key", budget=10 * ROW)) == 2
     assert len(cache.inputs(videos[1], "key", budget=10 * ROW)) == 0
+
+
+MARKED = Box(10, 20, 110, 140, landmarks=(40, 60, 80, 60, 60, 90, 45, 115, 75, 115))
+
+
+def test_landmarks_survive_the_cache_for_detections_and_inputs(tmp_path: Path) -> None:
+    video = tmp_path / "a.mp4"
+    video.write_bytes(b"frames")
+    info = VideoInfo(320, 240, 25.0, 1.0, 0)
+    cache = AvatarCache(tmp_path / "cache")
+    track = cache.track(video, ScriptedYunet(), info)
+    track.put(0, [MARKED, BOX])  # a detector with landmarks, and a box without (another detector's)
+    track.put(3, [])
+    cache.save(track)
+    assert cache.track(video, ScriptedYunet(), info).detections == {0: [MARKED, BOX], 3: []}
+    inputs = cache.inputs(video, "key", budget=10 * ROW)
+    inputs.keep({(0, MARKED): _latents(1)[(0, BOX)], (1, BOX): _latents(1)[(0, BOX)]})
+    cache.save_inputs(inputs)
+    again = cache.inputs(video, "key", budget=10 * ROW)
+    assert (0, MARKED) in again and (1, BOX) in again and (0, BOX) not in again
+
+
+class ScriptedYunet:
+    name = "yunet"
+    fingerprint = "scripted-yunet"
+
+    def detect(self, frame_bgr: np.ndarray) -> list[Box]:
+        return []
