@@ -12,9 +12,9 @@ the same folder and renamed into place; an unreadable file counts as a miss and 
 
 A model family whose avatar inputs are costly (MuseTalk: two VAE encodes a frame) also keeps them here,
 in `FOLDER/SHA256-inputs-KEY.npz` (KEY from the model's `inputs_key`: its encoder file and preprocessing
-version), by source frame and face box: a later render of the same video whose tracker gives the same box
-for a frame reuses that frame's latents. At most the render's memo budget is kept per video (128 MB,
-about 4,000 MuseTalk frames); frames past it are encoded on every render.
+version), by source frame and face box (landmarks included): a later render of the same video whose
+tracker gives the same box for a frame reuses that frame's latents. At most the render's memo budget
+is kept per video (128 MB, about 4,000 MuseTalk frames); frames past it are encoded on every render.
 
 The folder is bounded (`render.avatar_cache_size`): after each write the least recently used entries go
 until the rest fit. A hit touches its file's mtime, so mtime is the last use. Only finished `.npz` files
