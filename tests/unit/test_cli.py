@@ -3,9 +3,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import structlog
 import yaml
 
 from daemon import __version__
@@ -13,6 +15,14 @@ from daemon.cli import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, main
 from daemon.config import load_config
 from daemon.doctor import _models as doctor_models
 from daemon.render.modelspec import ModelSpec
+
+
+@pytest.fixture(autouse=True)
+def _logging_back_to_defaults() -> Iterator[None]:
+    """main() points structlog at the captured stderr, which pytest closes after the test: later tests
+    that log would write to a closed file."""
+    yield
+    structlog.reset_defaults()
 
 
 def config_file(tmp_path: Path, **extra: object) -> Path:
