@@ -17,6 +17,7 @@ from daemon.distribute.watcher import DistributeSettings, UploadWatcher
 from daemon.inbox import Inbox
 from daemon.intake import Intake, IntakeThread
 from daemon.ops.runtime import ServiceRuntime
+from daemon.render.avatar_cache import AvatarCache
 from daemon.render.pipeline import Interrupted, RenderSettings
 from daemon.render.registry import ModelPool, available_models
 from daemon.render.service import RenderPaths, RenderService
@@ -41,6 +42,12 @@ def render_settings(config: Config) -> RenderSettings:
         crf=r.crf,
         preset=r.preset,
     )
+
+
+def avatar_cache(config: Config) -> AvatarCache | None:
+    """STATE/avatars, bounded by `render.avatar_cache_size` (0: none)."""
+    size = config.render.avatar_cache_size
+    return AvatarCache(config.state_dir / "avatars", max_bytes=size) if size else None
 
 
 def model_pools(config: Config) -> list[ModelPool]:
@@ -96,6 +103,7 @@ class RenderDaemon:
             stop=runtime.stop,
             beat=runtime.heartbeat("pipeline"),
             metrics=runtime.metrics,
+            avatar_cache=avatar_cache(config),
         )
         intake = Intake(
             inbox,

@@ -394,22 +394,16 @@ def _model_import(args: argparse.Namespace, config: Config) -> int:
 
 
 def _model_list(args: argparse.Namespace, config: Config) -> int:
-    from daemon.modelimport import list_detectors, list_models
+    from daemon.modelimport import list_detectors
+    from daemon.render.registry import model_entries
 
     default = config.render.model
-    specs = list_models(config.models_dir)
-    if "baseline" not in {spec.name for spec in specs}:
-        mark = "  (default)" if default == "baseline" else ""
-        print(f"{'baseline':24} built in, weightless placeholder{mark}")
-    for spec in specs:
-        variants = ", ".join([spec.precision, *spec.variants])
-        mark = "  (default)" if spec.name == default else ""
-        origin = (
-            "built in, weightless placeholder" if spec.kind == "baseline" else f"from {spec.source or '?'}"
-        )
-        print(f"{spec.name:24} {spec.kind} [{variants}] {origin}{mark}")
+    for entry in model_entries(config.models_dir):
+        mark = "  (default)" if entry.name == default else ""
+        origin = "weightless placeholder" if not entry.variants else f"from {entry.source or '?'}"
+        print(f"{entry.name:24} {entry.family:10} {entry.variants_text:16} {origin}{mark}")
     for detector in list_detectors(config.models_dir):
-        print(f"{'detector ' + detector.kind:24} from {detector.source or '?'}")
+        print(f"{'detector ' + detector.kind:24} {'detector':10} {'-':16} from {detector.source or '?'}")
     return EXIT_OK
 
 

@@ -83,6 +83,13 @@ def _non_negative_int(value: Any) -> int:
     return value
 
 
+def _non_negative_size(value: Any) -> int:
+    size = parse_size(value)
+    if size < 0:
+        raise ValueError(f"a size cannot be negative, got {value!r}")
+    return size
+
+
 def _opt(parse: Callable[[Any], Any]) -> Callable[[Any], Any]:
     return lambda value: None if value is None else parse(value)
 
@@ -144,6 +151,7 @@ class RenderConfig:
     crf: int = _key(20, _non_negative_int)
     preset: str = _key("veryfast", _choice(*X264_PRESETS))
     max_video_seconds: float = _key(3600.0, parse_duration)
+    avatar_cache_size: int = _key(2 * 10**9, _non_negative_size)  # STATE/avatars; 0: no avatar cache
 
 
 @dataclass(frozen=True)

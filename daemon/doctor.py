@@ -81,11 +81,12 @@ def _encoders(config: Config) -> list[Check]:
 
 
 def _models(config: Config) -> list[Check]:
-    from daemon.render.registry import available_models
+    from daemon.render.registry import model_entries
 
-    names = available_models(config.models_dir)
-    ok = config.render.model in names
-    detail = f"{', '.join(names)}; default {config.render.model!r}"
+    entries = model_entries(config.models_dir)
+    ok = config.render.model in {entry.name for entry in entries}
+    listed = ", ".join(f"{e.name} ({e.family} {e.variants_text})" for e in entries)
+    detail = f"{listed}; default {config.render.model!r}"
     if not ok:
         detail += " is missing: run `lipsyncd model import` or change render.model"
     return [Check("models", ok, detail)]

@@ -12,13 +12,18 @@ the same folder and renamed into place; an unreadable file counts as a miss and 
 
 A model family whose avatar inputs are costly (MuseTalk: two VAE encodes a frame) also keeps them here,
 in `FOLDER/SHA256-inputs-KEY.npz` (KEY from the model's `inputs_key`: its encoder file and preprocessing
-version), by source frame and face box: a later render of the same video whose tracker gives the same box
-for a frame reuses that frame's latents. At most the render's memo budget is kept per video (128 MB,
-about 4,000 MuseTalk frames); frames past it are encoded on every render.
+version), by source frame and face box (landmarks included): a later render of the same video whose
+tracker gives the same box for a frame reuses that frame's latents. At most the render's memo budget
+is kept per video (128 MB, about 4,000 MuseTalk frames); frames past it are encoded on every render.
+
+The folder is bounded (`render.avatar_cache_size`): after each write the least recently used entries go
+until the rest fit. A hit touches its file's mtime, so mtime is the last use. Only finished `.npz` files
+are counted and removed; temp files (`.NAME.npz.tmp`, being written) are never touched.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import tempfile
@@ -34,7 +39,8 @@ from daemon.render.types import Box, FaceDetector, VideoInfo
 
 log = structlog.get_logger(__name__)
 
-FORMAT = 1  # bump when the file layout changes: old files then miss
+FORMAT = 2  # bump when the file layout changes: old files then miss (2: boxes carry landmarks)
+POINTS = 10  # Box.landmarks: five (x, y) points
 _CHUNK = 1 << 20
 
 
@@ -68,10 +74,13 @@ class AvatarTrack:
 
 
 class AvatarCache:
-    """The folder of entries (e.g. `STATE/avatars`); `track()` before rendering, `save()` after."""
+    """The folder of entries (e.g. `STATE/avatars`); `track()` before rendering, `save()` after.
 
-    def __init__(self, folder: Path) -> None:
+    `max_bytes`: the folder's bound (None: unbounded); least recently used entries go past it."""
+
+    def __init__(self, folder: Path, max_bytes: int | None = None) -> None:
         self.folder = folder
+        self.max_bytes = max_bytes
 
     def track(self, video: Path, detector: FaceDetector, info: VideoInfo) -> AvatarTrack:
         """The entry for this video and detector: loaded when there is a usable one, else empty."""
@@ -80,6 +89,8 @@ class AvatarCache:
         )
         path = self._path(fresh)
         loaded = _load(path, fresh) if path.is_file() else None
+        if loaded:
+            _touch(path)
         found = len(loaded.detections) if loaded else 0
         log.info("avatar_cache", video=str(video), hit=loaded is not None, detections=found)
         return loaded or fresh
@@ -91,18 +102,31 @@ class AvatarCache:
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
             _write_atomic(self._path(track), _arrays(track))
-        except OSError as exc:
+        except (OSError, ValueError) as exc:
             log.warning("avatar_cache_not_saved", folder=str(self.folder), error=str(exc))
             return
         track.added = 0
         log.info("avatar_cache_saved", video_sha256=track.video_sha256, detections=len(track.detections))
+        self.trim()
 
     def inputs(self, video: Path, key: str, budget: int) -> AvatarInputs:
         """A model's kept avatar inputs for this video (see `AvatarInputs`); empty on a miss."""
         return load_inputs(self.folder, video, key, budget)
 
     def save_inputs(self, inputs: AvatarInputs) -> None:
-        save_inputs(self.folder, inputs)
+        if save_inputs(self.folder, inputs):
+            self.trim()
+
+    def trim(self) -> list[Path]:
+        """Remove least recently used entries until the folder fits `max_bytes`; returns those removed."""
+        if self.max_bytes is None:
+            return []
+        removed = trim_lru(self.folder, self.max_bytes)
+        if removed:
+            log.info(
+                "avatar_cache_trimmed", folder=str(self.folder), removed=len(removed), limit=self.max_bytes
+            )
+        return removed
 
     def _path(self, track: AvatarTrack) -> Path:
         key = hashlib.sha256(track.fingerprint.encode()).hexdigest()[:16]
@@ -151,7 +175,7 @@ class AvatarInputs:
             "video_sha256": np.array(self.video_sha256),
             "key": np.array(self.key),
             "indices": np.array([index for index, _ in keys], np.int64),
-            "boxes": np.array([[b.x1, b.y1, b.x2, b.y2] for _, b in keys], np.int64).reshape(-1, 4),
+            **_box_arrays([box for _, box in keys]),
             "values": np.stack([self._kept[k] for k in keys]),
         }
 
@@ -172,29 +196,69 @@ def load_inputs(folder: Path, video: Path, key: str, budget: int) -> AvatarInput
             arrays = {name: data[name] for name in data.files}
         if int(arrays["format"]) != FORMAT or str(arrays["key"]) != key:
             raise ValueError("the entry belongs to another model or version")
-        if not len(arrays["indices"]) == len(arrays["boxes"]) == len(arrays["values"]):
+        boxes = _boxes(arrays)
+        if not len(arrays["indices"]) == len(boxes) == len(arrays["values"]):
             raise ValueError("the entry's arrays do not agree in length")
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
         log.warning("avatar_inputs_unreadable", path=str(path), error=str(exc))
         return fresh
-    rows = zip(arrays["indices"], arrays["boxes"], arrays["values"], strict=True)
-    fresh.keep({(int(i), Box(*map(int, b))): v for i, b, v in rows}, loaded=True)
+    rows = zip(arrays["indices"], boxes, arrays["values"], strict=True)
+    fresh.keep({(int(i), b): v for i, b, v in rows}, loaded=True)
+    _touch(path)
     log.info("avatar_inputs", video=str(video), hit=True, frames=len(fresh))
     return fresh
 
 
-def save_inputs(folder: Path, inputs: AvatarInputs) -> None:
-    """Write the entry if the render added to it; a full disk only logs."""
+def save_inputs(folder: Path, inputs: AvatarInputs) -> bool:
+    """Write the entry if the render added to it (True when written); a full disk only logs."""
     if not inputs.added or not inputs.video_sha256:
-        return
+        return False
     try:
         folder.mkdir(parents=True, exist_ok=True)
         _write_atomic(_inputs_path(folder, inputs.video_sha256, inputs.key), inputs.arrays())
-    except OSError as exc:
+    except (OSError, ValueError) as exc:
         log.warning("avatar_inputs_not_saved", folder=str(folder), error=str(exc))
-        return
+        return False
     inputs.added = 0
     log.info("avatar_inputs_saved", video_sha256=inputs.video_sha256, frames=len(inputs))
+    return True
+
+
+def trim_lru(folder: Path, max_bytes: int) -> list[Path]:
+    """Remove the least recently used entries (oldest mtime first) until the rest total at most
+    `max_bytes`. Temp files being written (dot-names) are neither counted nor removed; an entry another
+    worker removed meanwhile is skipped."""
+    entries = []
+    for path in folder.glob("*.npz"):
+        if path.name.startswith("."):
+            continue
+        try:
+            stat = path.stat()
+        except OSError:
+            continue
+        entries.append((stat.st_mtime_ns, stat.st_size, path))
+    entries.sort()
+    total = sum(size for _, size, _ in entries)
+    removed = []
+    for _, size, path in entries:
+        if total <= max_bytes:
+            break
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            log.warning("avatar_cache_not_trimmed", path=str(path), error=str(exc))
+            continue
+        total -= size
+        removed.append(path)
+    return removed
+
+
+def _touch(path: Path) -> None:
+    """Mark an entry as just used (its mtime is the LRU clock); a read-only or vanished file is fine."""
+    with contextlib.suppress(OSError):
+        os.utime(path)
 
 
 def _arrays(track: AvatarTrack) -> dict[str, np.ndarray]:
@@ -207,8 +271,29 @@ def _arrays(track: AvatarTrack) -> dict[str, np.ndarray]:
         "size_fps": np.array([track.width, track.height, track.fps], np.float64),
         "indices": np.array(indices, np.int64),
         "counts": np.array([len(track.detections[i]) for i in indices], np.int64),
-        "boxes": np.array([[b.x1, b.y1, b.x2, b.y2] for b in boxes], np.int64).reshape(-1, 4),
+        **_box_arrays(boxes),
     }
+
+
+def _box_arrays(boxes: list[Box]) -> dict[str, np.ndarray]:
+    """Boxes as arrays: corners (N, 4), landmarks (N, 10; zeros where `has_landmarks` is False)."""
+    if any(b.landmarks is not None and len(b.landmarks) != POINTS for b in boxes):
+        raise ValueError(f"a box's landmarks are not {POINTS // 2} points")
+    return {
+        "boxes": np.array([[b.x1, b.y1, b.x2, b.y2] for b in boxes], np.int64).reshape(-1, 4),
+        "has_landmarks": np.array([b.landmarks is not None for b in boxes], bool),
+        "landmarks": np.array([b.landmarks or (0,) * POINTS for b in boxes], np.int64).reshape(-1, POINTS),
+    }
+
+
+def _boxes(arrays: dict[str, np.ndarray]) -> list[Box]:
+    corners, has, points = arrays["boxes"], arrays["has_landmarks"], arrays["landmarks"]
+    if not len(corners) == len(has) == len(points):
+        raise ValueError("the entry's box arrays do not agree in length")
+    return [
+        Box(int(c[0]), int(c[1]), int(c[2]), int(c[3]), tuple(map(int, p)) if h else None)
+        for c, h, p in zip(corners, has, points, strict=True)
+    ]
 
 
 def _load(path: Path, want: AvatarTrack) -> AvatarTrack | None:
@@ -235,12 +320,12 @@ def _matches(arrays: dict[str, np.ndarray], want: AvatarTrack) -> bool:
 
 
 def _detections(arrays: dict[str, np.ndarray]) -> dict[int, list[Box]]:
-    counts, boxes = arrays["counts"], arrays["boxes"]
+    counts, boxes = arrays["counts"], _boxes(arrays)
     if counts.sum() != len(boxes) or len(counts) != len(arrays["indices"]):
         raise ValueError("the entry's arrays do not agree in length")
     ends = np.cumsum(counts)
     return {
-        int(index): [Box(*map(int, row)) for row in boxes[end - count : end]]
+        int(index): boxes[end - count : end]
         for index, count, end in zip(arrays["indices"], counts, ends, strict=True)
     }
 

@@ -14,7 +14,7 @@ import os
 import re
 import tempfile
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import cv2
@@ -215,7 +215,15 @@ class YunetDetector:
         if faces is None:
             return []
         faces = faces[np.argsort(faces[:, -1])[::-1]]  # last column: score
-        return [_xywh_box(face[:4], scale, frame_bgr.shape) for face in faces]
+        return [
+            _with_landmarks(_xywh_box(face[:4], scale, frame_bgr.shape), face[4:14], scale) for face in faces
+        ]
+
+
+def _with_landmarks(box: Box, points: np.ndarray, scale: float) -> Box:
+    """YuNet's five landmarks (columns 4..13: x, y of right eye, left eye, nose tip, mouth corners), back
+    in full-frame pixels; not clamped (a point may lie just outside the frame)."""
+    return replace(box, landmarks=tuple(round(float(v) / scale) for v in points))
 
 
 def _xywh_box(xywh: np.ndarray, scale: float, shape: tuple[int, ...]) -> Box:

@@ -11,6 +11,10 @@ The tracker is two small generator stages so that memory stays bounded whatever 
 2. smoothing: the Wav2Lip reference `get_smoothened_boxes(boxes, T=5)`, applied to each run of
    consecutive frames that have a face.
 
+Landmarks (YuNet's five points, `Box.landmarks`) travel with their box: interpolated, held and smoothed
+the same way, kept as the detector placed them when the box is padded; dropped where a box without them
+is averaged in.
+
 Look-ahead: stage 1 holds at most `detect_every - 1` frames (those waiting for the next detection) and
 stage 2 at most `SMOOTH_WINDOW` frames, so at most `detect_every + 4` frames are buffered at a time.
 """
@@ -153,7 +157,8 @@ def crop_face(frame: np.ndarray, box: Box, size: int = CROP_SIZE) -> np.ndarray:
 def pad_box(box: Box, frame_shape: tuple[int, ...]) -> Box:
     """The reference padding: PAD_BOTTOM px below the box, nothing elsewhere, clamped to the image."""
     height, width = frame_shape[:2]
-    return Box(max(0, box.x1), max(0, box.y1), min(width, box.x2), min(height, box.y2 + PAD_BOTTOM))
+    padded = (max(0, box.x1), max(0, box.y1), min(width, box.x2), min(height, box.y2 + PAD_BOTTOM))
+    return Box(*padded, landmarks=box.landmarks)  # the points stay where the detector saw them
 
 
 class DetectionMemo(Protocol):
@@ -281,12 +286,25 @@ class _RawState:
 
 
 def _lerp(a: Box, b: Box, t: float) -> Box:
-    coords = [round(p + (q - p) * t) for p, q in zip(_coords(a), _coords(b), strict=True)]
-    return Box(*coords)
+    """Between two detections; landmarks too when both have them."""
+    va, vb = _vector(a), _vector(b)
+    if len(va) != len(vb):
+        va, vb = va[:4], vb[:4]
+    return _from_vector(np.array([round(p + (q - p) * t) for p, q in zip(va, vb, strict=True)]))
 
 
 def _coords(box: Box) -> tuple[int, int, int, int]:
     return box.x1, box.y1, box.x2, box.y2
+
+
+def _vector(box: Box) -> tuple[int, ...]:
+    """The box's corners, then its landmarks when it has them: what interpolation and smoothing average."""
+    return _coords(box) + (box.landmarks or ())
+
+
+def _from_vector(values: np.ndarray) -> Box:
+    x1, y1, x2, y2, *points = (int(v) for v in values)
+    return Box(x1, y1, x2, y2, tuple(points) or None)
 
 
 def _pick(boxes: list[Box], last: Box | None) -> Box | None:
@@ -334,13 +352,13 @@ class _Run:
         self.done: deque[np.ndarray] = deque(maxlen=window - 1)
 
     def push(self, frame: np.ndarray, box: Box) -> Iterator[tuple[np.ndarray, Box]]:
-        self.waiting.append((frame, np.array(_coords(box), dtype=np.int64)))
+        self.waiting.append((frame, np.array(_vector(box), dtype=np.int64)))
         if len(self.waiting) == self.window:
             first, _ = self.waiting[0]
             smoothed = _mean_int([coords for _, coords in self.waiting])
             self.waiting.popleft()
             self.done.append(smoothed)
-            yield first, Box(*smoothed.tolist())
+            yield first, _from_vector(smoothed)
 
     def finish(self) -> Iterator[tuple[np.ndarray, Box]]:
         need = self.window - len(self.waiting)  # >= 1: push never leaves a full window waiting
@@ -348,13 +366,16 @@ class _Run:
         first = len(boxes) - len(self.waiting)
         for offset, (frame, _) in enumerate(self.waiting):
             boxes[first + offset] = _mean_int(boxes)
-            yield frame, Box(*boxes[first + offset].tolist())
+            yield frame, _from_vector(boxes[first + offset])
         self.waiting.clear()
         self.done.clear()
 
 
 def _mean_int(boxes: list[np.ndarray]) -> np.ndarray:
-    return np.mean(boxes, axis=0).astype(np.int64)  # truncation, as the reference's int array does
+    """The mean, truncated as the reference's int array does; landmarks only if every box has them."""
+    if len({len(box) for box in boxes}) > 1:
+        boxes = [box[:4] for box in boxes]
+    return np.mean(boxes, axis=0).astype(np.int64)
 
 
 def track_faces(

@@ -26,39 +26,56 @@ from daemon.render.blend import paste_masked
 from daemon.render.faces import PAD_BOTTOM
 from daemon.render.model import _load_spec, _provider_options, _session_options
 from daemon.render.modelspec import ModelSpec
-from daemon.render.types import Box
+from daemon.render.types import LEFT_EYE, NOSE_TIP, RIGHT_EYE, Box
 
 log = structlog.get_logger(__name__)
 
 SIZE = 256  # the crop the VAE takes
 HALF = SIZE // 2  # rows 128..255 of the masked crop are zeroed (the mouth the UNet fills in)
 ROLES = ("audio_encoder", "vae_encoder", "unet", "vae_decoder")
-# Where landmark 29 (the lower end of the nose bridge) sits in a Haar-like box, as a fraction of the way
-# from the box's top (about the eyebrows) to its bottom (about the chin): typical face proportions.
+# Box-only detectors (Haar, S3FD): where landmark 29 (the lower end of the nose bridge) sits in the box,
+# as a fraction of the way from the box's top (about the eyebrows) to the chin: typical face proportions.
 NOSE_AT = 0.55
+# With landmarks (YuNet): the bridge's points 27..30 are evenly spaced from about the eyes' level (27) to
+# the nose tip (30), so 29 lies this fraction of the way from the eyes' mean height to the nose tip.
+BRIDGE_AT = 2 / 3
 EXPAND = 1.5  # the reference blends inside a square crop 1.5x the face box ...
 FEATHER = 0.05  # ... with a Gaussian feather this fraction of that crop's side
 
 
 def musetalk_box(box: Box, frame_shape: tuple[int, ...]) -> Box:
-    """MuseTalk's face box, approximated from the tracker's box.
+    """MuseTalk's face box, from the tracker's box and, where the detector gives them, its landmarks.
 
     MuseTalk takes it from 68 landmarks: x from the landmarks' min to max, y2 = the chin (lowest
     landmark) + 10 px (`extra_margin`, v1.5, clamped to the frame), y1 = nose (landmark 29) minus
-    (chin - nose). Our detectors give a box (Haar: nothing else), so:
-    - x1, x2: the box's own (a frontal-face box spans about the jaw's width, as the landmarks do);
+    (chin - nose). Ours:
+    - x1, x2: the box's own (a frontal-face box spans about the jaw's width, as the landmarks do; five
+      points say nothing about the jaw);
     - y2: the box's y2 as it is. The tracker already pads every box 10 px at the bottom (Wav2Lip's
-      `pads 0 10 0 0`, clamped to the frame), which is MuseTalk's extra margin; so chin = y2 - 10;
-    - nose = y1 + NOSE_AT x (chin - y1), so y1' = nose - (chin - nose) = y1 + (2 NOSE_AT - 1)(chin - y1):
-      the crop runs from about the eyes to below the chin, as MuseTalk's does.
+      `pads 0 10 0 0`, clamped to the frame), which is MuseTalk's extra margin; so chin = y2 - 10
+      (the detector's box ends at about the chin);
+    - nose (landmark 29): with YuNet's five landmarks, BRIDGE_AT (2/3) of the way from the eyes' mean
+      height down to the nose tip (the bridge's points are evenly spaced from eye level to the tip);
+      with a box only (Haar, S3FD), NOSE_AT (55%) of the way from the box's top to the chin, typical
+      proportions, so the crop's top moves with the box, not with the face's own pose;
+    - y1 = nose - (chin - nose): the crop runs from about the eyes to below the chin, as MuseTalk's does.
     Where the tracker's pad was clamped at the frame's bottom edge the chin is taken a little high.
     """
     height = frame_shape[0]
     chin = box.y2 - PAD_BOTTOM
-    nose = box.y1 + NOSE_AT * (chin - box.y1)
+    nose = min(max(_nose_y(box, chin), box.y1), chin)  # landmarks far off the box are not trusted beyond it
     top = round(nose - (chin - nose))
     y2 = min(box.y2, height)
     return Box(box.x1, min(max(0, top), y2 - 1), box.x2, y2)
+
+
+def _nose_y(box: Box, chin: int) -> float:
+    """The height of landmark 29 (see `musetalk_box`)."""
+    right, left, tip = box.point(RIGHT_EYE), box.point(LEFT_EYE), box.point(NOSE_TIP)
+    if right is None or left is None or tip is None:
+        return box.y1 + NOSE_AT * (chin - box.y1)
+    eyes = (right[1] + left[1]) / 2
+    return eyes + BRIDGE_AT * (tip[1] - eyes)
 
 
 def crop_256(frame: np.ndarray, box: Box) -> np.ndarray:
@@ -180,7 +197,7 @@ class MuseTalkModel:
         return crop_256(frame, box)
 
     reuse_inputs = True  # two VAE encodes a frame: a third of the work (32 KB of latents to keep)
-    GEOMETRY = "v1"  # bump when musetalk_box, crop_256 or vae_inputs change: kept latents then miss
+    GEOMETRY = "v2"  # bump when musetalk_box, crop_256 or vae_inputs change: kept latents then miss
 
     @property
     def inputs_key(self) -> str:

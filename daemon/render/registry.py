@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import structlog
@@ -30,6 +31,51 @@ def available_models(models_dir: Path) -> list[str]:
     """Model names a manifest may ask for: every folder with a spec, and the built-in baseline."""
     found = {p.parent.name for p in models_dir.glob(f"*/{SPEC_NAME}")} if models_dir.is_dir() else set()
     return sorted(found | {BASELINE})
+
+
+PRECISIONS = ("fp32", "fp16", "int8")
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """One model as `model list` and `doctor` show it."""
+
+    name: str
+    family: str  # model.json's kind: baseline, wav2lip, musetalk
+    variants: tuple[str, ...]  # precisions `render.precision` may pick; () for the weightless baseline
+    source: str = ""  # the file or folder it was imported from
+
+    @property
+    def variants_text(self) -> str:
+        return ",".join(self.variants) if self.variants else "built-in"
+
+
+def model_entries(models_dir: Path) -> list[ModelEntry]:
+    """Every model by name with its family and variants; the baseline even before it is written.
+    A spec that cannot be read is logged and left out."""
+    entries = {BASELINE: ModelEntry(BASELINE, BASELINE, ())}
+    for name in available_models(models_dir):
+        folder = models_dir / name
+        if not (folder / SPEC_NAME).is_file():
+            continue
+        try:
+            spec = ModelSpec.load(folder)
+        except (OSError, ValueError, TypeError) as exc:
+            log.warning("model_spec_unreadable", folder=str(folder), error=str(exc))
+            continue
+        entries[name] = ModelEntry(name, spec.kind, _variants(spec), spec.source)
+    return sorted(entries.values(), key=lambda entry: entry.name)
+
+
+def _variants(spec: ModelSpec) -> tuple[str, ...]:
+    """The precisions a model can render in: for a multi-graph model (MuseTalk), those every graph has."""
+    if spec.kind == BASELINE:
+        return ()
+    if spec.graphs:
+        have = set.intersection(*(set(files) for files in spec.graphs.values()))
+    else:
+        have = {spec.precision, *spec.variants}
+    return tuple(sorted(have, key=lambda p: PRECISIONS.index(p) if p in PRECISIONS else len(PRECISIONS)))
 
 
 class ModelPool:

@@ -26,6 +26,7 @@ from daemon.inbox import Inbox
 from daemon.links import UnsafeOutput, job_dir, refresh_views, write_links
 from daemon.manifest import job_failure_report
 from daemon.ops.metrics import Metrics
+from daemon.render.avatar_cache import AvatarCache
 from daemon.render.detectors import detector_factories
 from daemon.render.faces import builtin_detectors, detector_by_name
 from daemon.render.media import MediaError, OutputRemoved
@@ -82,6 +83,7 @@ class RenderService:
         max_seconds: float = 3600.0,
         beat: Callable[[], None] = lambda: None,
         metrics: Metrics | None = None,
+        avatar_cache: AvatarCache | None = None,
     ) -> None:
         self.store = store
         self.inbox = inbox
@@ -97,6 +99,7 @@ class RenderService:
         self.stop = stop
         self.beat = beat
         self.metrics = metrics or Metrics(None, "render")
+        self.avatar_cache = avatar_cache  # detections and model inputs kept per presenter video
         self.progress = Progress()
         self.wake = threading.Event()
         self._detectors: dict[int, FaceDetector] = {}
@@ -337,6 +340,7 @@ class RenderService:
             stop=self.stop,
             on_progress=on_progress,
             beat=self.beat,
+            cache=self.avatar_cache,
         ).run()
 
     def _render_again_if_removed(

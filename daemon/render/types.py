@@ -22,12 +22,17 @@ class VideoInfo:
 
 @dataclass(frozen=True)
 class Box:
-    """A face box in pixel coordinates, x1/y1 inclusive, x2/y2 exclusive."""
+    """A face box in pixel coordinates, x1/y1 inclusive, x2/y2 exclusive.
+
+    `landmarks`: from detectors that find them (YuNet), five points as 10 ints in frame pixels, in
+    YuNet's order: right eye, left eye, nose tip, right mouth corner, left mouth corner (x, y each;
+    "right" is the person's, on the image's left). None for box-only detectors (Haar, S3FD)."""
 
     x1: int
     y1: int
     x2: int
     y2: int
+    landmarks: tuple[int, ...] | None = None
 
     @property
     def width(self) -> int:
@@ -36,6 +41,16 @@ class Box:
     @property
     def height(self) -> int:
         return self.y2 - self.y1
+
+    def point(self, which: int) -> tuple[int, int] | None:
+        """Landmark `which` (see LANDMARKS) as (x, y), or None when the detector gave none."""
+        if self.landmarks is None:
+            return None
+        return self.landmarks[2 * which], self.landmarks[2 * which + 1]
+
+
+LANDMARKS = ("right_eye", "left_eye", "nose_tip", "right_mouth", "left_mouth")  # Box.landmarks' order
+RIGHT_EYE, LEFT_EYE, NOSE_TIP, RIGHT_MOUTH, LEFT_MOUTH = range(5)
 
 
 class FaceDetector(Protocol):

@@ -65,6 +65,34 @@ def test_musetalk_model_renders_a_job(share: Share) -> None:
     _only_the_lower_face_changed(share.inbox / "media" / "anchor.mp4", rendered_frames)
 
 
+def test_the_daemon_keeps_a_presenters_detections_and_latents_for_the_next_job(share: Share) -> None:
+    """Two jobs, the same presenter (a renamed copy: the cache keys on content): the second runs neither
+    the face detector nor the VAE encoder; every frame's latents come from STATE/avatars."""
+    media = share.inbox / "media"
+    write_face_clip(media / "host.mp4", 1.0, FPS, (320, 240), seed=5)  # a clip no other test renders
+    (media / "host-copy.mp4").write_bytes((media / "host.mp4").read_bytes())
+    frames = round(AUDIO_SECONDS * FPS)
+
+    share.drop("monday.yaml", {"audio": "media/speech.wav", "videos": ["media/host.mp4"], "model": "mt"})
+    first = share.lipsyncd("render", "--once", timeout=300)
+    assert first.returncode == 0, first.stderr
+    stages = _print_stages(first.stdout + first.stderr)
+    assert stages["detector_calls"] > 0 and stages["reused_inputs"] == frames - 10  # 10 frames encoded
+    assert len(list((share.state / "avatars").glob("*-inputs-*.npz"))) >= 1
+
+    copy = {"audio": "media/speech.wav", "videos": ["media/host-copy.mp4"], "model": "mt"}
+    share.drop("tuesday.yaml", copy)
+    again = share.lipsyncd("render", "--once", timeout=300)
+    assert again.returncode == 0, again.stderr
+    log = again.stdout + again.stderr
+    stages = _print_stages(log)
+    assert stages["frames"] == frames and stages["detector_calls"] == 0 and stages["cached_detections"] > 0
+    assert stages["reused_inputs"] == frames  # every frame's latents were kept: no VAE encode at all
+    loaded = [json.loads(line) for line in log.splitlines() if '"avatar_inputs"' in line]
+    assert [(e["hit"], e["frames"]) for e in loaded] == [(True, 10)]
+    assert share.links("tuesday")["videos"][0]["status"] == "rendered"  # type: ignore[index]
+
+
 def _only_the_lower_face_changed(source: Path, rendered: list[np.ndarray]) -> None:
     """Each output frame against the avatar frame it shows, through the boxes the daemon's tracker finds
     (the same code on the same frames: the same boxes)."""

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 
-from daemon.render.avatar_cache import AvatarInputs, load_inputs, save_inputs
-from daemon.render.types import Box
+from daemon.render.avatar_cache import AvatarCache, AvatarInputs, load_inputs, save_inputs, trim_lru
+from daemon.render.types import Box, VideoInfo
 
 BOX = Box(10, 20, 110, 140)
 ROW = 8 * 32 * 32 * 4  # bytes of one MuseTalk frame's latents
@@ -56,3 +57,70 @@ def test_a_damaged_file_is_a_miss_and_is_replaced(tmp_path: Path) -> None:
     save_inputs(tmp_path, broken)
     assert len(load_inputs(tmp_path, video, "k", budget=10 * ROW)) == 1
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp file left
+
+
+def _entry(folder: Path, name: str, size: int, used: int) -> Path:
+    path = folder / name
+    path.write_bytes(b"x" * size)
+    os.utime(path, ns=(used * 10**9, used * 10**9))
+    return path
+
+
+def test_the_cache_folder_keeps_the_most_recently_used_entries_within_its_bound(tmp_path: Path) -> None:
+    old, middle, new = (_entry(tmp_path, f"{n}.npz", 400, used) for n, used in (("a", 1), ("b", 2), ("c", 3)))
+    writing = _entry(tmp_path, ".d.npz.tmp", 5000, 0)  # a temp file being written: never counted or removed
+    assert trim_lru(tmp_path, 1000) == [old]
+    assert middle.exists() and new.exists() and writing.exists()
+    assert trim_lru(tmp_path, 800) == []  # already within the bound
+    os.utime(middle)  # a hit touches the entry: it is now the most recently used
+    assert trim_lru(tmp_path, 500) == [new]
+    assert middle.exists() and writing.exists()
+
+
+def test_a_hit_makes_an_entry_the_last_to_go(tmp_path: Path) -> None:
+    cache = AvatarCache(tmp_path / "cache", max_bytes=10**9)
+    videos = []
+    for name in ("a", "b"):
+        video = tmp_path / f"{name}.mp4"
+        video.write_bytes(name.encode())
+        inputs = cache.inputs(video, "key", budget=10 * ROW)
+        inputs.keep(_latents(2))
+        cache.save_inputs(inputs)
+        videos.append(video)
+    first, second = sorted((tmp_path / "cache").glob("*.npz"), key=lambda p: p.stat().st_mtime_ns)
+    for path in (first, second):
+        os.utime(path, ns=(10**9, 10**9))  # both used long ago
+    assert len(cache.inputs(videos[0], "key", budget=10 * ROW)) == 2  # a hit on a: touched
+    cache.max_bytes = first.stat().st_size + 100  # room for one entry
+    cache.trim()
+    left = list((tmp_path / "cache").glob("*.npz"))
+    assert len(left) == 1 and len(cache.inputs(videos[0], "key", budget=10 * ROW)) == 2
+    assert len(cache.inputs(videos[1], "key", budget=10 * ROW)) == 0
+
+
+MARKED = Box(10, 20, 110, 140, landmarks=(40, 60, 80, 60, 60, 90, 45, 115, 75, 115))
+
+
+def test_landmarks_survive_the_cache_for_detections_and_inputs(tmp_path: Path) -> None:
+    video = tmp_path / "a.mp4"
+    video.write_bytes(b"frames")
+    info = VideoInfo(320, 240, 25.0, 1.0, 0)
+    cache = AvatarCache(tmp_path / "cache")
+    track = cache.track(video, ScriptedYunet(), info)
+    track.put(0, [MARKED, BOX])  # a detector with landmarks, and a box without (another detector's)
+    track.put(3, [])
+    cache.save(track)
+    assert cache.track(video, ScriptedYunet(), info).detections == {0: [MARKED, BOX], 3: []}
+    inputs = cache.inputs(video, "key", budget=10 * ROW)
+    inputs.keep({(0, MARKED): _latents(1)[(0, BOX)], (1, BOX): _latents(1)[(0, BOX)]})
+    cache.save_inputs(inputs)
+    again = cache.inputs(video, "key", budget=10 * ROW)
+    assert (0, MARKED) in again and (1, BOX) in again and (0, BOX) not in again
+
+
+class ScriptedYunet:
+    name = "yunet"
+    fingerprint = "scripted-yunet"
+
+    def detect(self, frame_bgr: np.ndarray) -> list[Box]:
+        return []

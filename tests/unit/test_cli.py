@@ -1,15 +1,28 @@
 """The command line's own promises: --version, --config before or after the command, and `links` and
-`status` agreeing that an unknown job is an error."""
+`status` agreeing that an unknown job is an error; `model list` and `doctor` naming families and variants."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import structlog
 import yaml
 
 from daemon import __version__
 from daemon.cli import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, main
+from daemon.config import load_config
+from daemon.doctor import _models as doctor_models
+from daemon.render.modelspec import ModelSpec
+
+
+@pytest.fixture(autouse=True)
+def _logging_back_to_defaults() -> Iterator[None]:
+    """main() points structlog at the captured stderr, which pytest closes after the test: later tests
+    that log would write to a closed file."""
+    yield
+    structlog.reset_defaults()
 
 
 def config_file(tmp_path: Path, **extra: object) -> Path:
@@ -51,3 +64,43 @@ def test_links_and_status_agree_on_an_unknown_job(tmp_path: Path, capsys: pytest
     err = capsys.readouterr().err
     assert err.count("no job named 'no-such-job'") == 2
     assert main(["--config", config, "links"]) == EXIT_OK  # no job named: nothing yet is no error
+
+
+def _imported(models: Path) -> None:
+    ModelSpec("wav2lip_gan", "wav2lip", variants={"int8": "m.int8.onnx", "fp16": "m.fp16.onnx"}).save(
+        models / "wav2lip_gan"
+    )
+    graphs = {role: {"fp32": f"{role}.onnx", "fp16": f"{role}.fp16.onnx"} for role in ("unet", "vae_encoder")}
+    graphs["audio_encoder"] = {"fp32": "audio_encoder.onnx"}  # no fp16 of this graph: fp16 cannot render
+    ModelSpec("musetalk", "musetalk", source="MuseTalk", graphs=graphs).save(models / "musetalk")
+    ModelSpec("mt16", "musetalk", graphs={"unet": {"fp32": "u.onnx", "fp16": "u16.onnx"}}).save(
+        models / "mt16"
+    )
+
+
+def test_model_list_shows_each_models_family_and_variants(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _imported(tmp_path / "models")
+    (tmp_path / "models" / "broken").mkdir()
+    (tmp_path / "models" / "broken" / "model.json").write_text("{not json")  # logged and left out
+    assert main(["model", "list", "--config", str(config_file(tmp_path))]) == EXIT_OK
+    rows = {line.split()[0]: line.split()[1:3] for line in capsys.readouterr().out.splitlines()}
+    assert rows["baseline"] == ["baseline", "built-in"]
+    assert rows["wav2lip_gan"] == ["wav2lip", "fp32,fp16,int8"]
+    assert rows["musetalk"] == ["musetalk", "fp32"]
+    assert rows["mt16"] == ["musetalk", "fp32,fp16"]
+    assert "broken" not in rows
+
+
+def test_doctor_names_the_families_and_variants(tmp_path: Path) -> None:
+    _imported(tmp_path / "models")
+    config = load_config(config_file(tmp_path, render={"model": "mt16"}))
+    (check,) = doctor_models(config)
+    assert check.ok
+    assert (
+        "wav2lip_gan (wav2lip fp32,fp16,int8)" in check.detail and "mt16 (musetalk fp32,fp16)" in check.detail
+    )
+    assert "baseline (baseline built-in)" in check.detail
+    (missing,) = doctor_models(load_config(config_file(tmp_path, render={"model": "nope"})))
+    assert not missing.ok and "'nope' is missing" in missing.detail

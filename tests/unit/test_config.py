@@ -61,6 +61,8 @@ def test_missing_default_file_means_defaults(tmp_path: Path) -> None:
             "key 'render.preset': expected one of ultrafast, superfast, veryfast",
         ),
         ("inbox:\n  settle_time: soon\n", "key 'inbox.settle_time'"),
+        ("render:\n  avatar_cache_size: -5\n", "key 'render.avatar_cache_size': a size cannot be negative"),
+        ("render:\n  avatar_cache_size: lots\n", "key 'render.avatar_cache_size': expected a size"),
         ("upload:\n  part_size: 1MiB\n", "key 'upload.part_size'"),
         ("links:\n  default_ttl: 8d\n", "key 'links.default_ttl'"),
         ("render: 3\n", "'render' must be a mapping"),
@@ -82,6 +84,9 @@ def test_values_are_parsed(tmp_path: Path) -> None:
     assert config.inbox.settle_time == 0.5
     assert config.upload.part_size == 16 * 2**20
     assert config.webhooks["ops"].kind == "dingtalk"
+    assert Config().render.avatar_cache_size == 2 * 10**9
+    bounded = load_config(write(tmp_path, "render: {avatar_cache_size: 512MiB}\n"))
+    assert bounded.render.avatar_cache_size == 2**29
 
 
 def test_config_path_precedence() -> None:

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from skimage import data
 
+from daemon.render.detectors import YunetDetector
 from daemon.render.faces import (
     FaceTracker,
     HaarDetector,
@@ -18,7 +19,7 @@ from daemon.render.faces import (
     smooth_runs,
     track_faces,
 )
-from daemon.render.types import Box
+from daemon.render.types import NOSE_TIP, Box
 
 FACE_CENTRE = (224, 113)  # astronaut face centre in the 512x512 photo
 
@@ -214,3 +215,51 @@ def test_detector_by_name(tmp_path: Path) -> None:
         detector_by_name("x", tmp_path)
     custom = {"scripted": lambda models_dir: ScriptedDetector({})}
     assert detector_by_name("scripted", tmp_path, custom).name == "scripted"
+
+
+def _marked(x: int, y: int) -> Box:
+    """A 100x100 box at (x, y) with five landmarks at fixed places inside it."""
+    points = (30, 40, 70, 40, 50, 60, 35, 80, 65, 80)
+    return Box(x, y, x + 100, y + 100, landmarks=tuple(p + (x, y)[i % 2] for i, p in enumerate(points)))
+
+
+def test_landmarks_travel_with_their_box_through_interpolation_padding_and_smoothing() -> None:
+    script = {i: _marked(100 + 6 * i, 50 + 2 * i) for i in range(0, 21, 5)}
+    detector = ScriptedDetector(script)
+    tracked = list(FaceTracker(detector, detect_every=5).track(numbered_frames(21)))
+    assert detector.calls == [0, 5, 10, 15, 20]
+    for _, crop in tracked:
+        box = crop.box
+        assert box is not None and box.landmarks is not None and box.height == 110  # padded 10 px below
+        # the points keep their place in the face, though the box moved, was padded and smoothed
+        nose = box.point(2)
+        assert nose is not None and abs(nose[0] - box.x1 - 50) <= 1 and abs(nose[1] - box.y1 - 60) <= 1
+    assert tracked[3][1].box != tracked[2][1].box  # interpolated frames moved their points too
+
+
+def test_a_box_without_landmarks_drops_them_from_the_average() -> None:
+    frames = numbered_frames(3)
+    boxes = [_marked(100, 100), Box(100, 100, 200, 200), _marked(100, 100)]
+    smoothed = [box for _, box in smooth_runs(zip(frames, boxes, strict=True))]
+    assert all(box is not None and box.landmarks is None for box in smoothed)
+    assert smoothed[0] == Box(100, 100, 200, 200)
+
+
+class _FakeYn:
+    """Stands in for cv2.FaceDetectorYN (no YuNet file here): one face in the downscaled frame."""
+
+    def setInputSize(self, size: tuple[int, int]) -> None:  # noqa: N802 (OpenCV's name)
+        self.size = size
+
+    def detect(self, image: np.ndarray) -> tuple[int, np.ndarray]:
+        x, y, w, h = 100, 50, 80, 100
+        points = [120, 80, 160, 80, 140, 110, 125, 130, 155, 130]  # eyes, nose tip, mouth corners
+        return 1, np.array([[x, y, w, h, *points, 0.9]], np.float32)
+
+
+def test_yunet_keeps_its_five_landmarks_in_full_frame_pixels() -> None:
+    detector = YunetDetector.__new__(YunetDetector)
+    detector._yn, detector.max_side = _FakeYn(), 640  # type: ignore[assignment]
+    (box,) = detector.detect(np.zeros((720, 1280, 3), np.uint8))  # scaled to 640x360: coordinates x2
+    assert box == Box(200, 100, 360, 300, landmarks=(240, 160, 320, 160, 280, 220, 250, 260, 310, 260))
+    assert box.point(NOSE_TIP) == (280, 220)

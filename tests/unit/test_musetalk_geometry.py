@@ -99,3 +99,30 @@ def test_paste_changes_only_the_lower_face_and_leaves_the_input_alone() -> None:
     assert changed[0].min() > (face.y1 + face.y2) // 2 and changed[0].max() < face.y2
     assert changed[1].min() > face.x1 and changed[1].max() < face.x2 - 1
     assert np.all(out[round(face.y1 + 0.75 * face.height), (face.x1 + face.x2) // 2] == 255)
+
+
+def _with_points(box: Box, eyes_y: int, nose_tip_y: int) -> Box:
+    """Five landmarks: eyes, nose tip, mouth corners (only the eyes' and nose tip's heights matter)."""
+    x = (box.x1 + box.x2) // 2
+    return Box(
+        box.x1,
+        box.y1,
+        box.x2,
+        box.y2,
+        (x - 20, eyes_y, x + 20, eyes_y, x, nose_tip_y, x - 15, 140, x + 15, 140),
+    )
+
+
+def test_with_landmarks_the_nose_bridge_lies_two_thirds_from_the_eyes_to_the_nose_tip() -> None:
+    tracked = Box(100, 50, 200, 160)  # chin at 150
+    level = _with_points(tracked, eyes_y=80, nose_tip_y=110)  # landmark 29 at 100: top = 100 - 50
+    assert musetalk_box(level, FRAME) == Box(100, 50, 200, 160)
+    bowed = _with_points(tracked, eyes_y=95, nose_tip_y=125)  # head bowed: the face sits lower in the box
+    assert musetalk_box(bowed, FRAME) == Box(100, 80, 200, 160)  # 29 at 115: top = 115 - 35
+    assert musetalk_box(tracked, FRAME).y1 == 60  # box only: 55% of the way, whatever the pose
+
+
+def test_landmarks_outside_the_box_are_held_to_it() -> None:
+    tracked = Box(100, 50, 200, 160)
+    assert musetalk_box(_with_points(tracked, eyes_y=400, nose_tip_y=420), FRAME) == Box(100, 150, 200, 160)
+    assert musetalk_box(_with_points(tracked, eyes_y=-90, nose_tip_y=-60), FRAME).y1 == 0
