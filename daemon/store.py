@@ -129,6 +129,7 @@ class Video:
     rendered_at: float | None
     evicted: bool
     updated: float
+    duration: float | None = None  # seconds of the rendered video (frames / fps)
 
 
 _SCHEMA = """
@@ -144,7 +145,7 @@ CREATE TABLE IF NOT EXISTS videos (
     source TEXT NOT NULL, source_written TEXT NOT NULL, state TEXT NOT NULL, progress REAL NOT NULL DEFAULT 0,
     error TEXT, model TEXT, frames INTEGER, faceless_frames INTEGER, size INTEGER, sha256 TEXT,
     object_key TEXT, url TEXT, expires_at REAL, upload_id TEXT, rendered_at REAL,
-    evicted INTEGER NOT NULL DEFAULT 0, updated REAL NOT NULL,
+    evicted INTEGER NOT NULL DEFAULT 0, updated REAL NOT NULL, duration REAL,
     PRIMARY KEY (job_id, output)
 );
 CREATE INDEX IF NOT EXISTS videos_by_state ON videos(state);
@@ -445,6 +446,12 @@ def _add_missing_columns(db: sqlite3.Connection) -> None:
     if "rerenders" not in columns:
         try:
             db.execute("ALTER TABLE jobs ADD COLUMN rerenders INTEGER NOT NULL DEFAULT 0")
+        except sqlite3.OperationalError as exc:
+            if "duplicate column" not in str(exc):
+                raise
+    if "duration" not in {row[1] for row in db.execute("PRAGMA table_info(videos)")}:
+        try:
+            db.execute("ALTER TABLE videos ADD COLUMN duration REAL")
         except sqlite3.OperationalError as exc:
             if "duplicate column" not in str(exc):
                 raise

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from daemon.links import LINKS_NAME, job_view, write_links
+from daemon.linkspage import PAGE_NAME
 from daemon.manifest import Manifest, MediaRef
 from daemon.store import InvalidTransition, JobState, JobStore, StoreError, VideoState, output_names
 
@@ -138,6 +139,7 @@ def test_links_view_has_every_field_and_no_secrets(store: JobStore, tmp_path: Pa
 
 def test_links_file_is_replaced_atomically_while_read(store: JobStore, tmp_path: Path) -> None:
     store.add_job(manifest(tmp_path, "a.mp4"), claimed_path=tmp_path / "1", base_dir=tmp_path)
+    store.update_video("promo", "a.mp4", VideoState.RENDERING)
     outputs, locks = tmp_path / "out", tmp_path / "locks"
     write_links(store, "promo", outputs, locks)
     seen_bad, stop = [], threading.Event()
@@ -158,4 +160,5 @@ def test_links_file_is_replaced_atomically_while_read(store: JobStore, tmp_path:
     thread.join()
     assert not seen_bad
     assert json.loads((outputs / "promo" / LINKS_NAME).read_text())["videos"][0]["progress"] == 0.995
-    assert [p.name for p in (outputs / "promo").iterdir()] == [LINKS_NAME]  # no temp files left
+    assert sorted(p.name for p in (outputs / "promo").iterdir()) == [PAGE_NAME, LINKS_NAME]  # no temps
+    assert "99%" in (outputs / "promo" / PAGE_NAME).read_text()  # the page is the same view as the JSON
