@@ -154,7 +154,7 @@ def _video_item(video: Mapping[str, Any], poster: bytes | None) -> str:
     name = _text(video.get("output")) or "video"
     parts = [
         f'<li class="video" data-status="{_e(status)}">',
-        _poster(name, poster),
+        _poster(name, poster, status),
         '<div class="body">',
         f"<h2>{_e(name)}</h2>",
         f'<p class="source">from {_e(_text(video.get("source")))}</p>',
@@ -170,9 +170,10 @@ def _video_item(video: Mapping[str, Any], poster: bytes | None) -> str:
     return "\n".join(p for p in parts if p)
 
 
-def _poster(name: str, jpeg: bytes | None) -> str:
+def _poster(name: str, jpeg: bytes | None, status: str) -> str:
     if not jpeg:
-        return '<div class="poster" aria-hidden="true">no picture yet</div>'
+        words = "no picture" if status == "failed" else "no picture yet"
+        return f'<div class="poster" aria-hidden="true">{words}</div>'
     data = base64.b64encode(jpeg).decode("ascii")
     return f'<img class="poster" alt="A frame of {_e(name)}" src="data:image/jpeg;base64,{data}">'
 
@@ -201,8 +202,6 @@ def _facts(video: Mapping[str, Any]) -> str:
         facts.append(f"<span>Size <b>{_e(size_text(int(size)))}</b></span>")
     if video.get("url") and video.get("expires_at"):
         facts.append(f"<span>Link works until <b>{_time(video['expires_at'])}</b></span>")
-    if video.get("url") and video.get("local_copy") is False:
-        facts.append("<span>Kept in storage only</span>")
     return f'<div class="facts">{"".join(facts)}</div>' if facts else ""
 
 
