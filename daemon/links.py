@@ -45,6 +45,8 @@ def job_view(job: Job, videos: list[Video]) -> dict[str, Any]:
         "distribute": job.distribute,
         "created_at": iso(job.created),
         "updated_at": iso(max([job.updated, *(v.updated for v in videos)])),
+        "page_url": job.page_url,  # links.html in storage, with its own link (links.upload_page)
+        "page_expires_at": iso(job.page_expires_at),
         "videos": [_video_view(v) for v in videos],
     }
 
@@ -169,7 +171,7 @@ class ViewChecker:
         repaired = []
         for job_id, changed in self.store.view_stamps().items():
             path = self.outputs_dir / job_id / LINKS_NAME
-            seen = (changed, _signature(path))
+            seen = (changed, file_signature(path))
             if self._verified.get(job_id) == seen:
                 continue
             fresh = time.time() - changed < self.GRACE
@@ -181,7 +183,7 @@ class ViewChecker:
                 continue
             if was:
                 repaired.append((job_id, was))
-            self._verified[job_id] = (changed, _signature(path))
+            self._verified[job_id] = (changed, file_signature(path))
         return repaired
 
     def _repair(self, job_id: str, path: Path, fresh: bool) -> str | None:
@@ -217,7 +219,7 @@ class ViewChecker:
         return was
 
 
-def _signature(path: Path) -> tuple[int, int, int] | None:
+def file_signature(path: Path) -> tuple[int, int, int] | None:
     try:
         info = path.stat()
     except OSError:

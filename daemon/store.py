@@ -105,6 +105,9 @@ class Job:
     updated: float
     notified: bool
     rerenders: int = 0  # times rendered videos of it were sent back to the queue (their files vanished)
+    page_url: str | None = None  # links.html uploaded beside the videos (links.upload_page), signed
+    page_expires_at: float | None = None
+    page_sha256: str | None = None  # of the links.html bytes uploaded last
 
 
 @dataclass(frozen=True)
@@ -138,7 +141,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     audio TEXT NOT NULL, audio_written TEXT NOT NULL, distribute INTEGER NOT NULL, link_ttl REAL,
     notify TEXT NOT NULL, model TEXT, state TEXT NOT NULL, error TEXT,
     created REAL NOT NULL, updated REAL NOT NULL, notified INTEGER NOT NULL DEFAULT 0,
-    rerenders INTEGER NOT NULL DEFAULT 0
+    rerenders INTEGER NOT NULL DEFAULT 0, page_url TEXT, page_expires_at REAL, page_sha256 TEXT
 );
 CREATE TABLE IF NOT EXISTS videos (
     job_id TEXT NOT NULL REFERENCES jobs(id), output TEXT NOT NULL, position INTEGER NOT NULL,
@@ -209,7 +212,7 @@ class JobStore:
         with self._tx() as db:
             job_id = self._free_id(db, manifest.name)
             db.execute(
-                "INSERT INTO jobs VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,0,0)",
+                "INSERT INTO jobs VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,0,0,NULL,NULL,NULL)",
                 (
                     job_id,
                     manifest.source.name,
@@ -275,6 +278,15 @@ class JobStore:
             db.execute(
                 "UPDATE jobs SET state = ?, error = ?, updated = ? WHERE id = ?",
                 (state.value, error, time.time(), job_id),
+            )
+
+    def set_page(self, job_id: str, url: str, expires_at: float, sha256: str) -> None:
+        """The uploaded links.html and its link. Not a change of the job (`updated` stays): the page shows
+        that time, and must not change because its own link was recorded."""
+        with self._tx() as db:
+            db.execute(
+                "UPDATE jobs SET page_url = ?, page_expires_at = ?, page_sha256 = ? WHERE id = ?",
+                (url, expires_at, sha256, job_id),
             )
 
     def reopen_pending_jobs(self) -> list[str]:
@@ -449,12 +461,14 @@ def _add_missing_columns(db: sqlite3.Connection) -> None:
         except sqlite3.OperationalError as exc:
             if "duplicate column" not in str(exc):
                 raise
-    if "duration" not in {row[1] for row in db.execute("PRAGMA table_info(videos)")}:
-        try:
-            db.execute("ALTER TABLE videos ADD COLUMN duration REAL")
-        except sqlite3.OperationalError as exc:
-            if "duplicate column" not in str(exc):
-                raise
+    added = [("jobs", "page_url TEXT"), ("jobs", "page_expires_at REAL"), ("jobs", "page_sha256 TEXT")]
+    for table, column in [*added, ("videos", "duration REAL")]:
+        if column.split()[0] not in {row[1] for row in db.execute(f"PRAGMA table_info({table})")}:
+            try:
+                db.execute(f"ALTER TABLE {table} ADD COLUMN {column}")
+            except sqlite3.OperationalError as exc:
+                if "duplicate column" not in str(exc):
+                    raise
 
 
 def _private_dir(state_dir: Path) -> None:
