@@ -4,12 +4,14 @@ shared folder (file://) in a real headless Chromium."""
 from __future__ import annotations
 
 import hashlib
+import html
 import shutil
 import time
 import urllib.request
 from pathlib import Path
 from typing import Any
 
+from tests.e2e import sandbox
 from tests.e2e.browser import browser_page
 from tests.e2e.harness import Daemon, Share, wait_for
 
@@ -83,3 +85,41 @@ def test_links_page_shows_each_video_copies_and_downloads_from_the_shared_folder
     browser_s = time.monotonic() - began
     print(f"\nbrowser part: {browser_s:.1f} s; screenshot {tmp_path / 'links-page.png'}")
     assert browser_s < 30
+
+
+def test_uploaded_page_has_one_link_and_follows_refreshed_links(
+    tmp_path: Path, external: dict[str, Any]
+) -> None:
+    overrides = {
+        "storage": external,
+        "inbox": {"settle_time": "0.3s"},
+        "links": {"upload_page": True, "refresh_before": "7d"},  # --refresh re-signs every link
+    }
+    share = Share(tmp_path / "shared", overrides)
+    sandbox.tiny_media(share.inbox / "media")
+    run = Daemon(share, "run")
+    try:
+        manifest = {"audio": "media/voice.wav", "videos": ["media/face.mp4"], "distribute": True}
+        share.drop("batch.yaml", manifest)
+        first = wait_for(lambda: published(share, "batch"), 120, "page uploaded", run)
+        page = share.outputs / "batch" / "links.html"
+        assert fetch(first["page_url"]) == page.read_bytes()
+        assert html.escape(first["videos"][0]["url"]) in page.read_text()
+        time.sleep(1.1)  # presigned links carry whole seconds: let the re-signed ones differ
+        assert share.lipsyncd("links", "--refresh").returncode == 0
+        second = wait_for(
+            lambda: (doc := published(share, "batch")) and doc["page_url"] != first["page_url"] and doc,
+            60,
+            "page uploaded again after the links were re-signed",
+            run,
+        )
+    finally:
+        run.terminate()
+    stored = fetch(second["page_url"]).decode()
+    assert second["videos"][0]["url"] != first["videos"][0]["url"]
+    assert html.escape(second["videos"][0]["url"]) in stored
+    assert html.escape(first["videos"][0]["url"]) not in stored
+
+
+def published(share: Share, job: str) -> Any:
+    return (doc := finished(share, job)) and doc.get("page_url") and doc
