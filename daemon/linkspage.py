@@ -40,13 +40,14 @@ header h1{font-size:22px;margin:0 0 4px}
 header p{margin:2px 0;color:var(--soft)}
 .summary{font-weight:600;color:var(--ink)}
 .notice{margin:14px 0;padding:10px 14px;border-radius:8px;background:var(--badbg);color:var(--bad);
-white-space:pre-wrap}
+white-space:pre-wrap;overflow-wrap:anywhere}
 .notice.warn{background:var(--busybg);color:var(--busy)}
 .videos{list-style:none;margin:20px 0 0;padding:0;display:grid;gap:14px}
 .video{display:flex;gap:16px;background:#fff;border:1px solid var(--line);border-radius:10px;padding:14px}
-.poster{flex:0 0 240px;width:240px;aspect-ratio:16/9;border-radius:6px;background:#dfe3ea;object-fit:cover;
-display:flex;align-items:center;justify-content:center;color:var(--soft);font-size:13px}
-.body{flex:1;min-width:0}
+.poster{flex:0 0 240px;width:240px;aspect-ratio:16/9;border-radius:6px;background:#dfe3ea;object-fit:contain;
+display:flex;align-items:center;justify-content:center;color:var(--soft);font-size:13px;align-self:flex-start}
+.body{flex:1;min-width:0;overflow-wrap:anywhere}
+img.poster{background:#1d2430}
 .body h2{font-size:17px;margin:0 0 2px;overflow-wrap:anywhere}
 .source{color:var(--soft);font-size:13px;margin:0 0 8px;overflow-wrap:anywhere}
 .badge{display:inline-block;padding:1px 9px;border-radius:999px;font-size:13px;font-weight:600;

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import html
+import os
 import shutil
 import time
 import urllib.request
@@ -81,9 +82,10 @@ def test_links_page_shows_each_video_copies_and_downloads_from_the_shared_folder
         reason = broken.locator(".reason").inner_text()
         assert reason == f"This video could not be made: {failed[0]['error']}" and "not a video" in reason
         assert broken.locator("a, button").count() == 0
-        page.screenshot(path=str(tmp_path / "links-page.png"), full_page=True)
+        shot = SCREENSHOT if os.environ.get("LIPSYNCD_UPDATE_SCREENSHOT") else tmp_path / SCREENSHOT.name
+        page.screenshot(path=str(shot), full_page=True)  # LIPSYNCD_UPDATE_SCREENSHOT=1: the README's
     browser_s = time.monotonic() - began
-    print(f"\nbrowser part: {browser_s:.1f} s; screenshot {tmp_path / 'links-page.png'}")
+    print(f"\nbrowser part: {browser_s:.1f} s; screenshot {shot}")
     assert browser_s < 30
 
 
