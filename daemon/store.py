@@ -212,7 +212,10 @@ class JobStore:
         with self._tx() as db:
             job_id = self._free_id(db, manifest.name)
             db.execute(
-                "INSERT INTO jobs VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,0,0,NULL,NULL,NULL)",
+                # columns named: a store upgraded by ALTER TABLE may hold them in another order
+                "INSERT INTO jobs (id, manifest, claimed_path, base_dir, audio, audio_written, distribute,"
+                " link_ttl, notify, model, state, error, created, updated)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (
                     job_id,
                     manifest.source.name,
