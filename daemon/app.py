@@ -186,6 +186,7 @@ def distribute_settings(config: Config) -> DistributeSettings:
         base_url=config.links.base_url,
         eviction=config.eviction.mode,
         keep_hours=config.eviction.keep_hours,
+        upload_page=config.links.upload_page,
         upload=UploadSettings(
             multipart_threshold=u.multipart_threshold, part_size=u.part_size, max_part_workers=u.part_workers
         ),

@@ -182,6 +182,7 @@ class LinksConfig:
     default_ttl: float = _key(86400.0, parse_duration)
     base_url: str | None = _key(None)
     refresh_before: float = _key(7200.0, parse_duration)
+    upload_page: bool = _key(False)  # links.html uploaded beside the videos, its link in links.json
 
 
 @dataclass(frozen=True)

@@ -19,9 +19,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from daemon.linkspage import PAGE_NAME, render_page
 from daemon.store import Job, JobStore, Video
 
 LINKS_NAME = "links.json"
+POSTER_SUFFIX = ".poster.jpg"  # NAME.poster.jpg beside NAME.mp4: one frame, embedded in links.html
 FORMAT_VERSION = 1
 
 
@@ -43,6 +45,8 @@ def job_view(job: Job, videos: list[Video]) -> dict[str, Any]:
         "distribute": job.distribute,
         "created_at": iso(job.created),
         "updated_at": iso(max([job.updated, *(v.updated for v in videos)])),
+        "page_url": job.page_url,  # links.html in storage, with its own link (links.upload_page)
+        "page_expires_at": iso(job.page_expires_at),
         "videos": [_video_view(v) for v in videos],
     }
 
@@ -57,6 +61,7 @@ def _video_view(video: Video) -> dict[str, Any]:
         "model": video.model,
         "frames": video.frames,
         "frames_without_face": video.faceless_frames,
+        "duration_s": None if video.duration is None else round(video.duration, 2),
         "size": video.size,
         "sha256": video.sha256,
         "object_key": video.object_key,
@@ -96,9 +101,30 @@ def _write_view(store: JobStore, job_id: str, folder: Path) -> Path:
         raise KeyError(job_id)
     document = job_view(job, store.videos(job_id))
     path = folder / LINKS_NAME
-    if _current(path) == document:
+    if _current(path) == document and (folder / PAGE_NAME).exists():
         return path
-    return write_json_atomic(path, document)
+    return write_view_files(folder, document)
+
+
+def write_view_files(folder: Path, document: dict[str, Any]) -> Path:
+    """links.html, then links.json, from the same view: the page can never show an older view than the
+    JSON that readers poll (the JSON going last also makes an unchanged JSON mean an up-to-date page)."""
+    write_text_atomic(folder / PAGE_NAME, render_page(document, _posters(folder, document)))
+    return write_json_atomic(folder / LINKS_NAME, document)
+
+
+def poster_path(folder: Path, output: str) -> Path:
+    return folder / (Path(output).stem + POSTER_SUFFIX)
+
+
+def _posters(folder: Path, document: dict[str, Any]) -> dict[str, bytes]:
+    posters = {}
+    for video in document["videos"]:
+        try:
+            posters[video["output"]] = poster_path(folder, video["output"]).read_bytes()
+        except OSError:
+            continue  # not rendered yet, or its poster could not be made: the page shows a placeholder
+    return posters
 
 
 def _current(path: Path) -> Any:
@@ -119,8 +145,9 @@ def _refresh_view(store: JobStore, folder: Path, locks_dir: Path, job_id: str) -
         return False
     try:
         with job_lock(locks_dir, job_id, wait=False):
-            for stale in folder.glob(f".{LINKS_NAME}.*.tmp"):
-                stale.unlink(missing_ok=True)
+            for name in (LINKS_NAME, PAGE_NAME):
+                for stale in folder.glob(f".{name}.*.tmp"):
+                    stale.unlink(missing_ok=True)
             before = _current(folder / LINKS_NAME)
             return before != _current(_write_view(store, job_id, folder))
     except BlockingIOError:
@@ -144,7 +171,7 @@ class ViewChecker:
         repaired = []
         for job_id, changed in self.store.view_stamps().items():
             path = self.outputs_dir / job_id / LINKS_NAME
-            seen = (changed, _signature(path))
+            seen = (changed, file_signature(path))
             if self._verified.get(job_id) == seen:
                 continue
             fresh = time.time() - changed < self.GRACE
@@ -156,7 +183,7 @@ class ViewChecker:
                 continue
             if was:
                 repaired.append((job_id, was))
-            self._verified[job_id] = (changed, _signature(path))
+            self._verified[job_id] = (changed, file_signature(path))
         return repaired
 
     def _repair(self, job_id: str, path: Path, fresh: bool) -> str | None:
@@ -183,16 +210,16 @@ class ViewChecker:
         except (OSError, ValueError):
             was = "not valid JSON"
         else:
-            if current == document:
+            if current == document and (path.parent / PAGE_NAME).exists():
                 return None
             if fresh:
                 return "busy"  # its writer committed just now and is about to write it
-            was = "different from the job store"
-        write_json_atomic(path, document)
+            was = "without its links.html" if current == document else "different from the job store"
+        write_view_files(path.parent, document)
         return was
 
 
-def _signature(path: Path) -> tuple[int, int, int] | None:
+def file_signature(path: Path) -> tuple[int, int, int] | None:
     try:
         info = path.stat()
     except OSError:
@@ -201,12 +228,15 @@ def _signature(path: Path) -> tuple[int, int, int] | None:
 
 
 def write_json_atomic(path: Path, document: dict[str, Any]) -> Path:
+    return write_text_atomic(path, json.dumps(document, ensure_ascii=False, indent=2) + "\n")
+
+
+def write_text_atomic(path: Path, text: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as out:
-            json.dump(document, out, ensure_ascii=False, indent=2)
-            out.write("\n")
+            out.write(text)
             out.flush()
             os.fsync(out.fileno())
         os.chmod(tmp, 0o644)

@@ -105,6 +105,9 @@ class Job:
     updated: float
     notified: bool
     rerenders: int = 0  # times rendered videos of it were sent back to the queue (their files vanished)
+    page_url: str | None = None  # links.html uploaded beside the videos (links.upload_page), signed
+    page_expires_at: float | None = None
+    page_sha256: str | None = None  # of the links.html bytes uploaded last
 
 
 @dataclass(frozen=True)
@@ -129,6 +132,7 @@ class Video:
     rendered_at: float | None
     evicted: bool
     updated: float
+    duration: float | None = None  # seconds of the rendered video (frames / fps)
 
 
 _SCHEMA = """
@@ -137,14 +141,14 @@ CREATE TABLE IF NOT EXISTS jobs (
     audio TEXT NOT NULL, audio_written TEXT NOT NULL, distribute INTEGER NOT NULL, link_ttl REAL,
     notify TEXT NOT NULL, model TEXT, state TEXT NOT NULL, error TEXT,
     created REAL NOT NULL, updated REAL NOT NULL, notified INTEGER NOT NULL DEFAULT 0,
-    rerenders INTEGER NOT NULL DEFAULT 0
+    rerenders INTEGER NOT NULL DEFAULT 0, page_url TEXT, page_expires_at REAL, page_sha256 TEXT
 );
 CREATE TABLE IF NOT EXISTS videos (
     job_id TEXT NOT NULL REFERENCES jobs(id), output TEXT NOT NULL, position INTEGER NOT NULL,
     source TEXT NOT NULL, source_written TEXT NOT NULL, state TEXT NOT NULL, progress REAL NOT NULL DEFAULT 0,
     error TEXT, model TEXT, frames INTEGER, faceless_frames INTEGER, size INTEGER, sha256 TEXT,
     object_key TEXT, url TEXT, expires_at REAL, upload_id TEXT, rendered_at REAL,
-    evicted INTEGER NOT NULL DEFAULT 0, updated REAL NOT NULL,
+    evicted INTEGER NOT NULL DEFAULT 0, updated REAL NOT NULL, duration REAL,
     PRIMARY KEY (job_id, output)
 );
 CREATE INDEX IF NOT EXISTS videos_by_state ON videos(state);
@@ -208,7 +212,10 @@ class JobStore:
         with self._tx() as db:
             job_id = self._free_id(db, manifest.name)
             db.execute(
-                "INSERT INTO jobs VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,0,0)",
+                # columns named: a store upgraded by ALTER TABLE may hold them in another order
+                "INSERT INTO jobs (id, manifest, claimed_path, base_dir, audio, audio_written, distribute,"
+                " link_ttl, notify, model, state, error, created, updated)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (
                     job_id,
                     manifest.source.name,
@@ -274,6 +281,15 @@ class JobStore:
             db.execute(
                 "UPDATE jobs SET state = ?, error = ?, updated = ? WHERE id = ?",
                 (state.value, error, time.time(), job_id),
+            )
+
+    def set_page(self, job_id: str, url: str, expires_at: float, sha256: str) -> None:
+        """The uploaded links.html and its link. Not a change of the job (`updated` stays): the page shows
+        that time, and must not change because its own link was recorded."""
+        with self._tx() as db:
+            db.execute(
+                "UPDATE jobs SET page_url = ?, page_expires_at = ?, page_sha256 = ? WHERE id = ?",
+                (url, expires_at, sha256, job_id),
             )
 
     def reopen_pending_jobs(self) -> list[str]:
@@ -448,6 +464,14 @@ def _add_missing_columns(db: sqlite3.Connection) -> None:
         except sqlite3.OperationalError as exc:
             if "duplicate column" not in str(exc):
                 raise
+    added = [("jobs", "page_url TEXT"), ("jobs", "page_expires_at REAL"), ("jobs", "page_sha256 TEXT")]
+    for table, column in [*added, ("videos", "duration REAL")]:
+        if column.split()[0] not in {row[1] for row in db.execute(f"PRAGMA table_info({table})")}:
+            try:
+                db.execute(f"ALTER TABLE {table} ADD COLUMN {column}")
+            except sqlite3.OperationalError as exc:
+                if "duplicate column" not in str(exc):
+                    raise
 
 
 def _private_dir(state_dir: Path) -> None:

@@ -27,7 +27,8 @@ from daemon.distribute.s3 import Link, object_key, presign_get
 from daemon.distribute.uploader import UploadCancelled, UploadError, UploadSettings, upload_file
 from daemon.files import file_sha256
 from daemon.inbox import start_observer
-from daemon.links import ViewChecker, refresh_views, write_links
+from daemon.links import ViewChecker, file_signature, refresh_views, write_links
+from daemon.linkspage import PAGE_NAME
 from daemon.ops.metrics import Metrics
 from daemon.store import Job, JobState, JobStore, Video, VideoState
 
@@ -48,6 +49,7 @@ class DistributeSettings:
     eviction: str = "delete"  # delete, keep, or after (keep_hours)
     keep_hours: float = 0.0
     poll_interval: float = 1.0  # seconds between looks at the job store (cheap: one indexed query)
+    upload_page: bool = False  # links.html goes up beside the videos of a done job, with its own link
     upload: UploadSettings = UploadSettings()
 
 
@@ -80,6 +82,7 @@ class UploadWatcher:
         self._evicting = threading.Lock()  # the loop and an upload thread may both evict the same video
         self._views = ViewChecker(store, outputs_dir, locks_dir)
         self._views_due = 0.0
+        self._published: dict[str, tuple[int, int, int]] = {}  # job -> links.html signature last published
         self._pool = ThreadPoolExecutor(settings.max_concurrent, thread_name_prefix="upload")
 
     # -- the loop ------------------------------------------------------------------------------------
@@ -132,6 +135,7 @@ class UploadWatcher:
             self._in_flight[key] = self._pool.submit(self._upload_one, video)
         self._evict_due()
         self._finish_jobs()
+        self._publish_pages()
         self._check_views()
 
     def _due(self) -> list[Video]:
@@ -340,6 +344,56 @@ class UploadWatcher:
         self._links(job.id)
         self.metrics.job("failed")
         log.warning("job_failed", job=job.id, reason="no video of this job could be shared")
+
+    # -- the links page in storage (links.upload_page) ---------------------------------------------------
+
+    def _publish_pages(self) -> None:
+        """A done job's links.html goes up beside its videos, and again whenever the page changes (its
+        video links were re-signed by `lipsyncd links --refresh`); its link is signed after each upload,
+        so it lasts at least as long as the video links it shows. Looks at a page only when its file
+        changed since it was last found published."""
+        if not self.settings.upload_page:
+            return
+        for job in self.store.jobs(JobState.DONE):
+            key = (job.id, PAGE_NAME)
+            page = self.outputs_dir / job.id / PAGE_NAME
+            if (
+                not job.distribute
+                or key in self._in_flight
+                or self._retry_at.get(key, 0.0) > time.monotonic()
+            ):
+                continue
+            seen = file_signature(page)
+            if seen is None or self._published.get(job.id) == seen:
+                continue
+            if job.page_sha256 is not None and file_sha256(page) == job.page_sha256:
+                self._published[job.id] = seen
+                continue
+            self._in_flight[key] = self._pool.submit(self._publish_page, job, page)
+
+    def _publish_page(self, job: Job, page: Path) -> None:
+        with structlog.contextvars.bound_contextvars(job=job.id, video=PAGE_NAME):
+            key = object_key(
+                self.settings.prefix, job.id, PAGE_NAME, datetime.fromtimestamp(job.created, UTC)
+            )
+            try:
+                result = upload_file(
+                    self.client,
+                    self.settings.bucket,
+                    key,
+                    page,
+                    self.store,
+                    self.settings.upload,
+                    cancel=self.stop,
+                )
+            except (UploadError, OSError) as exc:
+                self._retry_at[(job.id, PAGE_NAME)] = time.monotonic() + RETRY_FAILED_AFTER
+                log.error("page_upload_failed", key=key, error=str(exc))
+                return
+            link = self._sign(job, key)
+            self.store.set_page(job.id, link.url, link.expires_at.timestamp(), result.sha256)
+            self._links(job.id)
+            log.info("page_published", key=key, bytes=result.size, expires_at=link.expires_at.isoformat())
 
     def _check_views(self) -> None:
         """links.json edited, truncated or left stale by hand or by a failed write is put right within

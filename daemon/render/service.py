@@ -23,7 +23,7 @@ import structlog
 
 from daemon.files import file_sha256
 from daemon.inbox import Inbox
-from daemon.links import UnsafeOutput, job_dir, refresh_views, write_links
+from daemon.links import UnsafeOutput, job_dir, poster_path, refresh_views, write_links
 from daemon.manifest import job_failure_report
 from daemon.ops.metrics import Metrics
 from daemon.render.avatar_cache import AvatarCache
@@ -38,6 +38,7 @@ from daemon.render.pipeline import (
     VideoRender,
     prepare_audio,
 )
+from daemon.render.poster import make_poster
 from daemon.render.registry import ModelPool
 from daemon.render.types import FaceDetector
 from daemon.store import Job, JobState, JobStore, StateDiskFull, Video, VideoState
@@ -281,6 +282,7 @@ class RenderService:
                 return
             out = result.output
             size, sha256 = out.stat().st_size, file_sha256(out)
+            self._poster(out)
             self._record(  # the render is done: wait for room on the state disk rather than lose it
                 lambda: self.store.update_video(
                     job.id,
@@ -293,6 +295,7 @@ class RenderService:
                     sha256=sha256,
                     model=model_name,
                     rendered_at=time.time(),
+                    duration=result.frames / result.fps if result.fps else None,
                 )
             )
             self._links(job.id)
@@ -305,6 +308,14 @@ class RenderService:
                 seconds=round(result.seconds, 2),
                 fps=round(fps, 1),
             )
+
+    def _poster(self, out: Path) -> None:
+        """The frame links.html shows; made before the video counts as rendered, so the page written
+        for that change has it. Only a picture: a failure is logged and the page shows a placeholder."""
+        try:
+            make_poster(out, poster_path(out.parent, out.name))
+        except Exception as exc:  # noqa: BLE001 - PyAV/PIL errors have many types; none stops the video
+            log.warning("poster_failed", error=f"{type(exc).__name__}: {exc}")
 
     def _render(
         self, job: Job, video: Video, audio: JobAudio, model_name: str, pool: ModelPool
@@ -431,10 +442,11 @@ class RenderService:
 
 
 def _remove_partials(folder: Path) -> None:
-    """Hidden temp files (`.NAME.part.mp4`, `.links.json.*.tmp`) a killed process left behind."""
+    """Hidden temp files (`.NAME.part.mp4`, `.NAME.poster.jpg.*.tmp`) a killed process left behind."""
     if folder.is_dir():
         for path in folder.iterdir():
-            if path.name.startswith(".") and path.name.endswith(".part.mp4"):
+            poster_temp = ".poster.jpg." in path.name and path.name.endswith(".tmp")
+            if path.name.startswith(".") and (path.name.endswith(".part.mp4") or poster_temp):
                 path.unlink(missing_ok=True)
 
 

@@ -207,7 +207,12 @@ def check_files(shared: Path, manifests: dict[str, int]) -> list[Check]:
     left = sorted(p.name for p in (inbox / ".claimed").glob("*"))
     done = sorted(p.name for p in (inbox / "done").glob("*"))
     failed = sorted(p.name for p in (inbox / "failed").glob("*"))
-    local = sorted(str(p.relative_to(outputs)) for p in outputs.glob("*/[!.]*") if p.name != "links.json")
+    views = ("links.json", "links.html")  # the page and its posters stay after the videos go
+    local = sorted(
+        str(p.relative_to(outputs))
+        for p in outputs.glob("*/[!.]*")
+        if p.name not in views and not p.name.endswith(".poster.jpg")
+    )
     return [
         Check("no temp file left in outputs or inbox", not temps, str(temps[:10])),
         Check("no manifest left in inbox/.claimed", not left, str(left)),

@@ -65,6 +65,7 @@ def test_missing_default_file_means_defaults(tmp_path: Path) -> None:
         ("render:\n  avatar_cache_size: lots\n", "key 'render.avatar_cache_size': expected a size"),
         ("upload:\n  part_size: 1MiB\n", "key 'upload.part_size'"),
         ("links:\n  default_ttl: 8d\n", "key 'links.default_ttl'"),
+        ("links:\n  upload_page: 'yes'\n", "key 'links.upload_page'"),
         ("render: 3\n", "'render' must be a mapping"),
         ("webhooks:\n  ops:\n    kind: slack\n    url: http://x\n", "key 'webhooks.ops.kind'"),
         ("paths:\n  inbox: [a]\n", "key 'paths.inbox'"),

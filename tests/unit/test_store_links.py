@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import sqlite3
 import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from daemon.links import LINKS_NAME, job_view, write_links
+from daemon.links import LINKS_NAME, ViewChecker, job_view, write_links
+from daemon.linkspage import PAGE_NAME
 from daemon.manifest import Manifest, MediaRef
 from daemon.store import InvalidTransition, JobState, JobStore, StoreError, VideoState, output_names
 
@@ -138,6 +140,7 @@ def test_links_view_has_every_field_and_no_secrets(store: JobStore, tmp_path: Pa
 
 def test_links_file_is_replaced_atomically_while_read(store: JobStore, tmp_path: Path) -> None:
     store.add_job(manifest(tmp_path, "a.mp4"), claimed_path=tmp_path / "1", base_dir=tmp_path)
+    store.update_video("promo", "a.mp4", VideoState.RENDERING)
     outputs, locks = tmp_path / "out", tmp_path / "locks"
     write_links(store, "promo", outputs, locks)
     seen_bad, stop = [], threading.Event()
@@ -158,4 +161,37 @@ def test_links_file_is_replaced_atomically_while_read(store: JobStore, tmp_path:
     thread.join()
     assert not seen_bad
     assert json.loads((outputs / "promo" / LINKS_NAME).read_text())["videos"][0]["progress"] == 0.995
-    assert [p.name for p in (outputs / "promo").iterdir()] == [LINKS_NAME]  # no temp files left
+    assert sorted(p.name for p in (outputs / "promo").iterdir()) == [PAGE_NAME, LINKS_NAME]  # no temps
+    assert "99%" in (outputs / "promo" / PAGE_NAME).read_text()  # the page is the same view as the JSON
+
+
+def test_view_check_puts_back_a_missing_page_and_a_stale_one_with_its_json(
+    store: JobStore, tmp_path: Path
+) -> None:
+    store.add_job(manifest(tmp_path, "a.mp4"), claimed_path=tmp_path / "1", base_dir=tmp_path)
+    outputs, locks = tmp_path / "out", tmp_path / "locks"
+    write_links(store, "promo", outputs, locks)
+    checker = ViewChecker(store, outputs, locks)
+    checker.GRACE = 0.0  # no writer is about to write: every difference is to be repaired now
+    page = outputs / "promo" / PAGE_NAME
+    page.unlink()
+    assert checker.check() == [("promo", "without its links.html")]
+    assert "Waiting" in page.read_text()
+    store.update_video("promo", "a.mp4", VideoState.RENDERING, progress=0.5)  # nobody wrote the view
+    assert checker.check() == [("promo", "different from the job store")]
+    assert 'value="50"' in page.read_text()
+
+
+def test_a_store_from_before_the_page_and_duration_columns_gains_them(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    JobStore(state).close()
+    with sqlite3.connect(state / "lipsyncd.db") as db:
+        for table, column in [("videos", "duration"), *(("jobs", c) for c in ("page_url", "page_sha256"))]:
+            db.execute(f"ALTER TABLE {table} DROP COLUMN {column}")
+    store = JobStore(state)
+    store.add_job(manifest(tmp_path, "a.mp4"), claimed_path=tmp_path / "1", base_dir=tmp_path)
+    store.update_video("promo", "a.mp4", duration=2.5)
+    store.set_page("promo", "https://x/links.html", 1.0, "ab")
+    video, job = store.video("promo", "a.mp4"), store.job("promo")
+    assert video is not None and video.duration == 2.5
+    assert job is not None and (job.page_url, job.page_sha256) == ("https://x/links.html", "ab")
