@@ -173,6 +173,12 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--share", type=Path, default=Path("/srv/lipsyncd"), help="the shared folder")
         p.add_argument("--user", default="lipsyncd")
         p.add_argument("--dry-run", action="store_true", help="print the steps, change nothing")
+        if name == "install-systemd":
+            p.add_argument(
+                "--public-url",
+                help="the address people open links at (storage.public_url); default: "
+                "http://<this host's fully qualified name>:8333. Given, it is set in an existing config too",
+            )
     return parser
 
 
@@ -475,7 +481,14 @@ def _install(args: argparse.Namespace, config: Config) -> int:
 
     options = {"user": args.user, "group": args.user, "share": args.share, "dry_run": args.dry_run}
     if args.command == "install-systemd":
-        lines = install_systemd(args.prefix, exec_start=Path(sys.prefix) / "bin" / "lipsyncd", **options)
+        from daemon.config import parse_base_url
+
+        try:
+            public_url = None if args.public_url is None else parse_base_url(args.public_url)
+        except ValueError as exc:
+            raise _UserError(f"--public-url: {exc}") from exc
+        binary = Path(sys.prefix) / "bin" / "lipsyncd"
+        lines = install_systemd(args.prefix, exec_start=binary, public_url=public_url, **options)
     else:
         lines = uninstall_systemd(args.prefix, **options)
     print("\n".join(lines))

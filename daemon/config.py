@@ -96,7 +96,7 @@ def _ip_address(value: Any) -> str:
         ) from None
 
 
-def _base_url(value: Any) -> str:
+def parse_base_url(value: Any) -> str:
     """scheme://host[:port] and nothing more: SigV4 signs the host and the path, so a path here would
     change every link's signature."""
     text = str(value).rstrip("/") if isinstance(value, str) else ""
@@ -188,7 +188,7 @@ class StorageConfig:
     profile: str | None = _key(None)
     embedded_port: int = _key(0, _non_negative_int)
     embedded_listen: str = _key("127.0.0.1", _ip_address)  # where the embedded S3 API listens
-    public_url: str | None = _key(None, _opt(_base_url))  # links are signed for it; None: what we connect to
+    public_url: str | None = _key(None, _opt(parse_base_url))  # links are signed for it (None: endpoint)
     embedded_stop_timeout: float = _key(20.0, parse_duration)
 
 
