@@ -38,3 +38,14 @@ def test_reach_names_the_host_people_open(cfg: Config, host: str, local: bool) -
 def test_loopback_names() -> None:
     assert all(map(is_loopback, ["127.0.0.1", "127.8.9.10", "::1", "[::1]", "LOCALHOST", "a.localhost"]))
     assert not any(map(is_loopback, ["10.0.0.1", "0.0.0.0", "media.lan", "localhost.example.com"]))
+
+
+def test_doctor_warns_when_links_are_loopback_only() -> None:
+    from daemon.doctor import _links
+
+    (local,) = _links(config())
+    assert (local.ok, local.warn, local.mark) == (True, True, "WARN")
+    assert "only this machine (127.0.0.1 is loopback)" in local.detail
+    (shared,) = _links(config(embedded_listen="0.0.0.0", public_url="http://media.lan:8333"))
+    assert (shared.warn, shared.mark) == (False, "OK ")
+    assert shared.detail == "links can be opened by machines that can reach media.lan"
