@@ -87,7 +87,7 @@ def test_links_signed_for_the_public_url_survive_upload_restarts(
         "public_url": public,
         "embedded_stop_timeout": "1s",
     }
-    share = Share(tmp_path / "shared", {"storage": storage})
+    share = Share(tmp_path / "shared", {"storage": storage, "links": {"refresh_before": "7d"}})
     for name in ("face", "speech"):
         shutil.copy(media[name], share.inbox / "media")
     share.drop(
@@ -123,6 +123,11 @@ def test_links_signed_for_the_public_url_survive_upload_restarts(
         assert server.proc.poll() is None and weed_pid(share) == pid and alive(pid)
         status, body = get(video["url"])
         assert status == 200 and hashlib.sha256(body).hexdigest() == video["sha256"]
+        # `lipsyncd links --refresh` (signing needs only the keys) signs for the public URL too
+        refreshed = share.lipsyncd("links", "--refresh", "reach")
+        assert "re-signed 1 link(s)" in refreshed.stdout, refreshed.stderr
+        again = share.links("reach")["videos"][0]["url"]  # type: ignore[index]
+        assert again.startswith(f"{public}/lipsyncd/renders/") and get(again)[0] == 200
     finally:
         if upload is not None:
             upload.terminate()
