@@ -120,9 +120,9 @@ def _storage(config: Config) -> list[Check]:
         from daemon.distribute.embedded import find_weed
 
         s = config.storage
-        port = s.embedded_port or "a port picked on first start"
-        detail = f"embedded SeaweedFS ({find_weed()}), S3 API on {s.embedded_listen}:{port}"
-        return [Check("storage", True, f"{detail}, run by `lipsyncd storage`")]
+        at = f"{s.embedded_listen}:{s.embedded_port}" if s.embedded_port else f"{s.embedded_listen}, a port kept"
+        detail = f"embedded SeaweedFS ({find_weed()}), S3 API on {at}"
+        return [Check("storage", True, f"{detail}, run by `lipsyncd storage` (else the upload watcher)")]
     from daemon.distribute.s3 import make_client
     from daemon.distribute.storage import storage_settings
 
