@@ -120,7 +120,8 @@ def _storage(config: Config) -> list[Check]:
         from daemon.distribute.embedded import find_weed
 
         s = config.storage
-        at = f"{s.embedded_listen}:{s.embedded_port}" if s.embedded_port else f"{s.embedded_listen}, a port kept"
+        port = s.embedded_port or "PORT (picked on first start, then kept)"
+        at = f"{s.embedded_listen}:{port}"
         detail = f"embedded SeaweedFS ({find_weed()}), S3 API on {at}"
         return [Check("storage", True, f"{detail}, run by `lipsyncd storage` (else the upload watcher)")]
     from daemon.distribute.s3 import make_client
