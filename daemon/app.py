@@ -228,6 +228,7 @@ class UploadDaemon:
             notifier=notifier,
             beat=runtime.heartbeat("uploads"),
             metrics=runtime.metrics,
+            signer=storage.signing_client,
         )
         return cls(config, store, storage, notifier, watcher, runtime)
 

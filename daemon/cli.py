@@ -173,6 +173,12 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--share", type=Path, default=Path("/srv/lipsyncd"), help="the shared folder")
         p.add_argument("--user", default="lipsyncd")
         p.add_argument("--dry-run", action="store_true", help="print the steps, change nothing")
+        if name == "install-systemd":
+            p.add_argument(
+                "--public-url",
+                help="the address people open links at (storage.public_url); default: "
+                "http://<this host's fully qualified name>:8333. Given, it is set in an existing config too",
+            )
     return parser
 
 
@@ -202,9 +208,22 @@ def _render(args: argparse.Namespace, config: Config) -> int:
     return EXIT_OK
 
 
+def _announce_reach(config: Config) -> None:
+    """The first log line of every process that serves or writes links: who can open them."""
+    import structlog
+
+    from daemon.distribute.reach import reach
+
+    where = reach(config)
+    structlog.get_logger("daemon.cli").info(
+        "links_reach", who=where.who, host=where.host, detail=where.sentence()
+    )
+
+
 def _upload(args: argparse.Namespace, config: Config) -> int:
     from daemon.app import UploadDaemon
 
+    _announce_reach(config)
     with _hold(config, "upload"):
         runtime = _runtime(config, "upload")
         daemon = UploadDaemon.build(config, runtime, credentials_file=_systemd_credential("s3"))
@@ -219,6 +238,7 @@ def _upload(args: argparse.Namespace, config: Config) -> int:
 def _run(args: argparse.Namespace, config: Config) -> int:
     from daemon.supervise import run_once
 
+    _announce_reach(config)
     with _hold(config, "run"):
         base = [sys.executable, "-m", "daemon", *(["--config", args.config] if args.config else [])]
         return run_once(base) if args.once else _supervise(base, config)
@@ -245,10 +265,19 @@ def _storage(args: argparse.Namespace, config: Config) -> int:
     from daemon.distribute.server import StorageDaemon
 
     if config.storage.endpoint_url is not None:
-        raise _UserError(
+        nothing = (
             f"storage.endpoint_url is set ({config.storage.endpoint_url}): lipsyncd uses that storage, "
             "so there is no embedded storage to run here."
         )
+        if "NOTIFY_SOCKET" not in os.environ:
+            raise _UserError(nothing)
+        # the lipsyncd-storage unit: started, found nothing to do, ended (READY first, so not a failure)
+        runtime = _runtime(config, "storage")
+        runtime.ready(lambda: nothing)
+        runtime.close()
+        print(f"lipsyncd: {nothing}", file=sys.stderr)
+        return EXIT_OK
+    _announce_reach(config)
     with _hold(config, "storage"):
         StorageDaemon.build(config, _runtime(config, "storage")).run_forever()
     return EXIT_OK
@@ -412,7 +441,7 @@ def _doctor(args: argparse.Namespace, config: Config) -> int:
 
     checks = run_checks(config)
     for check in checks:
-        print(f"{'OK ' if check.ok else 'FIX'}  {check.what:22} {check.detail}")
+        print(f"{check.mark:4} {check.what:22} {check.detail}")
     return EXIT_OK if all(c.ok for c in checks) else EXIT_FAILED
 
 
@@ -446,7 +475,14 @@ def _install(args: argparse.Namespace, config: Config) -> int:
 
     options = {"user": args.user, "group": args.user, "share": args.share, "dry_run": args.dry_run}
     if args.command == "install-systemd":
-        lines = install_systemd(args.prefix, exec_start=Path(sys.prefix) / "bin" / "lipsyncd", **options)
+        from daemon.config import parse_base_url
+
+        try:
+            public_url = None if args.public_url is None else parse_base_url(args.public_url)
+        except ValueError as exc:
+            raise _UserError(f"--public-url: {exc}") from exc
+        binary = Path(sys.prefix) / "bin" / "lipsyncd"
+        lines = install_systemd(args.prefix, exec_start=binary, public_url=public_url, **options)
     else:
         lines = uninstall_systemd(args.prefix, **options)
     print("\n".join(lines))

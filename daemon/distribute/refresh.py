@@ -9,19 +9,18 @@ from pathlib import Path
 from typing import Any
 
 from daemon.config import Config
-from daemon.distribute.embedded import EmbeddedS3, EmbeddedSettings
 from daemon.distribute.s3 import make_client, presign_get
-from daemon.distribute.storage import storage_settings
+from daemon.distribute.storage import embedded_storage, external_signer, storage_settings
 from daemon.links import iso, write_links
 from daemon.store import JobStore, Video, VideoState
 
 
 def signing_client(config: Config, credentials_file: Path | None) -> Any:
-    s = config.storage
-    if s.endpoint_url is None:
-        embedded = EmbeddedS3(config.state_dir, EmbeddedSettings(bucket=s.bucket, region=s.region))
-        return embedded.signing_client()
-    return make_client(storage_settings(config, credentials_file))
+    """Signs for the public URL, as the upload watcher does (see Storage.signing_client)."""
+    if config.storage.endpoint_url is None:
+        return embedded_storage(config, "links").signing_client()
+    signer = external_signer(config, credentials_file)
+    return signer if signer is not None else make_client(storage_settings(config, credentials_file))
 
 
 def ready_videos(store: JobStore, job_id: str | None) -> list[Video]:

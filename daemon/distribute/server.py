@@ -35,7 +35,10 @@ class StorageDaemon:
                 return
             self.runtime.ready(self.describe)
             log.info(
-                "storage_ready", endpoint=self.embedded.endpoint_url, bucket=self.embedded.settings.bucket
+                "storage_ready",
+                endpoint=self.embedded.endpoint_url,
+                links_signed_for=self.embedded.public_url,
+                bucket=self.embedded.settings.bucket,
             )
             keep_embedded_up(self.embedded, self.runtime.stop)
         finally:

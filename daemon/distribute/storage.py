@@ -3,6 +3,7 @@ file, or (no endpoint configured) the embedded SeaweedFS on loopback with keys i
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from dataclasses import dataclass
@@ -26,6 +27,11 @@ class Storage:
     bucket: str
     prefix: str
     embedded: EmbeddedS3 | None = None
+    signer: Any = None  # presigns links for the public URL; None: `client` (the same address)
+
+    @property
+    def signing_client(self) -> Any:
+        return self.signer if self.signer is not None else self.client
 
     def close(self) -> None:
         if self.embedded is not None:
@@ -50,7 +56,12 @@ def storage_settings(config: Config, credentials_file: Path | None) -> StorageSe
 def embedded_storage(config: Config, role: str) -> EmbeddedS3:
     s = config.storage
     settings = EmbeddedSettings(
-        bucket=s.bucket, region=s.region, s3_port=s.embedded_port, stop_timeout_s=s.embedded_stop_timeout
+        bucket=s.bucket,
+        region=s.region,
+        s3_port=s.embedded_port,
+        stop_timeout_s=s.embedded_stop_timeout,
+        listen=s.embedded_listen,
+        public_url=s.public_url,
     )
     return EmbeddedS3(config.state_dir, settings, role=role)
 
@@ -63,11 +74,21 @@ def open_storage(config: Config, *, role: str, credentials_file: Path | None = N
     if s.endpoint_url is None:
         embedded = embedded_storage(config, role)
         _start_embedded(embedded)
-        return Storage(embedded.client(), s.bucket, s.prefix, embedded)
+        return Storage(embedded.client(), s.bucket, s.prefix, embedded, embedded.signing_client())
     client = make_client(storage_settings(config, credentials_file))
     ensure_bucket(client, s.bucket, s.region)
     log.info("storage_ready", endpoint=s.endpoint_url, bucket=s.bucket)
-    return Storage(client, s.bucket, s.prefix)
+    return Storage(client, s.bucket, s.prefix, signer=external_signer(config, credentials_file))
+
+
+def external_signer(config: Config, credentials_file: Path | None) -> Any:
+    """A client whose endpoint is storage.public_url, for presigning (None: sign with the endpoint)."""
+    if config.storage.public_url is None:
+        return None
+    settings = dataclasses.replace(
+        storage_settings(config, credentials_file), endpoint_url=config.storage.public_url
+    )
+    return make_client(settings)
 
 
 def _start_embedded(embedded: EmbeddedS3, attempts: int = 3) -> None:

@@ -66,8 +66,10 @@ class UploadWatcher:
         notifier: Notifier | None = None,
         beat: Callable[[], None] = lambda: None,
         metrics: Metrics | None = None,
+        signer: Any = None,
     ) -> None:
         self.store = store
+        self.signer = signer if signer is not None else client  # signs links for the public URL
         self.metrics = metrics or Metrics(None, "upload")
         self.client = client
         self.settings = settings
@@ -230,7 +232,7 @@ class UploadWatcher:
 
     def _sign(self, job: Job, key: str) -> Link:
         ttl = int(job.link_ttl or self.settings.default_ttl)
-        return presign_get(self.client, self.settings.bucket, key, ttl, self.settings.base_url)
+        return presign_get(self.signer, self.settings.bucket, key, ttl, self.settings.base_url)
 
     def _upload_failed(self, job: Job, video: Video, exc: BaseException) -> None:
         """Not a network blip (those are retried inside upload_file): keep the file, say why, retry later."""

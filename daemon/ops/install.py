@@ -11,15 +11,25 @@ import grp
 import os
 import pwd
 import re
+import socket
 import subprocess
 import sys
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
+
+from daemon.config import parse_base_url
 
 Runner = Callable[[Sequence[str]], None]
-UNIT_NAMES = ("lipsyncd-render.service", "lipsyncd-upload.service", "lipsyncd.target")
+UNIT_NAMES = (
+    "lipsyncd-render.service",
+    "lipsyncd-storage.service",
+    "lipsyncd-upload.service",
+    "lipsyncd.target",
+)
+EMBEDDED_PORT = 8333  # SeaweedFS's usual S3 port: fixed, so the links' public URL can name it
 INSTALLED_BINARY = "/opt/lipsyncd/venv/bin/lipsyncd"
 DEFAULT_SHARE = Path("/srv/lipsyncd")
 STATE_DIR = Path("/var/lib/lipsyncd")
@@ -78,15 +88,18 @@ def install_systemd(
     exec_start: Path | None = None,
     source: Path | None = None,
     run: Runner = run_command,
+    public_url: str | None = None,
 ) -> list[str]:
     """Install the service; returns the lines to print (what was done, then the next steps).
 
     exec_start: the lipsyncd binary the units start (default /opt/lipsyncd/venv/bin/lipsyncd).
+    public_url: the address people open links at (storage.public_url). A new config gets it, or
+    default_public_url(); an existing config is changed only when it is given.
     source: the folder holding systemd/ and config/ (default: found next to this package).
     run: how commands (groupadd, useradd, systemctl) are run; tests pass a recorder.
     """
     layout = Layout(prefix, user, group, share)
-    steps = _install_steps(layout, source or find_source(), exec_start, run)
+    steps = _install_steps(layout, source or find_source(), exec_start, run, public_url)
     return _execute(steps, dry_run) + next_steps(layout, exec_start)
 
 
@@ -125,11 +138,13 @@ def find_source() -> Path:
     )
 
 
-def _install_steps(layout: Layout, source: Path, exec_start: Path | None, run: Runner) -> list[Step]:
+def _install_steps(
+    layout: Layout, source: Path, exec_start: Path | None, run: Runner, public_url: str | None
+) -> list[Step]:
     return [
         *_account_steps(layout, run),
         *_share_steps(layout),
-        *_config_steps(layout, source),
+        *_config_steps(layout, source, public_url),
         *_credential_steps(layout),
         *_unit_steps(layout, source, exec_start),
         *_reload_steps(layout, run),
@@ -202,16 +217,43 @@ def _chown(path: Path, user: str, group: str) -> None:
     os.chown(path, pwd.getpwnam(user).pw_uid, grp.getgrnam(group).gr_gid)
 
 
-def _config_steps(layout: Layout, source: Path) -> list[Step]:
+def _config_steps(layout: Layout, source: Path, public_url: str | None) -> list[Step]:
     config = CONFIG_DIR / "lipsyncd.yaml"
     steps = [
         _folder_step(layout, CONFIG_DIR, 0o750, "configuration", ("root", layout.group)),
         _file_step(layout, CONFIG_DIR / "README.systemd.md", _read(source / "systemd" / "README.md"), 0o644),
     ]
-    if layout.at(config).exists():
+    existing = layout.at(config)
+    if existing.exists() and public_url is None:
         return [*steps, Step(f"kept the existing {config}", None)]
-    text = service_config(_example_config(source), layout.share)
-    return [*steps, _file_step(layout, config, text, 0o640, owner=("root", layout.group))]
+    url = parse_base_url(public_url or default_public_url())
+    if existing.exists():
+        text = set_keys(existing.read_text(encoding="utf-8"), "storage", link_keys(url))
+        steps.append(Step(f"kept the existing {config}, setting storage.public_url in it", None))
+    else:
+        text = service_config(_example_config(source), layout.share, url)
+    writes = _file_step(layout, config, text, 0o640, owner=("root", layout.group))
+    return [*steps, writes, Step(links_line(url), None)]
+
+
+def default_public_url() -> str:
+    """This host's fully qualified name and the embedded storage's fixed port."""
+    return f"http://{socket.getfqdn()}:{EMBEDDED_PORT}"
+
+
+def link_keys(public_url: str) -> dict[str, str]:
+    """The storage keys that make links work for other machines: the S3 API on every address, on a
+    fixed port, and links signed for the public URL."""
+    return {"embedded_port": str(EMBEDDED_PORT), "embedded_listen": "0.0.0.0", "public_url": public_url}
+
+
+def links_line(public_url: str) -> str:
+    from daemon.distribute.reach import is_loopback
+
+    host = urlsplit(public_url).hostname or public_url
+    if is_loopback(host):
+        return f"links are signed for {public_url}: only this machine can open them (pass --public-url)"
+    return f"links are signed for {public_url}: machines that can reach {host} can open them"
 
 
 def _file_step(
@@ -245,8 +287,9 @@ def _example_config(source: Path) -> str:
     return example.read_text() if example.is_file() else "paths:\n"
 
 
-def service_config(example: str, share: Path) -> str:
-    """The example configuration with the paths section pointed at the service's folders."""
+def service_config(example: str, share: Path, public_url: str | None = None) -> str:
+    """The example configuration with the paths section pointed at the service's folders, and (given a
+    public URL) the storage section serving links to other machines."""
     paths = {
         "shared": share,
         "inbox": share / "inbox",
@@ -254,13 +297,19 @@ def service_config(example: str, share: Path) -> str:
         "state": STATE_DIR,
         "models": STATE_DIR / "models",
     }
-    match = re.search(r"(?m)^paths:[ \t]*(#.*)?\n", example)
+    text = set_keys(example, "paths", {key: str(value) for key, value in paths.items()})
+    return set_keys(text, "storage", link_keys(public_url)) if public_url else text
+
+
+def set_keys(text: str, section: str, values: dict[str, str]) -> str:
+    """Set keys of a top-level YAML section in place, keeping comments; add what is missing."""
+    match = re.search(rf"(?m)^{section}:[ \t]*(#.*)?\n", text)
     if match is None:
-        return example + "\npaths:\n" + "".join(f"  {k}: {v}\n" for k, v in paths.items())
-    block, tail = _split_section(example[match.end() :])
-    for key, value in paths.items():
-        block = _set_key(block, key, str(value))
-    return example[: match.end()] + block + tail
+        return text + f"\n{section}:\n" + "".join(f"  {k}: {v}\n" for k, v in values.items())
+    block, tail = _split_section(text[match.end() :])
+    for key, value in values.items():
+        block = _set_key(block, key, value)
+    return text[: match.end()] + block + tail
 
 
 def _set_key(block: str, key: str, value: str) -> str:
@@ -333,8 +382,9 @@ def next_steps(layout: Layout, binary: Path | None = None) -> list[str]:
         f"  2. S3 keys, if you use external storage: {CONFIG_DIR}/credentials/s3 (see the README there).",
         f"  3. Let people drop jobs: usermod -aG {layout.group} USER (they write to {layout.share}/inbox).",
         f"  4. Check the configuration: {binary} check-config --config {config}",
-        "  5. Start both watchers now and at boot: systemctl enable --now lipsyncd.target",
-        "  6. Follow them: journalctl -f -u lipsyncd-render -u lipsyncd-upload   (one job: add JOB=NAME)",
+        "  5. Start storage and both watchers now and at boot: systemctl enable --now lipsyncd.target",
+        "  6. Follow them: journalctl -f -u 'lipsyncd-*'   (one job: add JOB=NAME)",
+        f"  7. Who can open the links: {binary} doctor --config {config}   (line 'links')",
     ]
 
 
@@ -342,7 +392,7 @@ def _uninstall_steps(layout: Layout, run: Runner) -> list[Step]:
     steps: list[Step] = []
     if layout.live and systemd_running():
         steps.append(
-            Step("systemctl disable --now lipsyncd.target and both services", lambda: run(_disable()))
+            Step("systemctl disable --now lipsyncd.target and its services", lambda: run(_disable()))
         )
     steps += [_remove_step(layout, UNIT_DIR / name) for name in UNIT_NAMES]
     steps += _reload_steps(layout, run)

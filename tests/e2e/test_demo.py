@@ -25,6 +25,7 @@ def test_demo_renders_and_shares_the_bundled_example(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "sha256 matches the render: True" in result.stdout
+    assert "links can be opened by only this machine (127.0.0.1 is loopback)" in result.stdout
     video = tmp_path / "outputs" / "latest_batch" / "demo" / "anchor.mp4"
     with av.open(str(video)) as container:
         assert container.streams.video[0].codec_context.name == "h264"

@@ -129,3 +129,22 @@ def test_sigterm_mid_render_requeues_and_a_restart_finishes(tmp_path: Path, medi
         wait_for(lambda: statuses(share.links("term")) == ["rendered"], 120, "rendered after restart", daemon)
     finally:
         daemon.terminate()
+
+
+def test_storage_with_external_s3_reports_ready_and_ends_cleanly(
+    tmp_path: Path, notify: NotifySocket
+) -> None:
+    """lipsyncd-storage.service is in the target even when storage.endpoint_url names external S3: there
+    it says READY with the reason and exits 0, so systemd neither fails the start nor restarts it. From a
+    terminal the same command is refused (exit 1) with the reason."""
+    share = Share(tmp_path / "shared", {"storage": {"endpoint_url": "http://127.0.0.1:9"}})
+    terminal = share.lipsyncd("storage", timeout=60)
+    assert terminal.returncode == 1 and "storage.endpoint_url is set" in terminal.stderr
+    os.environ["NOTIFY_SOCKET"] = str(notify.path)
+    try:
+        unit = share.lipsyncd("storage", timeout=60)
+    finally:
+        os.environ.pop("NOTIFY_SOCKET")
+    assert unit.returncode == 0, unit.stderr
+    assert notify.lines("READY=1")
+    assert any("no embedded storage to run" in line for _, line in notify.lines("STATUS="))

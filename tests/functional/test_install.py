@@ -9,6 +9,7 @@ from __future__ import annotations
 import grp
 import os
 import pwd
+import socket
 import stat
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,7 +27,7 @@ from daemon.ops.install import (
 )
 
 REPO = Path(__file__).resolve().parents[2]
-UNITS = ("lipsyncd-render.service", "lipsyncd-upload.service", "lipsyncd.target")
+UNITS = ("lipsyncd-render.service", "lipsyncd-storage.service", "lipsyncd-upload.service", "lipsyncd.target")
 
 
 def mode(path: Path) -> int:
@@ -61,7 +62,7 @@ def test_prefix_install_lays_out_folders_config_credentials_and_units(tmp_path: 
 
 
 def test_installed_config_points_at_the_service_folders(tmp_path: Path) -> None:
-    install_systemd(tmp_path)
+    lines = install_systemd(tmp_path)
     data = yaml.safe_load((tmp_path / "etc/lipsyncd/lipsyncd.yaml").read_text())
     assert data["paths"] == {
         "shared": "/srv/lipsyncd",
@@ -71,10 +72,39 @@ def test_installed_config_points_at_the_service_folders(tmp_path: Path) -> None:
         "scratch": None,  # the default: /srv/lipsyncd/outputs/.lipsyncd-scratch, inside ReadWritePaths
         "models": "/var/lib/lipsyncd/models",
     }
+    # links for other machines: the S3 API on every address and a fixed port, signed for this host's name
+    fqdn = socket.getfqdn()
+    assert {k: data["storage"][k] for k in ("embedded_listen", "embedded_port", "public_url")} == {
+        "embedded_listen": "0.0.0.0",
+        "embedded_port": 8333,
+        "public_url": f"http://{fqdn}:8333",
+    }
+    assert any(line.startswith(f"links are signed for http://{fqdn}:8333: ") for line in lines)
     example = yaml.safe_load((REPO / "config/lipsyncd.example.yaml").read_text())
+    for key in ("embedded_listen", "embedded_port", "public_url"):
+        del data["storage"][key], example["storage"][key]
     assert {k: v for k, v in data.items() if k != "paths"} == {
         k: v for k, v in example.items() if k != "paths"
     }
+
+
+def test_public_url_reaches_a_new_config_and_an_existing_one(tmp_path: Path) -> None:
+    config_module = pytest.importorskip("daemon.config")
+    lines = install_systemd(tmp_path, public_url="https://media.example.lan")
+    path = tmp_path / "etc/lipsyncd/lipsyncd.yaml"
+    storage = config_module.load_config(path, required=True).storage
+    assert (storage.public_url, storage.embedded_listen) == ("https://media.example.lan", "0.0.0.0")
+    assert "links are signed for https://media.example.lan: machines that can reach media.example.lan" in (
+        "\n".join(lines)
+    )
+    path.write_text("paths:\n  shared: /data   # mine\nstorage:\n  bucket: ours\n")
+    install_systemd(tmp_path)  # no --public-url: an existing config is left as it is
+    assert path.read_text() == "paths:\n  shared: /data   # mine\nstorage:\n  bucket: ours\n"
+    lines = install_systemd(tmp_path, public_url="http://127.0.0.1:8333")
+    data = yaml.safe_load(path.read_text())
+    assert data["paths"] == {"shared": "/data"} and data["storage"]["bucket"] == "ours"
+    assert data["storage"]["public_url"] == "http://127.0.0.1:8333" and "# mine" in path.read_text()
+    assert any("only this machine can open them" in line for line in lines)
 
 
 def test_installed_config_is_accepted_by_the_daemon(tmp_path: Path) -> None:

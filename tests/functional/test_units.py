@@ -17,7 +17,12 @@ REPO = Path(__file__).resolve().parents[2]
 UNITS = REPO / "systemd"
 SANDBOX = Path(__file__).with_name("unit_sandbox.py")
 INSTALLED_BINARY = "/opt/lipsyncd/venv/bin/lipsyncd"
-THRESHOLDS = {"lipsyncd-upload.service": 3.0, "lipsyncd-render.service": 4.0}
+THRESHOLDS = {
+    "lipsyncd-upload.service": 3.0,
+    "lipsyncd-render.service": 4.0,
+    "lipsyncd-storage.service": 3.0,
+}
+WATCHERS = ("lipsyncd-render.service", "lipsyncd-upload.service")
 
 needs_systemd = pytest.mark.skipif(
     not shutil.which("systemd-analyze"), reason="systemd-analyze not installed"
@@ -48,7 +53,12 @@ def test_units_verify_clean(tmp_path: Path) -> None:
     for unit in UNITS.glob("lipsyncd*"):
         (tmp_path / unit.name).write_text(unit.read_text().replace(INSTALLED_BINARY, str(stub)))
     names = sorted(p.name for p in UNITS.glob("lipsyncd*"))
-    assert names == ["lipsyncd-render.service", "lipsyncd-upload.service", "lipsyncd.target"]
+    assert names == [
+        "lipsyncd-render.service",
+        "lipsyncd-storage.service",
+        "lipsyncd-upload.service",
+        "lipsyncd.target",
+    ]
     result = subprocess.run(
         ["systemd-analyze", "verify", *(f"./{n}" for n in names)],
         cwd=tmp_path,
@@ -86,10 +96,30 @@ def test_service_contract(name: str) -> None:
     assert pairs["Restart"] == "on-failure" and int(pairs["WatchdogSec"]) > 0
     assert (pairs["User"], pairs["Group"], pairs["StateDirectory"]) == ("lipsyncd", "lipsyncd", "lipsyncd")
     assert pairs["ExecStart"].startswith(f"{INSTALLED_BINARY} {name.split('-')[1].split('.')[0]} --config ")
-    assert pairs["ExecReload"] == "/bin/kill -HUP $MAINPID"
     assert pairs["PartOf"] == "lipsyncd.target" and pairs["CapabilityBoundingSet"] == ""
-    assert values(name, "ReadWritePaths") == ["/srv/lipsyncd/inbox /srv/lipsyncd/outputs"]
     assert pairs["RestartPreventExitStatus"] == "78"  # EX_CONFIG: a bad config does not restart-loop
+    if name in WATCHERS:
+        assert pairs["ExecReload"] == "/bin/kill -HUP $MAINPID"
+        assert values(name, "ReadWritePaths") == ["/srv/lipsyncd/inbox /srv/lipsyncd/outputs"]
+    else:  # storage: no config reload (SIGHUP would end it), writes only its state directory
+        assert "ExecReload" not in pairs and "ReadWritePaths" not in pairs
+
+
+def test_storage_is_a_unit_of_its_own_that_upload_restarts_leave_alone() -> None:
+    """The upload unit wants and comes after the storage unit but is not bound to it (Wants=, not
+    Requires=/BindsTo=): restarting or stopping upload never stops the server behind the links."""
+    upload = dict(unit_lines("lipsyncd-upload.service"))
+    assert "lipsyncd-storage.service" in upload["Wants"].split()
+    assert "lipsyncd-storage.service" in upload["After"].split()
+    binding = ("Requires", "Requisite", "BindsTo", "PartOf", "PropagatesStopTo")
+    assert not [k for k, v in unit_lines("lipsyncd-upload.service") if k in binding and "storage" in v]
+    storage = dict(unit_lines("lipsyncd-storage.service"))
+    assert storage["ExecStart"].split()[1] == "storage" and storage["KillMode"] == "mixed"
+    assert int(storage["RestartSec"]) < 10  # back before the upload watcher's 10 s take-over grace
+    assert int(storage["TimeoutStopSec"]) > 20  # SeaweedFS's drain
+    assert (
+        storage["RestrictAddressFamilies"] == "AF_UNIX AF_INET AF_INET6" and storage["LimitNOFILE"] == "65536"
+    )
 
 
 def test_no_secret_reaches_a_unit_through_its_environment() -> None:
@@ -100,6 +130,7 @@ def test_no_secret_reaches_a_unit_through_its_environment() -> None:
         "webhook:/etc/lipsyncd/credentials/webhooks",
     ]
     assert not values("lipsyncd-render.service", "LoadCredential")
+    assert not values("lipsyncd-storage.service", "LoadCredential")  # its keys are its own, in the state dir
 
 
 def test_stop_timeouts_leave_room_for_a_batch_and_for_seaweedfs() -> None:
@@ -117,9 +148,9 @@ def test_render_reaches_the_gpu_but_not_the_network() -> None:
     assert upload["PrivateDevices"] == "yes" and "DeviceAllow" not in upload
 
 
-def test_target_starts_both() -> None:
+def test_target_starts_all_three() -> None:
     wants = dict(unit_lines("lipsyncd.target"))["Wants"].split()
-    assert sorted(wants) == ["lipsyncd-render.service", "lipsyncd-upload.service"]
+    assert sorted(wants) == ["lipsyncd-render.service", "lipsyncd-storage.service", "lipsyncd-upload.service"]
 
 
 def _sandbox_available() -> bool:
@@ -219,9 +250,11 @@ finally:
 
 
 @needs_sandbox
-def test_embedded_storage_and_boto3_run_under_the_upload_units_seccomp_sandbox(tmp_path: Path) -> None:
-    """SeaweedFS (Go) and boto3 under the upload unit's filters, without AF_NETLINK."""
+@pytest.mark.parametrize("unit", ["lipsyncd-storage.service", "lipsyncd-upload.service"])
+def test_embedded_storage_and_boto3_run_under_the_units_seccomp_sandbox(tmp_path: Path, unit: str) -> None:
+    """SeaweedFS (Go) and boto3 under the storage unit's filters (it runs the server) and the upload
+    unit's (it takes over when the storage unit stays down), without AF_NETLINK."""
     pytest.importorskip("daemon.distribute.embedded")
-    result = run_sandboxed("lipsyncd-upload.service", UPLOAD_CHILD, str(tmp_path / "state"))
+    result = run_sandboxed(unit, UPLOAD_CHILD, str(tmp_path / "state"))
     assert result.returncode == 0, result.stderr[-4000:]
     assert "upload stack ok" in result.stdout

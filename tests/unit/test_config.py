@@ -70,6 +70,10 @@ def test_missing_default_file_means_defaults(tmp_path: Path) -> None:
         ("webhooks:\n  ops:\n    kind: slack\n    url: http://x\n", "key 'webhooks.ops.kind'"),
         ("paths:\n  inbox: [a]\n", "key 'paths.inbox'"),
         ("render: {model: [1\n", "not valid YAML"),
+        ("storage:\n  embedded_listen: media.lan\n", "key 'storage.embedded_listen': expected an IP address"),
+        ("storage:\n  public_url: media.lan:8333\n", "key 'storage.public_url': expected a URL like"),
+        ("storage:\n  public_url: http://h:8333/videos\n", "key 'storage.public_url': expected only scheme"),
+        ("storage:\n  public_url: http://h:port\n", "key 'storage.public_url': the port"),
     ],
 )
 def test_errors_name_file_and_key(tmp_path: Path, text: str, words: str) -> None:
@@ -102,3 +106,12 @@ def test_parsers() -> None:
     for bad in ("-1s", "tomorrow", True):
         with pytest.raises(ValueError):
             parse_duration(bad)
+
+
+def test_link_addresses_are_parsed(tmp_path: Path) -> None:
+    text = "storage: {embedded_listen: 0.0.0.0, public_url: 'https://media.example.lan:8333/'}\n"
+    storage = load_config(write(tmp_path, text)).storage
+    assert (storage.embedded_listen, storage.public_url) == ("0.0.0.0", "https://media.example.lan:8333")
+    assert Config().storage.embedded_listen == "127.0.0.1" and Config().storage.public_url is None
+    ipv6 = load_config(write(tmp_path, "storage: {embedded_listen: '::', public_url: 'http://[::1]:9'}\n"))
+    assert ipv6.storage.embedded_listen == "::"
