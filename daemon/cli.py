@@ -338,7 +338,8 @@ def _on_reload(args: argparse.Namespace, apply: Callable[[Config], None]) -> Non
 
 
 def _submit(args: argparse.Namespace, config: Config) -> int:
-    from daemon.submit import Submission, SubmitError, submit
+    from daemon.render.modelspec import available_models
+    from daemon.submit import Checks, Submission, SubmitError, submit
 
     request = Submission(
         audio=args.audio,
@@ -350,7 +351,8 @@ def _submit(args: argparse.Namespace, config: Config) -> int:
         model=args.model,
     )
     try:
-        path = submit(request, inbox=config.inbox_dir, shared=config.shared)
+        checks = Checks(tuple(config.webhooks), tuple(available_models(config.models_dir)))
+        path = submit(request, inbox=config.inbox_dir, shared=config.shared, checks=checks)
     except SubmitError as exc:
         raise _UserError(str(exc)) from exc
     print(path)
