@@ -13,7 +13,7 @@ import threading
 from collections.abc import Callable, Sequence
 from contextlib import suppress
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from daemon.config import Config, ConfigError, config_path, load_config
 
@@ -121,6 +121,11 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("job", nargs="?")
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.add_argument("--watch", action="store_true", help="live progress bars until the jobs finish")
+    status.add_argument("--full", action="store_true", help="errors in full (cut at 80 characters otherwise)")
+    status.add_argument(
+        "--failed", action="store_true", help="only jobs with failures, and refused manifests"
+    )
+    status.add_argument("--since", help="only what changed since: 2h, 30m, 1d ago, or an ISO date/time")
 
     command("check-config", _check_config, "validate the configuration file and print the result")
     command(
@@ -360,18 +365,36 @@ def _submit(args: argparse.Namespace, config: Config) -> int:
 
 
 def _status(args: argparse.Namespace, config: Config) -> int:
-    from daemon.status import job_documents, print_json, print_table, watch
+    from daemon.status import (
+        Filter,
+        job_documents,
+        parse_since,
+        print_json,
+        print_table,
+        refused_documents,
+        select,
+        watch,
+    )
     from daemon.store import JobStore
 
-    store = JobStore(config.state_dir)
     try:
-        documents = job_documents(store, args.job)
-        if args.job and not documents:
+        only = Filter(args.job, args.failed, parse_since(args.since) if args.since else None)
+    except ValueError as exc:
+        raise _UserError(str(exc)) from exc
+    store = JobStore(config.state_dir)
+
+    def read() -> list[dict[str, Any]]:
+        refused = [] if args.job else refused_documents(config.inbox_dir / "failed")
+        return select(job_documents(store, args.job) + refused, only)
+
+    try:
+        if args.job and store.job(args.job) is None:
             raise _UserError(f"no job named {args.job!r}")
+        documents = read()
         if args.watch:
-            watch(lambda: job_documents(store, args.job))
+            watch(read)
         else:
-            print_json(documents) if args.json else print_table(documents)
+            print_json(documents) if args.json else print_table(documents, full=args.full)
     finally:
         store.close()
     return EXIT_OK

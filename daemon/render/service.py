@@ -235,7 +235,7 @@ class RenderService:
     def _fail_job(self, job: Job, reason: str) -> None:
         for video in self.store.videos(job.id):
             if video.state in (VideoState.QUEUED, VideoState.RENDERING):
-                self.store.update_video(job.id, video.output, VideoState.FAILED, error="the job failed")
+                self.store.update_video(job.id, video.output, VideoState.FAILED, error=reason)  # say why
         self.store.set_job(job.id, JobState.FAILED, error=reason)
         self._links(job.id)
         if not job.rerenders:  # see _finish_job
