@@ -127,6 +127,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     status.add_argument("--since", help="only what changed since: 2h, 30m, 1d ago, or an ISO date/time")
 
+    cancel = command(
+        "cancel", _cancel, "stop a queued or rendering job; nothing more of it is rendered or shared"
+    )
+    cancel.add_argument("job")
+    retry = command("retry", _retry, "render a finished job's failed and cancelled videos again")
+    retry.add_argument("job")
+    retry.add_argument("--all", action="store_true", help="render every video of the job again")
+
     command("check-config", _check_config, "validate the configuration file and print the result")
     command(
         "doctor",
@@ -395,6 +403,36 @@ def _status(args: argparse.Namespace, config: Config) -> int:
             watch(read)
         else:
             print_json(documents) if args.json else print_table(documents, full=args.full)
+    finally:
+        store.close()
+    return EXIT_OK
+
+
+def _cancel(args: argparse.Namespace, config: Config) -> int:
+    from daemon.control import cancel
+
+    return _control(config, lambda store, inbox: cancel(store, inbox, args.job).line("cancelled"))
+
+
+def _retry(args: argparse.Namespace, config: Config) -> int:
+    from daemon.control import retry
+
+    def run(store: Any, inbox: Any) -> str:
+        return retry(store, inbox, args.job, every_video=args.all).line("queued again")
+
+    return _control(config, run)
+
+
+def _control(config: Config, change: Callable[[Any, Any], str]) -> int:
+    from daemon.control import ControlError
+    from daemon.inbox import Inbox
+    from daemon.store import JobStore
+
+    store = JobStore(config.state_dir)
+    try:
+        print(change(store, Inbox(config.inbox_dir, settle_time=config.inbox.settle_time)))
+    except ControlError as exc:
+        raise _UserError(str(exc)) from exc
     finally:
         store.close()
     return EXIT_OK

@@ -47,7 +47,7 @@ class Intake:
         start: while running, filing finished jobs is the render worker's job."""
         for claimed in self.retake_unrecorded():
             job = self.store.job_by_claim(claimed)
-            if job is not None and job.state == JobState.FAILED:
+            if job is not None and job.state in (JobState.FAILED, JobState.CANCELLED):
                 report = job_failure_report(job.manifest, job.error or "")
                 self.inbox.file_failed(claimed, job.manifest, report)
             elif job is not None and job.state in (JobState.RENDERED, JobState.DONE):
