@@ -341,7 +341,8 @@ class JobStore:
         when there is nothing to render again. Returns the job's old state and the videos queued."""
         with self._tx() as db:
             old = JobState(db.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()[0])
-            check_move(old, JobState.QUEUED, retry=True)
+            if JobState.QUEUED not in _RETRY_MOVES.get(old, set()):  # a queued job stays queued: not here
+                raise InvalidTransition(f"cannot retry a job that is {old.value}")
             wanted = {VideoState.FAILED, VideoState.CANCELLED}
             if every_video:
                 wanted |= {VideoState.READY, VideoState.RENDERED}
