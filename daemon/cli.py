@@ -37,7 +37,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = load_config(config_path(args.config, os.environ), required=bool(args.config))
     except ConfigError as exc:
-        print(f"lipsyncd: configuration error: {exc}", file=sys.stderr)
+        problems = str(exc).splitlines()
+        if len(problems) == 1:
+            print(f"lipsyncd: configuration error: {exc}", file=sys.stderr)
+        else:  # every problem at once: one fix-and-retry round, not one per mistake
+            lines = "\n".join(f"  - {problem}" for problem in problems)
+            print(f"lipsyncd: {len(problems)} configuration errors:\n{lines}", file=sys.stderr)
         return EXIT_CONFIG
     from daemon.ops.logging import configure_logging
 
@@ -135,7 +140,14 @@ def _parser() -> argparse.ArgumentParser:
     retry.add_argument("job")
     retry.add_argument("--all", action="store_true", help="render every video of the job again")
 
-    command("check-config", _check_config, "validate the configuration file and print the result")
+    check = command("check-config", _check_config, "validate the configuration file (every problem at once)")
+    check.add_argument(
+        "--print",
+        "--effective",
+        dest="effective",
+        action="store_true",
+        help="also print the effective configuration (defaults filled in; secrets redacted)",
+    )
     command(
         "doctor",
         _doctor,
@@ -488,6 +500,12 @@ def _doctor(args: argparse.Namespace, config: Config) -> int:
 def _check_config(args: argparse.Namespace, config: Config) -> int:
     where = config.source or "built-in defaults (no configuration file found)"
     print(f"configuration OK: {where}")
+    if args.effective:
+        import yaml
+
+        from daemon.config import effective
+
+        print(yaml.safe_dump(effective(config), sort_keys=False, allow_unicode=True), end="")
     return EXIT_OK
 
 
