@@ -112,6 +112,7 @@ class InboxConfig:
     observer: str = _key("native", _choice("native", "polling"))
     rescan_interval: float = _key(30.0, parse_duration)
     settle_time: float = _key(2.0, parse_duration)
+    media_keep: float = _key(86400.0, parse_duration)  # submit's copies, after their job finished
 
 
 # x264's speed presets, fastest first; NVENC is given its nearest p1-p7 (daemon/render/media.py).
