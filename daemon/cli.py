@@ -133,7 +133,9 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("--since", help="only what changed since: 2h, 30m, 1d ago, or an ISO date/time")
 
     cancel = command(
-        "cancel", _cancel, "stop a queued or rendering job; nothing more of it is rendered or shared"
+        "cancel",
+        _cancel,
+        "stop a queued, rendering or rendered job: nothing more of it is rendered or shared",
     )
     cancel.add_argument("job")
     retry = command("retry", _retry, "render a finished job's failed and cancelled videos again")
