@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 from daemon.samples import speech_like, write_audio
 from tests.e2e.harness import Daemon, Share, statuses, wait_for
@@ -59,3 +60,28 @@ def test_cancel_a_rendering_job_then_retry_a_failed_one(tmp_path: Path, media: d
 def _progress(share: Share, job: str) -> float:
     doc = share.links(job)
     return doc["videos"][0]["progress"] if doc and doc["videos"][0]["status"] == "rendering" else 0.0
+
+
+def test_a_cancelled_rendered_job_is_not_uploaded(
+    tmp_path: Path, media: dict[str, Path], s3_client: Any, external: dict[str, Any]
+) -> None:
+    """Rendered, waiting for its upload, then cancelled: the upload watcher leaves it alone (no object,
+    no link); a retry with --all renders and shares it after all."""
+    share = Share(tmp_path / "shared", {"storage": external})
+    shutil.copy(media["face"], share.inbox / "media" / "face.mp4")
+    shutil.copy(media["speech"], share.inbox / "media" / "speech.wav")
+    share.drop("promo.yaml", {"audio": "media/speech.wav", "videos": ["media/face.mp4"], "distribute": True})
+    assert share.lipsyncd("render", "--once").returncode == 0
+    assert statuses(share.links("promo")) == ["rendered"]
+    done = share.lipsyncd("cancel", "promo")
+    assert done.returncode == 0, done.stderr
+
+    assert share.lipsyncd("upload", "--once").returncode == 0
+    listed = s3_client.list_objects_v2(Bucket=external["bucket"], Prefix=external["prefix"] + "/")
+    assert listed.get("Contents", []) == []
+    assert statuses(share.links("promo")) == ["cancelled"]
+    assert share.links("promo")["videos"][0]["url"] is None  # type: ignore[index]
+
+    assert share.lipsyncd("retry", "promo", "--all").returncode == 0
+    assert share.lipsyncd("run", "--once").returncode == 0
+    assert statuses(share.links("promo")) == ["ready"]
