@@ -3,16 +3,24 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint unit bench setup system-packages clean-demo
+.PHONY: demo test lint unit bench setup setup-demo setup-test system-packages clean-demo
 
-# A virtual environment with the project (editable) and its test extras; redone when setup.cfg changes.
-$(BIN)/.installed: setup.cfg pyproject.toml
+# Two stamps, so each command installs only what it needs, and each is redone when setup.cfg changes:
+# the daemon alone for the demo (`pip install -e .`), then the test extras on top (torch, linters, ...).
+# Going from a demo venv to `make test` finds no test stamp and installs the extras.
+$(BIN)/.installed-daemon: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e .
+	touch $@
+
+$(BIN)/.installed-test: $(BIN)/.installed-daemon setup.cfg pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $@
 
-setup: $(BIN)/.installed
+setup-demo: $(BIN)/.installed-daemon
+setup-test: $(BIN)/.installed-test
+setup: setup-test
 
 # Debian packages the tests drive for real: a headless browser for the links page, a reverse proxy in
 # front of the storage. Installed only when missing (apt-get as root, else through sudo).
@@ -27,21 +35,21 @@ system-packages:
 	fi
 
 # Render the bundled example on the embedded defaults (built-in model, embedded storage).
-demo: setup
+demo: setup-demo
 	$(BIN)/python -m daemon.demo
 
-test: setup system-packages lint
+test: setup-test system-packages lint
 	$(BIN)/pytest -q -ra $(PYTEST_ARGS)
 
-lint: setup
+lint: setup-test
 	$(BIN)/ruff check daemon tests bench
 	$(BIN)/ruff format --check daemon tests bench
 	$(BIN)/mypy daemon
 
-unit: setup
+unit: setup-test
 	$(BIN)/pytest -q tests/unit
 
-bench: setup
+bench: setup-test
 	$(BIN)/lipsyncd bench
 
 clean-demo:

@@ -114,6 +114,7 @@ class RenderDaemon:
             webhooks=tuple(config.webhooks),
             models=lambda: available_models(config.models_dir),
             on_job=service.wake.set,
+            media_keep=config.inbox.media_keep,
         )
         return cls(config, store, intake, service, runtime)
 
@@ -172,6 +173,7 @@ class RenderDaemon:
         self.service.default_model = new.render.model
         self.service.max_seconds = new.render.max_video_seconds
         self.intake.inbox.settle_time = new.inbox.settle_time
+        self.intake.media_keep = new.inbox.media_keep
         self.config = new
         log.info("config_reloaded", source=str(new.source))
 

@@ -13,7 +13,7 @@ import threading
 from collections.abc import Callable, Sequence
 from contextlib import suppress
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from daemon.config import Config, ConfigError, config_path, load_config
 
@@ -37,7 +37,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = load_config(config_path(args.config, os.environ), required=bool(args.config))
     except ConfigError as exc:
-        print(f"lipsyncd: configuration error: {exc}", file=sys.stderr)
+        problems = str(exc).splitlines()
+        if len(problems) == 1:
+            print(f"lipsyncd: configuration error: {exc}", file=sys.stderr)
+        else:  # every problem at once: one fix-and-retry round, not one per mistake
+            lines = "\n".join(f"  - {problem}" for problem in problems)
+            print(f"lipsyncd: {len(problems)} configuration errors:\n{lines}", file=sys.stderr)
         return EXIT_CONFIG
     from daemon.ops.logging import configure_logging
 
@@ -121,8 +126,30 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("job", nargs="?")
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.add_argument("--watch", action="store_true", help="live progress bars until the jobs finish")
+    status.add_argument("--full", action="store_true", help="errors in full (cut at 80 characters otherwise)")
+    status.add_argument(
+        "--failed", action="store_true", help="only jobs with failures, and refused manifests"
+    )
+    status.add_argument("--since", help="only what changed since: 2h, 30m, 1d ago, or an ISO date/time")
 
-    command("check-config", _check_config, "validate the configuration file and print the result")
+    cancel = command(
+        "cancel",
+        _cancel,
+        "stop a queued, rendering or rendered job: nothing more of it is rendered or shared",
+    )
+    cancel.add_argument("job")
+    retry = command("retry", _retry, "render a finished job's failed and cancelled videos again")
+    retry.add_argument("job")
+    retry.add_argument("--all", action="store_true", help="render every video of the job again")
+
+    check = command("check-config", _check_config, "validate the configuration file (every problem at once)")
+    check.add_argument(
+        "--print",
+        "--effective",
+        dest="effective",
+        action="store_true",
+        help="also print the effective configuration (defaults filled in; secrets redacted)",
+    )
     command(
         "doctor",
         _doctor,
@@ -367,7 +394,8 @@ def _on_reload(args: argparse.Namespace, apply: Callable[[Config], None]) -> Non
 
 
 def _submit(args: argparse.Namespace, config: Config) -> int:
-    from daemon.submit import Submission, SubmitError, submit
+    from daemon.render.modelspec import available_models
+    from daemon.submit import Checks, Submission, SubmitError, submit
 
     request = Submission(
         audio=args.audio,
@@ -379,7 +407,8 @@ def _submit(args: argparse.Namespace, config: Config) -> int:
         model=args.model,
     )
     try:
-        path = submit(request, inbox=config.inbox_dir, shared=config.shared)
+        checks = Checks(tuple(config.webhooks), tuple(available_models(config.models_dir)))
+        path = submit(request, inbox=config.inbox_dir, shared=config.shared, checks=checks)
     except SubmitError as exc:
         raise _UserError(str(exc)) from exc
     print(path)
@@ -387,18 +416,66 @@ def _submit(args: argparse.Namespace, config: Config) -> int:
 
 
 def _status(args: argparse.Namespace, config: Config) -> int:
-    from daemon.status import job_documents, print_json, print_table, watch
+    from daemon.status import (
+        Filter,
+        job_documents,
+        parse_since,
+        print_json,
+        print_table,
+        refused_documents,
+        select,
+        watch,
+    )
+    from daemon.store import JobStore
+
+    try:
+        only = Filter(args.job, args.failed, parse_since(args.since) if args.since else None)
+    except ValueError as exc:
+        raise _UserError(str(exc)) from exc
+    store = JobStore(config.state_dir)
+
+    def read() -> list[dict[str, Any]]:
+        refused = [] if args.job else refused_documents(config.inbox_dir / "failed")
+        return select(job_documents(store, args.job) + refused, only)
+
+    try:
+        if args.job and store.job(args.job) is None:
+            raise _UserError(f"no job named {args.job!r}")
+        documents = read()
+        if args.watch:
+            watch(read)
+        else:
+            print_json(documents) if args.json else print_table(documents, full=args.full)
+    finally:
+        store.close()
+    return EXIT_OK
+
+
+def _cancel(args: argparse.Namespace, config: Config) -> int:
+    from daemon.control import cancel
+
+    return _control(config, lambda store, inbox: cancel(store, inbox, args.job).line("cancelled"))
+
+
+def _retry(args: argparse.Namespace, config: Config) -> int:
+    from daemon.control import retry
+
+    def run(store: Any, inbox: Any) -> str:
+        return retry(store, inbox, args.job, every_video=args.all).line("queued again")
+
+    return _control(config, run)
+
+
+def _control(config: Config, change: Callable[[Any, Any], str]) -> int:
+    from daemon.control import ControlError
+    from daemon.inbox import Inbox
     from daemon.store import JobStore
 
     store = JobStore(config.state_dir)
     try:
-        documents = job_documents(store, args.job)
-        if args.job and not documents:
-            raise _UserError(f"no job named {args.job!r}")
-        if args.watch:
-            watch(lambda: job_documents(store, args.job))
-        else:
-            print_json(documents) if args.json else print_table(documents)
+        print(change(store, Inbox(config.inbox_dir, settle_time=config.inbox.settle_time)))
+    except ControlError as exc:
+        raise _UserError(str(exc)) from exc
     finally:
         store.close()
     return EXIT_OK
@@ -448,6 +525,12 @@ def _doctor(args: argparse.Namespace, config: Config) -> int:
 def _check_config(args: argparse.Namespace, config: Config) -> int:
     where = config.source or "built-in defaults (no configuration file found)"
     print(f"configuration OK: {where}")
+    if args.effective:
+        import yaml
+
+        from daemon.config import effective
+
+        print(yaml.safe_dump(effective(config), sort_keys=False, allow_unicode=True), end="")
     return EXIT_OK
 
 

@@ -148,6 +148,7 @@ class InboxConfig:
     observer: str = _key("native", _choice("native", "polling"))
     rescan_interval: float = _key(30.0, parse_duration)
     settle_time: float = _key(2.0, parse_duration)
+    media_keep: float = _key(86400.0, parse_duration)  # submit's copies, after their job finished
 
 
 # x264's speed presets, fastest first; NVENC is given its nearest p1-p7 (daemon/render/media.py).
@@ -316,33 +317,50 @@ def load_config(path: Path, *, required: bool = False) -> Config:
         raise ConfigError(
             f"{path}: not valid YAML ({exc}); compare with config/lipsyncd.example.yaml"
         ) from exc
-    config = _build(Config, data, path, "")
+    problems: list[str] = []  # every problem, each naming the file and the key, reported at once
+    config = _build(Config, data, path, "", problems)
     config = dataclasses.replace(config, source=path)
-    _check_paths(config, path)
+    _check_paths(config, path, problems)
+    if problems:
+        raise ConfigError("\n".join(problems))
     return config
 
 
-def _build(cls: type, data: Any, path: Path, prefix: str) -> Any:
+def _build(cls: type, data: Any, path: Path, prefix: str, problems: list[str]) -> Any:
+    """The section from `data`; a bad key or value is added to `problems` and its default is kept, so the
+    rest of the file is still checked."""
     where = prefix.rstrip(".") or "the top level"
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: '{where}' must be a mapping of keys to values, got {type(data).__name__}")
+        message = f"{path}: '{where}' must be a mapping of keys to values, got {type(data).__name__}"
+        if not prefix:
+            raise ConfigError(message)
+        problems.append(message)
+        return cls()
     known = {f.name: f for f in dataclasses.fields(cls) if f.name != "source"}
     hints = typing.get_type_hints(cls)
     for key in data:
         if key not in known:
             choices = ", ".join(sorted(known))
-            raise ConfigError(f"{path}: unknown key '{prefix}{key}' (known keys here: {choices})")
-    values = {key: _value(known[key], hints[key], data[key], path, f"{prefix}{key}") for key in data}
+            problems.append(f"{path}: unknown key '{prefix}{key}' (known keys here: {choices})")
+    values = {}
+    for key in (k for k in data if k in known):
+        try:
+            values[key] = _value(known[key], hints[key], data[key], path, f"{prefix}{key}", problems)
+        except ConfigError as exc:
+            problems.append(str(exc))
     return cls(**values)
 
 
-def _value(f: dataclasses.Field[Any], hint: Any, raw: Any, path: Path, key: str) -> Any:
+def _value(f: dataclasses.Field[Any], hint: Any, raw: Any, path: Path, key: str, problems: list[str]) -> Any:
     if isinstance(hint, type) and dataclasses.is_dataclass(hint):
-        return _build(hint, raw, path, key + ".")
+        return _build(hint, raw, path, key + ".", problems)
     if hint == dict[str, WebhookConfig]:
         if not isinstance(raw, dict):
             raise ConfigError(f"{path}: '{key}' must map webhook names to their settings")
-        return {str(name): _build(WebhookConfig, spec, path, f"{key}.{name}.") for name, spec in raw.items()}
+        return {
+            str(name): _build(WebhookConfig, spec, path, f"{key}.{name}.", problems)
+            for name, spec in raw.items()
+        }
     try:
         return _convert(f.metadata.get("parse"), hint, raw)
     except (ValueError, TypeError) as exc:
@@ -385,13 +403,41 @@ def _plain(base: Any, raw: Any) -> Any:
     raise TypeError(f"unsupported type {base}")  # a programming error, not a user one
 
 
-def _check_paths(config: Config, path: Path) -> None:
+REDACTED = "<redacted>"
+_USERINFO = re.compile(r"//[^/@\s]+@")
+
+
+def effective(config: Config) -> dict[str, Any]:
+    """Every key as lipsyncd uses it (defaults filled in, durations in seconds, sizes in bytes), for
+    `lipsyncd check-config --print`. Webhook URLs carry their tokens and are redacted, as is any
+    user:password@ in a URL; credentials live in files, which are named, never read."""
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, Path):
+            return str(value)
+        if isinstance(value, dict):
+            return {key: plain(item) for key, item in value.items()}
+        if isinstance(value, list):
+            return [plain(item) for item in value]
+        if isinstance(value, str):
+            return _USERINFO.sub("//" + REDACTED + "@", value)
+        return value
+
+    document = plain(dataclasses.asdict(config))
+    document.pop("source", None)
+    for hook in document["webhooks"].values():
+        if hook["url"]:
+            hook["url"] = REDACTED
+    return typing.cast(dict[str, Any], document)
+
+
+def _check_paths(config: Config, path: Path, problems: list[str]) -> None:
     if config.upload.part_size < 5 * 2**20:
-        raise ConfigError(f"{path}: key 'upload.part_size': S3 needs parts of at least 5MiB")
+        problems.append(f"{path}: key 'upload.part_size': S3 needs parts of at least 5MiB")
     if config.links.default_ttl > 604800:
-        raise ConfigError(f"{path}: key 'links.default_ttl': presigned links can last at most 7d (604800 s)")
+        problems.append(f"{path}: key 'links.default_ttl': presigned links can last at most 7d (604800 s)")
     for name, hook in config.webhooks.items():
         if bool(hook.url) == bool(hook.url_file):
-            raise ConfigError(f"{path}: webhook '{name}': give exactly one of 'url' or 'url_file'")
+            problems.append(f"{path}: webhook '{name}': give exactly one of 'url' or 'url_file'")
         if hook.url and not hook.url.startswith(("http://", "https://")):
-            raise ConfigError(f"{path}: key 'webhooks.{name}.url': expected an http(s) URL")
+            problems.append(f"{path}: key 'webhooks.{name}.url': expected an http(s) URL")

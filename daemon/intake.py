@@ -15,6 +15,7 @@ from daemon.inbox import Inbox, watch
 from daemon.links import write_links
 from daemon.manifest import ManifestError, error_report, job_failure_report, load_manifest
 from daemon.store import JobState, JobStore, StateDiskFull
+from daemon.submitted_media import sweep_media
 
 log = structlog.get_logger(__name__)
 
@@ -31,6 +32,7 @@ class Intake:
         webhooks: Collection[str],
         models: Callable[[], Collection[str]],
         on_job: Callable[[], None] = lambda: None,
+        media_keep: float | None = None,  # None: submit's copies are left alone
     ) -> None:
         self.inbox = inbox
         self.store = store
@@ -40,6 +42,7 @@ class Intake:
         self.webhooks = webhooks
         self.models = models
         self.on_job = on_job
+        self.media_keep = media_keep
 
     def recover(self) -> None:
         """At start: manifests claimed before a crash but never recorded as jobs are processed again;
@@ -47,7 +50,7 @@ class Intake:
         start: while running, filing finished jobs is the render worker's job."""
         for claimed in self.retake_unrecorded():
             job = self.store.job_by_claim(claimed)
-            if job is not None and job.state == JobState.FAILED:
+            if job is not None and job.state in (JobState.FAILED, JobState.CANCELLED):
                 report = job_failure_report(job.manifest, job.error or "")
                 self.inbox.file_failed(claimed, job.manifest, report)
             elif job is not None and job.state in (JobState.RENDERED, JobState.DONE):
@@ -78,7 +81,15 @@ class Intake:
             if claimed is not None:
                 self.take(claimed)
                 taken += 1
+        if rescan and self.media_keep is not None:
+            self.tidy_media(self.media_keep)
         return taken
+
+    def tidy_media(self, keep: float) -> None:
+        try:
+            sweep_media(self.store, self.inbox.folder.resolve() / "media", keep)
+        except OSError as exc:  # tidying must never stop the intake; the next rescan tries again
+            log.warning("submitted_media_not_removed", error=str(exc))
 
     def take(self, claimed: Path) -> None:
         if not _utf8(claimed.name):

@@ -82,6 +82,19 @@ def load_manifest(
 ) -> Manifest:
     """Read `path` and validate it; media paths are relative to `base_dir` and must stay inside `shared`."""
     data = _read(path)
+    return check_document(data, path, base_dir=base_dir, shared=shared, webhooks=webhooks, models=models)
+
+
+def check_document(
+    data: dict[str, Any],
+    path: Path,
+    *,
+    base_dir: Path,
+    shared: Path,
+    webhooks: Collection[str] = (),
+    models: Collection[str] | None = None,
+) -> Manifest:
+    """The daemon's checks of a parsed manifest (`lipsyncd submit` runs them too, before it writes)."""
     problems: list[str] = []
     unknown = sorted(set(data) - set(KEYS), key=str)
     if unknown:

@@ -49,6 +49,7 @@ class VideoState(StrEnum):
     UPLOADING = "uploading"
     READY = "ready"
     FAILED = "failed"
+    CANCELLED = "cancelled"  # `lipsyncd cancel`: not rendered or uploaded any further
 
 
 class JobState(StrEnum):
@@ -57,22 +58,35 @@ class JobState(StrEnum):
     RENDERED = "rendered"  # every video rendered or failed; distribution may still run
     DONE = "done"  # nothing left to do for this job
     FAILED = "failed"  # the job as a whole could not run (its audio is unusable, say)
+    CANCELLED = "cancelled"  # `lipsyncd cancel` stopped it
 
 
 _VIDEO_MOVES: dict[VideoState, set[VideoState]] = {
-    VideoState.QUEUED: {VideoState.RENDERING, VideoState.FAILED},
-    VideoState.RENDERING: {VideoState.QUEUED, VideoState.RENDERED, VideoState.FAILED},
-    VideoState.RENDERED: {VideoState.UPLOADING, VideoState.QUEUED, VideoState.FAILED},  # QUEUED: file gone
-    VideoState.UPLOADING: {VideoState.RENDERED, VideoState.READY, VideoState.FAILED},
+    VideoState.QUEUED: {VideoState.RENDERING, VideoState.FAILED, VideoState.CANCELLED},
+    VideoState.RENDERING: {VideoState.QUEUED, VideoState.RENDERED, VideoState.FAILED, VideoState.CANCELLED},
+    VideoState.RENDERED: {VideoState.UPLOADING, VideoState.QUEUED, VideoState.FAILED, VideoState.CANCELLED},
+    VideoState.UPLOADING: {VideoState.RENDERED, VideoState.READY, VideoState.FAILED, VideoState.CANCELLED},
     VideoState.READY: set(),
     VideoState.FAILED: set(),
+    VideoState.CANCELLED: set(),
 }
 _JOB_MOVES: dict[JobState, set[JobState]] = {
-    JobState.QUEUED: {JobState.RENDERING, JobState.FAILED},
-    JobState.RENDERING: {JobState.QUEUED, JobState.RENDERED, JobState.FAILED},
-    JobState.RENDERED: {JobState.QUEUED, JobState.DONE, JobState.FAILED},  # QUEUED: render again
+    JobState.QUEUED: {JobState.RENDERING, JobState.FAILED, JobState.CANCELLED},
+    JobState.RENDERING: {JobState.QUEUED, JobState.RENDERED, JobState.FAILED, JobState.CANCELLED},
+    JobState.RENDERED: {JobState.QUEUED, JobState.DONE, JobState.FAILED, JobState.CANCELLED},  # QUEUED: again
     JobState.DONE: set(),
     JobState.FAILED: set(),
+    JobState.CANCELLED: set(),
+}
+# `lipsyncd retry` alone may take finished states back to the queue; no step of the daemons can
+_RETRY_MOVES: dict[Any, set[Any]] = {
+    JobState.DONE: {JobState.QUEUED},
+    JobState.FAILED: {JobState.QUEUED},
+    JobState.CANCELLED: {JobState.QUEUED},
+    VideoState.FAILED: {VideoState.QUEUED},
+    VideoState.CANCELLED: {VideoState.QUEUED},
+    VideoState.READY: {VideoState.QUEUED},  # --all: render and share it again
+    VideoState.RENDERED: {VideoState.QUEUED},
 }
 
 
@@ -80,10 +94,13 @@ class InvalidTransition(Exception):
     pass
 
 
-def check_move(old: Enum, new: Enum) -> None:
-    """The one transition rule: finished states are final; anything else must be a listed move."""
+def check_move(old: Enum, new: Enum, *, retry: bool = False) -> None:
+    """The one transition rule: finished states are final (but for `retry`); anything else must be a
+    listed move."""
     moves: dict[Any, set[Any]] = _VIDEO_MOVES if isinstance(old, VideoState) else _JOB_MOVES
-    if new != old and new not in moves[old]:
+    if retry:
+        moves = _RETRY_MOVES
+    if new != old and new not in moves.get(old, set()):
         raise InvalidTransition(f"cannot move from {old.value} to {new.value}")
 
 
@@ -312,6 +329,57 @@ class JobStore:
                     (JobState.RENDERING.value, time.time(), job_id),
                 )
         return ids
+
+    def cancel_job(self, job_id: str, reason: str) -> tuple[JobState, list[str]]:
+        """Cancel a job and its unfinished videos in one transaction (InvalidTransition for a finished
+        job). Returns the state it was in and the videos cancelled; a render in flight notices by itself."""
+        with self._tx() as db:
+            old = JobState(db.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()[0])
+            if JobState.CANCELLED not in _JOB_MOVES[old]:  # check_move lets a state stay: not here
+                raise InvalidTransition(f"cannot move from {old.value} to cancelled")
+            now = time.time()
+            rows = db.execute("SELECT output, state FROM videos WHERE job_id = ?", (job_id,)).fetchall()
+            cancelled = [o for o, state in rows if VideoState.CANCELLED in _VIDEO_MOVES[VideoState(state)]]
+            for output in cancelled:
+                db.execute(
+                    "UPDATE videos SET state = ?, error = ?, updated = ? WHERE job_id = ? AND output = ?",
+                    (VideoState.CANCELLED.value, reason, now, job_id, output),
+                )
+            db.execute(
+                "UPDATE jobs SET state = ?, error = ?, updated = ? WHERE id = ?",
+                (JobState.CANCELLED.value, reason, now, job_id),
+            )
+        return old, cancelled
+
+    def retry_job(self, job_id: str, *, every_video: bool = False) -> tuple[JobState, list[str]]:
+        """Send a finished job's failed and cancelled videos (with `every_video`, all of them) back to the
+        queue and reopen the job, in one transaction. InvalidTransition for a job not finished, ValueError
+        when there is nothing to render again. Returns the job's old state and the videos queued."""
+        with self._tx() as db:
+            old = JobState(db.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()[0])
+            if JobState.QUEUED not in _RETRY_MOVES.get(old, set()):  # a queued job stays queued: not here
+                raise InvalidTransition(f"cannot retry a job that is {old.value}")
+            wanted = {VideoState.FAILED, VideoState.CANCELLED}
+            if every_video:
+                wanted |= {VideoState.READY, VideoState.RENDERED}
+            rows = db.execute("SELECT output, state FROM videos WHERE job_id = ?", (job_id,)).fetchall()
+            again = [output for output, state in rows if VideoState(state) in wanted]
+            if not again:
+                raise ValueError("it has no failed or cancelled video; --all renders every video again")
+            now = time.time()
+            for output in again:  # a new render gets a new file, object and link
+                db.execute(
+                    "UPDATE videos SET state = ?, progress = 0, error = NULL, frames = NULL,"
+                    " faceless_frames = NULL, size = NULL, sha256 = NULL, object_key = NULL, url = NULL,"
+                    " expires_at = NULL, upload_id = NULL, rendered_at = NULL, evicted = 0, updated = ?"
+                    " WHERE job_id = ? AND output = ?",
+                    (VideoState.QUEUED.value, now, job_id, output),
+                )
+            db.execute(
+                "UPDATE jobs SET state = ?, error = NULL, notified = 0, updated = ? WHERE id = ?",
+                (JobState.QUEUED.value, now, job_id),
+            )
+        return old, again
 
     def mark_notified(self, job_id: str) -> bool:
         """True for the one caller that flips the flag (notifications go out once)."""

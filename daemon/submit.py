@@ -16,7 +16,7 @@ from pathlib import Path
 
 import yaml
 
-from daemon.manifest import job_name
+from daemon.manifest import ManifestError, check_document, job_name
 
 
 @dataclass(frozen=True)
@@ -34,24 +34,71 @@ class SubmitError(Exception):
     pass
 
 
-def submit(request: Submission, *, inbox: Path, shared: Path) -> Path:
-    """Returns the manifest path written into the inbox."""
+@dataclass(frozen=True)
+class Checks:
+    """What the daemon checks a manifest against: the configured webhooks and the installed models."""
+
+    webhooks: tuple[str, ...] = ()
+    models: tuple[str, ...] | None = None  # None: any model name passes (as the daemon's check)
+
+
+def submit(request: Submission, *, inbox: Path, shared: Path, checks: Checks = Checks()) -> Path:
+    """Returns the manifest path written into the inbox. A manifest the daemon would refuse is refused
+    here with the daemon's words, before anything is copied or written."""
     name = job_name(request.name or request.videos[0].stem if request.videos else "")
     if not name:
         raise SubmitError("give the job a --name with letters or digits")
     for path in (request.audio, *request.videos):
-        if not path.is_file():
-            raise SubmitError(f"{path}: no such file")
+        _readable(path)
+    # media as they are now: the ones outside the share are copied in, so only the share check waits
+    _check(_document(request, name, str(request.audio.resolve()), [str(v.resolve()) for v in request.videos]),
+           inbox, Path("/"), checks)  # fmt: skip
     media_dir = _MediaDir(inbox / "media", f"{name}-{time.strftime('%Y%m%d-%H%M%S')}-")
+    try:
+        document = _document(
+            request,
+            name,
+            _place(request.audio, media_dir, shared.resolve()),
+            [_place(v, media_dir, shared.resolve()) for v in request.videos],
+        )
+        _check(document, inbox, shared, checks)  # the daemon's exact verdict on what it will read
+        return _write_manifest(inbox, name, document)
+    except BaseException:
+        media_dir.remove()
+        raise
+
+
+def _document(request: Submission, name: str, audio: str, videos: list[str]) -> dict[str, object]:
     document: dict[str, object] = {
         "name": name,
-        "audio": _place(request.audio, media_dir, shared.resolve()),
-        "videos": [_place(v, media_dir, shared.resolve()) for v in request.videos],
+        "audio": audio,
+        "videos": videos,
         "distribute": request.distribute,
     }
     optional = {"link_ttl": request.link_ttl, "notify": list(request.notify), "model": request.model}
     document.update({key: value for key, value in optional.items() if value})
-    return _write_manifest(inbox, name, document)
+    return document
+
+
+def _check(document: dict[str, object], inbox: Path, shared: Path, checks: Checks) -> None:
+    """The daemon's own manifest checks (daemon/manifest.py), with its words."""
+    source = inbox / f"{document['name']}.yaml"
+    try:
+        check_document(
+            document, source, base_dir=inbox, shared=shared, webhooks=checks.webhooks, models=checks.models
+        )
+    except ManifestError as exc:
+        raise SubmitError("the daemon would refuse this job: " + "; ".join(exc.problems)) from None
+
+
+def _readable(path: Path) -> None:
+    if not path.is_file():
+        raise SubmitError(f"{path}: no such file")
+    try:
+        with path.open("rb") as handle:
+            handle.read(1)
+    except OSError as exc:
+        raise SubmitError(f"{path}: cannot be read ({exc.strerror}); check its permissions") from None
 
 
 class _MediaDir:
@@ -71,6 +118,11 @@ class _MediaDir:
             os.chmod(made, 0o775 | (made.stat().st_mode & stat.S_ISGID))  # noqa: S103
             self._path = made
         return self._path
+
+    def remove(self) -> None:
+        """Take back what this submit copied when it refuses the job or fails half-way."""
+        if self._path is not None:
+            shutil.rmtree(self._path, ignore_errors=True)
 
 
 def _place(path: Path, media_dir: _MediaDir, shared: Path) -> str:

@@ -30,7 +30,7 @@ from daemon.inbox import start_observer
 from daemon.links import ViewChecker, file_signature, refresh_views, write_links
 from daemon.linkspage import PAGE_NAME
 from daemon.ops.metrics import Metrics
-from daemon.store import Job, JobState, JobStore, Video, VideoState
+from daemon.store import InvalidTransition, Job, JobState, JobStore, Video, VideoState
 
 log = structlog.get_logger(__name__)
 
@@ -172,7 +172,11 @@ class UploadWatcher:
                 self._upload_failed(job, video, UploadError(problem))
                 return
             key = video.object_key or self._choose_key(job, video)
-            self.store.update_video(job.id, video.output, VideoState.UPLOADING, error=None)
+            try:
+                self.store.update_video(job.id, video.output, VideoState.UPLOADING, error=None)
+            except InvalidTransition:  # cancelled since it was found due: not uploaded
+                log.info("upload_skipped", reason="the job was cancelled")
+                return
             self._links(job.id)
             try:
                 result = upload_file(
@@ -198,9 +202,17 @@ class UploadWatcher:
                 )
                 return
             link = self._sign(job, key)
-            self.store.update_video(
-                job.id, video.output, VideoState.READY, url=link.url, expires_at=link.expires_at.timestamp()
-            )
+            try:
+                self.store.update_video(
+                    job.id,
+                    video.output,
+                    VideoState.READY,
+                    url=link.url,
+                    expires_at=link.expires_at.timestamp(),
+                )
+            except InvalidTransition:  # cancelled while it went up: its link is never published
+                log.info("upload_dropped", key=key, reason="the job was cancelled")
+                return
             self._links(job.id)
             self.metrics.upload_bytes(result.size)
             log.info("video_ready", key=key, bytes=result.size, resumed=result.parts > result.sent_parts)

@@ -13,6 +13,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 SPEC_NAME = "model.json"
+BASELINE = "baseline"
+
+
+def available_models(models_dir: Path) -> list[str]:
+    """Model names a manifest may ask for: every folder with a spec, and the built-in baseline. Here, not
+    in the registry, so `lipsyncd submit` can check a model name without loading the inference runtime."""
+    found = {p.parent.name for p in models_dir.glob(f"*/{SPEC_NAME}")} if models_dir.is_dir() else set()
+    return sorted(found | {BASELINE})
+
+
 ONNX_NAME = "model.onnx"
 
 

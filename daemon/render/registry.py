@@ -12,12 +12,12 @@ import structlog
 from daemon.render.baseline import ensure_baseline
 from daemon.render.family import LipSyncFamily
 from daemon.render.model import LipSyncModel, choose_providers
-from daemon.render.modelspec import SPEC_NAME, ModelSpec
+from daemon.render.modelspec import BASELINE, SPEC_NAME, ModelSpec
+from daemon.render.modelspec import available_models as available_models  # where it was before
 from daemon.render.musetalk import MuseTalkModel
 
 log = structlog.get_logger(__name__)
 
-BASELINE = "baseline"
 # kind (model.json) -> the family adapter that opens it; the only place that knows the families
 OPENERS: dict[str, Callable[..., LipSyncFamily]] = {
     "baseline": LipSyncModel.open,
@@ -25,12 +25,6 @@ OPENERS: dict[str, Callable[..., LipSyncFamily]] = {
     "musetalk": MuseTalkModel.open,
 }
 RENDERABLE = frozenset(OPENERS)
-
-
-def available_models(models_dir: Path) -> list[str]:
-    """Model names a manifest may ask for: every folder with a spec, and the built-in baseline."""
-    found = {p.parent.name for p in models_dir.glob(f"*/{SPEC_NAME}")} if models_dir.is_dir() else set()
-    return sorted(found | {BASELINE})
 
 
 PRECISIONS = ("fp32", "fp16", "int8")

@@ -41,7 +41,7 @@ from daemon.render.pipeline import (
 from daemon.render.poster import make_poster
 from daemon.render.registry import ModelPool
 from daemon.render.types import FaceDetector
-from daemon.store import Job, JobState, JobStore, StateDiskFull, Video, VideoState
+from daemon.store import InvalidTransition, Job, JobState, JobStore, StateDiskFull, Video, VideoState
 
 log = structlog.get_logger(__name__)
 
@@ -49,6 +49,7 @@ _PENDING = (VideoState.QUEUED, VideoState.RENDERING)
 _RENDERED = (VideoState.RENDERED, VideoState.UPLOADING, VideoState.READY)
 _REMOVED_RETRIES = 3  # renders again after the output folder was deleted mid-render, then fail
 _FULL_WAIT_MAX = 30.0  # seconds between tries while the state disk is full
+_CANCEL_POLL = 0.5  # seconds between looks at the store for a `lipsyncd cancel` during a render
 
 
 @dataclass(frozen=True)
@@ -161,7 +162,11 @@ class RenderService:
     def render_job(self, job: Job) -> None:
         with structlog.contextvars.bound_contextvars(job=job.id):
             if job.state == JobState.QUEUED:
-                self.store.set_job(job.id, JobState.RENDERING)
+                try:
+                    self.store.set_job(job.id, JobState.RENDERING)
+                except InvalidTransition:  # cancelled between the look and the move: `cancel` files it
+                    log.info("job_cancelled", before="rendering")
+                    return
             self._links(job.id)
             started = time.monotonic()
             try:
@@ -206,6 +211,10 @@ class RenderService:
             self._free.put(pool)
 
     def _finish_job(self, job: Job, seconds: float) -> None:
+        current = self.store.job(job.id)
+        if current is not None and current.state == JobState.CANCELLED:
+            self._file_cancelled(current)
+            return
         videos = self.store.videos(job.id)
         if pending := [v.output for v in videos if v.state in _PENDING]:
             log.warning("job_unfinished", pending=pending)  # not finished with a video left behind
@@ -227,6 +236,15 @@ class RenderService:
         failed = len(videos) - len(rendered)
         log.info("job_rendered", videos=len(videos), failed=failed, seconds=round(seconds, 1))
 
+    def _file_cancelled(self, job: Job) -> None:
+        """A job cancelled while it rendered: its manifest goes to failed/ with the reason."""
+        self._links(job.id)
+        if not job.rerenders and Path(job.claimed_path).exists():
+            report = job_failure_report(job.manifest, job.error or "cancelled")
+            self.inbox.file_failed(Path(job.claimed_path), job.manifest, report)
+        self.metrics.job("cancelled")
+        log.info("job_cancelled", reason=job.error)
+
     def _crashed(self, job: Job, exc: Exception) -> None:
         try:
             self._fail_job(job, f"an internal error stopped this job ({type(exc).__name__}: {exc})")
@@ -239,7 +257,7 @@ class RenderService:
     def _fail_job(self, job: Job, reason: str) -> None:
         for video in self.store.videos(job.id):
             if video.state in (VideoState.QUEUED, VideoState.RENDERING):
-                self.store.update_video(job.id, video.output, VideoState.FAILED, error="the job failed")
+                self.store.update_video(job.id, video.output, VideoState.FAILED, error=reason)  # say why
         self.store.set_job(job.id, JobState.FAILED, error=reason)
         self._links(job.id)
         if not job.rerenders:  # see _finish_job
@@ -253,7 +271,13 @@ class RenderService:
     def render_video(self, job: Job, video: Video, audio: JobAudio, pool: ModelPool) -> None:
         model_name = job.model or self.default_model
         with structlog.contextvars.bound_contextvars(video=video.output, model=model_name):
-            self.store.update_video(job.id, video.output, VideoState.RENDERING, progress=0.0, error=None)
+            current = self.store.video(job.id, video.output)
+            if current is None or current.state not in _PENDING:
+                return  # cancelled since the job started
+            try:
+                self.store.update_video(job.id, video.output, VideoState.RENDERING, progress=0.0, error=None)
+            except InvalidTransition:
+                return  # cancelled this very moment
             self.progress = Progress(job.id, video.output, 0.0)
             self._links(job.id)
             try:
@@ -261,6 +285,10 @@ class RenderService:
             except StateDiskFull:
                 raise
             except Interrupted:
+                if not self.stop.is_set():  # not the daemon stopping: the job was cancelled
+                    self._links(job.id)
+                    log.info("render_cancelled")
+                    return
                 self.store.update_video(job.id, video.output, VideoState.QUEUED, progress=0.0)
                 self._links(job.id)
                 log.info("render_interrupted")
@@ -283,21 +311,27 @@ class RenderService:
             out = result.output
             size, sha256 = out.stat().st_size, file_sha256(out)
             self._poster(out)
-            self._record(  # the render is done: wait for room on the state disk rather than lose it
-                lambda: self.store.update_video(
-                    job.id,
-                    video.output,
-                    VideoState.RENDERED,
-                    progress=1.0,
-                    frames=result.frames,
-                    faceless_frames=result.faceless_frames,
-                    size=size,
-                    sha256=sha256,
-                    model=model_name,
-                    rendered_at=time.time(),
-                    duration=result.frames / result.fps if result.fps else None,
+            try:
+                self._record(  # the render is done: wait for room on the state disk rather than lose it
+                    lambda: self.store.update_video(
+                        job.id,
+                        video.output,
+                        VideoState.RENDERED,
+                        progress=1.0,
+                        frames=result.frames,
+                        faceless_frames=result.faceless_frames,
+                        size=size,
+                        sha256=sha256,
+                        model=model_name,
+                        rendered_at=time.time(),
+                        duration=result.frames / result.fps if result.fps else None,
+                    )
                 )
-            )
+            except InvalidTransition:  # cancelled as it finished: the file is not kept nor shared
+                out.unlink(missing_ok=True)
+                poster_path(out.parent, out.name).unlink(missing_ok=True)
+                log.info("render_cancelled")
+                return
             self._links(job.id)
             self.metrics.frames(result.frames)
             fps = result.frames / result.seconds if result.seconds else 0.0
@@ -348,7 +382,7 @@ class RenderService:
             detector=self.detector(pool),
             settings=self.settings,
             scratch_dir=self.paths.scratch_dir,
-            stop=self.stop,
+            stop=_Halt(self.stop, lambda: self._cancelled(job.id, video.output)),
             on_progress=on_progress,
             beat=self.beat,
             cache=self.avatar_cache,
@@ -382,6 +416,10 @@ class RenderService:
                 )
                 self.store.update_video(job.id, video.output, progress=0.0)
         raise AssertionError("unreachable")
+
+    def _cancelled(self, job_id: str, output: str) -> bool:
+        video = self.store.video(job_id, output)
+        return video is not None and video.state == VideoState.CANCELLED
 
     def _disks(self) -> dict[str, Path]:
         return {
@@ -439,6 +477,24 @@ class RenderService:
             write_links(self.store, job_id, self.paths.outputs_dir, self.paths.locks_dir)
         except OSError as exc:
             log.error("links_write_failed", job=job_id, error=str(exc))
+
+
+class _Halt(threading.Event):
+    """What a render stops on: the daemon stopping, or its video cancelled with `lipsyncd cancel` (another
+    process: the store is asked at most every _CANCEL_POLL seconds). The pipeline only calls is_set()."""
+
+    def __init__(self, stop: threading.Event, cancelled: Callable[[], bool]) -> None:
+        super().__init__()
+        self._stop, self._ask = stop, cancelled
+        self._cancelled, self._next = False, 0.0
+
+    def is_set(self) -> bool:
+        if self._stop.is_set() or self._cancelled:
+            return True
+        if time.monotonic() >= self._next:
+            self._next = time.monotonic() + _CANCEL_POLL
+            self._cancelled = self._ask()
+        return self._cancelled
 
 
 def _remove_partials(folder: Path) -> None:

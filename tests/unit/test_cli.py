@@ -104,3 +104,31 @@ def test_doctor_names_the_families_and_variants(tmp_path: Path) -> None:
     assert "baseline (baseline built-in)" in check.detail
     (missing,) = doctor_models(load_config(config_file(tmp_path, render={"model": "nope"})))
     assert not missing.ok and "'nope' is missing" in missing.detail
+
+
+@pytest.mark.parametrize(
+    ("option", "daemon_says"),
+    [
+        (["--link-ttl", "9d"], "'link_ttl' '9d' is out of range"),
+        (["--model", "not-installed"], "'model': no model named 'not-installed'"),
+        (["--notify", "nobody"], "'notify': no webhook named 'nobody'"),
+    ],
+)
+def test_submit_refuses_what_the_daemon_would_refuse_before_writing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], option: list[str], daemon_says: str
+) -> None:
+    """Before: exit 0, a manifest in the inbox and copied media, then a refusal in inbox/failed/."""
+    shared, state = tmp_path / "shared", tmp_path / "state"
+    paths = {"shared": str(shared), "inbox": str(shared / "inbox"), "state": str(state)}
+    config = str(config_file(tmp_path, paths=paths))
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "speech.wav").write_bytes(b"speech")
+    (outside / "face.mp4").write_bytes(b"face")
+    args = ["--config", config, "submit", str(outside / "speech.wav"), str(outside / "face.mp4"), *option]
+    assert main(args) == EXIT_FAILED
+    assert daemon_says in capsys.readouterr().err
+    inbox = tmp_path / "shared" / "inbox"
+    assert not inbox.exists() or [p for p in inbox.rglob("*") if p.is_file()] == []
+    assert main(args[:-2]) == EXIT_OK  # the same submit without the bad option goes in
+    assert len(list(inbox.glob("*.yaml"))) == 1

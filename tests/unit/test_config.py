@@ -115,3 +115,37 @@ def test_link_addresses_are_parsed(tmp_path: Path) -> None:
     assert Config().storage.embedded_listen == "127.0.0.1" and Config().storage.public_url is None
     ipv6 = load_config(write(tmp_path, "storage: {embedded_listen: '::', public_url: 'http://[::1]:9'}\n"))
     assert ipv6.storage.embedded_listen == "::"
+
+
+def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
+    """Before: only the first problem, so fixing a file took one round per mistake."""
+    text = (
+        "render:\n  batch_size: -1\n  preset: veryfst\n  colour: red\n"
+        "inbox: {settle_time: soon}\nlinks: {default_ttl: 8d}\nlogging: 3\n"
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_config(write(tmp_path, text))
+    lines = str(caught.value).splitlines()
+    wanted = ["render.batch_size", "render.preset", "render.colour", "inbox.settle_time", "links.default_ttl",
+              "'logging' must be a mapping"]  # fmt: skip
+    assert len(lines) == len(wanted)
+    assert all(line.startswith(str(tmp_path / "lipsyncd.yaml")) for line in lines)
+    assert all(sum(key in line for line in lines) == 1 for key in wanted), lines
+
+
+def test_effective_configuration_redacts_secrets(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from daemon.cli import EXIT_OK, main
+
+    text = (
+        "render: {batch_size: 4}\n"
+        "storage: {endpoint_url: 'https://alice:s3cret@s3.example.com'}\n"
+        "webhooks: {ops: {kind: json, url: 'https://hooks.example.com/T0KEN'}}\n"
+    )
+    assert main(["check-config", "--print", "--config", str(write(tmp_path, text))]) == EXIT_OK
+    out = capsys.readouterr().out
+    printed = yaml.safe_load(out.split("\n", 1)[1])
+    assert printed["render"]["batch_size"] == 4 and printed["render"]["crf"] == 20  # defaults filled in
+    assert printed["inbox"]["settle_time"] == 2.0
+    assert "T0KEN" not in out and "s3cret" not in out and "alice" not in out
+    assert printed["webhooks"]["ops"]["url"] == "<redacted>"
+    assert printed["storage"]["endpoint_url"] == "https://<redacted>@s3.example.com"
