@@ -39,7 +39,8 @@ def refresh_links(config: Config, job_id: str | None, *, credentials_file: Path 
         job = store.job(video.job_id)
         assert job is not None and video.object_key is not None
         ttl = int(job.link_ttl or config.links.default_ttl)
-        link = presign_get(client, config.storage.bucket, video.object_key, ttl, config.links.base_url)
+        bucket, base_url = config.storage.bucket, config.links.base_url
+        link = presign_get(client, bucket, video.object_key, ttl, base_url, download_as=video.output)
         store.update_video(video.job_id, video.output, url=link.url, expires_at=link.expires_at.timestamp())
     for job_id_done in sorted({v.job_id for v in due}):
         write_links(store, job_id_done, config.outputs_dir, config.state_dir / "locks")

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, NamedTuple
-from urllib.parse import parse_qs, urlsplit, urlunsplit
+from urllib.parse import parse_qs, quote, urlsplit, urlunsplit
 
 import boto3
 import botocore.config
@@ -224,15 +224,32 @@ def check_ttl(seconds: int, *, max_seconds: int = MAX_PRESIGN_TTL) -> None:
         )
 
 
-def presign_get(client: Any, bucket: str, key: str, ttl_seconds: int, base_url: str | None = None) -> Link:
+def presign_get(
+    client: Any,
+    bucket: str,
+    key: str,
+    ttl_seconds: int,
+    base_url: str | None = None,
+    *,
+    download_as: str | None = None,
+) -> Link:
     """A SigV4 presigned GET link. base_url (e.g. a CDN, "https://cdn.example.com/media") replaces the
-    scheme and host and is put in front of the path; the CDN must pass the path through to storage."""
+    scheme and host and is put in front of the path; the CDN must pass the path through to storage.
+    With download_as, the storage answers `Content-Disposition: attachment` with that file name (signed
+    into the link), so a browser saves the video under its own name instead of playing it."""
     check_ttl(ttl_seconds)
-    url = client.generate_presigned_url(
-        "get_object", Params={"Bucket": bucket, "Key": key}, ExpiresIn=ttl_seconds
-    )
+    params = {"Bucket": bucket, "Key": key}
+    if download_as is not None:
+        params["ResponseContentDisposition"] = attachment(download_as)
+    url = client.generate_presigned_url("get_object", Params=params, ExpiresIn=ttl_seconds)
     expires_at = _signed_at(url) + timedelta(seconds=ttl_seconds)
     return Link(rewrite_base(url, base_url) if base_url else url, expires_at)
+
+
+def attachment(name: str) -> str:
+    """RFC 6266: a plain ASCII name for old clients, the exact UTF-8 name for the rest."""
+    plain = re.sub(r"[^A-Za-z0-9._-]", "_", name)
+    return f"attachment; filename=\"{plain}\"; filename*=UTF-8''{quote(name, safe='')}"
 
 
 def _signed_at(url: str) -> datetime:

@@ -201,7 +201,7 @@ class UploadWatcher:
                     job, video, UploadError("the uploaded file differs from the rendered one")
                 )
                 return
-            link = self._sign(job, key)
+            link = self._sign(job, key, download_as=video.output)
             try:
                 self.store.update_video(
                     job.id,
@@ -242,9 +242,11 @@ class UploadWatcher:
         self.store.update_video(job.id, video.output, object_key=key)
         return key
 
-    def _sign(self, job: Job, key: str) -> Link:
+    def _sign(self, job: Job, key: str, *, download_as: str | None = None) -> Link:
         ttl = int(job.link_ttl or self.settings.default_ttl)
-        return presign_get(self.signer, self.settings.bucket, key, ttl, self.settings.base_url)
+        return presign_get(
+            self.signer, self.settings.bucket, key, ttl, self.settings.base_url, download_as=download_as
+        )
 
     def _upload_failed(self, job: Job, video: Video, exc: BaseException) -> None:
         """Not a network blip (those are retried inside upload_file): keep the file, say why, retry later."""

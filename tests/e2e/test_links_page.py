@@ -24,6 +24,12 @@ def fetch(url: str) -> bytes:
         return response.read()
 
 
+def saved_as(url: str) -> str:
+    """The Content-Disposition the storage answers: a browser saves (attachment) rather than plays."""
+    with urllib.request.urlopen(url, timeout=30) as response:  # noqa: S310 - our own loopback server
+        return str(response.headers.get("Content-Disposition", ""))
+
+
 def finished(share: Share, job: str) -> Any:
     return (doc := share.links(job)) and doc["status"] in ("done", "failed") and doc
 
@@ -69,6 +75,7 @@ def test_links_page_shows_each_video_copies_and_downloads_from_the_shared_folder
                 hashlib.sha256(fetch(card.locator("a.download").get_attribute("href"))).hexdigest()
                 == (video["sha256"])
             )
+            assert saved_as(video["url"]).startswith(f'attachment; filename="{video["output"]}"')
             # the expiry in the reader's zone (UTC+8 here), as toLocaleString writes it
             local = card.locator("time").inner_text()
             assert local != video["expires_at"] and "UTC" not in local, local

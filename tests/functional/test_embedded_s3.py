@@ -219,3 +219,16 @@ def _zombie(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[0] == "Z"
     except OSError:
         return True
+
+
+def test_a_download_link_saves_the_video_under_its_own_name(
+    s3_client: Any, s3_bucket: str, s3_prefix: str
+) -> None:
+    """Without the signed disposition a browser plays the video; the page's Download button must save it."""
+    put(s3_client, s3_bucket, s3_prefix + "x.mp4", b"video")
+    url = presign_get(s3_client, s3_bucket, s3_prefix + "x.mp4", 600, download_as="Frühling promo.mp4").url
+    with urllib.request.urlopen(url, timeout=30) as response:
+        disposition = response.headers["Content-Disposition"]
+        assert response.read() == b"video"
+    assert disposition.startswith('attachment; filename="Fr_hling_promo.mp4"')
+    assert "filename*=UTF-8''Fr%C3%BChling%20promo.mp4" in disposition
