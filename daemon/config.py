@@ -83,6 +83,12 @@ def _non_negative_int(value: Any) -> int:
     return value
 
 
+def _share(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+        raise ValueError(f"expected a share between 0 and 1 (0.5 = half the frames), got {value!r}")
+    return float(value)
+
+
 def _opt(parse: Callable[[Any], Any]) -> Callable[[Any], Any]:
     return lambda value: None if value is None else parse(value)
 
@@ -144,6 +150,8 @@ class RenderConfig:
     crf: int = _key(20, _non_negative_int)
     preset: str = _key("veryfast", _choice(*X264_PRESETS))
     max_video_seconds: float = _key(3600.0, parse_duration)
+    faceless_videos: str = _key("fail", _choice("fail", "pass_through"))
+    faceless_warning_share: float = _key(0.5, _share)
 
 
 @dataclass(frozen=True)

@@ -15,8 +15,15 @@ from rich.table import Table
 from daemon.links import job_view
 from daemon.store import JobStore
 
-FINISHED = ("done", "failed")
-_STYLE = {"ready": "green", "rendered": "cyan", "failed": "red", "rendering": "yellow", "uploading": "blue"}
+FINISHED = ("done", "partial", "failed")
+_STYLE = {
+    "partial": "yellow",
+    "ready": "green",
+    "rendered": "cyan",
+    "failed": "red",
+    "rendering": "yellow",
+    "uploading": "blue",
+}
 
 
 def job_documents(store: JobStore, job_id: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
@@ -34,6 +41,11 @@ def print_table(documents: list[dict[str, Any]], console: Console | None = None)
         console.print("No jobs yet. Drop a manifest into the inbox, or use `lipsyncd submit`.")
         return
     console.print(_table(documents))
+    for doc in documents:  # the reasons in full: the table cuts them short
+        if doc.get("problems"):
+            console.print(f"{doc['job']} ({doc['status']}, {doc['summary']}):", markup=False)
+            for problem in doc["problems"]:
+                console.print(f"  - {problem}", markup=False, soft_wrap=True)
 
 
 def watch(read: Callable[[], list[dict[str, Any]]], every: float = 1.0) -> None:
@@ -57,6 +69,11 @@ def _table(documents: list[dict[str, Any]]) -> Table:
             bar = ProgressBar(
                 total=1.0, completed=1.0 if status in ("rendered", "ready") else video["progress"], width=20
             )
-            note = video["error"] or video["url"] or ""
+            warning = video.get("warning") and f"warning: {video['warning']}"
+            note = video["error"] or warning or video["url"] or ""
             table.add_row(doc["job"], video["output"], f"[{_STYLE.get(status, '')}]{status}", bar, note[:80])
+        if len(doc["videos"]) > 1 or doc["status"] == "partial":
+            table.add_row(
+                doc["job"], "", f"[{_STYLE.get(doc['status'], '')}]{doc['status']}", "", doc["summary"]
+            )
     return table

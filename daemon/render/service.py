@@ -212,16 +212,18 @@ class RenderService:
             self._fail_job(job, f"no video of this job could be rendered:\n{reasons}")
             return
         self._record(lambda: self.store.set_job(job.id, JobState.RENDERED))
-        if not job.distribute:
-            self._record(lambda: self.store.set_job(job.id, JobState.DONE))
+        if not job.distribute:  # nothing left to do: done, or partial when some videos failed
+            self._record(lambda: void(self.store.finish_job(job.id)))
         self._links(job.id)
         # filed once: a job rendered again, or reopened, was filed the first time (its claimed name may
-        # belong to a newer job by now)
-        if not job.rerenders and Path(job.claimed_path).exists():
-            self.inbox.file_done(Path(job.claimed_path), job.manifest)
+        # belong to a newer job by now); a partial one with the error file naming its failed videos
+        finished = self.store.job(job.id)
+        if not job.rerenders and finished is not None and Path(job.claimed_path).exists():
+            self.inbox.file_job(finished, self.store.videos(job.id))
         self.metrics.job("rendered")
         failed = len(videos) - len(rendered)
-        log.info("job_rendered", videos=len(videos), failed=failed, seconds=round(seconds, 1))
+        state = finished.state.value if finished else None
+        log.info("job_rendered", videos=len(videos), failed=failed, state=state, seconds=round(seconds, 1))
 
     def _crashed(self, job: Job, exc: Exception) -> None:
         try:
@@ -277,6 +279,11 @@ class RenderService:
                 )
                 return
             out = result.output
+            problem, warning = face_check(result.frames, result.faceless_frames, video, self.settings)
+            if problem:
+                out.unlink(missing_ok=True)  # nothing to use: no file is left to be uploaded or shown
+                self._fail_video(job, video, problem)
+                return
             size, sha256 = out.stat().st_size, file_sha256(out)
             self._record(  # the render is done: wait for room on the state disk rather than lose it
                 lambda: self.store.update_video(
@@ -290,6 +297,7 @@ class RenderService:
                     sha256=sha256,
                     model=model_name,
                     rendered_at=time.time(),
+                    warning=warning,
                 )
             )
             self._links(job.id)
@@ -299,6 +307,7 @@ class RenderService:
                 "video_rendered",
                 frames=result.frames,
                 faceless_frames=result.faceless_frames,
+                warning=warning,
                 seconds=round(result.seconds, 2),
                 fps=round(fps, 1),
             )
@@ -424,6 +433,32 @@ class RenderService:
             write_links(self.store, job_id, self.paths.outputs_dir, self.paths.locks_dir)
         except OSError as exc:
             log.error("links_write_failed", job=job_id, error=str(exc))
+
+
+def void(_: object) -> None:
+    """For `_record`, which takes a write that returns nothing."""
+
+
+def face_check(
+    frames: int, faceless: int, video: Video, settings: RenderSettings
+) -> tuple[str | None, str | None]:
+    """(why the video fails, a warning for a ready one) from its frames without a face. No face at all
+    fails it unless render.faceless_videos is pass_through; a share of faceless frames over
+    render.faceless_warning_share is only a warning (those frames are shown as they were)."""
+    name = Path(video.source_written).name
+    if frames and faceless >= frames and settings.faceless_videos == "fail":
+        return (
+            f"no face found in any of the {frames} frames of {name}, so there is nothing to lip-sync. Use a "
+            "clip where the presenter's face is clearly visible and turned to the camera, or set "
+            "render.faceless_videos: pass_through to get such videos back unchanged",
+            None,
+        )
+    if frames and faceless / frames > settings.faceless_warning_share:
+        return None, (
+            f"no face found in {faceless} of the {frames} frames of {name} ({faceless / frames:.0%}); those "
+            "frames are not lip-synced. Check that the face is visible and turned to the camera"
+        )
+    return None, None
 
 
 def _remove_partials(folder: Path) -> None:
