@@ -16,14 +16,8 @@ from daemon.links import job_view
 from daemon.store import JobStore
 
 FINISHED = ("done", "partial", "failed")
-_STYLE = {
-    "partial": "yellow",
-    "ready": "green",
-    "rendered": "cyan",
-    "failed": "red",
-    "rendering": "yellow",
-    "uploading": "blue",
-}
+_STYLE = {"ready": "green", "rendered": "cyan", "failed": "red", "rendering": "yellow", "uploading": "blue"}
+_JOB_STYLE = {"done": "green", "partial": "yellow", "failed": "red"}
 
 
 def job_documents(store: JobStore, job_id: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
@@ -74,6 +68,6 @@ def _table(documents: list[dict[str, Any]]) -> Table:
             table.add_row(doc["job"], video["output"], f"[{_STYLE.get(status, '')}]{status}", bar, note[:80])
         if len(doc["videos"]) > 1 or doc["status"] == "partial":
             table.add_row(
-                doc["job"], "", f"[{_STYLE.get(doc['status'], '')}]{doc['status']}", "", doc["summary"]
+                doc["job"], "", f"[{_JOB_STYLE.get(doc['status'], '')}]{doc['status']}", "", doc["summary"]
             )
     return table
