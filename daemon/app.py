@@ -41,6 +41,8 @@ def render_settings(config: Config) -> RenderSettings:
         encoder=encoder,
         crf=r.crf,
         preset=r.preset,
+        faceless_videos=r.faceless_videos,
+        faceless_warning_share=r.faceless_warning_share,
     )
 
 

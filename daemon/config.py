@@ -119,6 +119,12 @@ def parse_base_url(value: Any) -> str:
     return text
 
 
+def _share(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+        raise ValueError(f"expected a share between 0 and 1 (0.5 = half the frames), got {value!r}")
+    return float(value)
+
+
 def _opt(parse: Callable[[Any], Any]) -> Callable[[Any], Any]:
     return lambda value: None if value is None else parse(value)
 
@@ -182,6 +188,8 @@ class RenderConfig:
     preset: str = _key("veryfast", _choice(*X264_PRESETS))
     max_video_seconds: float = _key(3600.0, parse_duration)
     avatar_cache_size: int = _key(2 * 10**9, _non_negative_size)  # STATE/avatars; 0: no avatar cache
+    faceless_videos: str = _key("fail", _choice("fail", "pass_through"))
+    faceless_warning_share: float = _key(0.5, _share)
 
 
 @dataclass(frozen=True)

@@ -54,8 +54,8 @@ def retry(store: JobStore, inbox: Inbox, job_id: str, *, every_video: bool = Fal
         was, videos = store.retry_job(job_id, every_video=every_video)
     except InvalidTransition:
         raise ControlError(
-            f"job {job_id!r} is {job.state.value}: only a finished job (done, failed or cancelled) can be "
-            "retried; wait for it, or cancel it first"
+            f"job {job_id!r} is {job.state.value}: only a finished job (done, partial, failed or cancelled) "
+            "can be retried; wait for it, or cancel it first"
         ) from None
     except ValueError as exc:
         raise ControlError(f"job {job_id!r} is {job.state.value}: {exc}") from None

@@ -1,5 +1,7 @@
 """The inbox: notice manifests (watchdog events plus a periodic full rescan), take them only when complete,
 claim each by an atomic rename so it is processed once, and file it under done/ or failed/ at the end.
+A job that made some of its videos but not all (`partial`) is filed under done/ (its good videos are
+there to use) with NAME.error.txt beside it naming each video that failed and why, as failed/ has.
 
 Watch handlers only note paths; the decision to take a file is made by `Inbox.ready_paths`, called from
 one intake thread. A file that arrived by rename is complete; any other must keep the same size and mtime
@@ -21,7 +23,8 @@ from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
 
-from daemon.manifest import is_manifest_name
+from daemon.manifest import is_manifest_name, job_failure_report
+from daemon.store import Job, JobState, Video, VideoState, failures_text
 
 log = structlog.get_logger(__name__)
 
@@ -119,19 +122,42 @@ class Inbox:
             return []
         return sorted(p for p in self.claimed_dir.iterdir() if p.is_file())
 
-    def file_done(self, claimed: Path, original_name: str) -> Path:
+    def file_done(self, claimed: Path, original_name: str, report: str | None = None) -> Path:
+        """Move to done/; with a report (some videos failed), next to NAME.error.txt as in failed/."""
         self.make_folders()
+        if report is not None:
+            return self._file_with_report(self.done_dir, claimed, original_name, report)
         target = _free_name(self.done_dir, original_name)
         os.replace(claimed, target)
         return target
+
+    def file_job(self, job: Job, videos: list[Video]) -> Path:
+        """File a finished job's claimed manifest by its outcome: failed/ with the job's error (failed or
+        cancelled), or done/,
+        with an error file naming each failed video and why when some failed (a partial job)."""
+        claimed = Path(job.claimed_path)
+        if job.state in (JobState.FAILED, JobState.CANCELLED):
+            return self.file_failed(claimed, job.manifest, job_failure_report(job.manifest, job.error or ""))
+        if not any(v.state == VideoState.FAILED for v in videos):
+            return self.file_done(claimed, job.manifest)
+        report = (
+            f"lipsyncd made only some of the videos of {job.manifest}.\n\n{failures_text(videos)}\n\n"
+            "The other videos are in the job's output folder (see its links.json). Fix the files named "
+            "above and submit a manifest with just those videos.\n"
+        )
+        return self.file_done(claimed, job.manifest, report)
 
     def file_failed(self, claimed: Path, original_name: str, report: str) -> Path:
         """Move to failed/ next to NAME.error.txt (written first, atomically, so both are there together).
         Neither may replace an earlier failure's files: clash.yaml and clash.json each get their own."""
         self.make_folders()
+        return self._file_with_report(self.failed_dir, claimed, original_name, report)
+
+    @staticmethod
+    def _file_with_report(folder: Path, claimed: Path, original_name: str, report: str) -> Path:
         n = 1
         while True:
-            target = _free_name(self.failed_dir, original_name, start=n)
+            target = _free_name(folder, original_name, start=n)
             error_file = target.with_name(target.name.rsplit(".", 1)[0] + ".error.txt")
             if not error_file.exists():
                 break

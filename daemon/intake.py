@@ -13,7 +13,7 @@ from watchdog.observers.api import BaseObserver
 
 from daemon.inbox import Inbox, watch
 from daemon.links import write_links
-from daemon.manifest import ManifestError, error_report, job_failure_report, load_manifest
+from daemon.manifest import ManifestError, error_report, load_manifest
 from daemon.store import JobState, JobStore, StateDiskFull
 from daemon.submitted_media import sweep_media
 
@@ -48,13 +48,11 @@ class Intake:
         """At start: manifests claimed before a crash but never recorded as jobs are processed again;
         those whose job finished but which were not filed yet (a kill in between) are filed now. Only at
         start: while running, filing finished jobs is the render worker's job."""
+        finished = (JobState.FAILED, JobState.CANCELLED, JobState.RENDERED, JobState.DONE, JobState.PARTIAL)
         for claimed in self.retake_unrecorded():
             job = self.store.job_by_claim(claimed)
-            if job is not None and job.state in (JobState.FAILED, JobState.CANCELLED):
-                report = job_failure_report(job.manifest, job.error or "")
-                self.inbox.file_failed(claimed, job.manifest, report)
-            elif job is not None and job.state in (JobState.RENDERED, JobState.DONE):
-                self.inbox.file_done(claimed, job.manifest)
+            if job is not None and job.state in finished:
+                self.inbox.file_job(job, self.store.videos(job.id))
 
     def retake_unrecorded(self) -> list[Path]:
         """Take again the claimed manifests that have no job (the store was locked, say); returns the

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from daemon.linkspage import PAGE_NAME, render_page
-from daemon.store import Job, JobStore, Video
+from daemon.store import Job, JobStore, Video, VideoState
 
 LINKS_NAME = "links.json"
 POSTER_SUFFIX = ".poster.jpg"  # NAME.poster.jpg beside NAME.mp4: one frame, embedded in links.html
@@ -33,8 +33,9 @@ def iso(timestamp: float | None) -> str | None:
     return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
-def job_view(job: Job, videos: list[Video]) -> dict[str, Any]:
-    """The JSON document for one job. Pure: the unit tests check it field by field."""
+def job_view(job: Job, videos: list[Video], folder: Path | None = None) -> dict[str, Any]:
+    """The JSON document for one job. Pure but for `folder` (the job's output folder): given, a video
+    only shows a local copy whose file is there. The unit tests check it field by field."""
     return {
         "version": FORMAT_VERSION,
         "job": job.id,
@@ -47,11 +48,29 @@ def job_view(job: Job, videos: list[Video]) -> dict[str, Any]:
         "updated_at": iso(max([job.updated, *(v.updated for v in videos)])),
         "page_url": job.page_url,  # links.html in storage, with its own link (links.upload_page)
         "page_expires_at": iso(job.page_expires_at),
-        "videos": [_video_view(v) for v in videos],
+        "videos": [_video_view(v, folder) for v in videos],
+        "summary": summary(job, videos),
+        "problems": problems(videos),
     }
 
 
-def _video_view(video: Video) -> dict[str, Any]:
+def summary(job: Job, videos: list[Video]) -> str:
+    """ "2 of 3 ready": videos the user can use now (uploaded, or rendered when the job keeps them local)
+    out of all; ", 1 in progress" while some are still to come (why the others failed: `problems`)."""
+    usable = (VideoState.READY,) if job.distribute else (VideoState.RENDERED, VideoState.READY)
+    ready = sum(v.state in usable for v in videos)
+    failed = sum(v.state == VideoState.FAILED for v in videos)
+    pending = len(videos) - ready - failed
+    return f"{ready} of {len(videos)} ready" + (f", {pending} in progress" if pending else "")
+
+
+def problems(videos: list[Video]) -> list[str]:
+    """Each failed video and each warning, in plain words, naming the video."""
+    found = [f"{v.source_written} failed: {v.error}" for v in videos if v.state == VideoState.FAILED]
+    return found + [f"{v.source_written}: {v.warning}" for v in videos if v.warning]
+
+
+def _video_view(video: Video, folder: Path | None = None) -> dict[str, Any]:
     return {
         "source": video.source_written,
         "output": video.output,
@@ -67,8 +86,16 @@ def _video_view(video: Video) -> dict[str, Any]:
         "object_key": video.object_key,
         "url": video.url,
         "expires_at": iso(video.expires_at),
-        "local_copy": not video.evicted,
+        "local_copy": _local_copy(video, folder),
+        "warning": video.warning,
     }
+
+
+def _local_copy(video: Video, folder: Path | None) -> bool:
+    """True only for a rendered file not evicted, and, when the folder is known, actually there."""
+    if video.evicted or video.state not in (VideoState.RENDERED, VideoState.UPLOADING, VideoState.READY):
+        return False
+    return folder is None or (folder / video.output).is_file()
 
 
 class UnsafeOutput(OSError):
@@ -99,7 +126,7 @@ def _write_view(store: JobStore, job_id: str, folder: Path) -> Path:
     job = store.job(job_id)
     if job is None:
         raise KeyError(job_id)
-    document = job_view(job, store.videos(job_id))
+    document = job_view(job, store.videos(job_id), folder)
     path = folder / LINKS_NAME
     if _current(path) == document and (folder / PAGE_NAME).exists():
         return path
@@ -202,7 +229,7 @@ class ViewChecker:
         job = self.store.job(job_id)
         if job is None:
             return None
-        document = job_view(job, self.store.videos(job_id))
+        document = job_view(job, self.store.videos(job_id), path.parent)
         try:
             current = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:

@@ -23,11 +23,14 @@ from daemon.links import iso, job_view
 from daemon.manifest import MANIFEST_SUFFIXES
 from daemon.store import JobStore
 
+REFUSED = "refused"
 # states with work still to come; any other state, known or added later, counts as finished
 ACTIVE = ("queued", "rendering", "rendered", "uploading")
-_STYLE = {"ready": "green", "rendered": "cyan", "failed": "red", "rendering": "yellow", "uploading": "blue"}
+_STYLE = {
+    **{"ready": "green", "rendered": "cyan", "failed": "red", "rendering": "yellow", "uploading": "blue"},
+    **{"done": "green", "partial": "yellow", "cancelled": "magenta", REFUSED: "red"},
+}
 _SHORT = 80  # characters of an error shown without --full
-REFUSED = "refused"
 
 
 @dataclass(frozen=True)
@@ -118,7 +121,9 @@ def _wanted(doc: dict[str, Any], only: Filter) -> bool:
 
 
 def _has_failure(doc: dict[str, Any]) -> bool:
-    return doc["status"] in ("failed", REFUSED) or any(v["status"] == "failed" for v in doc["videos"])
+    return doc["status"] in ("failed", "partial", REFUSED) or any(
+        v["status"] == "failed" for v in doc["videos"]
+    )
 
 
 def print_json(documents: list[dict[str, Any]]) -> None:
@@ -133,6 +138,11 @@ def print_table(
         console.print("No jobs yet. Drop a manifest into the inbox, or use `lipsyncd submit`.")
         return
     console.print(_table(documents, full=full))
+    for doc in documents:  # the reasons in full: the table cuts them short
+        if doc.get("problems"):
+            console.print(f"{doc['job']} ({doc['status']}, {doc['summary']}):", markup=False)
+            for problem in doc["problems"]:
+                console.print(f"  - {problem}", markup=False, soft_wrap=True)
     links = [(doc["job"], v["output"], v["url"]) for doc in documents for v in doc["videos"] if v.get("url")]
     if links:  # whole, one per line, never wrapped: they are there to be copied
         console.print("\nLinks:")
@@ -162,7 +172,9 @@ def _table(documents: list[dict[str, Any]], *, full: bool = False) -> Group:
     for doc in documents:
         job = doc["job"] or f"(not a job) {doc['manifest']}"
         # the job's own row: its state, overall progress, and why it failed (or its summary)
-        note = _error(doc["error"], full) if doc.get("error") else Text(str(doc.get("summary") or ""))
+        # a partial job's error lists its failures: they are printed whole under the table
+        plain = doc["status"] == "partial" or not doc.get("error")
+        note = Text(str(doc.get("summary") or "")) if plain else _error(doc["error"], full)
         table.add_row(Text(job), Text("-"), _status(doc["status"]), _job_progress(doc), note)
         for video in doc["videos"]:
             status = video["status"]
@@ -187,6 +199,8 @@ def _errors(documents: list[dict[str, Any]]) -> list[str]:
 def _note(video: dict[str, Any], full: bool) -> Text:
     if video.get("error"):
         return _error(video["error"], full)
+    if video.get("warning"):
+        return _error(f"warning: {video['warning']}", full)
     return Text("link below" if video.get("url") else "")
 
 

@@ -57,6 +57,7 @@ class JobState(StrEnum):
     RENDERING = "rendering"
     RENDERED = "rendered"  # every video rendered or failed; distribution may still run
     DONE = "done"  # nothing left to do for this job
+    PARTIAL = "partial"  # finished: some videos came out, others failed (each video says why)
     FAILED = "failed"  # the job as a whole could not run (its audio is unusable, say)
     CANCELLED = "cancelled"  # `lipsyncd cancel` stopped it
 
@@ -73,14 +74,22 @@ _VIDEO_MOVES: dict[VideoState, set[VideoState]] = {
 _JOB_MOVES: dict[JobState, set[JobState]] = {
     JobState.QUEUED: {JobState.RENDERING, JobState.FAILED, JobState.CANCELLED},
     JobState.RENDERING: {JobState.QUEUED, JobState.RENDERED, JobState.FAILED, JobState.CANCELLED},
-    JobState.RENDERED: {JobState.QUEUED, JobState.DONE, JobState.FAILED, JobState.CANCELLED},  # QUEUED: again
+    JobState.RENDERED: {  # QUEUED: render again
+        JobState.QUEUED,
+        JobState.DONE,
+        JobState.PARTIAL,
+        JobState.FAILED,
+        JobState.CANCELLED,
+    },
     JobState.DONE: set(),
+    JobState.PARTIAL: set(),
     JobState.FAILED: set(),
     JobState.CANCELLED: set(),
 }
 # `lipsyncd retry` alone may take finished states back to the queue; no step of the daemons can
 _RETRY_MOVES: dict[Any, set[Any]] = {
     JobState.DONE: {JobState.QUEUED},
+    JobState.PARTIAL: {JobState.QUEUED},
     JobState.FAILED: {JobState.QUEUED},
     JobState.CANCELLED: {JobState.QUEUED},
     VideoState.FAILED: {VideoState.QUEUED},
@@ -150,6 +159,7 @@ class Video:
     evicted: bool
     updated: float
     duration: float | None = None  # seconds of the rendered video (frames / fps)
+    warning: str | None = None  # ready, but the user should look (most frames had no face, say)
 
 
 _SCHEMA = """
@@ -165,7 +175,7 @@ CREATE TABLE IF NOT EXISTS videos (
     source TEXT NOT NULL, source_written TEXT NOT NULL, state TEXT NOT NULL, progress REAL NOT NULL DEFAULT 0,
     error TEXT, model TEXT, frames INTEGER, faceless_frames INTEGER, size INTEGER, sha256 TEXT,
     object_key TEXT, url TEXT, expires_at REAL, upload_id TEXT, rendered_at REAL,
-    evicted INTEGER NOT NULL DEFAULT 0, updated REAL NOT NULL, duration REAL,
+    evicted INTEGER NOT NULL DEFAULT 0, updated REAL NOT NULL, duration REAL, warning TEXT,
     PRIMARY KEY (job_id, output)
 );
 CREATE INDEX IF NOT EXISTS videos_by_state ON videos(state);
@@ -315,11 +325,11 @@ class JobStore:
         so the render watcher picks it up again. A repair of a broken invariant, not a transition: it is
         not in _JOB_MOVES, so no normal step can undo a finished job. Returns the ids reopened."""
         pending = (VideoState.QUEUED.value, VideoState.RENDERING.value)
-        finished = (JobState.RENDERED.value, JobState.DONE.value)
+        finished = (JobState.RENDERED.value, JobState.DONE.value, JobState.PARTIAL.value)
         with self._tx() as db:
             rows = db.execute(
                 "SELECT DISTINCT j.id FROM jobs j JOIN videos v ON v.job_id = j.id"
-                " WHERE j.state IN (?,?) AND v.state IN (?,?) ORDER BY j.id",
+                " WHERE j.state IN (?,?,?) AND v.state IN (?,?) ORDER BY j.id",
                 (*finished, *pending),
             ).fetchall()
             ids = [row[0] for row in rows]
@@ -371,7 +381,8 @@ class JobStore:
                 db.execute(
                     "UPDATE videos SET state = ?, progress = 0, error = NULL, frames = NULL,"
                     " faceless_frames = NULL, size = NULL, sha256 = NULL, object_key = NULL, url = NULL,"
-                    " expires_at = NULL, upload_id = NULL, rendered_at = NULL, evicted = 0, updated = ?"
+                    " expires_at = NULL, upload_id = NULL, rendered_at = NULL, evicted = 0, duration = NULL,"
+                    " warning = NULL, updated = ?"
                     " WHERE job_id = ? AND output = ?",
                     (VideoState.QUEUED.value, now, job_id, output),
                 )
@@ -380,6 +391,21 @@ class JobStore:
                 (JobState.QUEUED.value, now, job_id),
             )
         return old, again
+
+    def finish_job(self, job_id: str) -> JobState:
+        """Move a rendered job to the final state its videos add up to (see `outcome`), in one
+        transaction; a partial job's error names each failed video and why. Returns the new state."""
+        with self._tx() as db:
+            old = JobState(db.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()[0])
+            rows = db.execute("SELECT * FROM videos WHERE job_id = ? ORDER BY position", (job_id,))
+            videos = [_video(row) for row in rows.fetchall()]
+            new = outcome(videos)
+            check_move(old, new)
+            db.execute(
+                "UPDATE jobs SET state = ?, error = ?, updated = ? WHERE id = ?",
+                (new.value, failures_text(videos) if new != JobState.DONE else None, time.time(), job_id),
+            )
+        return new
 
     def mark_notified(self, job_id: str) -> bool:
         """True for the one caller that flips the flag (notifications go out once)."""
@@ -525,10 +551,14 @@ def _prepare(db: sqlite3.Connection, timeout: float) -> None:
 def _add_missing_columns(db: sqlite3.Connection) -> None:
     """A store made by an older version lacks columns added since: add them (the other watcher may be
     adding the same one at this moment; that is no error)."""
-    columns = {row[1] for row in db.execute("PRAGMA table_info(jobs)")}
-    if "rerenders" not in columns:
+    for table, column, spec in (
+        ("jobs", "rerenders", "INTEGER NOT NULL DEFAULT 0"),
+        ("videos", "warning", "TEXT"),
+    ):
+        if column in {row[1] for row in db.execute(f"PRAGMA table_info({table})")}:
+            continue
         try:
-            db.execute("ALTER TABLE jobs ADD COLUMN rerenders INTEGER NOT NULL DEFAULT 0")
+            db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {spec}")
         except sqlite3.OperationalError as exc:
             if "duplicate column" not in str(exc):
                 raise
@@ -579,6 +609,22 @@ def _private_files(db: Path) -> None:
 
 
 _VIDEO_COLUMNS = {f.name for f in fields(Video)} - {"job_id", "output", "position", "state", "updated"}
+
+
+def outcome(videos: list[Video]) -> JobState:
+    """What a job whose videos are all finished adds up to: done when none failed, failed when all did,
+    partial when some did and at least one came out."""
+    failed = sum(v.state == VideoState.FAILED for v in videos)
+    if failed == 0:
+        return JobState.DONE
+    return JobState.FAILED if failed == len(videos) else JobState.PARTIAL
+
+
+def failures_text(videos: list[Video]) -> str:
+    """The failed videos of a job and why, one per line, in plain words."""
+    failed = [v for v in videos if v.state == VideoState.FAILED]
+    lines = [f"  - {v.source_written}: {v.error or 'failed (no reason recorded)'}" for v in failed]
+    return f"{len(failed)} of {len(videos)} videos could not be made:\n" + "\n".join(lines)
 
 
 def output_names(manifest: Manifest) -> list[str]:

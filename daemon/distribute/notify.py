@@ -80,11 +80,22 @@ class VideoLink:
 
 
 @dataclass(frozen=True)
+class FailedVideo:
+    name: str  # the output it would have been
+    source: str  # as the manifest wrote it
+    error: str  # why, in plain words
+
+
+@dataclass(frozen=True)
 class JobLinks:
-    """What a notification says: the job and a link per finished video."""
+    """What a notification says: the job and a link per finished video; for a `partial` job, also the
+    videos that failed and why."""
 
     job: str
     videos: tuple[VideoLink, ...]
+    status: str = "done"  # the job's final state: done or partial
+    summary: str = ""  # "2 of 3 ready"
+    failed: tuple[FailedVideo, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -110,7 +121,19 @@ class HookRequest:
 
 def title(links: JobLinks) -> str:
     count = len(links.videos)
+    if links.failed:
+        ready = links.summary or f"{count} ready"
+        return f"lipsyncd: {links.job} is partly ready ({ready}, {len(links.failed)} failed)"
     return f"lipsyncd: {links.job} is ready ({count} video{'s' if count != 1 else ''})"
+
+
+def _failed_line(video: FailedVideo) -> str:
+    return f"- {video.source} failed: {video.error}"
+
+
+def _lines(links: JobLinks) -> list[str]:
+    """A line per link, then one per failed video (the reasons, so nobody waits for what will not come)."""
+    return [_video_line(v) for v in links.videos] + [_failed_line(v) for v in links.failed]
 
 
 def _video_line(video: VideoLink) -> str:
@@ -131,7 +154,7 @@ def _fit(head: str, lines: list[str], limit: int) -> str:
 
 
 def markdown(links: JobLinks, limit: int = 1 << 20) -> str:
-    return _fit(f"**{title(links)}**", [_video_line(v) for v in links.videos], limit)
+    return _fit(f"**{title(links)}**", _lines(links), limit)
 
 
 # -- payloads (pure) -----------------------------------------------------------------------------------
@@ -182,7 +205,7 @@ def _feishu_post(links: JobLinks) -> dict[str, Any]:
     rows = [
         [{"tag": "a", "text": v.name, "href": v.url}, {"tag": "text", "text": _feishu_note(v)}]
         for v in links.videos
-    ]
+    ] + [[{"tag": "text", "text": _failed_line(v)}] for v in links.failed]
     return {"msg_type": "post", "content": {"post": {"zh_cn": {"title": title(links), "content": rows}}}}
 
 
@@ -192,7 +215,7 @@ def _feishu_note(video: VideoLink) -> str:
 
 
 def _feishu_card(links: JobLinks) -> dict[str, Any]:
-    body = _fit("", [_video_line(v) for v in links.videos], _BODY_LIMITS["feishu"]).lstrip("\n")
+    body = _fit("", _lines(links), _BODY_LIMITS["feishu"]).lstrip("\n")
     return {
         "msg_type": "interactive",
         "card": {
@@ -203,7 +226,8 @@ def _feishu_card(links: JobLinks) -> dict[str, Any]:
 
 
 def json_payload(links: JobLinks) -> dict[str, Any]:
-    """The generic webhook: {"job": ..., "videos": [{"name", "url", "expires_at", "sha256", "size"}]}."""
+    """The generic webhook: {"job", "status" (done or partial), "summary" ("2 of 3 ready"),
+    "videos": [{"name", "url", "expires_at", "sha256", "size"}], "failed": [{"name", "source", "error"}]}."""
     videos = [
         {
             "name": v.name,
@@ -214,7 +238,14 @@ def json_payload(links: JobLinks) -> dict[str, Any]:
         }
         for v in links.videos
     ]
-    return {"job": links.job, "videos": videos}
+    failed = [{"name": v.name, "source": v.source, "error": v.error} for v in links.failed]
+    return {
+        "job": links.job,
+        "status": links.status,
+        "summary": links.summary,
+        "videos": videos,
+        "failed": failed,
+    }
 
 
 def json_signature(secret: str, body: bytes) -> str:

@@ -22,12 +22,12 @@ from typing import Any
 import structlog
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 
-from daemon.distribute.notify import JobLinks, Notifier, VideoLink
+from daemon.distribute.notify import FailedVideo, JobLinks, Notifier, VideoLink
 from daemon.distribute.s3 import Link, object_key, presign_get
 from daemon.distribute.uploader import UploadCancelled, UploadError, UploadSettings, upload_file
 from daemon.files import file_sha256
 from daemon.inbox import start_observer
-from daemon.links import ViewChecker, file_signature, refresh_views, write_links
+from daemon.links import ViewChecker, file_signature, refresh_views, summary, write_links
 from daemon.linkspage import PAGE_NAME
 from daemon.ops.metrics import Metrics
 from daemon.store import InvalidTransition, Job, JobState, JobStore, Video, VideoState
@@ -345,13 +345,17 @@ class UploadWatcher:
             if all(v.state == VideoState.FAILED for v in videos):
                 self._fail_job(job, videos)
             elif all(v.state in (VideoState.READY, VideoState.FAILED) for v in videos):
-                self.store.set_job(job.id, JobState.DONE)
+                state = self.store.finish_job(job.id)  # done, or partial when some videos failed
                 self._links(job.id)
-                self.metrics.job("done")
+                self.metrics.job(state.value)
                 log.info(
-                    "job_distributed", job=job.id, ready=sum(v.state == VideoState.READY for v in videos)
+                    "job_distributed",
+                    job=job.id,
+                    state=state.value,
+                    ready=sum(v.state == VideoState.READY for v in videos),
+                    failed=sum(v.state == VideoState.FAILED for v in videos),
                 )
-                self._notify(job, videos)
+                self._notify(job, videos, state)
 
     def _fail_job(self, job: Job, videos: list[Video]) -> None:
         """Every video failed after rendering (its file vanished and it could not be rendered again)."""
@@ -420,11 +424,18 @@ class UploadWatcher:
         for job_id, was in self._views.check():
             log.warning("links_view_repaired", job=job_id, was=was)
 
-    def _notify(self, job: Job, videos: list[Video]) -> None:
+    def _notify(self, job: Job, videos: list[Video], state: JobState) -> None:
         if not job.notify or self.notifier is None or not self.store.mark_notified(job.id):
             return
         ready = [v for v in videos if v.state == VideoState.READY and v.url]
-        links = JobLinks(job.id, tuple(_video_link(v) for v in ready))
+        failed = tuple(
+            FailedVideo(v.output, v.source_written, v.error or "")
+            for v in videos
+            if v.state == VideoState.FAILED
+        )
+        links = JobLinks(
+            job.id, tuple(_video_link(v) for v in ready), state.value, summary(job, videos), failed
+        )
         self.notifier.send(job.notify, links)
 
     # -- helpers -------------------------------------------------------------------------------------

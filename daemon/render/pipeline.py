@@ -65,6 +65,10 @@ class RenderSettings:
     # Frames in flight may take at most this much memory: at 1080p (6.2 MB a frame) the batch drops to 10.
     # On a CPU the batch size barely matters for speed (Wav2Lip fp32: 21 frames/s at 1, 22 at 16).
     frames_budget_mb: int = 256
+    # a video with no face in any frame: "fail" it, or "pass_through" (unchanged, with a warning); over
+    # this share of faceless frames a video is ready but carries a warning (render.faceless_* keys)
+    faceless_videos: str = "fail"
+    faceless_warning_share: float = 0.5
 
     def batch_for(self, width: int, height: int) -> int:
         """`batch_size`, or fewer when that many frames of this size would not fit the budget."""

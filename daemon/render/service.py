@@ -225,16 +225,18 @@ class RenderService:
             self._fail_job(job, f"no video of this job could be rendered:\n{reasons}")
             return
         self._record(lambda: self.store.set_job(job.id, JobState.RENDERED))
-        if not job.distribute:
-            self._record(lambda: self.store.set_job(job.id, JobState.DONE))
+        if not job.distribute:  # nothing left to do: done, or partial when some videos failed
+            self._record(lambda: void(self.store.finish_job(job.id)))
         self._links(job.id)
         # filed once: a job rendered again, or reopened, was filed the first time (its claimed name may
-        # belong to a newer job by now)
-        if not job.rerenders and Path(job.claimed_path).exists():
-            self.inbox.file_done(Path(job.claimed_path), job.manifest)
+        # belong to a newer job by now); a partial one with the error file naming its failed videos
+        finished = self.store.job(job.id)
+        if not job.rerenders and finished is not None and Path(job.claimed_path).exists():
+            self.inbox.file_job(finished, self.store.videos(job.id))
         self.metrics.job("rendered")
         failed = len(videos) - len(rendered)
-        log.info("job_rendered", videos=len(videos), failed=failed, seconds=round(seconds, 1))
+        state = finished.state.value if finished else None
+        log.info("job_rendered", videos=len(videos), failed=failed, state=state, seconds=round(seconds, 1))
 
     def _file_cancelled(self, job: Job) -> None:
         """A job cancelled while it rendered: its manifest goes to failed/ with the reason."""
@@ -309,6 +311,11 @@ class RenderService:
                 )
                 return
             out = result.output
+            problem, warning = face_check(result.frames, result.faceless_frames, video, self.settings)
+            if problem:
+                out.unlink(missing_ok=True)  # nothing to use: no file is left to be uploaded or shown
+                self._fail_video(job, video, problem)
+                return
             size, sha256 = out.stat().st_size, file_sha256(out)
             self._poster(out)
             try:
@@ -325,6 +332,7 @@ class RenderService:
                         model=model_name,
                         rendered_at=time.time(),
                         duration=result.frames / result.fps if result.fps else None,
+                        warning=warning,
                     )
                 )
             except InvalidTransition:  # cancelled as it finished: the file is not kept nor shared
@@ -339,6 +347,7 @@ class RenderService:
                 "video_rendered",
                 frames=result.frames,
                 faceless_frames=result.faceless_frames,
+                warning=warning,
                 seconds=round(result.seconds, 2),
                 fps=round(fps, 1),
             )
@@ -495,6 +504,32 @@ class _Halt(threading.Event):
             self._next = time.monotonic() + _CANCEL_POLL
             self._cancelled = self._ask()
         return self._cancelled
+
+
+def void(_: object) -> None:
+    """For `_record`, which takes a write that returns nothing."""
+
+
+def face_check(
+    frames: int, faceless: int, video: Video, settings: RenderSettings
+) -> tuple[str | None, str | None]:
+    """(why the video fails, a warning for a ready one) from its frames without a face. No face at all
+    fails it unless render.faceless_videos is pass_through; a share of faceless frames over
+    render.faceless_warning_share is only a warning (those frames are shown as they were)."""
+    name = Path(video.source_written).name
+    if frames and faceless >= frames and settings.faceless_videos == "fail":
+        return (
+            f"no face found in any of the {frames} frames of {name}, so there is nothing to lip-sync. Use a "
+            "clip where the presenter's face is clearly visible and turned to the camera, or set "
+            "render.faceless_videos: pass_through to get such videos back unchanged",
+            None,
+        )
+    if frames and faceless / frames > settings.faceless_warning_share:
+        return None, (
+            f"no face found in {faceless} of the {frames} frames of {name} ({faceless / frames:.0%}); those "
+            "frames are not lip-synced. Check that the face is visible and turned to the camera"
+        )
+    return None, None
 
 
 def _remove_partials(folder: Path) -> None:

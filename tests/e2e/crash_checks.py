@@ -240,7 +240,7 @@ def wait_all_done(outputs: Path, jobs: list[str], timeout: float, alive: Any = N
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         states = [_status(outputs / job / "links.json") for job in jobs]
-        if all(state in ("done", "failed") for state in states):
+        if all(state in ("done", "partial", "failed") for state in states):
             return all(state == "done" for state in states)
         if alive is not None:
             alive()

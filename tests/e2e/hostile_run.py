@@ -247,7 +247,9 @@ def check_rendered(run: Run, case: Case, s: Seen) -> None:
 
 
 def check_mixed(run: Run, case: Case, s: Seen) -> None:
-    assert s.where == "done" and s.links is not None and s.links["status"] == "done"
+    assert s.where == "done" and s.links is not None and s.links["status"] == "partial"
+    error_file = run.share.inbox / "done" / (case.manifest_name.rsplit(".", 1)[0] + ".error.txt")
+    assert error_file.exists(), "a partial job's manifest has no error file beside it in done/"
     good, *bad = s.links["videos"]
     assert good["status"] == "rendered" and abs(output_of(run, s.links, good)[0] - case.seconds) <= 0.11
     for video in bad:

@@ -36,7 +36,7 @@ def job(distribute: bool = False, **extra: Any) -> dict[str, Any]:
 
 
 def done(share: Share, name: str) -> Any:
-    return (doc := share.links(name)) and doc["status"] in ("done", "failed") and doc
+    return (doc := share.links(name)) and doc["status"] in ("done", "partial", "failed") and doc
 
 
 class LinksReader(threading.Thread):

@@ -84,7 +84,10 @@ def distributed_job(share: Share, run: Daemon, media: dict[str, Path], name: str
         f"{name}.yaml", {"audio": "media/speech.wav", "videos": ["media/anchor.mp4"], "distribute": True}
     )
     return wait_for(
-        lambda: (doc := share.links(name)) and doc["status"] in ("done", "failed") and doc, 120, name, run
+        lambda: (doc := share.links(name)) and doc["status"] in ("done", "partial", "failed") and doc,
+        120,
+        name,
+        run,
     )
 
 

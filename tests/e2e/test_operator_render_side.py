@@ -55,7 +55,7 @@ def long_media(share: Share, clip: dict[str, Path], *names: str) -> dict[str, An
 
 
 def finished(share: Share, name: str) -> Any:
-    return (doc := share.links(name)) and doc["status"] in ("done", "failed") and doc
+    return (doc := share.links(name)) and doc["status"] in ("done", "partial", "failed") and doc
 
 
 def rendering(share: Share, name: str, at_least: float = 0.02) -> bool:

@@ -23,7 +23,7 @@ def fetch(url: str) -> bytes:
 
 
 def finished(share: Share, name: str) -> Any:
-    return (doc := share.links(name)) and doc["status"] in ("done", "failed") and doc
+    return (doc := share.links(name)) and doc["status"] in ("done", "partial", "failed") and doc
 
 
 def store_view(share: Share, job: str) -> dict[str, Any]:

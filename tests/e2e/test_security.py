@@ -43,7 +43,7 @@ def job(**extra: Any) -> dict[str, Any]:
 
 
 def done(share: Share, name: str) -> Any:
-    return (doc := share.links(name)) and doc["status"] in ("done", "failed") and doc
+    return (doc := share.links(name)) and doc["status"] in ("done", "partial", "failed") and doc
 
 
 def http_status(url: str, method: str = "GET", data: bytes | None = None) -> int:

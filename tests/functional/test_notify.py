@@ -25,6 +25,7 @@ from structlog.testing import capture_logs
 
 from daemon.distribute.notify import (
     Delivery,
+    FailedVideo,
     JobLinks,
     Notifier,
     NotifyError,
@@ -165,9 +166,29 @@ def test_feishu_post_and_card_shapes() -> None:
     assert card["card"]["elements"][0]["tag"] == "markdown"
 
 
+def test_a_partial_job_says_so_and_why_in_every_kind_of_message() -> None:
+    failed = FailedVideo("cut.mp4", "media/cut.mp4", "the video media/cut.mp4 is cut short")
+    partial = JobLinks(LINKS.job, LINKS.videos[:1], "partial", "1 of 2 ready", (failed,))
+    body = json_payload(partial)
+    assert (body["status"], body["summary"]) == ("partial", "1 of 2 ready")
+    assert body["failed"] == [{"name": "cut.mp4", "source": "media/cut.mp4", "error": failed.error}]
+    assert [v["name"] for v in body["videos"]] == ["anchor_a.mp4"]
+    expected_title = "lipsyncd: spring-promo is partly ready (1 of 2 ready, 1 failed)"
+    for text in (
+        wecom_payload(partial)["markdown"]["content"],
+        dingtalk_payload(partial)["markdown"]["text"],
+        json.dumps(feishu_payload(partial, "post"), ensure_ascii=False),
+        json.dumps(feishu_payload(partial, "interactive"), ensure_ascii=False),
+    ):
+        assert expected_title in text and "media/cut.mp4 failed: the video media/cut.mp4 is cut short" in text
+
+
 def test_generic_json_shape() -> None:
     assert json_payload(LINKS) == {
         "job": "spring-promo",
+        "status": "done",
+        "summary": "",
+        "failed": [],
         "videos": [
             {
                 "name": "anchor_a.mp4",

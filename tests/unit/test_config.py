@@ -66,6 +66,11 @@ def test_missing_default_file_means_defaults(tmp_path: Path) -> None:
         ("upload:\n  part_size: 1MiB\n", "key 'upload.part_size'"),
         ("links:\n  default_ttl: 8d\n", "key 'links.default_ttl'"),
         ("links:\n  upload_page: 'yes'\n", "key 'links.upload_page'"),
+        (
+            "render:\n  faceless_videos: skip\n",
+            "key 'render.faceless_videos': expected one of fail, pass_through",
+        ),
+        ("render:\n  faceless_warning_share: 50\n", "key 'render.faceless_warning_share': expected a share"),
         ("render: 3\n", "'render' must be a mapping"),
         ("webhooks:\n  ops:\n    kind: slack\n    url: http://x\n", "key 'webhooks.ops.kind'"),
         ("paths:\n  inbox: [a]\n", "key 'paths.inbox'"),

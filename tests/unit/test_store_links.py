@@ -14,17 +14,25 @@ import pytest
 from daemon.links import LINKS_NAME, ViewChecker, job_view, write_links
 from daemon.linkspage import PAGE_NAME
 from daemon.manifest import Manifest, MediaRef
-from daemon.store import InvalidTransition, JobState, JobStore, StoreError, VideoState, output_names
+from daemon.store import (
+    DB_NAME,
+    InvalidTransition,
+    JobState,
+    JobStore,
+    StoreError,
+    VideoState,
+    output_names,
+)
 
 
-def manifest(tmp_path: Path, *videos: str, name: str = "promo") -> Manifest:
+def manifest(tmp_path: Path, *videos: str, name: str = "promo", distribute: bool = True) -> Manifest:
     refs = tuple(MediaRef(v, tmp_path / v) for v in videos)
     return Manifest(
         source=tmp_path / f"{name}.yaml",
         name=name,
         audio=MediaRef("a.wav", tmp_path / "a.wav"),
         videos=refs,
-        distribute=True,
+        distribute=distribute,
     )
 
 
@@ -195,3 +203,99 @@ def test_a_store_from_before_the_page_and_duration_columns_gains_them(tmp_path: 
     video, job = store.video("promo", "a.mp4"), store.job("promo")
     assert video is not None and video.duration == 2.5
     assert job is not None and (job.page_url, job.page_sha256) == ("https://x/links.html", "ab")
+
+
+def _rendered_job(store: JobStore, tmp_path: Path, *outcomes: str) -> None:
+    """A job whose videos ended as given ("ok" or a failure reason), rendered and not distributing."""
+    videos = [f"v{i}.mp4" for i in range(len(outcomes))]
+    m = manifest(tmp_path, *videos, distribute=False)
+    store.add_job(m, claimed_path=tmp_path / "1", base_dir=tmp_path)
+    store.set_job("promo", JobState.RENDERING)
+    for name, result in zip(videos, outcomes, strict=True):
+        store.update_video("promo", name, VideoState.RENDERING)
+        if result == "ok":
+            store.update_video("promo", name, VideoState.RENDERED)
+        else:
+            store.update_video("promo", name, VideoState.FAILED, error=result)
+    store.set_job("promo", JobState.RENDERED)
+
+
+@pytest.mark.parametrize(
+    ("outcomes", "state"),
+    [
+        (("ok", "ok"), JobState.DONE),
+        (("ok", "cut short", "ok"), JobState.PARTIAL),
+        (("cut short", "no face"), JobState.FAILED),
+    ],
+)
+def test_a_job_ends_done_partial_or_failed_by_its_videos(
+    store: JobStore, tmp_path: Path, outcomes: tuple[str, ...], state: JobState
+) -> None:
+    _rendered_job(store, tmp_path, *outcomes)
+    assert store.finish_job("promo") == state
+    job = store.job("promo")
+    assert job is not None and job.state == state
+    if state == JobState.DONE:
+        assert job.error is None
+    else:  # the job's error names each failed video and why
+        failed = [f"v{i}.mp4: {o}" for i, o in enumerate(outcomes) if o != "ok"]
+        assert all(line in (job.error or "") for line in failed), job.error
+        assert f"{len(failed)} of {len(outcomes)} videos could not be made" in (job.error or "")
+    with pytest.raises(InvalidTransition):  # finished states are final
+        store.set_job("promo", JobState.QUEUED)
+
+
+def test_partial_is_reached_only_from_rendered(store: JobStore, tmp_path: Path) -> None:
+    store.add_job(manifest(tmp_path, "a.mp4"), claimed_path=tmp_path / "1", base_dir=tmp_path)
+    with pytest.raises(InvalidTransition, match="from queued to partial"):
+        store.set_job("promo", JobState.PARTIAL)
+
+
+def test_view_of_a_partial_job_says_how_many_are_ready_and_why_the_others_failed(
+    store: JobStore, tmp_path: Path
+) -> None:
+    _rendered_job(store, tmp_path, "ok", "the video v1.mp4 is cut short", "ok")
+    store.update_video("promo", "v2.mp4", warning="no face found in 30 of the 50 frames of v2.mp4 (60%)")
+    store.finish_job("promo")
+    folder = tmp_path / "out" / "promo"
+    folder.mkdir(parents=True)
+    (folder / "v0.mp4").write_bytes(b"video")  # v2.mp4's file is not there (deleted by hand, say)
+    doc = job_view(store.job("promo"), store.videos("promo"), folder)  # type: ignore[arg-type]
+    assert doc["status"] == "partial" and doc["summary"] == "2 of 3 ready"
+    assert doc["problems"] == [
+        "v1.mp4 failed: the video v1.mp4 is cut short",
+        "v2.mp4: no face found in 30 of the 50 frames of v2.mp4 (60%)",
+    ]
+    assert [v["local_copy"] for v in doc["videos"]] == [True, False, False]
+    assert [v["warning"] for v in doc["videos"]][:2] == [None, None]
+    # without the folder (`lipsyncd status`), the store alone: a failed video never has a local copy
+    assert [v["local_copy"] for v in job_view(store.job("promo"), store.videos("promo"))["videos"]] == [  # type: ignore[arg-type]
+        True,
+        False,
+        True,
+    ]
+
+
+def test_summary_counts_only_uploaded_videos_for_a_job_that_distributes(
+    store: JobStore, tmp_path: Path
+) -> None:
+    m = manifest(tmp_path, "a.mp4", "b.mp4")  # distribute=True
+    store.add_job(m, claimed_path=tmp_path / "1", base_dir=tmp_path)
+    store.update_video("promo", "a.mp4", VideoState.RENDERING)
+    store.update_video("promo", "a.mp4", VideoState.RENDERED)
+    store.update_video("promo", "a.mp4", VideoState.UPLOADING)
+    store.update_video("promo", "a.mp4", VideoState.READY)
+    store.update_video("promo", "b.mp4", VideoState.RENDERING)
+    store.update_video("promo", "b.mp4", VideoState.RENDERED)
+    doc = job_view(store.job("promo"), store.videos("promo"))  # type: ignore[arg-type]
+    assert doc["summary"] == "1 of 2 ready, 1 in progress" and doc["problems"] == []
+
+
+def test_a_store_from_before_warnings_gets_the_column(tmp_path: Path) -> None:
+    JobStore(tmp_path / "state").close()
+    with sqlite3.connect(tmp_path / "state" / DB_NAME) as db:
+        db.execute("ALTER TABLE videos DROP COLUMN warning")
+    store = JobStore(tmp_path / "state")
+    store.add_job(manifest(tmp_path, "a.mp4"), claimed_path=tmp_path / "1", base_dir=tmp_path)
+    store.update_video("promo", "a.mp4", warning="careful")
+    assert store.videos("promo")[0].warning == "careful"
