@@ -368,13 +368,13 @@ class UploadWatcher:
     # -- the links page in storage (links.upload_page) ---------------------------------------------------
 
     def _publish_pages(self) -> None:
-        """A done job's links.html goes up beside its videos, and again whenever the page changes (its
-        video links were re-signed by `lipsyncd links --refresh`); its link is signed after each upload,
-        so it lasts at least as long as the video links it shows. Looks at a page only when its file
-        changed since it was last found published."""
+        """A finished job's links.html (done, or partial: its ready videos are worth sharing) goes up
+        beside its videos, and again whenever the page changes (its video links were re-signed by
+        `lipsyncd links --refresh`); its link is signed after each upload, so it lasts at least as long as
+        the video links it shows. Looks at a page only when its file changed since last published."""
         if not self.settings.upload_page:
             return
-        for job in self.store.jobs(JobState.DONE):
+        for job in self.store.jobs(JobState.DONE, JobState.PARTIAL):
             key = (job.id, PAGE_NAME)
             page = self.outputs_dir / job.id / PAGE_NAME
             if (
