@@ -136,7 +136,8 @@ def _header(view: Mapping[str, Any]) -> str:
     if view.get("updated_at"):
         lines.append(f"<p>Last change: {_time(view['updated_at'])}</p>")
     lines.append("</header>")
-    if view.get("error"):
+    # a partial job's error only lists its failed videos, which their own cards explain
+    if view.get("error") and view.get("status") != "partial":
         lines.append(f'<div class="notice" role="alert">{_e(_text(view["error"]))}</div>')
     if view.get("warning"):
         lines.append(f'<div class="notice warn">{_e(_text(view["warning"]))}</div>')

@@ -138,11 +138,11 @@ def print_table(
         console.print("No jobs yet. Drop a manifest into the inbox, or use `lipsyncd submit`.")
         return
     console.print(_table(documents, full=full))
-    for doc in documents:  # the reasons in full: the table cuts them short
+    for doc in documents:  # each job's failures and warnings, one per line (cut like the table's)
         if doc.get("problems"):
             console.print(f"{doc['job']} ({doc['status']}, {doc['summary']}):", markup=False)
             for problem in doc["problems"]:
-                console.print(f"  - {problem}", markup=False, soft_wrap=True)
+                console.print(Text("  - ") + _error(problem, full), soft_wrap=True)
     links = [(doc["job"], v["output"], v["url"]) for doc in documents for v in doc["videos"] if v.get("url")]
     if links:  # whole, one per line, never wrapped: they are there to be copied
         console.print("\nLinks:")

@@ -173,7 +173,8 @@ class RenderService:
                 self._still_inside(job.audio_written, Path(job.audio))
                 audio = prepare_audio(Path(job.audio))
             except MediaError as exc:
-                self._fail_job(job, f"the audio {job.audio_written!r} cannot be used: {exc}")
+                said = as_written(str(exc), job.audio, job.audio_written)
+                self._fail_job(job, f"the audio {job.audio_written!r} cannot be used: {said}")
                 return
             if audio.seconds > self.max_seconds:
                 limit = f"{self.max_seconds / 60:g} minutes"
@@ -296,7 +297,7 @@ class RenderService:
                 log.info("render_interrupted")
                 raise
             except (MediaError, LookupError) as exc:
-                self._fail_video(job, video, str(exc))
+                self._fail_video(job, video, as_written(str(exc), video.source, video.source_written))
                 return
             except UnsafeOutput as exc:
                 self._fail_video(job, video, str(exc.strerror))
@@ -504,6 +505,12 @@ class _Halt(threading.Event):
             self._next = time.monotonic() + _CANCEL_POLL
             self._cancelled = self._ask()
         return self._cancelled
+
+
+def as_written(message: str, resolved: str, written: str) -> str:
+    """A media error names the file as the manifest did: the server's own folders mean nothing to the
+    people who read links.json and the page (and are not theirs to know)."""
+    return message.replace(resolved, written)
 
 
 def void(_: object) -> None:
