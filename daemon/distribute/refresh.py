@@ -49,10 +49,13 @@ def refresh_links(config: Config, job_id: str | None, *, credentials_file: Path 
 
 
 def print_links(config: Config, job_id: str | None) -> int:
-    """0, or 1 for a job that does not exist (as `lipsyncd status JOB` answers)."""
+    """The links, one per line (job/video, expiry, URL: for scripts), then each failed video and why on
+    stderr, so a missing link is never silent. 0, or 1 for a job that does not exist (as `lipsyncd status
+    JOB` answers)."""
     store = JobStore(config.state_dir)
     known = job_id is None or store.job(job_id) is not None
     videos = ready_videos(store, job_id)
+    failed = [v for v in store.videos_in(VideoState.FAILED) if job_id in (None, v.job_id)]
     store.close()
     if not known:
         print(f"lipsyncd: no job named {job_id!r}", file=sys.stderr)
@@ -61,4 +64,8 @@ def print_links(config: Config, job_id: str | None) -> int:
         print(f"{video.job_id}/{video.output}\texpires {iso(video.expires_at)}\t{video.url}")
     if not videos:
         print("no links yet" + (f" for job {job_id!r}" if job_id else ""))
+    for video in failed:
+        print(
+            f"lipsyncd: {video.job_id}/{video.output} has no link: it failed: {video.error}", file=sys.stderr
+        )
     return 0

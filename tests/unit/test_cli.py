@@ -14,7 +14,9 @@ from daemon import __version__
 from daemon.cli import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, main
 from daemon.config import load_config
 from daemon.doctor import _models as doctor_models
+from daemon.manifest import Manifest, load_manifest
 from daemon.render.modelspec import ModelSpec
+from daemon.store import JobStore, VideoState
 
 
 @pytest.fixture(autouse=True)
@@ -64,6 +66,26 @@ def test_links_and_status_agree_on_an_unknown_job(tmp_path: Path, capsys: pytest
     err = capsys.readouterr().err
     assert err.count("no job named 'no-such-job'") == 2
     assert main(["--config", config, "links"]) == EXIT_OK  # no job named: nothing yet is no error
+
+
+def test_links_names_the_failed_videos_and_why(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Before: a failed video was simply missing from `lipsyncd links`, with no word about it."""
+    config = config_file(tmp_path)
+    media = tmp_path / "media"
+    media.mkdir()
+    for name in ("s.wav", "a.mp4", "b.mp4"):
+        (media / name).write_bytes(b"x")
+    manifest = load_manifest_text(
+        tmp_path, "name: promo\naudio: media/s.wav\nvideos: [media/a.mp4, media/b.mp4]\n"
+    )
+    store = JobStore(load_config(config).state_dir)
+    store.add_job(manifest, claimed_path=tmp_path / "promo.yaml", base_dir=tmp_path)
+    store.update_video("promo", "b.mp4", VideoState.FAILED, error="b.mp4 is cut short")
+    store.close()
+    assert main(["--config", str(config), "links", "promo"]) == EXIT_OK
+    out, err = capsys.readouterr()
+    assert "no links yet for job 'promo'" in out
+    assert "promo/b.mp4 has no link: it failed: b.mp4 is cut short" in err and "a.mp4" not in err
 
 
 def _imported(models: Path) -> None:
@@ -132,3 +154,9 @@ def test_submit_refuses_what_the_daemon_would_refuse_before_writing(
     assert not inbox.exists() or [p for p in inbox.rglob("*") if p.is_file()] == []
     assert main(args[:-2]) == EXIT_OK  # the same submit without the bad option goes in
     assert len(list(inbox.glob("*.yaml"))) == 1
+
+
+def load_manifest_text(folder: Path, text: str) -> Manifest:
+    path = folder / "promo.yaml"
+    path.write_text(text)
+    return load_manifest(path, base_dir=folder, shared=folder, webhooks=(), models=("baseline",))
