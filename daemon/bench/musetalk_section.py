@@ -259,9 +259,12 @@ def _render(ctx: BenchContext, folder: Path, clip: str, seconds: float, *, full:
 
 
 def _settings(ctx: BenchContext, full: bool = False) -> dict[str, Any]:
+    """The options' render settings; batch FULL_BATCH for the full-size model and for `--quick` (small
+    batches: small arenas, quick to allocate)."""
     from dataclasses import asdict, replace
 
-    return asdict(replace(ctx.options.settings, batch_size=FULL_BATCH) if full else ctx.options.settings)
+    small = full or ctx.quick
+    return asdict(replace(ctx.options.settings, batch_size=FULL_BATCH) if small else ctx.options.settings)
 
 
 # -- d. memory does not grow with length (tiny networks) ---------------------------------------------------
