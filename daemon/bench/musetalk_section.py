@@ -28,7 +28,7 @@ from daemon.bench.musetalk_models import import_report, musetalk_model
 SIZES = {"256x256": (256, 256), "1080p": (1920, 1080)}
 VIDEO_SLACK = 2.0  # clips run longer than the audio: every frame shown once, none reused
 SAME_WITHIN = 0.10
-E2E_SECONDS = 1.0  # ~17 s a frame on 2 cores: 25 frames take 7 minutes
+E2E_SECONDS = 1.0  # ~10 s a frame on 2 cores: 25 frames take 4 minutes
 BATCHES = (1, 8, 16)
 FULL_BATCH = 4  # the render batch with the full-size model (memory: see the section's notes)
 # what one row of each graph's batch is; a new avatar frame needs two VAE encoder rows (masked + full)
