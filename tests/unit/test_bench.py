@@ -30,7 +30,7 @@ def test_quick_example_renders_the_bundled_demo_and_reports_it(tmp_path: Path) -
 
 
 def test_an_unknown_section_is_refused_by_name(tmp_path: Path) -> None:
-    choices = "e2e, encoder, example, memory, model"
+    choices = "e2e, encoder, example, memory, model, musetalk, musetalk-memory"
     with pytest.raises(ValueError, match=f"unknown bench section nope; choose from {choices}"):
         run_bench(BenchOptions(quick=True, only=("nope",), work_dir=tmp_path))
 
@@ -80,3 +80,30 @@ def test_long_clips_are_copies_of_a_segment_back_to_back(tmp_path: Path) -> None
         frames = [frame.time for frame in container.decode(video=0)]
     assert len(frames) == 30
     assert frames == sorted(frames) and frames[-1] == pytest.approx(frames[0] + 29 / 25)
+
+
+def test_quick_musetalk_imports_tiny_networks_and_reports_every_part(tmp_path: Path) -> None:
+    only = ("musetalk", "musetalk-memory")
+    results = run_bench(BenchOptions(quick=True, only=only, work_dir=tmp_path, quiet_wait=0))
+    section, memory = results["sections"]
+    assert "error" not in section and "error" not in memory, section.get("error") or memory.get("error")
+    rows = section["rows"]
+    graphs = [row for row in rows if row["part"] == "a graph"]
+    assert [row["what"] for row in graphs] == [
+        f"{graph} (tiny)" for graph in ("audio_encoder", "vae_encoder", "unet", "vae_decoder")
+    ]
+    assert all(row["per_s"] > 0 and row["ms_per_batch"] > 0 for row in graphs)
+    first, second = (row for row in rows if row["part"] == "b avatar prep")
+    # the second render of the same video detects nothing and encodes nothing: the cache holds it all
+    assert first["detector_calls"] > 0 and first["reused"] == 0 and first["vae_s"] > 0
+    assert second["detector_calls"] == 0 and second["reused"] == second["frames"] == first["frames"]
+    assert second["prep_ms_per_frame"] < first["prep_ms_per_frame"]
+    (e2e,) = (row for row in rows if row["part"] == "c end to end")
+    assert e2e["frames"] == 10 and e2e["per_s"] > 0 and e2e["peak_rss_mib"] > 50
+    short, long = memory["rows"]
+    assert (short["frames"], long["frames"]) == (20, 40) and short["peak_rss_mib"] > 50
+    ((cache_check,), (memory_check,)) = section["checks"], memory["checks"]
+    assert cache_check["met"] and "10%" in memory_check["target"]
+    assert "ONNX vs PyTorch max abs difference: audio_encoder.onnx" in section["notes"][0]
+    assert (tmp_path / "models" / "musetalk-tiny" / "model.json").is_file()  # kept for the next run
+    assert "c end to end" in format_table(results)
