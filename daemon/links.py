@@ -19,8 +19,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import structlog
+
 from daemon.linkspage import PAGE_NAME, render_page
 from daemon.store import Job, JobStore, Video, VideoState
+
+log = structlog.get_logger(__name__)
 
 LINKS_NAME = "links.json"
 POSTER_SUFFIX = ".poster.jpg"  # NAME.poster.jpg beside NAME.mp4: one frame, embedded in links.html
@@ -135,8 +139,15 @@ def _write_view(store: JobStore, job_id: str, folder: Path) -> Path:
 
 def write_view_files(folder: Path, document: dict[str, Any]) -> Path:
     """links.html, then links.json, from the same view: the page can never show an older view than the
-    JSON that readers poll (the JSON going last also makes an unchanged JSON mean an up-to-date page)."""
-    write_text_atomic(folder / PAGE_NAME, render_page(document, _posters(folder, document)))
+    JSON that readers poll (the JSON going last also makes an unchanged JSON mean an up-to-date page).
+    links.json matters more: when the page cannot be written (a full disk: the page is the bigger file),
+    the old page is removed rather than left behind the JSON, and the view check puts it back later."""
+    page = folder / PAGE_NAME
+    try:
+        write_text_atomic(page, render_page(document, _posters(folder, document)))
+    except OSError as exc:
+        page.unlink(missing_ok=True)
+        log.warning("links_page_write_failed", job=document.get("job"), error=str(exc))
     return write_json_atomic(folder / LINKS_NAME, document)
 
 
