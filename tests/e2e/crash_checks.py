@@ -40,7 +40,9 @@ class VideoHistory:
         if video["sha256"] and self.sha256 and video["sha256"] != self.sha256:
             self.problems.append(f"sha256 changed from {self.sha256[:12]} to {video['sha256'][:12]}")
         self.sha256 = self.sha256 or video["sha256"]
-        if video["local_copy"] is False and status != "ready":
+        # local_copy says whether the rendered file is there: before the render it is not, yet; once
+        # rendered it must stay until the upload is verified (ready)
+        if video["local_copy"] is False and status in ("rendered", "uploading"):
             self.problems.append(f"local_copy false while {status}")
 
 
