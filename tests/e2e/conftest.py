@@ -1,5 +1,10 @@
 from __future__ import annotations
 
+import http.server
+import json
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,3 +41,35 @@ def external(tmp_path: Path, embedded_s3: EmbeddedS3, s3_bucket: str, s3_prefix:
         "prefix": s3_prefix.rstrip("/"),
         "credentials_file": str(keys),
     }
+
+
+@dataclass
+class WebhookReceiver:
+    """A JSON webhook endpoint on loopback: every POSTed body, in order."""
+
+    url: str = ""
+    bodies: list[dict[str, Any]] = field(default_factory=list)
+
+
+@pytest.fixture
+def webhook_receiver() -> Iterator[WebhookReceiver]:
+    received = WebhookReceiver()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+            received.bodies.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b"{}")
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    received.url = f"http://127.0.0.1:{server.server_port}/hook"
+    try:
+        yield received
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -5,13 +5,10 @@ watcher is killed mid-upload or the storage goes away."""
 from __future__ import annotations
 
 import hashlib
-import http.server
-import json
 import os
 import shutil
 import signal
 import sqlite3
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -19,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from daemon.distribute.embedded import EmbeddedS3
+from tests.e2e.conftest import WebhookReceiver
 from tests.e2e.harness import Daemon, Share, statuses, wait_for
 
 
@@ -193,26 +191,10 @@ def test_uploads_wait_while_storage_is_down_and_finish_when_it_returns(
     assert hashlib.sha256(fetch(links["videos"][0]["url"])).hexdigest() == links["videos"][0]["sha256"]
 
 
-class _Receiver(http.server.BaseHTTPRequestHandler):
-    bodies: list[dict[str, Any]] = []
-
-    def do_POST(self) -> None:  # noqa: N802 - http.server's naming
-        length = int(self.headers["Content-Length"])
-        _Receiver.bodies.append(json.loads(self.rfile.read(length)))
-        self.send_response(200)
-        self.end_headers()
-        self.wfile.write(b"{}")
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
 def test_webhook_gets_the_links_once(
-    tmp_path: Path, media: dict[str, Path], external: dict[str, Any]
+    tmp_path: Path, media: dict[str, Path], external: dict[str, Any], webhook_receiver: WebhookReceiver
 ) -> None:
-    server = http.server.HTTPServer(("127.0.0.1", 0), _Receiver)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{server.server_port}/hook"
+    url = webhook_receiver.url
     share = Share(
         tmp_path / "shared", {"storage": external, "webhooks": {"team": {"kind": "json", "url": url}}}
     )
@@ -222,16 +204,14 @@ def test_webhook_gets_the_links_once(
         "hooked.yaml",
         {"audio": "media/speech.wav", "videos": ["media/anchor.mp4"], "distribute": True, "notify": ["team"]},
     )
-    _Receiver.bodies.clear()
     assert share.lipsyncd("run", "--once").returncode == 0
-    wait_for(lambda: _Receiver.bodies, 10, "webhook call")
+    wait_for(lambda: webhook_receiver.bodies, 10, "webhook call")
     upload = Daemon(share, "upload")  # a restart must not notify again
     wait_for(lambda: any(e["event"] == "upload_ready" for e in upload.events()), 60, "upload ready", upload)
     time.sleep(1.5)
     upload.terminate()
-    server.shutdown()
-    assert len(_Receiver.bodies) == 1
-    body = _Receiver.bodies[0]
+    assert len(webhook_receiver.bodies) == 1
+    body = webhook_receiver.bodies[0]
     assert body["job"] == "hooked" and body["videos"][0]["url"] == share.links("hooked")["videos"][0]["url"]  # type: ignore[index]
 
 

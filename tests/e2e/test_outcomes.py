@@ -4,16 +4,14 @@ words unless render.faceless_videos says to pass it through, and the webhook of 
 
 from __future__ import annotations
 
-import http.server
-import json
 import shutil
-import threading
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from daemon.render.media import VideoEncoder
+from tests.e2e.conftest import WebhookReceiver
 from tests.e2e.harness import Share, statuses, wait_for
 
 
@@ -110,25 +108,10 @@ def test_a_clip_without_a_face_passes_through_when_configured_with_a_warning(
     )
 
 
-class _Receiver(http.server.BaseHTTPRequestHandler):
-    bodies: list[dict[str, Any]] = []
-
-    def do_POST(self) -> None:  # noqa: N802 - http.server's naming
-        _Receiver.bodies.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-        self.send_response(200)
-        self.end_headers()
-        self.wfile.write(b"{}")
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
 def test_the_webhook_of_a_partial_job_says_partial_and_why(
-    tmp_path: Path, media: dict[str, Path], external: dict[str, Any]
+    tmp_path: Path, media: dict[str, Path], external: dict[str, Any], webhook_receiver: WebhookReceiver
 ) -> None:
-    server = http.server.HTTPServer(("127.0.0.1", 0), _Receiver)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{server.server_port}/hook"
+    url = webhook_receiver.url
     share = Share(
         tmp_path / "shared", {"storage": external, "webhooks": {"team": {"kind": "json", "url": url}}}
     )
@@ -143,13 +126,9 @@ def test_the_webhook_of_a_partial_job_says_partial_and_why(
             "notify": ["team"],
         },
     )
-    _Receiver.bodies.clear()
-    try:
-        assert share.lipsyncd("run", "--once").returncode == 0
-        wait_for(lambda: _Receiver.bodies, 10, "webhook call")
-    finally:
-        server.shutdown()
-    body = _Receiver.bodies[0]
+    assert share.lipsyncd("run", "--once").returncode == 0
+    wait_for(lambda: webhook_receiver.bodies, 10, "webhook call")
+    body = webhook_receiver.bodies[0]
     links = share.links("mixed")
     assert links is not None and links["status"] == "partial" and links["summary"] == "1 of 2 ready", links
     assert (body["status"], body["summary"]) == ("partial", "1 of 2 ready"), body
