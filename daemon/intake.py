@@ -12,7 +12,6 @@ import structlog
 from watchdog.observers.api import BaseObserver
 
 from daemon.inbox import Inbox, watch
-from daemon.links import write_links
 from daemon.manifest import ManifestError, error_report, load_manifest
 from daemon.store import JobState, JobStore, StateDiskFull
 from daemon.submitted_media import sweep_media
@@ -116,11 +115,7 @@ class Intake:
             log.error("manifest_unreadable", manifest=claimed.name, error=str(exc))
             self.inbox.file_failed(claimed, claimed.name, f"lipsyncd could not read {claimed.name}: {exc}\n")
             return
-        job = self.store.add_job(manifest, claimed_path=claimed, base_dir=self.inbox.folder)
-        try:
-            write_links(self.store, job.id, self.outputs_dir, self.locks_dir)
-        except OSError as exc:  # links.json is a view: the next change writes it again
-            log.error("links_write_failed", job=job.id, error=str(exc))
+        job = self.store.add_job(manifest, claimed_path=claimed, base_dir=self.inbox.folder)  # + its view
         log.info(
             "job_queued",
             job=job.id,
