@@ -150,6 +150,9 @@ class Reconciler:
         job = self.store.job(effect.job_id)
         if job is None or job.state not in _FINISHED or not Path(job.claimed_path).exists():
             return True  # gone, reopened, or filed already (by `lipsyncd cancel`, or before a crash)
+        claimants = [j for j in self.store.jobs() if j.claimed_path == job.claimed_path]
+        if max(claimants, key=lambda j: (j.created, j.id)).id != job.id:
+            return True  # its claimed name belongs to a newer job now: that one is not ours to file
         self.inbox.file_job(job, self.store.videos(job.id))
         return True
 

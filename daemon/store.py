@@ -481,8 +481,9 @@ class JobStore:
                 (JobState.CANCELLED.value, reason, now, job_id),
             )
             self._effect(db, Effect.VIEWS, job_id)
-            if not db.execute("SELECT rerenders FROM jobs WHERE id = ?", (job_id,)).fetchone()[0]:
-                self._effect(db, Effect.FILE, job_id)  # filed where its claimed manifest still is
+            rerenders = db.execute("SELECT rerenders FROM jobs WHERE id = ?", (job_id,)).fetchone()[0]
+            if old != JobState.QUEUED and not rerenders:  # a queued one `lipsyncd cancel` files itself
+                self._effect(db, Effect.FILE, job_id)
         return old, cancelled
 
     def retry_job(self, job_id: str, *, every_video: bool = False) -> tuple[JobState, list[str]]:
