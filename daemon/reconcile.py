@@ -101,13 +101,15 @@ class Reconciler:
         self.reconcile()
 
     def _pass(self) -> int:
-        applied = 0
-        for kind in self.kinds():
-            for effect in self.store.pending(kind):
-                applied += self._apply(effect)
-        return applied
+        """Every pending effect once; the applied ones are removed together at the end, so a pass writes
+        the store only where an effect itself changes it (an eviction), and a kill before the end leaves
+        them to be applied again (harmless: each is idempotent)."""
+        done = [effect for kind in self.kinds() for effect in self.store.pending(kind) if self._apply(effect)]
+        if done:
+            self.store.applied(*done)
+        return len(done)
 
-    def _apply(self, effect: Pending) -> int:
+    def _apply(self, effect: Pending) -> bool:
         handler = {
             Effect.VIEWS: self._views,
             Effect.FILE: self._file,
@@ -117,8 +119,7 @@ class Reconciler:
         name = (effect.kind.value, effect.job_id, effect.video)
         try:
             if not handler(effect):
-                return 0  # not due yet (an eviction waiting for its view or its hour)
-            self.store.applied(effect)
+                return False  # not due yet (an eviction waiting for its view or its hour)
         except Exception as exc:  # noqa: BLE001 - whatever it was, the row stays and the next pass retries
             if name not in self._failing:
                 self._failing.add(name)
@@ -130,13 +131,13 @@ class Reconciler:
                     error=f"{type(exc).__name__}: {exc}",
                     action="tried again on the next pass",
                 )
-            return 0
+            return False
         if name in self._failing:
             self._failing.discard(name)
             log.info(
                 "effect_applied", effect=effect.kind.value, job=effect.job_id, video=effect.video or None
             )
-        return 1
+        return True
 
     # -- one function per kind; each True once applied (or nothing is left to do) ----------------------
 

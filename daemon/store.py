@@ -303,14 +303,18 @@ class JobStore:
             rows = self._db.execute(query + " ORDER BY created, job_id, video", args).fetchall()
         return [Pending(Effect(r[0]), r[1], r[2], r[3], r[4]) for r in rows]
 
-    def applied(self, effect: Pending) -> bool:
-        """Remove an applied effect; kept (False) when it was asked for again since it was read."""
+    def applied(self, *effects: Pending) -> int:
+        """Remove applied effects, in one transaction; one asked for again since it was read stays.
+        Returns how many were removed."""
+        removed = 0
         with self._tx() as db:
-            cur = db.execute(
-                "DELETE FROM outbox WHERE kind = ? AND job_id = ? AND video = ? AND seq = ?",
-                (effect.kind.value, effect.job_id, effect.video, effect.seq),
-            )
-            return cur.rowcount == 1
+            for effect in effects:
+                cur = db.execute(
+                    "DELETE FROM outbox WHERE kind = ? AND job_id = ? AND video = ? AND seq = ?",
+                    (effect.kind.value, effect.job_id, effect.video, effect.seq),
+                )
+                removed += cur.rowcount
+        return removed
 
     def ask(self, kind: Effect, job_id: str, video: str = "") -> None:
         """Record an effect with no change (a repair: a view found stale, a copy never evicted)."""

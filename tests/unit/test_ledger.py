@@ -38,15 +38,13 @@ def uploading(store: JobStore, tmp_path: Path) -> None:
     store.start_upload("promo", "a.mp4", "p/promo/a.mp4")
     (tmp_path / "outputs" / "promo").mkdir(parents=True)
     (tmp_path / "outputs" / "promo" / "a.mp4").write_bytes(b"video")
-    for effect in store.pending():
-        store.applied(effect)
+    store.applied(*store.pending())
 
 
 def test_a_refused_move_records_no_effect(store: JobStore, tmp_path: Path) -> None:
     uploading(store, tmp_path)
     store.cancel_job("promo", "cancelled")
-    for effect in store.pending():
-        store.applied(effect)
+    store.applied(*store.pending())
     with pytest.raises(InvalidTransition):
         store.video_ready("promo", "a.mp4", "https://x/a", 1e10)
     assert store.pending() == []
@@ -84,10 +82,10 @@ def test_an_effect_asked_again_while_pending_is_one_row_not_deleted_by_the_older
     store.set_progress("promo", "a.mp4", 0.6)
     (read,) = store.pending()
     store.set_progress("promo", "a.mp4", 0.7)  # while an applier works from `read`
-    assert store.applied(read) is False  # the newer request stays for the next pass
+    assert store.applied(read) == 0  # the newer request stays for the next pass
     (again,) = store.pending()
     assert again.seq > read.seq
-    assert store.applied(again) is True and store.pending() == []
+    assert store.applied(again) == 1 and store.pending() == []
 
 
 def test_reconciling_twice_gives_the_same_result(store: JobStore, tmp_path: Path) -> None:
