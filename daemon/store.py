@@ -19,10 +19,15 @@ from enum import Enum, StrEnum
 from pathlib import Path
 from typing import Any
 
+import structlog
+
 from daemon.distribute.uploader import PartRecord, UploadState
 from daemon.manifest import Manifest, job_name
 
 DB_NAME = "lipsyncd.db"
+DEFAULT_MAX_ATTEMPTS = 3
+
+log = structlog.get_logger(__name__)
 
 
 class StoreError(Exception):
@@ -161,6 +166,33 @@ class Video:
     duration: float | None = None  # seconds of the rendered video (frames / fps)
     warning: str | None = None  # ready, but the user should look (most frames had no face, say)
     retry_at: float | None = None  # a failed upload is not tried again before this time (epoch seconds)
+    owner: str | None = None  # the worker (host:kind@slot) holding or last holding the video's claim
+    epoch: int = 0  # rises at each claim: a write fenced by an older epoch is refused
+    lease_until: float | None = None  # the claim lapses after this (epoch seconds, this host's clock)
+    attempts: int = 0  # renders claimed so far (a clean stop gives its attempt back)
+    worker: str | None = None  # the worker that rendered it (shown in links.json and status)
+    uploaded_by: str | None = None
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A worker's hold on one video: every write after the claim names it, and is refused once another
+    claim (a higher epoch) replaced it."""
+
+    owner: str
+    epoch: int
+
+
+class LostClaim(Exception):
+    """The claim was taken over (its lease lapsed and another worker claimed the video) or the video was
+    sent elsewhere: nothing was written."""
+
+    def __init__(self, job_id: str, output: str, claim: Claim, now_owner: str | None, now_epoch: int) -> None:
+        super().__init__(
+            f"{job_id}/{output}: the claim of {claim.owner} (epoch {claim.epoch}) was lost; the video is now "
+            f"held by {now_owner or 'nobody'} (epoch {now_epoch}), so this write was refused"
+        )
+        self.job_id, self.output, self.claim = job_id, output, claim
 
 
 class Effect(StrEnum):
@@ -212,6 +244,8 @@ CREATE TABLE IF NOT EXISTS videos (
     error TEXT, model TEXT, frames INTEGER, faceless_frames INTEGER, size INTEGER, sha256 TEXT,
     object_key TEXT, url TEXT, expires_at REAL, upload_id TEXT, rendered_at REAL,
     evicted INTEGER NOT NULL DEFAULT 0, updated REAL NOT NULL, duration REAL, warning TEXT,
+    owner TEXT, epoch INTEGER NOT NULL DEFAULT 0, lease_until REAL, attempts INTEGER NOT NULL DEFAULT 0,
+    worker TEXT, uploaded_by TEXT,
     PRIMARY KEY (job_id, output)
 );
 CREATE INDEX IF NOT EXISTS videos_by_state ON videos(state);
@@ -511,7 +545,8 @@ class JobStore:
                     "UPDATE videos SET state = ?, progress = 0, error = NULL, frames = NULL,"
                     " faceless_frames = NULL, size = NULL, sha256 = NULL, object_key = NULL, url = NULL,"
                     " expires_at = NULL, upload_id = NULL, rendered_at = NULL, evicted = 0, duration = NULL,"
-                    " warning = NULL, updated = ?"
+                    " warning = NULL, lease_until = NULL, attempts = 0, worker = NULL, uploaded_by = NULL,"
+                    " updated = ?"
                     " WHERE job_id = ? AND output = ?",
                     (VideoState.QUEUED.value, now, job_id, output),
                 )
@@ -575,34 +610,228 @@ class JobStore:
     # row's new values, and the effects they require (always the job's views; more where named).
 
     def claim_video(self, job_id: str, output: str) -> None:
-        """The render starts on this video."""
+        """The render starts on this video (unleased: tests and single-step tools; workers use
+        claim_next_video)."""
         self._video_change(job_id, output, VideoState.RENDERING, progress=0.0, error=None)
 
-    def requeue_video(self, job_id: str, output: str) -> None:
-        """Stopped mid-render (a stop, a crash): rendered again from the start."""
-        self._video_change(job_id, output, VideoState.QUEUED, progress=0.0)
+    # -- claims with leases --------------------------------------------------------------------------
+    # One clock: SQLite has no server clock, so leases are this host's time.time(), read inside the
+    # transaction. Every worker shares the host (the store is a local file by design), so they agree.
 
-    def set_progress(self, job_id: str, output: str, fraction: float) -> None:
-        self._video_change(job_id, output, None, progress=fraction)
+    def claim_next_video(
+        self, owner: str, lease_s: float, *, max_attempts: int = DEFAULT_MAX_ATTEMPTS
+    ) -> tuple[Video, Claim] | None:
+        """Claim the first video waiting to render (queued, or rendering under a lapsed lease) of the
+        oldest job still rendering, in one write transaction: two workers never get the same one. The
+        epoch rises and the attempt is counted; a video claimed `max_attempts` times before (each try
+        lost: a crash, a worker cut off) fails with the reason instead, and the next one is looked at.
+        The job moves to rendering with its first claimed video."""
+        with self._change() as db:
+            while True:
+                now = time.time()
+                row = db.execute(
+                    "SELECT v.* FROM videos v JOIN jobs j ON j.id = v.job_id WHERE j.state IN (?,?)"
+                    " AND (v.state = ? OR (v.state = ? AND COALESCE(v.lease_until, 0) < ?))"
+                    " ORDER BY j.created, j.id, v.position LIMIT 1",
+                    (
+                        JobState.QUEUED.value,
+                        JobState.RENDERING.value,
+                        VideoState.QUEUED.value,
+                        VideoState.RENDERING.value,
+                        now,
+                    ),
+                ).fetchone()
+                if row is None:
+                    return None
+                video = _video(row)
+                if video.attempts >= max_attempts:
+                    self._exhausted(db, video, max_attempts)
+                    continue
+                claim = Claim(owner, video.epoch + 1)
+                db.execute(
+                    "UPDATE videos SET state = ?, owner = ?, epoch = ?, lease_until = ?,"
+                    " attempts = attempts + 1, progress = 0, updated = ? WHERE job_id = ? AND output = ?",
+                    (
+                        VideoState.RENDERING.value,
+                        owner,
+                        claim.epoch,
+                        now + lease_s,
+                        now,
+                        video.job_id,
+                        video.output,
+                    ),
+                )
+                job = db.execute("SELECT state FROM jobs WHERE id = ?", (video.job_id,)).fetchone()
+                if job[0] == JobState.QUEUED.value:
+                    self._move_job(db, video.job_id, JobState.RENDERING)
+                self._effect(db, Effect.VIEWS, video.job_id)
+                if video.state == VideoState.RENDERING:
+                    log.warning(
+                        "lease_taken_over",
+                        job=video.job_id,
+                        video=video.output,
+                        worker=owner,
+                        epoch=claim.epoch,
+                        previous=video.owner,
+                    )
+                fresh = db.execute(
+                    "SELECT * FROM videos WHERE job_id = ? AND output = ?", (video.job_id, video.output)
+                ).fetchone()
+                return _video(fresh), claim
 
-    def video_rendered(self, job_id: str, output: str, result: Rendered) -> None:
-        self._video_change(
-            job_id,
-            output,
-            VideoState.RENDERED,
-            progress=1.0,
-            frames=result.frames,
-            faceless_frames=result.faceless_frames,
-            size=result.size,
-            sha256=result.sha256,
-            model=result.model,
-            rendered_at=time.time(),
-            duration=result.duration,
-            warning=result.warning,
+    def _exhausted(self, db: sqlite3.Connection, video: Video, max_attempts: int) -> None:
+        last = f", the last by {video.owner}" if video.owner else ""
+        reason = (
+            f"rendering {video.source_written} was started {video.attempts} times and never finished{last} "
+            "(the worker stopped answering or crashed each time); it is not tried again "
+            f"(render.max_attempts is {max_attempts}). Check the render workers' logs, then `lipsyncd retry`"
+        )
+        self._set_video(db, video.job_id, video.output, VideoState.FAILED, error=reason, lease_until=None)
+        log.warning(
+            "video_attempts_exhausted",
+            job=video.job_id,
+            video=video.output,
+            attempts=video.attempts,
+            worker=video.owner,
         )
 
-    def fail_video(self, job_id: str, output: str, reason: str) -> None:
-        self._video_change(job_id, output, VideoState.FAILED, error=reason)
+    def renew(self, job_id: str, output: str, claim: Claim, lease_s: float) -> bool:
+        """The heartbeat: extend the lease. False (and a `claim_lost` line) once the claim is gone."""
+        with self._tx() as db:
+            cur = db.execute(
+                "UPDATE videos SET lease_until = ? WHERE job_id = ? AND output = ? AND owner = ?"
+                " AND epoch = ? AND state IN (?,?)",
+                (
+                    time.time() + lease_s,
+                    job_id,
+                    output,
+                    claim.owner,
+                    claim.epoch,
+                    VideoState.RENDERING.value,
+                    VideoState.UPLOADING.value,
+                ),
+            )
+            if cur.rowcount == 1:
+                return True
+            row = db.execute(
+                "SELECT owner, epoch FROM videos WHERE job_id = ? AND output = ?", (job_id, output)
+            ).fetchone()
+        _log_lost(job_id, output, claim, row, "renew")
+        return False
+
+    def release_own(self, owner: str) -> list[Video]:
+        """After this worker restarted: the renders its earlier life left midway go back to the queue
+        (each counted as an attempt). Other workers' claims are left alone: they lapse by themselves."""
+        with self._change() as db:
+            rows = db.execute(
+                "SELECT * FROM videos WHERE state = ? AND owner = ?", (VideoState.RENDERING.value, owner)
+            ).fetchall()
+            for row in rows:
+                self._set_video(
+                    db, row["job_id"], row["output"], VideoState.QUEUED, progress=0.0, lease_until=None
+                )
+        return [_video(row) for row in rows]
+
+    def _fence(self, db: sqlite3.Connection, job_id: str, output: str, claim: Claim | None) -> None:
+        """Refuse (LostClaim, rolling back) a write whose claim is no longer the video's."""
+        if claim is None:
+            return
+        row = db.execute("SELECT owner, epoch FROM videos WHERE job_id = ? AND output = ?", (job_id, output))
+        now = row.fetchone()
+        if now is None or (now[0], now[1]) != (claim.owner, claim.epoch):
+            _log_lost(job_id, output, claim, now, "write")
+            raise LostClaim(job_id, output, claim, now[0] if now else None, now[1] if now else 0)
+
+    def requeue_video(self, job_id: str, output: str, claim: Claim | None = None) -> None:
+        """Stopped mid-render (a stop, a crash): rendered again from the start. A claimed render stopped
+        cleanly gives its attempt back (a stop is no fault of the video)."""
+        with self._change() as db:
+            self._fence(db, job_id, output, claim)
+            self._set_video(db, job_id, output, VideoState.QUEUED, progress=0.0, lease_until=None)
+            if claim is not None:
+                db.execute(
+                    "UPDATE videos SET attempts = MAX(attempts - 1, 0) WHERE job_id = ? AND output = ?",
+                    (job_id, output),
+                )
+
+    def set_progress(self, job_id: str, output: str, fraction: float, claim: Claim | None = None) -> None:
+        with self._change() as db:
+            self._fence(db, job_id, output, claim)
+            self._set_video(db, job_id, output, None, progress=fraction)
+
+    def video_rendered(
+        self,
+        job_id: str,
+        output: str,
+        result: Rendered,
+        claim: Claim | None = None,
+        publish: Callable[[], object] | None = None,
+    ) -> None:
+        """The render is done. With a claim, the write is fenced, and `publish` (the rename of the
+        worker's own file into the output's name) runs inside the same write transaction after the fence
+        let it through: no other worker can claim the video meanwhile, so a worker that lost its claim
+        never replaces the new owner's file. A publish that fails rolls the change back."""
+        with self._change() as db:
+            self._fence(db, job_id, output, claim)
+            self._set_video(
+                db,
+                job_id,
+                output,
+                VideoState.RENDERED,
+                progress=1.0,
+                frames=result.frames,
+                faceless_frames=result.faceless_frames,
+                size=result.size,
+                sha256=result.sha256,
+                model=result.model,
+                rendered_at=time.time(),
+                duration=result.duration,
+                warning=result.warning,
+                lease_until=None,
+                worker=claim.owner if claim else None,
+            )
+            if publish is not None:
+                publish()
+
+    def fail_video(self, job_id: str, output: str, reason: str, claim: Claim | None = None) -> None:
+        with self._change() as db:
+            self._fence(db, job_id, output, claim)
+            self._set_video(db, job_id, output, VideoState.FAILED, error=reason, lease_until=None)
+
+    def complete_job(self, job_id: str) -> JobState | None:
+        """Once no video of a queued or rendering job waits to render, move it on in one transaction
+        (whichever worker finished its last video, exactly once): rendered (and on to its final state
+        when it does not distribute), or failed when no video came out. None while videos still wait
+        or when it was moved on already."""
+        with self._change() as db:
+            job = db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if job is None or job["state"] not in (JobState.QUEUED.value, JobState.RENDERING.value):
+                return None
+            videos = [
+                _video(r)
+                for r in db.execute(
+                    "SELECT * FROM videos WHERE job_id = ? ORDER BY position", (job_id,)
+                ).fetchall()
+            ]
+            if any(v.state in (VideoState.QUEUED, VideoState.RENDERING) for v in videos):
+                return None
+            done = (VideoState.RENDERED, VideoState.UPLOADING, VideoState.READY)
+            if not any(v.state in done for v in videos):
+                reasons = "\n".join(f"  - {v.source_written}: {v.error}" for v in videos)
+                self._move_job(
+                    db, job_id, JobState.FAILED, error=f"no video of this job could be rendered:\n{reasons}"
+                )
+                state = JobState.FAILED
+            else:
+                self._move_job(db, job_id, JobState.RENDERED)
+                state = self._finish(db, job_id) if not job["distribute"] else JobState.RENDERED
+            if not job["rerenders"]:
+                self._effect(db, Effect.FILE, job_id)
+            return state
+
+    def active_jobs(self) -> list[str]:
+        """Jobs queued or rendering (complete_job is asked about each after a pass)."""
+        return [j.id for j in self.jobs(JobState.QUEUED, JobState.RENDERING)]
 
     def start_upload(self, job_id: str, output: str, object_key: str) -> None:
         """Uploading to `object_key`, chosen once: a resumed or repeated upload goes to the same object."""
@@ -673,8 +902,8 @@ class JobStore:
             check_move(job, JobState.QUEUED)
             now = time.time()
             db.execute(
-                "UPDATE videos SET state = ?, progress = 0, error = ?, updated = ?"
-                " WHERE job_id = ? AND output = ?",
+                "UPDATE videos SET state = ?, progress = 0, error = ?, lease_until = NULL, attempts = 0,"
+                " updated = ? WHERE job_id = ? AND output = ?",
                 (VideoState.QUEUED.value, reason, now, job_id, output),
             )
             if job != JobState.QUEUED:
@@ -759,6 +988,12 @@ def _add_missing_columns(db: sqlite3.Connection) -> None:
     for table, column, spec in (
         ("jobs", "rerenders", "INTEGER NOT NULL DEFAULT 0"),
         ("videos", "warning", "TEXT"),
+        ("videos", "owner", "TEXT"),
+        ("videos", "epoch", "INTEGER NOT NULL DEFAULT 0"),
+        ("videos", "lease_until", "REAL"),
+        ("videos", "attempts", "INTEGER NOT NULL DEFAULT 0"),
+        ("videos", "worker", "TEXT"),
+        ("videos", "uploaded_by", "TEXT"),
     ):
         if column in {row[1] for row in db.execute(f"PRAGMA table_info({table})")}:
             continue
@@ -775,6 +1010,19 @@ def _add_missing_columns(db: sqlite3.Connection) -> None:
             except sqlite3.OperationalError as exc:
                 if "duplicate column" not in str(exc):
                     raise
+
+
+def _log_lost(job_id: str, output: str, claim: Claim, now: Any, what: str) -> None:
+    log.warning(
+        "claim_lost",
+        job=job_id,
+        video=output,
+        worker=claim.owner,
+        epoch=claim.epoch,
+        held_by=now[0] if now else None,
+        held_epoch=now[1] if now else None,
+        refused=what,
+    )
 
 
 def _private_dir(state_dir: Path) -> None:
