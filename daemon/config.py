@@ -125,6 +125,13 @@ def _share(value: Any) -> float:
     return float(value)
 
 
+def _lease(value: Any) -> float:
+    seconds = parse_duration(value)
+    if seconds < 1:
+        raise ValueError(f"a lease shorter than 1s would lapse between heartbeats, got {value!r}")
+    return seconds
+
+
 def _opt(parse: Callable[[Any], Any]) -> Callable[[Any], Any]:
     return lambda value: None if value is None else parse(value)
 
@@ -190,6 +197,9 @@ class RenderConfig:
     avatar_cache_size: int = _key(2 * 10**9, _non_negative_size)  # STATE/avatars; 0: no avatar cache
     faceless_videos: str = _key("fail", _choice("fail", "pass_through"))
     faceless_warning_share: float = _key(0.5, _share)
+    workers: int | None = _key(None, _opt(_positive_int))  # None: one per GPU in gpus, one on a CPU box
+    lease_seconds: float = _key(60.0, _lease)  # a claimed video's lease, renewed every third of it
+    max_attempts: int = _key(3, _positive_int)  # claims of a video whose workers vanished, then it fails
 
 
 @dataclass(frozen=True)
@@ -215,6 +225,8 @@ class UploadConfig:
     multipart_threshold: int = _key(16 * 2**20, parse_size)
     part_size: int = _key(8 * 2**20, parse_size)
     part_workers: int = _key(4, _positive_int)  # with 3 files: 12 requests, 96 MiB of parts in memory
+    workers: int = _key(1, _positive_int)  # upload worker processes (`lipsyncd run`, lipsyncd-upload@)
+    lease_seconds: float = _key(60.0, _lease)
 
 
 @dataclass(frozen=True)

@@ -154,3 +154,24 @@ def test_effective_configuration_redacts_secrets(tmp_path: Path, capsys: pytest.
     assert "T0KEN" not in out and "s3cret" not in out and "alice" not in out
     assert printed["webhooks"]["ops"]["url"] == "<redacted>"
     assert printed["storage"]["endpoint_url"] == "https://<redacted>@s3.example.com"
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ("render:\n  workers: 0\n", "render.workers"),
+        ("render:\n  lease_seconds: 0.5\n", "render.lease_seconds"),
+        ("render:\n  max_attempts: -1\n", "render.max_attempts"),
+        ("upload:\n  workers: two\n", "upload.workers"),
+    ],
+)
+def test_worker_keys_are_checked_and_errors_name_them(tmp_path: Path, text: str, key: str) -> None:
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load_config(write(tmp_path, text))
+
+
+def test_worker_keys_parse(tmp_path: Path) -> None:
+    config = load_config(
+        write(tmp_path, "render:\n  workers: 2\n  lease_seconds: 3s\nupload:\n  workers: 2\n")
+    )
+    assert (config.render.workers, config.render.lease_seconds, config.upload.workers) == (2, 3.0, 2)
