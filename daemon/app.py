@@ -20,7 +20,7 @@ from daemon.ops.runtime import ServiceRuntime
 from daemon.render.avatar_cache import AvatarCache
 from daemon.render.pipeline import Interrupted, RenderSettings
 from daemon.render.registry import ModelPool, available_models
-from daemon.render.service import RenderPaths, RenderService
+from daemon.render.service import RenderPaths, RenderService, worker_name
 from daemon.store import JobState, JobStore, VideoState
 
 log = structlog.get_logger(__name__)
@@ -52,10 +52,21 @@ def avatar_cache(config: Config) -> AvatarCache | None:
     return AvatarCache(config.state_dir / "avatars", max_bytes=size) if size else None
 
 
-def model_pools(config: Config) -> list[ModelPool]:
+def model_pools(config: Config, slot: int | None = None) -> list[ModelPool]:
     """One inference worker per configured GPU when CUDA is in use; a single worker on the CPU (it already
-    uses every core)."""
+    uses every core). A render worker started for a slot (`--slot N`) uses one GPU: gpus[N % len(gpus)]."""
     r = config.render
+    if slot is not None:
+        gpu = r.gpus[slot % len(r.gpus)] if r.gpus else 0
+        return [
+            ModelPool(
+                config.models_dir,
+                providers=r.providers,
+                precision=r.precision,
+                threads=r.threads,
+                device_id=gpu,
+            )
+        ]
     first = ModelPool(
         config.models_dir,
         providers=r.providers,
@@ -85,11 +96,13 @@ class RenderDaemon:
     service: RenderService
     runtime: ServiceRuntime
 
+    slot: int = 0
+
     @classmethod
-    def build(cls, config: Config, runtime: ServiceRuntime) -> RenderDaemon:
+    def build(cls, config: Config, runtime: ServiceRuntime, *, slot: int | None = None) -> RenderDaemon:
         store = JobStore(config.state_dir)
         inbox = Inbox(config.inbox_dir, settle_time=config.inbox.settle_time)
-        models = model_pools(config)
+        models = model_pools(config, slot)
         paths = RenderPaths(
             config.outputs_dir, config.scratch_dir, locks_dir(config), config.models_dir, config.shared
         )
@@ -106,6 +119,9 @@ class RenderDaemon:
             beat=runtime.heartbeat("pipeline"),
             metrics=runtime.metrics,
             avatar_cache=avatar_cache(config),
+            worker=worker_name("render", slot or 0),
+            lease_s=config.render.lease_seconds,
+            max_attempts=config.render.max_attempts,
         )
         intake = Intake(
             inbox,
@@ -118,18 +134,28 @@ class RenderDaemon:
             on_job=service.wake.set,
             media_keep=config.inbox.media_keep,
         )
-        return cls(config, store, intake, service, runtime)
+        return cls(config, store, intake, service, runtime, slot or 0)
+
+    @property
+    def takes_manifests(self) -> bool:
+        """Intake (claiming manifests from the inbox, recovering half-claimed ones) runs in slot 0 only:
+        its recovery moves claimed manifests back, which would race another worker's claim in flight, and
+        one watcher of the inbox is enough (a manifest is a few bytes; the videos are the work). Every
+        slot renders; slot 0 is always configured, and a dead one is restarted by `run` or systemd."""
+        return self.slot == 0
 
     def recover(self) -> None:
-        self.intake.recover()
+        if self.takes_manifests:
+            self.intake.recover()
         self.service.recover()
 
     def run_once(self) -> int:
         """Take what the inbox holds now (after one settle period), render it all, return jobs rendered."""
         self.recover()
-        self.intake.sweep(rescan=True)
-        self.runtime.stop.wait(self.config.inbox.settle_time)
-        self.intake.sweep(rescan=True)
+        if self.takes_manifests:
+            self.intake.sweep(rescan=True)
+            self.runtime.stop.wait(self.config.inbox.settle_time)
+            self.intake.sweep(rescan=True)
         try:
             return self.service.run_pending()
         except Interrupted:
@@ -144,9 +170,15 @@ class RenderDaemon:
             polling=self.config.inbox.observer == "polling",
             beat=self.runtime.heartbeat("intake"),
         )
-        thread.start()
+        if self.takes_manifests:
+            thread.start()
         self.runtime.ready(self.describe)
-        log.info("render_ready", inbox=str(self.config.inbox_dir), outputs=str(self.config.outputs_dir))
+        log.info(
+            "render_ready",
+            inbox=str(self.config.inbox_dir),
+            outputs=str(self.config.outputs_dir),
+            intake=self.takes_manifests,
+        )
         try:
             self.service.run_forever()
         except Interrupted:
@@ -155,7 +187,8 @@ class RenderDaemon:
             self.runtime.stopping("stopping: the video in flight goes back to the queue")
             log.info("render_stopping")
             self.runtime.stop.set()
-            thread.join(timeout=10)
+            if thread.is_alive():
+                thread.join(timeout=10)
             self.runtime.close()
             self.store.close()
 
@@ -174,6 +207,8 @@ class RenderDaemon:
         self.service.settings = render_settings(new)
         self.service.default_model = new.render.model
         self.service.max_seconds = new.render.max_video_seconds
+        self.service.lease_s = new.render.lease_seconds
+        self.service.max_attempts = new.render.max_attempts
         self.intake.inbox.settle_time = new.inbox.settle_time
         self.intake.media_keep = new.inbox.media_keep
         self.config = new

@@ -90,11 +90,19 @@ def _parser() -> argparse.ArgumentParser:
 
     render = command("render", _render, "watch the inbox and render jobs (the render watcher)")
     render.add_argument("--once", action="store_true", help="process what the inbox holds now, then exit")
+    render.add_argument(
+        "--slot",
+        type=_slot,
+        default=None,
+        help="run render worker N (0, 1, ...) on GPU gpus[N %% len(gpus)]; slot 0 also takes manifests "
+        "from the inbox. Without it: slot 0 on every GPU in render.gpus",
+    )
 
     upload = command(
         "upload", _upload, "upload rendered videos, write links, evict local copies (the upload watcher)"
     )
     upload.add_argument("--once", action="store_true", help="upload what is due now, then exit")
+    upload.add_argument("--slot", type=_slot, default=None, help="run upload worker N (0, 1, ...)")
 
     run = command(
         "run", _run, "start the storage and both watchers (render, upload) as supervised child processes"
@@ -221,11 +229,30 @@ def _hold(config: Config, role: str) -> InstanceLock:
     return InstanceLock.acquire(config.state_dir / "locks" / f"{role}.lock", role)
 
 
+def _slot(text: str) -> int:
+    """A worker's slot: a whole number from 0 (systemd passes the instance name, `%i`)."""
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"expected a worker number such as 0 or 1, got {text!r}")
+    return int(text)
+
+
+def _as_worker(kind: str, slot: int | None) -> str:
+    """Every log line of this process names its worker (a journald field: WORKER=host:render@1)."""
+    import structlog
+
+    from daemon.render.service import worker_name
+
+    name = worker_name(kind, slot or 0)
+    structlog.contextvars.bind_contextvars(worker=name)
+    return name
+
+
 def _render(args: argparse.Namespace, config: Config) -> int:
     from daemon.app import RenderDaemon
 
-    with _hold(config, "render"):
-        daemon = RenderDaemon.build(config, _runtime(config, "render"))
+    _as_worker("render", args.slot)
+    with _hold(config, f"render@{args.slot or 0}"):
+        daemon = RenderDaemon.build(config, _runtime(config, "render"), slot=args.slot)
         if args.once:
             daemon.run_once()
             daemon.store.close()

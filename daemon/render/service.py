@@ -12,10 +12,12 @@ import errno
 import os
 import queue
 import shutil
+import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +25,7 @@ import structlog
 
 from daemon.files import file_sha256
 from daemon.inbox import Inbox
-from daemon.links import UnsafeOutput, job_dir, poster_path
+from daemon.links import POSTER_SUFFIX, UnsafeOutput, job_dir, poster_path
 from daemon.ops.metrics import Metrics
 from daemon.reconcile import Reconciler
 from daemon.render.avatar_cache import AvatarCache
@@ -42,10 +44,13 @@ from daemon.render.poster import make_poster
 from daemon.render.registry import ModelPool
 from daemon.render.types import FaceDetector
 from daemon.store import (
+    DEFAULT_MAX_ATTEMPTS,
+    Claim,
     InvalidTransition,
     Job,
     JobState,
     JobStore,
+    LostClaim,
     Rendered,
     StateDiskFull,
     Video,
@@ -54,8 +59,6 @@ from daemon.store import (
 
 log = structlog.get_logger(__name__)
 
-_PENDING = (VideoState.QUEUED, VideoState.RENDERING)
-_RENDERED = (VideoState.RENDERED, VideoState.UPLOADING, VideoState.READY)
 _REMOVED_RETRIES = 3  # renders again after the output folder was deleted mid-render, then fail
 _FULL_WAIT_MAX = 30.0  # seconds between tries while the state disk is full
 _CANCEL_POLL = 0.5  # seconds between looks at the store for a `lipsyncd cancel` during a render
@@ -95,8 +98,16 @@ class RenderService:
         beat: Callable[[], None] = lambda: None,
         metrics: Metrics | None = None,
         avatar_cache: AvatarCache | None = None,
+        worker: str | None = None,
+        lease_s: float = 60.0,
+        max_attempts: int = DEFAULT_MAX_ATTEMPTS,
     ) -> None:
         self.store = store
+        self.worker = worker or worker_name("render", 0)  # owner of its claims: host:render@slot
+        self.lease_s = lease_s
+        self.max_attempts = max_attempts
+        self._audio: dict[str, JobAudio] = {}  # the voice-over of jobs this worker rendered videos of
+        self._audio_lock = threading.Lock()
         self.inbox = inbox
         self.pools = list(models)  # one per GPU: videos of a job render on all of them at once
         self._free: queue.Queue[ModelPool] = queue.Queue()
@@ -129,16 +140,16 @@ class RenderService:
         return self._detectors[id(pool)]
 
     def recover(self) -> None:
-        """After a crash: renders caught midway go back to the queue and their temp files are removed;
-        then every effect left pending is applied (reconcile)."""
-        for video in self.store.videos_in(VideoState.RENDERING):
-            self.store.requeue_video(video.job_id, video.output)
+        """After a crash: the renders this worker's earlier life left midway go back to the queue (other
+        workers' claims lapse by themselves), temp files no live render writes any more are removed, then
+        every effect left pending is applied (reconcile)."""
+        for video in self.store.release_own(self.worker):
             log.info("render_requeued", job=video.job_id, video=video.output)
         for job_id in self.store.reopen_pending_jobs():
             log.warning("job_reopened", job=job_id, reason="a video of this finished job was never rendered")
         active = self.store.jobs(JobState.RENDERING, JobState.QUEUED)
         for job in active:
-            _remove_partials(self.paths.outputs_dir / job.id)
+            _remove_partials(self.paths.outputs_dir / job.id, older_than=time.time() - self.lease_s)
         self.reconciler.start_up()
 
     def next_job(self) -> Job | None:
@@ -146,21 +157,23 @@ class RenderService:
         return jobs[0] if jobs else None
 
     def run_pending(self) -> int:
-        """Render every job waiting now; returns how many were finished. Raises Interrupted on stop."""
-        done = 0
-        while not self.stop.is_set() and (job := self.next_job()) is not None:
-            try:
-                self.render_job(job)
-                self._space_back()
-            except StateDiskFull as exc:  # nothing failed: the job is taken up again as the store has it
-                self._wait_for_space(exc)
-                continue
-            except Exception as exc:  # the one place a job's unexpected failure stops: the daemon goes on
-                log.exception("job_crashed", job=job.id)
-                self._crashed(job, exc)
-            self.progress = Progress()
-            self.reconciler.reconcile()  # what a failure left pending, and changes by `lipsyncd cancel`
-            done += 1
+        """Claim and render videos until none waits (one claim loop per GPU of this process); returns how
+        many jobs this worker finished. Raises Interrupted on stop."""
+        if len(self.pools) == 1:
+            done = self._claim_loop(self.pools[0])
+        else:
+            with ThreadPoolExecutor(len(self.pools), thread_name_prefix="gpu-worker") as workers:
+                futures = [
+                    workers.submit(contextvars.copy_context().run, self._claim_loop, pool)
+                    for pool in self.pools
+                ]
+            errors = [f.exception() for f in futures if f.exception() is not None]
+            if errors:
+                raise errors[0]  # type: ignore[misc]  # Interrupted first of all: the stop reaches the caller
+            done = sum(f.result() for f in futures)
+        # a job whose last videos failed at their claim (attempts used up) has nobody else to finish it
+        for job_id in self.store.active_jobs():
+            done += self._complete(job_id)
         return done
 
     def run_forever(self) -> None:
@@ -171,93 +184,105 @@ class RenderService:
             self.wake.wait(timeout=1.0)
             self.wake.clear()
 
-    # -- one job -------------------------------------------------------------------------------------
-
     def render_job(self, job: Job) -> None:
-        with structlog.contextvars.bound_contextvars(job=job.id):
-            if job.state == JobState.QUEUED:
-                try:
-                    self.store.start_job(job.id)
-                except InvalidTransition:  # cancelled between the look and the move: `cancel` files it
-                    log.info("job_cancelled", before="rendering")
-                    return
-            started = time.monotonic()
+        """Render what waits, this job among it (its videos are claimed one by one like any other)."""
+        self.run_pending()
+
+    # -- one claim at a time -------------------------------------------------------------------------
+
+    def _claim_loop(self, pool: ModelPool) -> int:
+        done = 0
+        while not self.stop.is_set():
             try:
-                self._still_inside(job.audio_written, Path(job.audio))
-                audio = prepare_audio(Path(job.audio))
-            except MediaError as exc:
-                said = as_written(str(exc), job.audio, job.audio_written)
-                self._fail_job(job, f"the audio {job.audio_written!r} cannot be used: {said}")
-                return
-            if audio.seconds > self.max_seconds:
-                limit = f"{self.max_seconds / 60:g} minutes"
-                self._fail_job(
-                    job,
-                    f"the audio is {audio.seconds / 60:.1f} minutes long; outputs may be at most "
-                    f"{limit} (render.max_video_seconds). Split the voice-over into shorter jobs.",
+                claimed = self.store.claim_next_video(
+                    self.worker, self.lease_s, max_attempts=self.max_attempts
                 )
-                return
-            # `rendering` too: a video whose end a full state disk kept from being recorded renders again
-            todo = [v for v in self.store.videos(job.id) if v.state in _PENDING]
-            self._render_all(job, todo, audio)
-            self._finish_job(job, time.monotonic() - started)
+            except StateDiskFull as exc:
+                self._wait_for_space(exc)
+                continue
+            if claimed is None:
+                return done
+            video, claim = claimed
+            job = self.store.job(video.job_id)
+            assert job is not None
+            with structlog.contextvars.bound_contextvars(job=job.id, epoch=claim.epoch):
+                try:
+                    self._render_claimed(job, video, claim, pool)
+                    self._space_back()
+                except StateDiskFull as exc:  # nothing failed: the lease lapses and it is claimed again
+                    self._wait_for_space(exc)
+                    continue
+                except Interrupted:
+                    raise
+                except (
+                    Exception
+                ) as exc:  # the one place a video's unexpected failure stops: the worker goes on
+                    log.exception("job_crashed", video=video.output)
+                    self._crashed(job, video, claim, exc)
+            self.progress = Progress()
+            self.reconciler.reconcile()  # what a failure left pending, and changes by `lipsyncd cancel`
+            done += self._complete(job.id)
+        return done
 
-    def _render_all(self, job: Job, videos: list[Video], audio: JobAudio) -> None:
-        """Each video on the next free worker (GPU); with one worker, simply one after another."""
-        if len(self.pools) == 1:
-            for video in videos:
-                self.render_video(job, video, audio, self.pools[0])
+    def _render_claimed(self, job: Job, video: Video, claim: Claim, pool: ModelPool) -> None:
+        audio = self._job_audio(job)
+        if audio is None:
             return
-        with ThreadPoolExecutor(len(self.pools), thread_name_prefix="gpu-worker") as workers:
-            futures = [
-                workers.submit(contextvars.copy_context().run, self._on_free_worker, job, v, audio)
-                for v in videos
-            ]
-        errors = [f.exception() for f in futures if f.exception() is not None]
-        if errors:
-            raise errors[0]  # type: ignore[misc]  # Interrupted first of all: the stop reaches the caller
+        with Heartbeat(self.store, video, claim, self.lease_s) as lease:
+            self.render_video(job, video, audio, pool, claim=claim, lease=lease)
 
-    def _on_free_worker(self, job: Job, video: Video, audio: JobAudio) -> None:
-        pool = self._free.get()
+    def _job_audio(self, job: Job) -> JobAudio | None:
+        """The job's voice-over, prepared once per worker; None when it fails the whole job."""
+        with self._audio_lock:
+            if job.id in self._audio:
+                return self._audio[job.id]
         try:
-            self.render_video(job, video, audio, pool)
-        finally:
-            self._free.put(pool)
+            self._still_inside(job.audio_written, Path(job.audio))
+            audio = prepare_audio(Path(job.audio))
+        except MediaError as exc:
+            said = as_written(str(exc), job.audio, job.audio_written)
+            self._fail_job(job, f"the audio {job.audio_written!r} cannot be used: {said}")
+            return None
+        if audio.seconds > self.max_seconds:
+            limit = f"{self.max_seconds / 60:g} minutes"
+            self._fail_job(
+                job,
+                f"the audio is {audio.seconds / 60:.1f} minutes long; outputs may be at most "
+                f"{limit} (render.max_video_seconds). Split the voice-over into shorter jobs.",
+            )
+            return None
+        with self._audio_lock:
+            if len(self._audio) >= 4:  # the jobs rendering now; older ones are finished
+                self._audio.pop(next(iter(self._audio)))
+            self._audio[job.id] = audio
+        return audio
 
-    def _finish_job(self, job: Job, seconds: float) -> None:
-        current = self.store.job(job.id)
-        if current is not None and current.state == JobState.CANCELLED:
-            self._file_cancelled(current)
-            return
-        videos = self.store.videos(job.id)
-        if pending := [v.output for v in videos if v.state in _PENDING]:
-            log.warning("job_unfinished", pending=pending)  # not finished with a video left behind
-            return
-        rendered = [v for v in videos if v.state in _RENDERED]
-        if not rendered:
-            reasons = "\n".join(f"  - {v.source_written}: {v.error}" for v in videos)
-            self._fail_job(job, f"no video of this job could be rendered:\n{reasons}")
-            return
-        if not job.distribute:  # nothing left to do: done, or partial when some videos failed
-            self._record(lambda: self.store.job_rendered(job.id, finish=True))
-        else:
-            self._record(lambda: self.store.job_rendered(job.id))
-        finished = self.store.job(job.id)
+    def _complete(self, job_id: str) -> int:
+        """Move the job on when its last video ended (the store does it once, whoever asks)."""
+        try:
+            state = self.store.complete_job(job_id)
+        except StateDiskFull as exc:
+            self._wait_for_space(exc)
+            return 0
+        if state is None:
+            return 0
+        videos = self.store.videos(job_id)
+        job = self.store.job(job_id)
+        if state == JobState.FAILED:
+            self.metrics.job("failed")
+            log.warning("job_failed", job=job_id, reason=job.error if job else None)
+            return 1
         self.metrics.job("rendered")
-        failed = len(videos) - len(rendered)
-        state = finished.state.value if finished else None
-        log.info("job_rendered", videos=len(videos), failed=failed, state=state, seconds=round(seconds, 1))
+        failed = sum(v.state == VideoState.FAILED for v in videos)
+        log.info("job_rendered", job=job_id, videos=len(videos), failed=failed, state=state.value)
+        return 1
 
-    def _file_cancelled(self, job: Job) -> None:
-        """A job cancelled while it rendered: its manifest goes to failed/ with the reason (an effect
-        `lipsyncd cancel` recorded, applied here now rather than at the next pass)."""
-        self.reconciler.reconcile()
-        self.metrics.job("cancelled")
-        log.info("job_cancelled", reason=job.error)
-
-    def _crashed(self, job: Job, exc: Exception) -> None:
+    def _crashed(self, job: Job, video: Video, claim: Claim, exc: Exception) -> None:
         try:
-            self._fail_job(job, f"an internal error stopped this job ({type(exc).__name__}: {exc})")
+            reason = f"an internal error stopped this render ({type(exc).__name__}: {exc})"
+            self.store.fail_video(job.id, video.output, reason, claim)
+        except (LostClaim, InvalidTransition):
+            pass  # another worker has it now, or it was cancelled: nothing of ours to record
         except StateDiskFull as full:
             self._wait_for_space(full)
         except Exception:  # the store or disk itself is failing: the job is retried after a restart
@@ -271,68 +296,93 @@ class RenderService:
 
     # -- one video -----------------------------------------------------------------------------------
 
-    def render_video(self, job: Job, video: Video, audio: JobAudio, pool: ModelPool) -> None:
+    def render_video(
+        self,
+        job: Job,
+        video: Video,
+        audio: JobAudio,
+        pool: ModelPool,
+        *,
+        claim: Claim,
+        lease: Heartbeat,
+    ) -> None:
+        """Render one claimed video into a file of this claim's own (`.eEPOCH.NAME`), published under the
+        output's name only by the fenced write that records it (see JobStore.video_rendered)."""
         model_name = job.model or self.default_model
+        folder = job_dir(self.paths.outputs_dir, job.id)
+        staged = folder / f".e{claim.epoch}.{video.output}"
         with structlog.contextvars.bound_contextvars(video=video.output, model=model_name):
-            current = self.store.video(job.id, video.output)
-            if current is None or current.state not in _PENDING:
-                return  # cancelled since the job started
-            try:
-                self.store.claim_video(job.id, video.output)
-            except InvalidTransition:
-                return  # cancelled this very moment
+            _remove_earlier_epochs(folder, video.output, claim.epoch)
             self.progress = Progress(job.id, video.output, 0.0)
             try:
-                result = self._render_again_if_removed(job, video, audio, model_name, pool)
+                result = self._render_again_if_removed(
+                    job, video, audio, model_name, pool, claim, lease, staged
+                )
             except StateDiskFull:
                 raise
             except Interrupted:
+                if lease.lost.is_set():  # paused or cut off past its lease: another worker has it now
+                    _discard(staged)
+                    log.warning("render_abandoned", reason="the claim was lost (its lease lapsed)")
+                    return
                 if not self.stop.is_set():  # not the daemon stopping: the job was cancelled
                     self.reconciler.reconcile()  # its view shows the cancel `lipsyncd cancel` recorded
                     log.info("render_cancelled")
                     return
-                self.store.requeue_video(job.id, video.output)
+                with suppress(LostClaim, InvalidTransition):
+                    self.store.requeue_video(job.id, video.output, claim)
                 log.info("render_interrupted")
                 raise
             except (MediaError, LookupError) as exc:
-                self._fail_video(job, video, as_written(str(exc), video.source, video.source_written))
+                self._fail_video(job, video, as_written(str(exc), video.source, video.source_written), claim)
                 return
             except UnsafeOutput as exc:
-                self._fail_video(job, video, str(exc.strerror))
+                self._fail_video(job, video, str(exc.strerror), claim)
                 return
             except OSError as exc:
-                self._fail_video(job, video, _disk_problem(exc, self._disks()))
+                self._fail_video(job, video, _disk_problem(exc, self._disks()), claim)
                 return
             except Exception as exc:
                 log.exception("render_crashed")
                 self._fail_video(
-                    job, video, f"an internal error stopped this render ({type(exc).__name__}: {exc})"
+                    job, video, f"an internal error stopped this render ({type(exc).__name__}: {exc})", claim
                 )
                 return
             out = result.output
             problem, warning = face_check(result.frames, result.faceless_frames, video, self.settings)
             if problem:
-                out.unlink(missing_ok=True)  # nothing to use: no file is left to be uploaded or shown
-                self._fail_video(job, video, problem)
+                _discard(out)  # nothing to use: no file is left to be uploaded or shown
+                self._fail_video(job, video, problem, claim)
                 return
             size, sha256 = out.stat().st_size, file_sha256(out)
             self._poster(out)
+            rendered = Rendered(
+                frames=result.frames,
+                faceless_frames=result.faceless_frames,
+                size=size,
+                sha256=sha256,
+                model=model_name,
+                duration=result.frames / result.fps if result.fps else None,
+                warning=warning,
+            )
             try:
-                rendered = Rendered(
-                    frames=result.frames,
-                    faceless_frames=result.faceless_frames,
-                    size=size,
-                    sha256=sha256,
-                    model=model_name,
-                    duration=result.frames / result.fps if result.fps else None,
-                    warning=warning,
-                )
                 # the render is done: wait for room on the state disk rather than lose it
-                self._record(lambda: self.store.video_rendered(job.id, video.output, rendered))
+                self._record(
+                    lambda: self.store.video_rendered(
+                        job.id,
+                        video.output,
+                        rendered,
+                        claim,
+                        publish=lambda: _publish(out, folder / video.output),
+                    )
+                )
             except InvalidTransition:  # cancelled as it finished: the file is not kept nor shared
-                out.unlink(missing_ok=True)
-                poster_path(out.parent, out.name).unlink(missing_ok=True)
+                _discard(out)
                 log.info("render_cancelled")
+                return
+            except LostClaim:  # taken over while it rendered: the new owner's file stays as it is
+                _discard(out)
+                log.warning("render_abandoned", reason="the claim was lost (its lease lapsed)")
                 return
             self.metrics.frames(result.frames)
             fps = result.frames / result.seconds if result.seconds else 0.0
@@ -354,11 +404,18 @@ class RenderService:
             log.warning("poster_failed", error=f"{type(exc).__name__}: {exc}")
 
     def _render(
-        self, job: Job, video: Video, audio: JobAudio, model_name: str, pool: ModelPool
+        self,
+        job: Job,
+        video: Video,
+        audio: JobAudio,
+        model_name: str,
+        pool: ModelPool,
+        claim: Claim,
+        lease: Heartbeat,
+        out_path: Path,
     ) -> RenderResult:
         model = pool.get(model_name)
         self._still_inside(video.source_written, Path(video.source))
-        out_path = job_dir(self.paths.outputs_dir, job.id) / video.output
         last = [0.0]
         unrecorded = [False]
 
@@ -368,7 +425,9 @@ class RenderService:
             if fraction - last[0] >= 0.02:
                 last[0] = fraction
                 try:
-                    self.store.set_progress(job.id, video.output, fraction)
+                    self.store.set_progress(job.id, video.output, fraction, claim)
+                except LostClaim:
+                    lease.lost.set()  # the render stops at its next look at its stop event
                 except StateDiskFull as exc:  # progress is only shown: render on, say so once
                     if not unrecorded[0]:
                         log.warning("progress_not_recorded", reason=str(exc))
@@ -382,21 +441,29 @@ class RenderService:
             detector=self.detector(pool),
             settings=self.settings,
             scratch_dir=self.paths.scratch_dir,
-            stop=_Halt(self.stop, lambda: self._cancelled(job.id, video.output)),
+            stop=_Halt(self.stop, lambda: self._cancelled(job.id, video.output), lease.lost),
             on_progress=on_progress,
             beat=self.beat,
             cache=self.avatar_cache,
         ).run()
 
     def _render_again_if_removed(
-        self, job: Job, video: Video, audio: JobAudio, model_name: str, pool: ModelPool
+        self,
+        job: Job,
+        video: Video,
+        audio: JobAudio,
+        model_name: str,
+        pool: ModelPool,
+        claim: Claim,
+        lease: Heartbeat,
+        out_path: Path,
     ) -> RenderResult:
         """Someone deleted the job's output folder mid-render (`rm -rf outputs/latest_batch/JOB`): the media
         are fine, so the video renders again into a re-made folder, a few times at most."""
         folder = self.paths.outputs_dir / job.id
         for attempt in range(1, _REMOVED_RETRIES + 2):
             try:
-                return self._render(job, video, audio, model_name, pool)
+                return self._render(job, video, audio, model_name, pool, claim, lease, out_path)
             except OutputRemoved:
                 removed = f"the job's output folder {folder} was removed while {video.output} was rendering"
                 media = ((video.source_written, video.source), (job.audio_written, job.audio))
@@ -414,7 +481,7 @@ class RenderService:
                 log.warning(
                     "output_folder_removed", folder=str(folder), attempt=attempt, action="renders again"
                 )
-                self.store.set_progress(job.id, video.output, 0.0)
+                self.store.set_progress(job.id, video.output, 0.0, claim)
         raise AssertionError("unreachable")
 
     def _cancelled(self, job_id: str, output: str) -> bool:
@@ -464,8 +531,11 @@ class RenderService:
                 "was queued), so it was not read. Copy the real file into the share and submit the job again."
             )
 
-    def _fail_video(self, job: Job, video: Video, reason: str) -> None:
-        self._record(lambda: self.store.fail_video(job.id, video.output, reason))
+    def _fail_video(self, job: Job, video: Video, reason: str, claim: Claim) -> None:
+        try:
+            self._record(lambda: self.store.fail_video(job.id, video.output, reason, claim))
+        except (LostClaim, InvalidTransition):
+            return  # another worker has it now, or it was cancelled: its failure is not ours to record
         self.metrics.failure("render")
         log.warning("video_failed", reason=reason)
 
@@ -474,18 +544,79 @@ class _Halt(threading.Event):
     """What a render stops on: the daemon stopping, or its video cancelled with `lipsyncd cancel` (another
     process: the store is asked at most every _CANCEL_POLL seconds). The pipeline only calls is_set()."""
 
-    def __init__(self, stop: threading.Event, cancelled: Callable[[], bool]) -> None:
+    def __init__(self, stop: threading.Event, cancelled: Callable[[], bool], lost: threading.Event) -> None:
         super().__init__()
-        self._stop, self._ask = stop, cancelled
+        self._stop, self._ask, self._lost = stop, cancelled, lost
         self._cancelled, self._next = False, 0.0
 
     def is_set(self) -> bool:
-        if self._stop.is_set() or self._cancelled:
+        if self._stop.is_set() or self._cancelled or self._lost.is_set():
             return True
         if time.monotonic() >= self._next:
             self._next = time.monotonic() + _CANCEL_POLL
             self._cancelled = self._ask()
         return self._cancelled
+
+
+class Heartbeat:
+    """Renews a claimed video's lease every third of it, from a thread of its own, while the render runs.
+    When a renewal finds the claim gone (this worker was paused or cut off past its lease and another took
+    the video), `lost` is set and the render stops at its next look."""
+
+    def __init__(self, store: JobStore, video: Video, claim: Claim, lease_s: float) -> None:
+        self.store, self.video, self.claim, self.lease_s = store, video, claim, lease_s
+        self.lost = threading.Event()
+        self._done = threading.Event()
+        context = contextvars.copy_context()  # its log lines carry the worker, job and video
+        self._thread = threading.Thread(target=context.run, args=(self._beat,), name="lease", daemon=True)
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        self._thread.join(timeout=self.lease_s)
+
+    def _beat(self) -> None:
+        while not self._done.wait(self.lease_s / 3):
+            try:
+                if not self.store.renew(self.video.job_id, self.video.output, self.claim, self.lease_s):
+                    self.lost.set()
+                    return
+            except Exception as exc:  # noqa: BLE001 - a busy or full store: try again at the next beat
+                log.warning("lease_not_renewed", reason=f"{type(exc).__name__}: {exc}")
+
+
+def worker_name(kind: str, slot: int | str) -> str:
+    """host:kind@slot, the name a worker's claims, log lines and links.json carry."""
+    return f"{socket.gethostname()}:{kind}@{slot}"
+
+
+def _publish(staged: Path, final: Path) -> None:
+    """Inside the fenced write that records the render: the claim's own file (and its poster) take the
+    output's names. Atomic renames in one folder: readers see the old file or the new one."""
+    poster = poster_path(staged.parent, staged.name)
+    if poster.exists():
+        os.replace(poster, poster_path(final.parent, final.name))
+    os.replace(staged, final)
+
+
+def _discard(staged: Path) -> None:
+    staged.unlink(missing_ok=True)
+    poster_path(staged.parent, staged.name).unlink(missing_ok=True)
+
+
+def _remove_earlier_epochs(folder: Path, output: str, epoch: int) -> None:
+    """Files earlier claims of this video left (`.eN.NAME` and their temp files): never published now."""
+    if not folder.is_dir():
+        return
+    stem = Path(output).stem
+    for path in folder.iterdir():
+        mark, _, rest = path.name.lstrip(".").partition(".")
+        ours = rest in (output, f"{stem}.part.mp4") or rest.startswith(stem + POSTER_SUFFIX)
+        if mark[:1] == "e" and mark[1:].isdigit() and int(mark[1:]) < epoch and ours:
+            path.unlink(missing_ok=True)
 
 
 def as_written(message: str, resolved: str, written: str) -> str:
@@ -516,13 +647,19 @@ def face_check(
     return None, None
 
 
-def _remove_partials(folder: Path) -> None:
-    """Hidden temp files (`.NAME.part.mp4`, `.NAME.poster.jpg.*.tmp`) a killed process left behind."""
+def _remove_partials(folder: Path, *, older_than: float | None = None) -> None:
+    """Hidden temp files (`.NAME.part.mp4`, `.NAME.poster.jpg.*.tmp`, a claim's `.eN.NAME`) a killed
+    process left behind. With `older_than`, only those unchanged since then: another worker's live render
+    keeps writing its own."""
     if folder.is_dir():
         for path in folder.iterdir():
             poster_temp = ".poster.jpg." in path.name and path.name.endswith(".tmp")
-            if path.name.startswith(".") and (path.name.endswith(".part.mp4") or poster_temp):
-                path.unlink(missing_ok=True)
+            mark = path.name[1:].partition(".")[0]
+            staged = mark[:1] == "e" and mark[1:].isdigit()
+            if path.name.startswith(".") and (path.name.endswith(".part.mp4") or poster_temp or staged):
+                with suppress(FileNotFoundError):
+                    if older_than is None or path.stat().st_mtime < older_than:
+                        path.unlink()
 
 
 def _disk_problem(exc: OSError, disks: dict[str, Path]) -> str:
