@@ -16,11 +16,12 @@ from daemon.distribute.uploader import UploadSettings
 from daemon.distribute.watcher import DistributeSettings, UploadWatcher
 from daemon.inbox import Inbox
 from daemon.intake import Intake, IntakeThread
+from daemon.lease import worker_name
 from daemon.ops.runtime import ServiceRuntime
 from daemon.render.avatar_cache import AvatarCache
 from daemon.render.pipeline import Interrupted, RenderSettings
 from daemon.render.registry import ModelPool, available_models
-from daemon.render.service import RenderPaths, RenderService, worker_name
+from daemon.render.service import RenderPaths, RenderService
 from daemon.store import JobState, JobStore, VideoState
 
 log = structlog.get_logger(__name__)
@@ -84,6 +85,20 @@ def model_pools(config: Config, slot: int | None = None) -> list[ModelPool]:
     ]
     log.info("render_workers", gpus=r.gpus, provider=first.providers[0])
     return [first, *rest]
+
+
+def render_workers(config: Config) -> int:
+    """render.workers, or by default one render worker per GPU in render.gpus when the render runs on
+    GPUs, one on a CPU box (one process already uses every core there)."""
+    r = config.render
+    if r.workers is not None:
+        return r.workers
+    if r.providers == "cpu" or not r.gpus:
+        return 1
+    from daemon.render.model import choose_providers
+
+    providers, _ = choose_providers(r.providers)
+    return len(r.gpus) if providers[0] in ("CUDAExecutionProvider", "TensorrtExecutionProvider") else 1
 
 
 @dataclass
@@ -252,7 +267,13 @@ class UploadDaemon:
 
     @classmethod
     def build(
-        cls, config: Config, runtime: ServiceRuntime, *, credentials_file: Path | None = None
+        cls,
+        config: Config,
+        runtime: ServiceRuntime,
+        *,
+        credentials_file: Path | None = None,
+        worker: str | None = None,
+        slot: int = 0,
     ) -> UploadDaemon:
         store = JobStore(config.state_dir)
         storage = open_storage(config, role="upload", credentials_file=credentials_file)
@@ -268,6 +289,8 @@ class UploadDaemon:
             beat=runtime.heartbeat("uploads"),
             metrics=runtime.metrics,
             signer=storage.signing_client,
+            worker=worker,
+            lease_s=config.upload.lease_seconds,
         )
         return cls(config, store, storage, notifier, watcher, runtime)
 

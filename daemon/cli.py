@@ -240,7 +240,7 @@ def _as_worker(kind: str, slot: int | None) -> str:
     """Every log line of this process names its worker (a journald field: WORKER=host:render@1)."""
     import structlog
 
-    from daemon.render.service import worker_name
+    from daemon.lease import worker_name
 
     name = worker_name(kind, slot or 0)
     structlog.contextvars.bind_contextvars(worker=name)
@@ -278,9 +278,12 @@ def _upload(args: argparse.Namespace, config: Config) -> int:
     from daemon.app import UploadDaemon
 
     _announce_reach(config)
-    with _hold(config, "upload"):
+    worker = _as_worker("upload", args.slot)
+    with _hold(config, f"upload@{args.slot or 0}"):
         runtime = _runtime(config, "upload")
-        daemon = UploadDaemon.build(config, runtime, credentials_file=_systemd_credential("s3"))
+        daemon = UploadDaemon.build(
+            config, runtime, credentials_file=_systemd_credential("s3"), worker=worker
+        )
         if args.once:
             daemon.run_once()
             return EXIT_OK
@@ -303,7 +306,18 @@ def _supervise(base: list[str], config: Config) -> int:
     from daemon.supervise import Child, Supervisor
 
     env = {**os.environ, SUPERVISOR_ENV: str(os.getpid())}
-    children = [Child(name, [*base, name], env) for name in ("render", "upload")]
+    from daemon.app import render_workers
+
+    children = [
+        *(
+            Child(f"render@{n}", [*base, "render", "--slot", str(n)], env)
+            for n in range(render_workers(config))
+        ),
+        *(
+            Child(f"upload@{n}", [*base, "upload", "--slot", str(n)], env)
+            for n in range(config.upload.workers)
+        ),
+    ]
     if config.storage.endpoint_url is None:
         owner = config.state_dir / "embedded-s3" / "owner.lock"
         children.insert(0, Child("storage", [*base, "storage"], env, ready=lambda: is_held(owner)))

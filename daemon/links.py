@@ -92,6 +92,9 @@ def _video_view(video: Video, folder: Path | None = None) -> dict[str, Any]:
         "expires_at": iso(video.expires_at),
         "local_copy": _local_copy(video, folder),
         "warning": video.warning,
+        # the worker (host:render@slot) rendering it now, or that rendered it
+        "worker": video.worker or (video.owner if video.state == VideoState.RENDERING else None),
+        "uploaded_by": video.uploaded_by,
     }
 
 

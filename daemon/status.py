@@ -167,7 +167,7 @@ def finished(doc: dict[str, Any]) -> bool:
 
 def _table(documents: list[dict[str, Any]], *, full: bool = False) -> Group:
     table = Table(show_header=True, header_style="bold", expand=False)
-    for column in ("job", "video", "status", "progress", "error / link"):
+    for column in ("job", "video", "status", "progress", "worker", "error / link"):
         table.add_column(column, overflow="fold")
     for doc in documents:
         job = doc["job"] or f"(not a job) {doc['manifest']}"
@@ -175,7 +175,7 @@ def _table(documents: list[dict[str, Any]], *, full: bool = False) -> Group:
         # a partial job's error lists its failures: they are printed whole under the table
         plain = doc["status"] == "partial" or not doc.get("error")
         note = Text(str(doc.get("summary") or "")) if plain else _error(doc["error"], full)
-        table.add_row(Text(job), Text("-"), _status(doc["status"]), _job_progress(doc), note)
+        table.add_row(Text(job), Text("-"), _status(doc["status"]), _job_progress(doc), Text(""), note)
         for video in doc["videos"]:
             status = video["status"]
             table.add_row(
@@ -183,6 +183,7 @@ def _table(documents: list[dict[str, Any]], *, full: bool = False) -> Group:
                 Text(video["output"]),
                 _status(status),
                 _progress(_fraction(status, video.get("progress") or 0.0)),
+                Text(video.get("worker") or "", style="dim"),
                 _note(video, full),
             )
     cut = not full and any(len(e) > _SHORT for e in _errors(documents))

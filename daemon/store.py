@@ -833,26 +833,80 @@ class JobStore:
         """Jobs queued or rendering (complete_job is asked about each after a pass)."""
         return [j.id for j in self.jobs(JobState.QUEUED, JobState.RENDERING)]
 
-    def start_upload(self, job_id: str, output: str, object_key: str) -> None:
-        """Uploading to `object_key`, chosen once: a resumed or repeated upload goes to the same object."""
-        self._video_change(
-            job_id, output, VideoState.UPLOADING, error=None, object_key=object_key, retry_at=None
-        )
+    def start_upload(
+        self, job_id: str, output: str, object_key: str, owner: str | None = None, lease_s: float = 60.0
+    ) -> Claim | None:
+        """Uploading to `object_key`, chosen once: a resumed or repeated upload goes to the same object.
+        With an owner, a claim with a lease like a render's: taken from rendered, or from uploading whose
+        lease lapsed; None (nothing changed) while another upload worker holds it."""
+        with self._change() as db:
+            row = db.execute(
+                "SELECT state, epoch, lease_until FROM videos WHERE job_id = ? AND output = ?",
+                (job_id, output),
+            ).fetchone()
+            now = time.time()
+            if owner is not None and row[0] == VideoState.UPLOADING.value and (row[2] or 0) >= now:
+                return None
+            claim = Claim(owner, row[1] + 1) if owner is not None else None
+            leased = {"owner": owner, "epoch": claim.epoch, "lease_until": now + lease_s} if claim else {}
+            self._set_video(
+                db,
+                job_id,
+                output,
+                VideoState.UPLOADING,
+                error=None,
+                object_key=object_key,
+                retry_at=None,
+                **leased,
+            )
+            return claim
 
-    def upload_stopped(self, job_id: str, output: str) -> None:
+    def uploads_lapsed(self) -> list[Video]:
+        """Uploads whose worker stopped renewing its lease (paused, cut off, killed): claimable again."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT * FROM videos WHERE state = ? AND lease_until IS NOT NULL AND lease_until < ?",
+                (VideoState.UPLOADING.value, time.time()),
+            ).fetchall()
+        return [_video(row) for row in rows]
+
+    def upload_stopped(self, job_id: str, output: str, claim: Claim | None = None) -> None:
         """An upload paused by a stop or a crash: its journal lets it resume, no error to show."""
-        self._video_change(job_id, output, VideoState.RENDERED)
+        with self._change() as db:
+            self._fence(db, job_id, output, claim)
+            self._set_video(db, job_id, output, VideoState.RENDERED, lease_until=None)
 
-    def upload_failed(self, job_id: str, output: str, reason: str, retry_at: float) -> None:
+    def upload_failed(
+        self, job_id: str, output: str, reason: str, retry_at: float, claim: Claim | None = None
+    ) -> None:
         """The one end of a failed upload (from uploading, or from rendered when it failed before it
         started): back to rendered with the reason, not tried again before `retry_at` (epoch seconds)."""
-        self._video_change(job_id, output, VideoState.RENDERED, error=reason, retry_at=retry_at)
+        with self._change() as db:
+            self._fence(db, job_id, output, claim)
+            self._set_video(
+                db, job_id, output, VideoState.RENDERED, error=reason, retry_at=retry_at, lease_until=None
+            )
 
-    def video_ready(self, job_id: str, output: str, url: str, expires_at: float) -> None:
-        """Uploaded and verified, its link signed: shown, then (by the eviction policy) the copy goes."""
-        self._video_change(
-            job_id, output, VideoState.READY, Effect.EVICT, url=url, expires_at=expires_at, retry_at=None
-        )
+    def video_ready(
+        self, job_id: str, output: str, url: str, expires_at: float, claim: Claim | None = None
+    ) -> None:
+        """Uploaded and verified, its link signed: shown, then (by the eviction policy) the copy goes. A
+        worker that lost its claim meanwhile is refused (LostClaim): the new owner publishes the link."""
+        with self._change() as db:
+            self._fence(db, job_id, output, claim)
+            by = {"uploaded_by": claim.owner} if claim else {}
+            self._set_video(
+                db,
+                job_id,
+                output,
+                VideoState.READY,
+                url=url,
+                expires_at=expires_at,
+                retry_at=None,
+                lease_until=None,
+                **by,
+            )
+            self._effect(db, Effect.EVICT, job_id, output)
 
     def relink(self, job_id: str, output: str, url: str, expires_at: float) -> None:
         """A ready video's link signed again before it expires."""

@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,11 +28,12 @@ from daemon.distribute.s3 import Link, object_key, presign_get
 from daemon.distribute.uploader import UploadCancelled, UploadError, UploadSettings, upload_file
 from daemon.files import file_sha256
 from daemon.inbox import start_observer
+from daemon.lease import Heartbeat, worker_name
 from daemon.links import ViewChecker, file_signature, summary
 from daemon.linkspage import PAGE_NAME
 from daemon.ops.metrics import Metrics
 from daemon.reconcile import Eviction, Reconciler
-from daemon.store import InvalidTransition, Job, JobState, JobStore, Video, VideoState
+from daemon.store import Claim, InvalidTransition, Job, JobState, JobStore, LostClaim, Video, VideoState
 
 log = structlog.get_logger(__name__)
 
@@ -68,8 +70,13 @@ class UploadWatcher:
         beat: Callable[[], None] = lambda: None,
         metrics: Metrics | None = None,
         signer: Any = None,
+        worker: str | None = None,
+        lease_s: float = 60.0,
     ) -> None:
         self.store = store
+        self.worker = worker or worker_name("upload", 0)  # owner of its upload claims
+        self.lease_s = lease_s
+        self._claims: dict[tuple[str, str], Claim] = {}  # the uploads this worker holds now
         self.signer = signer if signer is not None else client  # signs links for the public URL
         self.metrics = metrics or Metrics(None, "upload")
         self.client = client
@@ -102,6 +109,8 @@ class UploadWatcher:
         """Uploads caught midway go back to 'rendered' (the journal lets them resume where they were);
         then every effect left pending is applied (reconcile)."""
         for video in self.store.videos_in(VideoState.UPLOADING):
+            if video.owner not in (None, self.worker):
+                continue  # another upload worker's: it lapses by itself if that worker is gone
             self.store.upload_stopped(video.job_id, video.output)
             log.info("upload_resumable", job=video.job_id, video=video.output)
         self.reconciler.start_up()
@@ -151,7 +160,7 @@ class UploadWatcher:
     def _due(self) -> list[Video]:
         now = time.time()
         due = []
-        for video in self.store.videos_in(VideoState.RENDERED):
+        for video in [*self.store.videos_in(VideoState.RENDERED), *self.store.uploads_lapsed()]:
             key = (video.job_id, video.output)
             if key in self._in_flight or (video.retry_at or 0.0) > now:
                 continue
@@ -174,9 +183,11 @@ class UploadWatcher:
         if self.stop.is_set() or output == PAGE_NAME:
             return
         video = self.store.video(job_id, output)
-        if video is not None and video.state == VideoState.UPLOADING:
+        claim = self._claims.pop((job_id, output), None)
+        if video is not None and video.state == VideoState.UPLOADING and video.owner in (None, self.worker):
             with structlog.contextvars.bound_contextvars(job=job_id, video=output):
-                self._upload_failed(video, UploadError("the upload ended without recording its outcome"))
+                error = UploadError("the upload ended without recording its outcome")
+                self._upload_failed(video, error, claim)
 
     # -- one video -----------------------------------------------------------------------------------
 
@@ -189,8 +200,10 @@ class UploadWatcher:
                 self._upload_steps(video)
             except UploadCancelled:
                 raise
+            except LostClaim:
+                log.warning("upload_abandoned", reason="the claim was lost (its lease lapsed)")
             except Exception as exc:  # noqa: BLE001 - the one failure path of an upload
-                self._upload_failed(video, exc)
+                self._upload_failed(video, exc, self._claims.get((video.job_id, video.output)))
 
     def _upload_steps(self, video: Video) -> None:
         job = self.store.job(video.job_id)
@@ -202,29 +215,41 @@ class UploadWatcher:
             raise UploadError(problem)
         key = video.object_key or self._choose_key(job, video)
         try:
-            self.store.start_upload(job.id, video.output, key)
+            claim = self.store.start_upload(job.id, video.output, key, self.worker, self.lease_s)
         except InvalidTransition:  # cancelled since it was found due: not uploaded
             log.info("upload_skipped", reason="the job was cancelled")
             return
-        try:
-            result = upload_file(
-                self.client,
-                self.settings.bucket,
-                key,
-                self._local(video),
-                self.store,
-                self.settings.upload,
-                cancel=self.stop,
-            )
-        except UploadCancelled:
-            self.store.upload_stopped(job.id, video.output)
-            log.info("upload_paused", key=key, reason="stopping; the upload resumes on the next start")
-            raise
+        if claim is None:
+            log.info("upload_skipped", reason="another upload worker holds it")
+            return
+        self._claims[(job.id, video.output)] = claim
+        with structlog.contextvars.bound_contextvars(epoch=claim.epoch):
+            self._upload_claimed(job, video, key, claim)
+
+    def _upload_claimed(self, job: Job, video: Video, key: str, claim: Claim) -> None:
+        with Heartbeat(self.store, video, claim, self.lease_s) as lease:
+            try:
+                result = upload_file(
+                    self.client,
+                    self.settings.bucket,
+                    key,
+                    self._local(video),
+                    self.store,
+                    self.settings.upload,
+                    cancel=_Either(self.stop, lease.lost),
+                )
+            except UploadCancelled:
+                if lease.lost.is_set():
+                    raise LostClaim(job.id, video.output, claim, None, 0) from None
+                with suppress(LostClaim, InvalidTransition):
+                    self.store.upload_stopped(job.id, video.output, claim)
+                log.info("upload_paused", key=key, reason="stopping; the upload resumes on the next start")
+                raise
         if result.sha256 != video.sha256:
             raise UploadError("the uploaded file differs from the rendered one")
         link = self._sign(job, key, download_as=video.output)
         try:  # the link is shown, then the copy evicted: effects of this change (daemon.reconcile)
-            self.store.video_ready(job.id, video.output, link.url, link.expires_at.timestamp())
+            self.store.video_ready(job.id, video.output, link.url, link.expires_at.timestamp(), claim)
         except InvalidTransition:  # cancelled while it went up: its link is never published
             log.info("upload_dropped", key=key, reason="the job was cancelled")
             return
@@ -258,7 +283,7 @@ class UploadWatcher:
             self.signer, self.settings.bucket, key, ttl, self.settings.base_url, download_as=download_as
         )
 
-    def _upload_failed(self, video: Video, exc: BaseException) -> None:
+    def _upload_failed(self, video: Video, exc: BaseException, claim: Claim | None = None) -> None:
         """Not a network blip (those are retried inside upload_file): keep the file, say why, retry later.
         Recorded in the store (the reason and the retry time), so a restart keeps both; if even that
         cannot be written now (the store locked or its disk full), the video stays where it is and the
@@ -270,10 +295,10 @@ class UploadWatcher:
         log.error("upload_failed", error=said, retry_in_s=RETRY_FAILED_AFTER)
         for attempt in range(3):  # a store busy for a moment must not leave the video uploading
             try:
-                self.store.upload_failed(video.job_id, video.output, reason, retry_at)
+                self.store.upload_failed(video.job_id, video.output, reason, retry_at, claim)
                 return
-            except InvalidTransition:
-                return  # cancelled meanwhile: nothing to retry
+            except (InvalidTransition, LostClaim):
+                return  # cancelled meanwhile, or another worker has it now: nothing to retry here
             except Exception as store_exc:  # noqa: BLE001 - the store itself: say so, try again shortly
                 log.error("upload_failure_unrecorded", error=f"{type(store_exc).__name__}: {store_exc}")
                 self.stop.wait(0.5 * (attempt + 1))
@@ -437,6 +462,17 @@ class UploadWatcher:
 def _video_link(video: Video) -> VideoLink:
     expires = datetime.fromtimestamp(video.expires_at or 0.0, UTC)
     return VideoLink(video.output, video.url or "", expires, video.sha256 or "", video.size or 0)
+
+
+class _Either(threading.Event):
+    """What an upload stops on: the daemon stopping, or its claim lost (the uploader only calls is_set)."""
+
+    def __init__(self, *events: threading.Event) -> None:
+        super().__init__()
+        self._events = events
+
+    def is_set(self) -> bool:
+        return any(e.is_set() for e in self._events)
 
 
 class _Wake(FileSystemEventHandler):

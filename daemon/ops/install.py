@@ -24,7 +24,7 @@ from daemon.config import parse_base_url
 
 Runner = Callable[[Sequence[str]], None]
 UNIT_NAMES = (
-    "lipsyncd-render.service",
+    "lipsyncd-render@.service",  # a template: instance = render worker slot (lipsyncd-render@0 ...)
     "lipsyncd-storage.service",
     "lipsyncd-upload.service",
     "lipsyncd.target",
@@ -133,7 +133,7 @@ def find_source() -> Path:
         if (candidate / "systemd" / UNIT_NAMES[0]).is_file():
             return candidate
     raise FileNotFoundError(
-        "cannot find the lipsyncd unit files (systemd/lipsyncd-render.service) next to the package or in "
+        "cannot find the lipsyncd unit files (systemd/lipsyncd-render@.service) next to the package or in "
         f"{Path(sys.prefix) / 'share' / 'lipsyncd'}: reinstall lipsyncd, or pass the source folder"
     )
 

@@ -12,7 +12,6 @@ import errno
 import os
 import queue
 import shutil
-import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -25,6 +24,7 @@ import structlog
 
 from daemon.files import file_sha256
 from daemon.inbox import Inbox
+from daemon.lease import Heartbeat, worker_name
 from daemon.links import POSTER_SUFFIX, UnsafeOutput, job_dir, poster_path
 from daemon.ops.metrics import Metrics
 from daemon.reconcile import Reconciler
@@ -556,41 +556,6 @@ class _Halt(threading.Event):
             self._next = time.monotonic() + _CANCEL_POLL
             self._cancelled = self._ask()
         return self._cancelled
-
-
-class Heartbeat:
-    """Renews a claimed video's lease every third of it, from a thread of its own, while the render runs.
-    When a renewal finds the claim gone (this worker was paused or cut off past its lease and another took
-    the video), `lost` is set and the render stops at its next look."""
-
-    def __init__(self, store: JobStore, video: Video, claim: Claim, lease_s: float) -> None:
-        self.store, self.video, self.claim, self.lease_s = store, video, claim, lease_s
-        self.lost = threading.Event()
-        self._done = threading.Event()
-        context = contextvars.copy_context()  # its log lines carry the worker, job and video
-        self._thread = threading.Thread(target=context.run, args=(self._beat,), name="lease", daemon=True)
-
-    def __enter__(self) -> Heartbeat:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._done.set()
-        self._thread.join(timeout=self.lease_s)
-
-    def _beat(self) -> None:
-        while not self._done.wait(self.lease_s / 3):
-            try:
-                if not self.store.renew(self.video.job_id, self.video.output, self.claim, self.lease_s):
-                    self.lost.set()
-                    return
-            except Exception as exc:  # noqa: BLE001 - a busy or full store: try again at the next beat
-                log.warning("lease_not_renewed", reason=f"{type(exc).__name__}: {exc}")
-
-
-def worker_name(kind: str, slot: int | str) -> str:
-    """host:kind@slot, the name a worker's claims, log lines and links.json carry."""
-    return f"{socket.gethostname()}:{kind}@{slot}"
 
 
 def _publish(staged: Path, final: Path) -> None:

@@ -27,7 +27,7 @@ from daemon.ops.install import (
 )
 
 REPO = Path(__file__).resolve().parents[2]
-UNITS = ("lipsyncd-render.service", "lipsyncd-storage.service", "lipsyncd-upload.service", "lipsyncd.target")
+UNITS = ("lipsyncd-render@.service", "lipsyncd-storage.service", "lipsyncd-upload.service", "lipsyncd.target")
 
 
 def mode(path: Path) -> int:
@@ -129,7 +129,7 @@ def test_a_second_install_keeps_what_the_admin_changed(tmp_path: Path) -> None:
 def test_dry_run_writes_nothing(tmp_path: Path) -> None:
     lines = install_systemd(tmp_path, dry_run=True)
     assert list(tmp_path.iterdir()) == []
-    assert "would write /etc/systemd/system/lipsyncd-render.service (mode 0644)" in lines
+    assert "would write /etc/systemd/system/lipsyncd-render@.service (mode 0644)" in lines
 
 
 def test_custom_user_share_and_binary_reach_the_units(tmp_path: Path) -> None:
@@ -186,5 +186,5 @@ def test_service_config_without_an_example() -> None:
 
 
 def test_render_unit_leaves_shipped_text_alone_by_default() -> None:
-    text = (REPO / "systemd/lipsyncd-render.service").read_text()
+    text = (REPO / "systemd/lipsyncd-render@.service").read_text()
     assert render_unit(text, Layout(Path("/"), "lipsyncd", "lipsyncd", DEFAULT_SHARE), None) == text

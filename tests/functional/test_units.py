@@ -19,10 +19,10 @@ SANDBOX = Path(__file__).with_name("unit_sandbox.py")
 INSTALLED_BINARY = "/opt/lipsyncd/venv/bin/lipsyncd"
 THRESHOLDS = {
     "lipsyncd-upload.service": 3.0,
-    "lipsyncd-render.service": 4.0,
+    "lipsyncd-render@.service": 4.0,
     "lipsyncd-storage.service": 3.0,
 }
-WATCHERS = ("lipsyncd-render.service", "lipsyncd-upload.service")
+WATCHERS = ("lipsyncd-render@.service", "lipsyncd-upload.service")
 
 needs_systemd = pytest.mark.skipif(
     not shutil.which("systemd-analyze"), reason="systemd-analyze not installed"
@@ -54,7 +54,7 @@ def test_units_verify_clean(tmp_path: Path) -> None:
         (tmp_path / unit.name).write_text(unit.read_text().replace(INSTALLED_BINARY, str(stub)))
     names = sorted(p.name for p in UNITS.glob("lipsyncd*"))
     assert names == [
-        "lipsyncd-render.service",
+        "lipsyncd-render@.service",
         "lipsyncd-storage.service",
         "lipsyncd-upload.service",
         "lipsyncd.target",
@@ -95,7 +95,9 @@ def test_service_contract(name: str) -> None:
     assert pairs["Type"] == "notify" and pairs["NotifyAccess"] == "main"
     assert pairs["Restart"] == "on-failure" and int(pairs["WatchdogSec"]) > 0
     assert (pairs["User"], pairs["Group"], pairs["StateDirectory"]) == ("lipsyncd", "lipsyncd", "lipsyncd")
-    assert pairs["ExecStart"].startswith(f"{INSTALLED_BINARY} {name.split('-')[1].split('.')[0]} --config ")
+    assert pairs["ExecStart"].startswith(
+        f"{INSTALLED_BINARY} {name.split('-')[1].split('.')[0].rstrip('@')} --config "
+    )
     assert pairs["PartOf"] == "lipsyncd.target" and pairs["CapabilityBoundingSet"] == ""
     assert pairs["RestartPreventExitStatus"] == "78"  # EX_CONFIG: a bad config does not restart-loop
     if name in WATCHERS:
@@ -129,18 +131,18 @@ def test_no_secret_reaches_a_unit_through_its_environment() -> None:
         "s3:/etc/lipsyncd/credentials/s3",
         "webhook:/etc/lipsyncd/credentials/webhooks",
     ]
-    assert not values("lipsyncd-render.service", "LoadCredential")
+    assert not values("lipsyncd-render@.service", "LoadCredential")
     assert not values("lipsyncd-storage.service", "LoadCredential")  # its keys are its own, in the state dir
 
 
 def test_stop_timeouts_leave_room_for_a_batch_and_for_seaweedfs() -> None:
     assert int(values("lipsyncd-upload.service", "TimeoutStopSec")[0]) > 20 + 30  # weed ~20 s + a part
-    assert int(values("lipsyncd-render.service", "TimeoutStopSec")[0]) >= 60
+    assert int(values("lipsyncd-render@.service", "TimeoutStopSec")[0]) >= 60
     assert values("lipsyncd-upload.service", "KillMode") == ["mixed"]  # the daemon stops weed itself
 
 
 def test_render_reaches_the_gpu_but_not_the_network() -> None:
-    render = dict(unit_lines("lipsyncd-render.service"))
+    render = dict(unit_lines("lipsyncd-render@.service"))
     assert render["DevicePolicy"] == "closed" and render["DeviceAllow"] == "char-nvidia* rw"
     assert "PrivateDevices" not in render  # it would hide /dev/nvidia*
     assert (render["PrivateNetwork"], render["RestrictAddressFamilies"]) == ("yes", "AF_UNIX")
@@ -150,7 +152,11 @@ def test_render_reaches_the_gpu_but_not_the_network() -> None:
 
 def test_target_starts_all_three() -> None:
     wants = dict(unit_lines("lipsyncd.target"))["Wants"].split()
-    assert sorted(wants) == ["lipsyncd-render.service", "lipsyncd-storage.service", "lipsyncd-upload.service"]
+    assert sorted(wants) == [
+        "lipsyncd-render@0.service",
+        "lipsyncd-storage.service",
+        "lipsyncd-upload.service",
+    ]
 
 
 def _sandbox_available() -> bool:
@@ -223,7 +229,7 @@ def run_sandboxed(
 def test_render_stack_runs_under_the_render_units_seccomp_sandbox(tmp_path: Path) -> None:
     """onnxruntime (its default thread pool pins threads), PyAV/libx264 and OpenCV under
     SystemCallFilter=, MemoryDenyWriteExecute=yes and RestrictAddressFamilies=AF_UNIX."""
-    result = run_sandboxed("lipsyncd-render.service", RENDER_CHILD, str(tmp_path / "out.mp4"))
+    result = run_sandboxed("lipsyncd-render@.service", RENDER_CHILD, str(tmp_path / "out.mp4"))
     assert result.returncode == 0, result.stderr
     assert "render stack ok" in result.stdout
     assert "SystemCallFilter" in result.stderr and "MemoryDenyWriteExecute" in result.stderr
@@ -258,3 +264,11 @@ def test_embedded_storage_and_boto3_run_under_the_units_seccomp_sandbox(tmp_path
     result = run_sandboxed(unit, UPLOAD_CHILD, str(tmp_path / "state"))
     assert result.returncode == 0, result.stderr[-4000:]
     assert "upload stack ok" in result.stdout
+
+
+def test_render_workers_are_instances_of_a_template() -> None:
+    """lipsyncd-render@N.service runs render worker N (`%i` reaches the command); the target starts slot 0
+    and each further GPU's worker is enabled as its own instance."""
+    render = dict(unit_lines("lipsyncd-render@.service"))
+    assert render["ExecStart"].endswith(" render --config /etc/lipsyncd/lipsyncd.yaml --slot %i")
+    assert (render["WantedBy"], render["DefaultInstance"]) == ("lipsyncd.target", "0")
