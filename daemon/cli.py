@@ -252,7 +252,7 @@ def _render(args: argparse.Namespace, config: Config) -> int:
 
     _as_worker("render", args.slot)
     with _hold(config, f"render@{args.slot or 0}"):
-        daemon = RenderDaemon.build(config, _runtime(config, "render"), slot=args.slot)
+        daemon = RenderDaemon.build(config, _runtime(config, "render", args.slot), slot=args.slot)
         if args.once:
             daemon.run_once()
             daemon.store.close()
@@ -280,7 +280,7 @@ def _upload(args: argparse.Namespace, config: Config) -> int:
     _announce_reach(config)
     worker = _as_worker("upload", args.slot)
     with _hold(config, f"upload@{args.slot or 0}"):
-        runtime = _runtime(config, "upload")
+        runtime = _runtime(config, "upload", args.slot)
         daemon = UploadDaemon.build(
             config, runtime, credentials_file=_systemd_credential("s3"), worker=worker
         )
@@ -390,7 +390,7 @@ def _systemd_credential(name: str) -> Path | None:
     return path if path is not None and path.is_file() and path.stat().st_size > 0 else None
 
 
-def _runtime(config: Config, command: str) -> ServiceRuntime:
+def _runtime(config: Config, command: str, slot: int | None = None) -> ServiceRuntime:
     """Signals and the service manager: SIGTERM/SIGINT stop; NOTIFY_SOCKET is taken out of the environment
     so child processes (the embedded storage) cannot talk to systemd in our name."""
     from daemon.ops.runtime import ServiceRuntime
@@ -404,7 +404,7 @@ def _runtime(config: Config, command: str) -> ServiceRuntime:
 
     interval = watchdog_interval(os.environ)
     notifier = Notifier.from_environ(os.environ, unset=True)
-    name = f"lipsyncd-{command}"
+    name = f"lipsyncd-{command}" + (f"@{slot}" if slot else "")  # one metrics file per worker
     folder = config.service.metrics_dir
     metrics = Metrics(folder / f"{name}.prom" if folder else None, command)
     return ServiceRuntime(
