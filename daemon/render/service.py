@@ -209,8 +209,10 @@ class RenderService:
                 try:
                     self._render_claimed(job, video, claim, pool)
                     self._space_back()
-                except StateDiskFull as exc:  # nothing failed: the lease lapses and it is claimed again
+                except StateDiskFull as exc:  # nothing failed: the video goes back to the queue
                     self._wait_for_space(exc)
+                    with suppress(Exception):  # still full: its lease lapses and it is claimed again
+                        self.store.requeue_video(job.id, video.output, claim)
                     continue
                 except Interrupted:
                     raise

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
+from daemon.lease import Heartbeat
 from daemon.store import Claim, JobState, JobStore, LostClaim, Rendered, VideoState
 from tests.unit.test_store_links import manifest
 
@@ -187,3 +188,18 @@ def test_an_older_store_gains_the_lease_columns(tmp_path: Path) -> None:
     JobStore(state).close()
     columns = {row[1] for row in sqlite3.connect(state / "lipsyncd.db").execute("PRAGMA table_info(videos)")}
     assert {"owner", "epoch", "lease_until", "attempts", "worker", "uploaded_by"} <= columns
+
+
+def test_the_heartbeat_renews_the_lease_and_notices_a_takeover(store: JobStore) -> None:
+    claimed = store.claim_next_video("h:render@0", 0.6)
+    assert claimed is not None and claimed[0].lease_until is not None
+    first_until = claimed[0].lease_until
+    with Heartbeat(store, claimed[0], claimed[1], 0.6) as beat:
+        deadline = time.monotonic() + 10
+        while (v := store.video("promo", "a.mp4")) and (v.lease_until or 0) <= first_until:
+            assert time.monotonic() < deadline, "the lease was never renewed"
+            time.sleep(0.05)
+        assert not beat.lost.is_set()
+        with store._tx() as db:  # another worker took it over
+            db.execute("UPDATE videos SET owner = 'h:render@1', epoch = epoch + 1 WHERE output = 'a.mp4'")
+        assert beat.lost.wait(10), "the heartbeat did not notice the lost claim"
