@@ -561,8 +561,12 @@ class JobStore:
     def finish_job(self, job_id: str) -> JobState:
         """Move a rendered job to the final state its videos add up to (see `outcome`), in one
         transaction; a partial job's error names each failed video and why. Its webhooks go out when
-        it distributes (a job kept local has no links to announce). Returns the new state."""
+        it distributes (a job kept local has no links to announce). Returns the new state.
+        InvalidTransition when it is not rendered (another upload worker finished it first)."""
         with self._change() as db:
+            state = db.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()[0]
+            if state != JobState.RENDERED.value:
+                raise InvalidTransition(f"cannot finish a job that is {state}")
             return self._finish(db, job_id)
 
     def _finish(self, db: sqlite3.Connection, job_id: str) -> JobState:

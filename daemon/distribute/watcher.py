@@ -364,7 +364,10 @@ class UploadWatcher:
             if all(v.state == VideoState.FAILED for v in videos):
                 self._fail_job(job, videos)
             elif all(v.state in (VideoState.READY, VideoState.FAILED) for v in videos):
-                state = self.store.finish_job(job.id)  # done, or partial: webhooks go out (reconcile)
+                try:
+                    state = self.store.finish_job(job.id)  # done, or partial: webhooks go out (reconcile)
+                except InvalidTransition:
+                    continue  # another upload worker finished it (or it was cancelled) just now
                 self.metrics.job(state.value)
                 log.info(
                     "job_distributed",

@@ -188,7 +188,8 @@ def share_overrides(storage: Storage, part_size: int) -> dict[str, Any]:
     overrides: dict[str, Any] = {
         # rescans every second, so they meet the kills often (test_crash_findings E was such a race)
         "inbox": {"settle_time": "0.5s", "rescan_interval": "1s"},
-        "render": {"crf": 0, "preset": "ultrafast", "batch_size": 8},
+        # kills on purpose, several on one video at times: not to be taken for a video that crashes its worker
+        "render": {"crf": 0, "preset": "ultrafast", "batch_size": 8, "max_attempts": 1000},
         "upload": {"multipart_threshold": size, "part_size": size, "part_workers": 1},
     }
     if storage.section is not None:

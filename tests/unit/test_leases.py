@@ -13,7 +13,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from daemon.lease import Heartbeat
-from daemon.store import Claim, JobState, JobStore, LostClaim, Rendered, VideoState
+from daemon.store import Claim, InvalidTransition, JobState, JobStore, LostClaim, Rendered, VideoState
 from tests.unit.test_store_links import manifest
 
 RESULT = Rendered(10, 0, 5, "ab" * 32, "m", 0.4, None)
@@ -203,3 +203,42 @@ def test_the_heartbeat_renews_the_lease_and_notices_a_takeover(store: JobStore) 
         with store._tx() as db:  # another worker took it over
             db.execute("UPDATE videos SET owner = 'h:render@1', epoch = epoch + 1 WHERE output = 'a.mp4'")
         assert beat.lost.wait(10), "the heartbeat did not notice the lost claim"
+
+
+def test_upload_claims_are_exclusive_fenced_and_name_the_uploader(store: JobStore) -> None:
+    for _n in range(3):
+        claimed = store.claim_next_video("h:render@0", 60.0)
+        assert claimed is not None
+        store.video_rendered("promo", claimed[0].output, RESULT, claimed[1])
+    assert store.complete_job("promo") == JobState.RENDERED
+    first = store.start_upload("promo", "a.mp4", "k/a.mp4", "h:upload@0", 60.0)
+    assert first is not None and first.epoch == 2  # above the render's claim: its writes are refused now
+    assert store.start_upload("promo", "a.mp4", "k/a.mp4", "h:upload@1", 60.0) is None  # held
+    lapse(store, "a.mp4")
+    assert [v.output for v in store.uploads_lapsed()] == ["a.mp4"]
+    second = store.start_upload("promo", "a.mp4", "k/a.mp4", "h:upload@1", 60.0)
+    assert second is not None and second.epoch == 3
+    with pytest.raises(LostClaim):
+        store.video_ready("promo", "a.mp4", "https://x/old", 1e10, first)
+    store.video_ready("promo", "a.mp4", "https://x/new", 1e10, second)
+    video = store.video("promo", "a.mp4")
+    assert video is not None and (video.url, video.worker, video.uploaded_by) == (
+        "https://x/new",
+        "h:render@0",
+        "h:upload@1",
+    )
+
+
+def test_a_job_is_finished_by_one_upload_worker_only(store: JobStore) -> None:
+    for n in range(3):
+        claimed = store.claim_next_video("h:render@0", 60.0)
+        assert claimed is not None
+        store.fail_video("promo", claimed[0].output, "no face", claimed[1]) if n else store.video_rendered(
+            "promo", claimed[0].output, RESULT, claimed[1]
+        )
+    store.complete_job("promo")
+    store.start_upload("promo", "a.mp4", "k/a.mp4")
+    store.video_ready("promo", "a.mp4", "https://x/a", 1e10)
+    assert store.finish_job("promo") == JobState.PARTIAL
+    with pytest.raises(InvalidTransition):
+        store.finish_job("promo")
