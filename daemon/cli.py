@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from daemon.ops.instance import InstanceLock
     from daemon.ops.runtime import ServiceRuntime
     from daemon.ops.signals import SignalRelay
+    from daemon.supervise import Child
 
 # 78 = EX_CONFIG: systemd shows it, and Restart= won't loop on it; 75: another instance holds the state dir
 EXIT_OK, EXIT_FAILED, EXIT_IN_USE, EXIT_CONFIG = 0, 1, 75, 78
@@ -309,14 +310,8 @@ def _supervise(base: list[str], config: Config) -> int:
     from daemon.app import render_workers
 
     children = [
-        *(
-            Child(f"render@{n}", [*base, "render", "--slot", str(n)], env)
-            for n in range(render_workers(config))
-        ),
-        *(
-            Child(f"upload@{n}", [*base, "upload", "--slot", str(n)], env)
-            for n in range(config.upload.workers)
-        ),
+        *_workers(base, env, "render", render_workers(config)),
+        *_workers(base, env, "upload", config.upload.workers),
     ]
     if config.storage.endpoint_url is None:
         owner = config.state_dir / "embedded-s3" / "owner.lock"
@@ -327,6 +322,16 @@ def _supervise(base: list[str], config: Config) -> int:
         relay.on(signum, stop.set)
     relay.on(signal.SIGHUP, reload.set)
     return Supervisor(children, stop, reload).run()
+
+
+def _workers(base: list[str], env: dict[str, str], kind: str, count: int) -> list[Child]:
+    """One child per worker: `kind --slot N` named kind@N; a single one is the plain command (slot 0 on
+    every GPU), named kind."""
+    from daemon.supervise import Child
+
+    if count == 1:
+        return [Child(kind, [*base, kind], env)]
+    return [Child(f"{kind}@{n}", [*base, kind, "--slot", str(n)], env) for n in range(count)]
 
 
 def _storage(args: argparse.Namespace, config: Config) -> int:

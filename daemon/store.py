@@ -807,6 +807,12 @@ class JobStore:
         (whichever worker finished its last video, exactly once): rendered (and on to its final state
         when it does not distribute), or failed when no video came out. None while videos still wait
         or when it was moved on already."""
+        waiting = (job_id, VideoState.QUEUED.value, VideoState.RENDERING.value)
+        with self._lock:  # the common answer, read without taking the write lock (asked every pass)
+            if self._db.execute(
+                "SELECT 1 FROM videos WHERE job_id = ? AND state IN (?,?) LIMIT 1", waiting
+            ).fetchone():
+                return None
         with self._change() as db:
             job = db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
             if job is None or job["state"] not in (JobState.QUEUED.value, JobState.RENDERING.value):

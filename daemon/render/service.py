@@ -369,14 +369,9 @@ class RenderService:
             )
             try:
                 # the render is done: wait for room on the state disk rather than lose it
+                publish = _Publish(out, folder / video.output)
                 self._record(
-                    lambda: self.store.video_rendered(
-                        job.id,
-                        video.output,
-                        rendered,
-                        claim,
-                        publish=lambda: _publish(out, folder / video.output),
-                    )
+                    lambda: self.store.video_rendered(job.id, video.output, rendered, claim, publish=publish)
                 )
             except InvalidTransition:  # cancelled as it finished: the file is not kept nor shared
                 _discard(out)
@@ -560,13 +555,30 @@ class _Halt(threading.Event):
         return self._cancelled
 
 
-def _publish(staged: Path, final: Path) -> None:
+class _Publish:
     """Inside the fenced write that records the render: the claim's own file (and its poster) take the
-    output's names. Atomic renames in one folder: readers see the old file or the new one."""
-    poster = poster_path(staged.parent, staged.name)
-    if poster.exists():
-        os.replace(poster, poster_path(final.parent, final.name))
-    os.replace(staged, final)
+    output's names. Atomic renames in one folder: readers see the old file or the new one. Asked again
+    (the write it ran in could not commit: a full state disk), it knows its own file by its inode: moved
+    into place by the try before, it is not moved twice."""
+
+    def __init__(self, staged: Path, final: Path) -> None:
+        self.staged, self.final = staged, final
+        self.inode = staged.stat().st_ino
+
+    def __call__(self) -> None:
+        poster = poster_path(self.staged.parent, self.staged.name)
+        if poster.exists():
+            os.replace(poster, poster_path(self.final.parent, self.final.name))
+        if not self.staged.exists() and _inode(self.final) == self.inode:
+            return
+        os.replace(self.staged, self.final)
+
+
+def _inode(path: Path) -> int | None:
+    try:
+        return path.stat().st_ino
+    except FileNotFoundError:
+        return None
 
 
 def _discard(staged: Path) -> None:
