@@ -189,9 +189,11 @@ class MuseTalkModel:
     def audio_key(self) -> str:
         return f"musetalk-whisper:{self._audio_file.resolve()}"
 
-    def job_audio(self, wav: np.ndarray) -> whisper_audio.WhisperFeatures:
+    def job_audio(self, wav: np.ndarray, scratch_dir: Path | None = None) -> whisper_audio.WhisperFeatures:
         encoder = self._graphs["audio_encoder"]
-        return whisper_audio.encode_audio(wav, lambda mels: encoder(input_features=mels))
+        return whisper_audio.encode_audio(
+            wav, lambda mels: encoder(input_features=mels), spill_dir=scratch_dir
+        )
 
     def prepare(self, frame: np.ndarray, box: Box) -> np.ndarray:
         return crop_256(frame, box)

@@ -171,7 +171,7 @@ class RenderService:
             started = time.monotonic()
             try:
                 self._still_inside(job.audio_written, Path(job.audio))
-                audio = prepare_audio(Path(job.audio))
+                audio = prepare_audio(Path(job.audio), self.paths.scratch_dir)
             except MediaError as exc:
                 said = as_written(str(exc), job.audio, job.audio_written)
                 self._fail_job(job, f"the audio {job.audio_written!r} cannot be used: {said}")

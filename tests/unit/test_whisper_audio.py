@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from fractions import Fraction
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -203,5 +204,21 @@ def test_one_segment_a_call_by_default_and_the_same_features_as_batched() -> Non
     one, four = FakeEncoder(width=3), FakeEncoder(width=3)
     default = wa.encode_audio(wav, one)
     assert [len(f) for f in one.seen] == [1, 1, 1, 1]
-    np.testing.assert_array_equal(default.hidden, wa.encode_audio(wav, four, batch=4).hidden)
+    np.testing.assert_array_equal(default.hidden[:], wa.encode_audio(wav, four, batch=4).hidden[:])
     assert default.hidden.shape == (math.floor(95 * 50 + 7 * 50 / SR), 5, 3)
+
+
+def test_spilled_steps_equal_the_in_memory_ones_and_leave_no_file(tmp_path: Path) -> None:
+    """A long voice-over's encoder output goes to an unnamed file in the scratch folder (5 minutes are
+    115 MB for whisper-tiny): the windows read back from it are the ones an in-memory array gives."""
+    wav = noise(65 * SR + 123)
+    spilled = wa.encode_audio(wav, FakeEncoder(width=3), spill_dir=tmp_path / "scratch")
+    in_memory = wa.encode_audio(wav, FakeEncoder(width=3), spill=False)
+    assert isinstance(spilled.hidden, wa.SpilledSteps) and isinstance(in_memory.hidden, np.ndarray)
+    assert spilled.hidden.shape == in_memory.hidden.shape
+    np.testing.assert_array_equal(spilled.hidden[:], in_memory.hidden)
+    for fps in (25.0, 29.97):
+        for i in (0, 1, 750, 1624, 1625, 5000):
+            np.testing.assert_array_equal(spilled.window(i, fps), in_memory.window(i, fps))
+    np.testing.assert_array_equal(spilled.windows(25.0, 100, 7), in_memory.windows(25.0, 100, 7))
+    assert list((tmp_path / "scratch").iterdir()) == []  # the file has no name: nothing to clean up
