@@ -178,7 +178,11 @@ def _parser() -> argparse.ArgumentParser:
     bench = command("bench", _bench, "measure speed and memory; print a table (see bench/README.md)")
     bench.add_argument("--quick", action="store_true", help="tiny inputs: checks the command works")
     bench.add_argument(
-        "--only", nargs="+", default=[], metavar="SECTION", help="example, e2e, memory, encoder, model"
+        "--only",
+        nargs="+",
+        default=[],
+        metavar="SECTION",
+        help="example, e2e, memory, encoder, model, musetalk, musetalk-e2e, musetalk-memory",
     )
     bench.add_argument("--json", type=Path, help="also write the results here")
     bench.add_argument(
