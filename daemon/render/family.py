@@ -34,6 +34,7 @@ class LipSyncFamily(Protocol):
 
     provider: str  # the onnxruntime execution provider actually in use
     reuse_inputs: bool  # `avatar_inputs` costs more than keeping its result for a frame shown again
+    max_batch: int | None  # the most frames per model call on this provider (None: the settings decide)
 
     @property
     def inputs_key(self) -> str:

@@ -117,6 +117,7 @@ class LipSyncModel:
         return crop_face(frame, box)
 
     reuse_inputs = False  # stacking a crop costs less than keeping it
+    max_batch: int | None = None  # small networks: render.batch_size and the frames budget decide
     inputs_key = "wav2lip-faces-v1"  # never kept, but named
 
     def avatar_inputs(self, crops: list[np.ndarray]) -> np.ndarray:

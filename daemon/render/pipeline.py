@@ -184,7 +184,7 @@ class VideoRender:
             self._inputs = self.cache.inputs(self.source, self.model.inputs_key, INPUT_MEMO_MB << 20)
         elif not shows_frames_again(info, total):
             self._inputs = AvatarInputs(0)  # every frame is shown once and nothing keeps them: no memo
-        self._batch = self.settings.batch_for(info.width, info.height)
+        self._batch = min(self.settings.batch_for(info.width, info.height), self.model.max_batch or 1 << 30)
         frames_q: queue.Queue[Any] = queue.Queue(maxsize=self._batch * self.settings.queue_batches)
         batches_q: queue.Queue[Any] = queue.Queue(maxsize=self.settings.queue_batches)
         failed = threading.Event()

@@ -20,7 +20,7 @@ from daemon.modelimport import import_model
 from daemon.render.avatar_cache import AvatarCache
 from daemon.render.faces import FaceTracker, HaarDetector
 from daemon.render.media import iter_frames, probe_video
-from daemon.render.musetalk import MuseTalkModel, musetalk_box
+from daemon.render.musetalk import CPU_MAX_BATCH, MuseTalkModel, musetalk_box
 from daemon.render.pipeline import RenderResult, RenderSettings, VideoRender, prepare_audio
 from daemon.render.timeline import source_index
 from daemon.render.types import Box
@@ -54,6 +54,7 @@ def test_musetalk_model_renders_a_job(share: Share) -> None:
     stages = _print_stages(rendered.stdout + rendered.stderr)
     # 10 avatar frames, 15 shown (ping-pong): the 5 shown again reuse their VAE latents
     assert stages["reused_inputs"] == frames - 10
+    assert stages["batch"] == CPU_MAX_BATCH  # render.batch_size is 16, capped on the CPU provider
 
     out = share.outputs / "talk" / video["output"]
     with av.open(str(out)) as container:
