@@ -10,8 +10,6 @@ from __future__ import annotations
 import errno
 import fcntl
 import json
-import os
-import tempfile
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -21,6 +19,7 @@ from typing import Any
 
 import structlog
 
+from daemon.files import write_atomic
 from daemon.linkspage import PAGE_NAME, render_page
 from daemon.store import Job, JobStore, Video, VideoState
 
@@ -270,19 +269,7 @@ def write_json_atomic(path: Path, document: dict[str, Any]) -> Path:
 
 
 def write_text_atomic(path: Path, text: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            out.write(text)
-            out.flush()
-            os.fsync(out.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_atomic(path, text, mode=0o644, fsync=True)  # readers (nginx, users) see it whole
 
 
 @contextmanager

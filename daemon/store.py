@@ -19,8 +19,8 @@ from enum import Enum, StrEnum
 from pathlib import Path
 from typing import Any
 
-from daemon.distribute.uploader import PartRecord, UploadState
 from daemon.manifest import Manifest, job_name
+from daemon.upload_journal import PartRecord, UploadState
 
 DB_NAME = "lipsyncd.db"
 

@@ -15,7 +15,8 @@ import av
 import numpy as np
 import pytest
 
-from daemon.render.avatar_cache import AvatarCache, file_sha256
+from daemon.files import file_sha256
+from daemon.render.avatar_cache import AvatarCache
 from daemon.render.baseline import write_baseline
 from daemon.render.faces import FaceTracker, HaarDetector
 from daemon.render.media import iter_frames, probe_video

@@ -23,7 +23,6 @@ from structlog.testing import capture_logs
 from daemon.distribute.embedded import EmbeddedS3
 from daemon.distribute.s3 import Credentials, StorageSettings, make_client, presign_get
 from daemon.distribute.uploader import (
-    MemoryJournal,
     MiB,
     SqliteJournal,
     StorageUnavailable,
@@ -33,6 +32,7 @@ from daemon.distribute.uploader import (
     abort_orphans,
     upload_file,
 )
+from daemon.upload_journal import PartRecord, UploadState
 
 REPO = Path(__file__).resolve().parents[2]
 PARTS = UploadSettings(multipart_threshold=6 * MiB, part_size=5 * MiB, max_part_workers=1)
@@ -65,6 +65,33 @@ def count_sent_parts(client: Any) -> list[int]:
         "before-parameter-build.s3.UploadPart", lambda params, **_: sent.append(params["PartNumber"])
     )
     return sent
+
+
+class MemoryJournal:
+    """An UploadJournal in a dict (nothing survives a restart; the daemon journals in its job store)."""
+
+    def __init__(self) -> None:
+        self._states: dict[str, UploadState] = {}
+        self._lock = threading.Lock()
+
+    def load(self, key: str) -> UploadState | None:
+        with self._lock:
+            return self._states.get(key)
+
+    def start(self, key: str, upload_id: str, part_size: int) -> None:
+        with self._lock:
+            self._states[key] = UploadState(key, upload_id, part_size)
+
+    def part_done(self, key: str, part_number: int, etag: str, size: int, checksum: str) -> None:
+        with self._lock:
+            state = self._states[key]
+            parts = [p for p in state.parts if p.part_number != part_number]
+            record = PartRecord(part_number, etag, size, checksum)
+            self._states[key] = UploadState(key, state.upload_id, state.part_size, (*parts, record))
+
+    def finish(self, key: str) -> None:
+        with self._lock:
+            self._states.pop(key, None)
 
 
 class CrashingJournal(MemoryJournal):
