@@ -69,7 +69,7 @@ class _UserError(Exception):
     pass
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - one statement per option; split, the CLI scatters
     from daemon import __version__
 
     config_help = "YAML configuration (default: $LIPSYNCD_CONFIG or config/lipsyncd.yaml)"

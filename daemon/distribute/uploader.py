@@ -36,7 +36,7 @@ import botocore.exceptions
 import structlog
 
 from daemon.distribute.s3 import error_code, http_status, is_retryable
-from daemon.files import file_sha256  # noqa: F401 - re-exported for callers of the uploader
+from daemon.files import file_sha256
 
 log = structlog.get_logger(__name__)
 
@@ -270,7 +270,7 @@ def _read_span(path: Path, start: int, length: int) -> bytes:
 
 
 class _Upload:
-    def __init__(
+    def __init__(  # noqa: PLR0917 - private, one caller: upload_file, whose arguments it takes over
         self,
         client: Any,
         bucket: str,

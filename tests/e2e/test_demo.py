@@ -33,4 +33,5 @@ def test_demo_renders_and_shares_the_bundled_example(tmp_path: Path) -> None:
         seconds = float(container.duration) / av.time_base
     assert abs(seconds - 3.96) <= 0.04 + 1 / 25  # the speech clip's length, within one frame
     shared = json.loads((tmp_path / "outputs" / "latest_batch" / "demo-shared" / "links.json").read_text())
-    assert shared["videos"][0]["status"] == "ready" and shared["videos"][0]["local_copy"] is False
+    assert shared["videos"][0]["status"] == "ready"
+    assert shared["videos"][0]["local_copy"] is False

@@ -21,7 +21,7 @@ from tests.e2e.harness import Daemon, Share, statuses, wait_for
 
 
 def fetch(url: str) -> bytes:
-    with urllib.request.urlopen(url, timeout=30) as response:  # noqa: S310 - our own loopback server
+    with urllib.request.urlopen(url, timeout=30) as response:
         return response.read()
 
 
@@ -67,7 +67,8 @@ def test_embedded_defaults_share_links_that_download_the_rendered_bytes(
         private = wait_for(lambda: done(share, "private"), 60, "private job done", run)
         brief = wait_for(lambda: done(share, "brief"), 60, "brief job distributed", run)
         for video in shared["videos"]:
-            assert video["status"] == "ready" and video["local_copy"] is False
+            assert video["status"] == "ready"
+            assert video["local_copy"] is False
             assert hashlib.sha256(fetch(video["url"])).hexdigest() == video["sha256"]
             assert video["object_key"].endswith(f"/shared/{video['output']}")
             assert not (share.outputs / "shared" / video["output"]).exists()
@@ -75,7 +76,8 @@ def test_embedded_defaults_share_links_that_download_the_rendered_bytes(
         assert http_status(unsigned) == 403, "the storage must refuse unsigned requests"
         tampered = shared["videos"][0]["url"].replace("X-Amz-Expires=86400", "X-Amz-Expires=86401")
         assert http_status(tampered) == 403
-        assert private["videos"][0]["status"] == "rendered" and private["videos"][0]["url"] is None
+        assert private["videos"][0]["status"] == "rendered"
+        assert private["videos"][0]["url"] is None
         assert (share.outputs / "private" / "anchor.mp4").exists()
         time.sleep(max(0.0, _expires(brief) - time.time()) + 1.5)
         assert http_status(brief["videos"][0]["url"]) == 403, "an expired link must be refused"
@@ -151,13 +153,12 @@ def test_kill_9_mid_multipart_upload_resumes_without_resending(
         upload.terminate()
     finished = [e for e in upload.events() if e["event"] == "upload_done"]
     parts = finished[0]["parts"]
-    assert len(finished) == 1 and parts >= 6
+    assert len(finished) == 1
+    assert parts >= 6
     assert finished[0]["sent_parts"] <= parts - sent_before, "parts sent before the kill were sent again"
     video = links["videos"][0]
-    assert (
-        video["sha256"] == rendered["sha256"]
-        and hashlib.sha256(fetch(video["url"])).hexdigest() == video["sha256"]
-    )
+    assert video["sha256"] == rendered["sha256"]
+    assert hashlib.sha256(fetch(video["url"])).hexdigest() == video["sha256"]
     listed = s3_client.list_objects_v2(Bucket=external["bucket"], Prefix=external["prefix"] + "/")
     assert [o["Key"] for o in listed.get("Contents", [])] == [video["object_key"]], "one object per video"
     assert not (share.outputs / "big" / "big.mp4").exists()
@@ -212,7 +213,8 @@ def test_webhook_gets_the_links_once(
     upload.terminate()
     assert len(webhook_receiver.bodies) == 1
     body = webhook_receiver.bodies[0]
-    assert body["job"] == "hooked" and body["videos"][0]["url"] == share.links("hooked")["videos"][0]["url"]  # type: ignore[index]
+    assert body["job"] == "hooked"
+    assert body["videos"][0]["url"] == share.links("hooked")["videos"][0]["url"]
 
 
 def test_sigterm_mid_multipart_upload_leaves_it_resumable(
@@ -245,7 +247,8 @@ def test_sigterm_mid_multipart_upload_leaves_it_resumable(
     assert upload.proc.wait(timeout=90) == 0
     kept = journalled_parts(share.state)
     parts = -(-(share.outputs / "term" / "big.mp4").stat().st_size // (5 << 20))
-    assert 1 <= kept < parts and statuses(share.links("term")) == ["rendered"]
+    assert 1 <= kept < parts
+    assert statuses(share.links("term")) == ["rendered"]
     assert (share.outputs / "term" / "big.mp4").exists()
     upload = Daemon(share, "upload")
     try:

@@ -48,7 +48,8 @@ def test_musetalk_model_renders_a_job(share: Share) -> None:
     rendered = share.lipsyncd("render", "--once", timeout=300)
     assert rendered.returncode == 0, rendered.stderr
     video = share.links("talk")["videos"][0]  # type: ignore[index]
-    assert video["status"] == "rendered" and video["model"] == "mt", video
+    assert video["status"] == "rendered", video
+    assert video["model"] == "mt", video
     frames = round(AUDIO_SECONDS * FPS)
     assert video["frames"] == frames
     stages = _print_stages(rendered.stdout + rendered.stderr)
@@ -77,7 +78,8 @@ def test_the_daemon_keeps_a_presenters_detections_and_latents_for_the_next_job(s
     first = share.lipsyncd("render", "--once", timeout=300)
     assert first.returncode == 0, first.stderr
     stages = _print_stages(first.stdout + first.stderr)
-    assert stages["detector_calls"] > 0 and stages["reused_inputs"] == frames - 10  # 10 frames encoded
+    assert stages["detector_calls"] > 0
+    assert stages["reused_inputs"] == frames - 10
     assert len(list((share.state / "avatars").glob("*-inputs-*.npz"))) >= 1
 
     copy = {"audio": "media/speech.wav", "videos": ["media/host-copy.mp4"], "model": "mt"}
@@ -86,7 +88,9 @@ def test_the_daemon_keeps_a_presenters_detections_and_latents_for_the_next_job(s
     assert again.returncode == 0, again.stderr
     log = again.stdout + again.stderr
     stages = _print_stages(log)
-    assert stages["frames"] == frames and stages["detector_calls"] == 0 and stages["cached_detections"] > 0
+    assert stages["frames"] == frames
+    assert stages["detector_calls"] == 0
+    assert stages["cached_detections"] > 0
     assert stages["reused_inputs"] == frames  # every frame's latents were kept: no VAE encode at all
     loaded = [json.loads(line) for line in log.splitlines() if '"avatar_inputs"' in line]
     assert [(e["hit"], e["frames"]) for e in loaded] == [(True, 10)]
@@ -176,7 +180,8 @@ def test_avatar_cache_keeps_the_latents_between_renders(share: Share, tmp_path: 
     assert (CountingMuseTalk.encoded, first.reused_inputs) == (10, 5)  # 10 avatar frames, 5 shown again
     assert len(list((tmp_path / "avatars").glob("*-inputs-*.npz"))) == 1
     again, again_frames = render("again")
-    assert CountingMuseTalk.encoded == 10 and again.reused_inputs == 15  # no VAE encode at all
+    assert CountingMuseTalk.encoded == 10
+    assert again.reused_inputs == 15
     # the same latents give the same video, up to rounding: onnxruntime's results depend slightly on the
     # batch a frame shares (the two renders batch the UNet differently), the random tiny UNet amplifies
     # that, and x264 spreads it over its blocks. Measured here: a mean of 0.0-0.7 of 255 over the frame,

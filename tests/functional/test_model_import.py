@@ -147,7 +147,8 @@ def test_onnx_matches_an_independent_torch_forward(imported: ImportReport, state
     assert got.shape == (3, 3, 96, 96)
     assert float(expected.std()) > 0.05  # the comparison means something: outputs are spread out
     assert float(np.abs(got - expected).max()) <= 1e-4
-    assert imported.onnx_vs_torch is not None and imported.onnx_vs_torch <= 1e-4
+    assert imported.onnx_vs_torch is not None
+    assert imported.onnx_vs_torch <= 1e-4
 
 
 def test_spec_and_onnx_file(imported: ImportReport, checkpoint: Path) -> None:
@@ -171,9 +172,11 @@ def test_spec_and_onnx_file(imported: ImportReport, checkpoint: Path) -> None:
 def test_variants_run_on_float32_and_their_error_is_reported(imported: ImportReport) -> None:
     fp16, int8 = imported.variant("fp16"), imported.variant("int8")
     assert 0 < fp16.max_abs_error < 0.02
-    assert 0 < int8.max_abs_error < 0.5 and int8.mean_abs_error < 0.05
+    assert 0 < int8.max_abs_error < 0.5
+    assert int8.mean_abs_error < 0.05
     text = "\n".join(imported.lines())
-    assert "fp16 vs fp32: max abs error" in text and "int8 vs fp32: max abs error" in text
+    assert "fp16 vs fp32: max abs error" in text
+    assert "int8 vs fp32: max abs error" in text
     assert "fp32 ONNX vs PyTorch" in text
     assert "int8 vs fp32" in imported.spec.notes
     for precision in ("fp16", "int8"):
@@ -183,7 +186,8 @@ def test_variants_run_on_float32_and_their_error_is_reported(imported: ImportRep
         out = session.run(
             None, {"mel": np.zeros((2, 1, 80, 16), np.float32), "face": np.zeros((2, 6, 96, 96), np.float32)}
         )
-        assert out[0].dtype == np.float32 and out[0].shape == (2, 3, 96, 96)
+        assert out[0].dtype == np.float32
+        assert out[0].shape == (2, 3, 96, 96)
 
 
 def test_list_models_and_name_clash(imported: ImportReport, checkpoint: Path) -> None:
@@ -261,7 +265,7 @@ def test_mismatched_keys_are_named(state: State, tmp_path: Path, edit: dict[str,
 
 def test_import_model_sends_wav2lip_checkpoints_to_the_wav2lip_importer(state: State, tmp_path: Path) -> None:
     path = _broken(state, tmp_path, drop="audio_encoder.0.conv_block.0.bias")
-    with pytest.raises(ModelImportError, match="missing keys: audio_encoder.0.conv_block.0.bias"):
+    with pytest.raises(ModelImportError, match=r"missing keys: audio_encoder.0.conv_block.0.bias"):
         import_model(path, tmp_path / "models", name=None, fp16=False, int8=False)
 
 

@@ -80,7 +80,8 @@ def test_window_of_a_short_mel_is_padded_with_silence() -> None:
     mel = np.zeros((80, 5), np.float32)
     window = audio.mel_window(mel, 3, 25.0)
     assert window.shape == (80, 16)
-    assert np.all(window[:, :5] == 0) and np.all(window[:, 5:] == audio.SILENCE)
+    assert np.all(window[:, :5] == 0)
+    assert np.all(window[:, 5:] == audio.SILENCE)
 
 
 @pytest.mark.parametrize(

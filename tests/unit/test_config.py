@@ -106,10 +106,13 @@ def test_config_path_precedence() -> None:
 
 
 def test_parsers() -> None:
-    assert parse_duration("24h") == 86400 and parse_duration(5) == 5 and parse_duration("1.5m") == 90
-    assert parse_size("8MiB") == 8 * 2**20 and parse_size("5MB") == 5_000_000
+    assert parse_duration("24h") == 86400
+    assert parse_duration(5) == 5
+    assert parse_duration("1.5m") == 90
+    assert parse_size("8MiB") == 8 * 2**20
+    assert parse_size("5MB") == 5_000_000
     for bad in ("-1s", "tomorrow", True):
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match="duration"):
             parse_duration(bad)
 
 
@@ -117,7 +120,8 @@ def test_link_addresses_are_parsed(tmp_path: Path) -> None:
     text = "storage: {embedded_listen: 0.0.0.0, public_url: 'https://media.example.lan:8333/'}\n"
     storage = load_config(write(tmp_path, text)).storage
     assert (storage.embedded_listen, storage.public_url) == ("0.0.0.0", "https://media.example.lan:8333")
-    assert Config().storage.embedded_listen == "127.0.0.1" and Config().storage.public_url is None
+    assert Config().storage.embedded_listen == "127.0.0.1"
+    assert Config().storage.public_url is None
     ipv6 = load_config(write(tmp_path, "storage: {embedded_listen: '::', public_url: 'http://[::1]:9'}\n"))
     assert ipv6.storage.embedded_listen == "::"
 
@@ -149,8 +153,11 @@ def test_effective_configuration_redacts_secrets(tmp_path: Path, capsys: pytest.
     assert main(["check-config", "--print", "--config", str(write(tmp_path, text))]) == EXIT_OK
     out = capsys.readouterr().out
     printed = yaml.safe_load(out.split("\n", 1)[1])
-    assert printed["render"]["batch_size"] == 4 and printed["render"]["crf"] == 20  # defaults filled in
+    assert printed["render"]["batch_size"] == 4
+    assert printed["render"]["crf"] == 20
     assert printed["inbox"]["settle_time"] == 2.0
-    assert "T0KEN" not in out and "s3cret" not in out and "alice" not in out
+    assert "T0KEN" not in out
+    assert "s3cret" not in out
+    assert "alice" not in out
     assert printed["webhooks"]["ops"]["url"] == "<redacted>"
     assert printed["storage"]["endpoint_url"] == "https://<redacted>@s3.example.com"

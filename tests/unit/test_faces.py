@@ -63,7 +63,7 @@ def numbered_frames(count: int, shape: tuple[int, int] = (360, 640)) -> list[np.
     return frames
 
 
-def reference_smoothened(boxes: list[list[int]], T: int = 5) -> np.ndarray:  # noqa: N803
+def reference_smoothened(boxes: list[list[int]], T: int = 5) -> np.ndarray:
     """Wav2Lip inference.py `get_smoothened_boxes`, verbatim (boxes is an int array there)."""
     boxes = np.array(boxes)
     for i in range(len(boxes)):
@@ -155,7 +155,8 @@ def test_tracking_gives_none_after_a_long_gap_and_counts_it() -> None:
     out = [crop.box for _, crop in tracker.track(numbered_frames(32))]
     assert all(b is not None for b in out[:13])
     assert out[13:30] == [None] * 17
-    assert out[30] is not None and out[31] is not None
+    assert out[30] is not None
+    assert out[31] is not None
     assert tracker.stats.no_face_frames == 17
     assert tracker.stats.frames == 32
 
@@ -205,7 +206,8 @@ def test_tracker_pads_before_smoothing() -> None:
 
 def test_crop_face_is_96_square_bgr(astronaut: np.ndarray) -> None:
     crop = crop_face(astronaut, Box(176, 65, 272, 171))
-    assert crop.shape == (96, 96, 3) and crop.dtype == np.uint8
+    assert crop.shape == (96, 96, 3)
+    assert crop.dtype == np.uint8
     assert np.array_equal(crop_face(astronaut, Box(0, 0, 96, 96)), astronaut[:96, :96])
 
 
@@ -230,10 +232,14 @@ def test_landmarks_travel_with_their_box_through_interpolation_padding_and_smoot
     assert detector.calls == [0, 5, 10, 15, 20]
     for _, crop in tracked:
         box = crop.box
-        assert box is not None and box.landmarks is not None and box.height == 110  # padded 10 px below
+        assert box is not None
+        assert box.landmarks is not None
+        assert box.height == 110
         # the points keep their place in the face, though the box moved, was padded and smoothed
         nose = box.point(2)
-        assert nose is not None and abs(nose[0] - box.x1 - 50) <= 1 and abs(nose[1] - box.y1 - 60) <= 1
+        assert nose is not None
+        assert abs(nose[0] - box.x1 - 50) <= 1
+        assert abs(nose[1] - box.y1 - 60) <= 1
     assert tracked[3][1].box != tracked[2][1].box  # interpolated frames moved their points too
 
 
@@ -248,7 +254,7 @@ def test_a_box_without_landmarks_drops_them_from_the_average() -> None:
 class _FakeYn:
     """Stands in for cv2.FaceDetectorYN (no YuNet file here): one face in the downscaled frame."""
 
-    def setInputSize(self, size: tuple[int, int]) -> None:  # noqa: N802 (OpenCV's name)
+    def setInputSize(self, size: tuple[int, int]) -> None:
         self.size = size
 
     def detect(self, image: np.ndarray) -> tuple[int, np.ndarray]:

@@ -30,7 +30,8 @@ def test_reach_names_the_host_people_open(cfg: Config, host: str, local: bool) -
     where = reach(cfg)
     assert (where.host, where.local_only) == (host, local)
     if local:
-        assert where.who == "only this machine" and "storage.public_url" in where.sentence()
+        assert where.who == "only this machine"
+        assert "storage.public_url" in where.sentence()
     else:
         assert where.who == f"machines that can reach {host}"
 

@@ -46,7 +46,8 @@ def test_forward_shapes_and_range() -> None:
     with torch.no_grad():
         out = model(torch.randn(2, 1, 80, 16), torch.rand(2, 6, 96, 96))
     assert out.shape == (2, 3, 96, 96)
-    assert float(out.min()) >= 0.0 and float(out.max()) <= 1.0
+    assert float(out.min()) >= 0.0
+    assert float(out.max()) <= 1.0
 
 
 def _random_bn(bn: nn.BatchNorm2d, gen: torch.Generator) -> None:
