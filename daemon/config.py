@@ -326,7 +326,7 @@ def load_config(path: Path, *, required: bool = False) -> Config:
             f"{path}: not valid YAML ({exc}); compare with config/lipsyncd.example.yaml"
         ) from exc
     problems: list[str] = []  # every problem, each naming the file and the key, reported at once
-    config = _build(Config, data, path, "", problems)
+    config: Config = _build(Config, data, path, "", problems)
     config = dataclasses.replace(config, source=path)
     _check_paths(config, path, problems)
     if problems:

@@ -175,7 +175,8 @@ def _syllable(n: int, sr: int, rng: np.random.Generator) -> np.ndarray:
     harmonics = np.sum([np.sin(k * phase) / k for k in range(1, 20)], axis=0)
     voiced = _resonate(_resonate(harmonics, rng.uniform(400, 900), sr), rng.uniform(1000, 2400), sr)
     envelope = np.abs(np.sin(np.pi * np.arange(n) / max(n - 1, 1))) ** 0.6
-    return (0.5 * envelope * voiced / (np.max(np.abs(voiced)) + 1e-9)).astype(np.float32)
+    wave: np.ndarray = (0.5 * envelope * voiced / (np.max(np.abs(voiced)) + 1e-9)).astype(np.float32)
+    return wave
 
 
 def _resonate(x: np.ndarray, freq: float, sr: int, bandwidth: float = 150.0) -> np.ndarray:

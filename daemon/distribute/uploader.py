@@ -334,7 +334,10 @@ class _Upload:
 
     def _head(self) -> dict[str, Any] | None:
         try:
-            return self.retry.call("HeadObject", self.client.head_object, Bucket=self.bucket, Key=self.key)
+            head: dict[str, Any] = self.retry.call(
+                "HeadObject", self.client.head_object, Bucket=self.bucket, Key=self.key
+            )
+            return head
         except botocore.exceptions.ClientError as exc:
             if http_status(exc) == 404:
                 return None

@@ -38,7 +38,8 @@ def _frame(video: Path) -> Image.Image:
                 break
     if chosen is None:
         raise ValueError(f"{video} has no video frame to make a poster from")
-    return chosen.to_image()
+    image: Image.Image = chosen.to_image()
+    return image
 
 
 def _write_atomic(dest: Path, data: bytes) -> Path:
