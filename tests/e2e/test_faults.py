@@ -280,8 +280,8 @@ def assert_one_plain_line(output: str) -> None:
 def test_state_db_locked_by_another_process_at_start(tmp_path: Path) -> None:
     """`BEGIN EXCLUSIVE` in exclusive locking mode (in WAL mode a plain one still lets readers in): the
     render watcher gives up after its busy timeout with an error naming the database, and a non-zero exit
-    status, which is what systemd acts on."""
-    share = Share(tmp_path / "shared")
+    status, which is what systemd acts on. The busy timeout is the configured one (2 s, not 30 s)."""
+    share = Share(tmp_path / "shared", {"store": {"busy_timeout": "2s"}})
     assert share.lipsyncd("status").returncode == 0  # creates the store
     lock = sandbox.DbLock(share.state / "lipsyncd.db", exclusive_mode=True)
     try:
@@ -292,6 +292,7 @@ def test_state_db_locked_by_another_process_at_start(tmp_path: Path) -> None:
         f"\nlocked store: exit {code} after {seconds:.1f} s; last line: {output.strip().splitlines()[-1]!r}"
     )
     assert code != 0
+    assert seconds < 20, "store.busy_timeout (2s) must bound the wait, not the 30 s default"
     assert_one_plain_line(output)
     assert "lipsyncd.db" in output
     assert "locked" in output
@@ -316,10 +317,18 @@ def test_state_dir_read_only_at_start(tmp_path: Path, command: str, existing: bo
     assert "_ready" not in output
 
 
+def claimed(share: Share, name: str) -> bool:
+    return (share.inbox / ".claimed" / name).exists()
+
+
+def intake_errors(daemon: Daemon) -> list[dict[str, Any]]:
+    return [e for e in daemon.events() if e["event"] == "intake_error"]
+
+
 def test_store_locked_briefly_while_running_delays_the_job_only(tmp_path: Path) -> None:
     """A backup tool holds the store for a few seconds (shorter than the busy timeout): the manifest dropped
     meanwhile becomes a job once the lock is gone."""
-    share = Share(tmp_path / "shared", {"inbox": FAST_INBOX})
+    share = Share(tmp_path / "shared", {"inbox": FAST_INBOX, "store": {"busy_timeout": "20s"}})
     sandbox.tiny_media(share.inbox / "media")
     daemon = Daemon(share, "render")
     try:
@@ -327,7 +336,8 @@ def test_store_locked_briefly_while_running_delays_the_job_only(tmp_path: Path) 
         lock = sandbox.DbLock(share.state / "lipsyncd.db", exclusive_mode=False)
         try:
             share.drop("brief.yaml", job())
-            time.sleep(4)
+            wait_for(lambda: claimed(share, "brief.yaml"), 30, "the manifest claimed", daemon)
+            time.sleep(1)  # the intake now waits on the lock
         finally:
             lock.release()
         doc = wait_for(lambda: done(share, "brief"), 60, "the job after the lock", daemon)
@@ -337,9 +347,9 @@ def test_store_locked_briefly_while_running_delays_the_job_only(tmp_path: Path) 
 
 
 def test_store_locked_past_the_busy_timeout_loses_no_manifest(tmp_path: Path) -> None:
-    """Held longer than the store's 30 s busy timeout: the claimed manifest becomes a job on a later rescan
-    once the lock is gone (it used to stay in inbox/.claimed/ until a restart)."""
-    share = Share(tmp_path / "shared", {"inbox": FAST_INBOX})
+    """Held longer than the store's busy timeout (set to 1 s): the claimed manifest becomes a job on a later
+    rescan once the lock is gone (it used to stay in inbox/.claimed/ until a restart)."""
+    share = Share(tmp_path / "shared", {"inbox": FAST_INBOX, "store": {"busy_timeout": "1s"}})
     sandbox.tiny_media(share.inbox / "media")
     daemon = Daemon(share, "render")
     try:
@@ -347,7 +357,7 @@ def test_store_locked_past_the_busy_timeout_loses_no_manifest(tmp_path: Path) ->
         lock = sandbox.DbLock(share.state / "lipsyncd.db", exclusive_mode=False)
         try:
             share.drop("stuck.yaml", job())
-            time.sleep(31)
+            wait_for(lambda: intake_errors(daemon), 30, "the intake giving up on the locked store", daemon)
         finally:
             lock.release()
         wait_for(lambda: done(share, "stuck"), 10, "the job after a long lock", daemon)

@@ -79,6 +79,8 @@ def test_missing_default_file_means_defaults(tmp_path: Path) -> None:
         ("storage:\n  public_url: media.lan:8333\n", "key 'storage.public_url': expected a URL like"),
         ("storage:\n  public_url: http://h:8333/videos\n", "key 'storage.public_url': expected only scheme"),
         ("storage:\n  public_url: http://h:port\n", "key 'storage.public_url': the port"),
+        ("store:\n  busy_timeout: 0s\n", "key 'store.busy_timeout': expected a duration above zero"),
+        ("store:\n  busy_timeout: forever\n", "key 'store.busy_timeout': expected a duration"),
     ],
 )
 def test_errors_name_file_and_key(tmp_path: Path, text: str, words: str) -> None:
@@ -92,6 +94,8 @@ def test_values_are_parsed(tmp_path: Path) -> None:
     text = "inbox: {settle_time: 500ms}\nupload: {part_size: 16MiB}\nwebhooks: {ops: {kind: dingtalk, url: 'https://x'}}\n"
     config = load_config(write(tmp_path, text))
     assert config.inbox.settle_time == 0.5
+    assert Config().store.busy_timeout == 30.0
+    assert load_config(write(tmp_path, "store: {busy_timeout: 2s}\n")).store.busy_timeout == 2.0
     assert config.upload.part_size == 16 * 2**20
     assert config.webhooks["ops"].kind == "dingtalk"
     assert Config().render.avatar_cache_size == 2 * 10**9
