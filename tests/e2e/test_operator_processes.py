@@ -83,12 +83,13 @@ def distributed_job(share: Share, run: Daemon, media: dict[str, Path], name: str
     share.drop(
         f"{name}.yaml", {"audio": "media/speech.wav", "videos": ["media/anchor.mp4"], "distribute": True}
     )
-    return wait_for(
+    finished: dict[str, Any] = wait_for(
         lambda: (doc := share.links(name)) and doc["status"] in ("done", "partial", "failed") and doc,
         120,
         name,
         run,
     )
+    return finished
 
 
 def download_sha256(url: str) -> str:

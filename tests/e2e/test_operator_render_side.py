@@ -60,7 +60,9 @@ def finished(share: Share, name: str) -> Any:
 
 def rendering(share: Share, name: str, at_least: float = 0.02) -> bool:
     doc = share.links(name)
-    return bool(doc) and any(v["status"] == "rendering" and v["progress"] >= at_least for v in doc["videos"])
+    return doc is not None and any(
+        v["status"] == "rendering" and v["progress"] >= at_least for v in doc["videos"]
+    )
 
 
 def events(daemon: Daemon, *names: str) -> list[dict[str, Any]]:

@@ -46,6 +46,7 @@ def test_dropped_manifest_becomes_videos_and_links(share: Share) -> None:
             v, a = container.streams.video[0], container.streams.audio[0]
             assert (v.codec_context.name, a.codec_context.name) == ("h264", "aac")
             frames = sum(1 for _ in container.decode(video=0))
+            assert v.average_rate is not None
             fps = float(v.average_rate)
         assert abs(frames / fps - 3.0) <= 1 / fps, "duration must match the audio within one frame"
     assert (share.inbox / "done" / "promo.yaml").exists()

@@ -198,8 +198,9 @@ def test_a_server_left_by_a_killed_owner_is_replaced(tmp_path: Path) -> None:
         [sys.executable, "-c", _OWNER, str(tmp_path)], stdout=subprocess.PIPE, text=True, cwd=REPO
     )
     try:
-        assert owner.stdout is not None
-        assert "up" in iter(lambda: owner.stdout.readline().strip(), "")  # its log lines come first
+        stdout = owner.stdout
+        assert stdout is not None
+        assert "up" in iter(lambda: stdout.readline().strip(), "")  # its log lines come first
         orphan = int((tmp_path / "embedded-s3" / "weed.pid").read_text())
     finally:
         owner.kill()

@@ -162,7 +162,8 @@ def _models(share: Share) -> Path:
 
 def _run(path: Path, feeds: dict[str, np.ndarray]) -> np.ndarray:
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return session.run(None, feeds)[0]
+    out: np.ndarray = session.run(None, feeds)[0]
+    return out
 
 
 def test_cli_writes_four_graphs_their_errors_and_the_spec(imported: tuple[Share, str]) -> None:

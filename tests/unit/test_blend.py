@@ -13,7 +13,8 @@ from daemon.render.types import Box
 
 @pytest.fixture(scope="module")
 def frame() -> np.ndarray:
-    return cv2.resize(cv2.cvtColor(data.astronaut(), cv2.COLOR_RGB2BGR), (1280, 720))
+    photo: np.ndarray = cv2.resize(cv2.cvtColor(data.astronaut(), cv2.COLOR_RGB2BGR), (1280, 720))
+    return photo
 
 
 def outside(mask_shape: tuple[int, ...], box: Box) -> np.ndarray:

@@ -89,8 +89,8 @@ def test_retry_all_renders_ready_videos_again_with_fresh_links(store: JobStore, 
     for state in (VideoState.RENDERING, VideoState.RENDERED, VideoState.UPLOADING, VideoState.READY):
         store.update_video("promo", "a.mp4", state)
     store.update_video("promo", "a.mp4", url="https://x/a", object_key="k", evicted=True)
-    for state in (JobState.RENDERING, JobState.RENDERED, JobState.DONE):
-        store.set_job("promo", state)
+    for job_state in (JobState.RENDERING, JobState.RENDERED, JobState.DONE):
+        store.set_job("promo", job_state)
     with pytest.raises(ControlError, match="no failed or cancelled video; --all"):
         retry(store, inbox, "promo")
     assert retry(store, inbox, "promo", every_video=True).videos == ["a.mp4"]

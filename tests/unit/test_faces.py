@@ -26,7 +26,8 @@ FACE_CENTRE = (224, 113)  # astronaut face centre in the 512x512 photo
 
 @pytest.fixture(scope="module")
 def astronaut() -> np.ndarray:
-    return cv2.cvtColor(data.astronaut(), cv2.COLOR_RGB2BGR)
+    photo: np.ndarray = cv2.cvtColor(data.astronaut(), cv2.COLOR_RGB2BGR)
+    return photo
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,8 @@ CPU = ["CPUExecutionProvider"]
 @pytest.fixture(scope="module")
 def astronaut_crop() -> np.ndarray:
     image = cv2.cvtColor(data.astronaut(), cv2.COLOR_RGB2BGR)
-    return cv2.resize(image[65:171, 176:272], (96, 96))
+    face: np.ndarray = cv2.resize(image[65:171, 176:272], (96, 96))
+    return face
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +68,8 @@ def dummy_model(batch: int | str, elem: int = TensorProto.FLOAT) -> onnx.ModelPr
 
 
 def dummy_expected(mel: np.ndarray, face: np.ndarray) -> np.ndarray:
-    return face[:, 3:6] * 0.5 + mel.mean(axis=(1, 2, 3), keepdims=True)
+    out: np.ndarray = face[:, 3:6] * 0.5 + mel.mean(axis=(1, 2, 3), keepdims=True)
+    return out
 
 
 def random_inputs(count: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

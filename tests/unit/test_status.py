@@ -37,9 +37,10 @@ def config(tmp_path: Path) -> str:
     the inbox refused."""
     shared, state = tmp_path / "shared", tmp_path / "state"
     store = JobStore(state)
-    add = lambda name, *videos: store.add_job(  # noqa: E731
-        _manifest(tmp_path, name, videos), claimed_path=tmp_path / name, base_dir=tmp_path
-    )
+
+    def add(name: str, *videos: str) -> None:
+        store.add_job(_manifest(tmp_path, name, videos), claimed_path=tmp_path / name, base_dir=tmp_path)
+
     add("waiting", "a.mp4")
     add("busy", "b.mp4")
     store.set_job("busy", JobState.RENDERING)
