@@ -22,7 +22,8 @@ from tests.e2e.harness import Daemon, Share, statuses, wait_for
 
 def fetch(url: str) -> bytes:
     with urllib.request.urlopen(url, timeout=30) as response:
-        return response.read()
+        body: bytes = response.read()
+        return body
 
 
 def http_status(url: str) -> int:
@@ -180,7 +181,12 @@ def test_uploads_wait_while_storage_is_down_and_finish_when_it_returns(
             "outage.yaml", {"audio": "media/speech.wav", "videos": ["media/anchor.mp4"], "distribute": True}
         )
         wait_for(lambda: statuses(share.links("outage")) == ["uploading"], 120, "rendering goes on", render)
-        time.sleep(3)
+        wait_for(
+            lambda: sum(e["event"] == "storage_retry" for e in upload.events()) >= 2,
+            60,
+            "the upload retrying while storage is down",
+            upload,
+        )
         assert statuses(share.links("outage")) == ["uploading"]
         embedded_s3.start()
         links = wait_for(lambda: done(share, "outage"), 120, "upload finished after the outage", upload)
@@ -214,7 +220,9 @@ def test_webhook_gets_the_links_once(
     assert len(webhook_receiver.bodies) == 1
     body = webhook_receiver.bodies[0]
     assert body["job"] == "hooked"
-    assert body["videos"][0]["url"] == share.links("hooked")["videos"][0]["url"]
+    links = share.links("hooked")
+    assert links is not None
+    assert body["videos"][0]["url"] == links["videos"][0]["url"]
 
 
 def test_sigterm_mid_multipart_upload_leaves_it_resumable(

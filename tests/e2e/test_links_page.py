@@ -21,7 +21,8 @@ SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "links-page.png"
 
 def fetch(url: str) -> bytes:
     with urllib.request.urlopen(url, timeout=30) as response:
-        return response.read()
+        body: bytes = response.read()
+        return body
 
 
 def saved_as(url: str) -> str:
@@ -119,7 +120,9 @@ def test_uploaded_page_has_one_link_and_follows_refreshed_links(
         page = share.outputs / "batch" / "links.html"
         assert fetch(first["page_url"]) == page.read_bytes()
         assert html.escape(first["videos"][0]["url"]) in page.read_text()
-        time.sleep(1.1)  # presigned links carry whole seconds: let the re-signed ones differ
+        # presigned links carry whole seconds: re-signed in a later second, they differ
+        seen = int(time.time())
+        wait_for(lambda: int(time.time()) > seen, 5, "the next whole second")
         assert share.lipsyncd("links", "--refresh").returncode == 0
         second = wait_for(
             lambda: (doc := published(share, "batch")) and doc["page_url"] != first["page_url"] and doc,
