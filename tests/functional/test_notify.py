@@ -118,7 +118,12 @@ def secret_file(tmp_path: Path) -> Path:
 def deliver(settings: WebhookSettings, links: JobLinks = LINKS, timeout: float = 10) -> Delivery:
     results: list[Delivery] = []
     done = threading.Event()
-    with Notifier([settings], on_result=lambda d: (results.append(d), done.set())) as notifier:
+
+    def on_result(delivery: Delivery) -> None:
+        results.append(delivery)
+        done.set()
+
+    with Notifier([settings], on_result=on_result) as notifier:
         notifier.send([settings.name], links)
         assert done.wait(timeout), "no delivery result in time"
     return results[0]

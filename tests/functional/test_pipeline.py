@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
+from typing import Any
 
 import av
 import numpy as np
@@ -15,7 +16,7 @@ from daemon.render.baseline import write_baseline
 from daemon.render.faces import HaarDetector, track_faces
 from daemon.render.media import iter_frames, load_audio, probe_video
 from daemon.render.model import LipSyncModel
-from daemon.render.pipeline import Interrupted, RenderSettings, VideoRender, prepare_audio
+from daemon.render.pipeline import Interrupted, RenderResult, RenderSettings, VideoRender, prepare_audio
 from daemon.samples import speech_like, write_audio, write_face_clip, write_still
 
 
@@ -27,8 +28,8 @@ def model(tmp_path_factory: pytest.TempPathFactory) -> LipSyncModel:
 
 
 def render(
-    tmp_path: Path, model: LipSyncModel, video: Path, audio: Path, **settings: object
-) -> tuple[Path, object]:
+    tmp_path: Path, model: LipSyncModel, video: Path, audio: Path, **settings: Any
+) -> tuple[Path, RenderResult]:
     out = tmp_path / "out" / "result.mp4"
     out.parent.mkdir(exist_ok=True)
     job = VideoRender(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import av
@@ -17,10 +18,10 @@ from daemon.render.audio import mel_spectrogram
 pytest.importorskip("skimage")
 
 DEMO = Path(__file__).resolve().parents[2] / "examples" / "demo"
-HAAR = cv2.CascadeClassifier(cv2.data.haarcascades + "haarcascade_frontalface_default.xml")
+HAAR = cv2.CascadeClassifier(cv2.data.haarcascades + "haarcascade_frontalface_default.xml")  # type: ignore[attr-defined]
 
 
-def face_boxes(frames: list[np.ndarray]) -> list[np.ndarray]:
+def face_boxes(frames: list[np.ndarray]) -> list[Sequence[Sequence[int]]]:
     grey = (cv2.cvtColor(f, cv2.COLOR_BGR2GRAY) for f in frames)
     return [HAAR.detectMultiScale(g, 1.1, 5) for g in grey]
 
@@ -88,6 +89,7 @@ def test_write_audio_stores_the_asked_layout(tmp_path: Path) -> None:
 @pytest.mark.parametrize("suffix", [".png", ".jpg"])
 def test_still_is_a_face(tmp_path: Path, suffix: str) -> None:
     image = cv2.imread(str(samples.write_still(tmp_path / f"face{suffix}", (300, 200))))
+    assert image is not None
     assert image.shape == (200, 300, 3)
     assert len(face_boxes([image])[0]) == 1
 

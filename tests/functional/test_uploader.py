@@ -250,10 +250,14 @@ def test_upload_waits_while_storage_is_down_and_finishes_when_it_is_back(
 
     class PullThePlug(MemoryJournal):
         def part_done(self, key: str, part_number: int, etag: str, size: int, checksum: str) -> None:
+            def restart() -> None:
+                embedded_s3.start()
+                restarted.set()
+
             super().part_done(key, part_number, etag, size, checksum)
             if part_number == 1:
                 embedded_s3.kill()  # storage gone, as if its machine went down
-                threading.Timer(1.5, lambda: (embedded_s3.start(), restarted.set())).start()
+                threading.Timer(1.5, restart).start()
 
     settings = UploadSettings(  # retry_deadline_s only so that a broken restart fails instead of hanging
         multipart_threshold=6 * MiB, part_size=5 * MiB, retry_base_s=0.1, retry_cap_s=1.0, retry_deadline_s=60
@@ -298,7 +302,7 @@ def test_cancel_leaves_the_upload_resumable(
             journal,
             PARTS,
             cancel=cancel,
-            on_progress=lambda d, t: d and cancel.set(),
+            on_progress=lambda done, total: cancel.set() if done else None,
         )
     state = journal.load(key)
     assert state is not None

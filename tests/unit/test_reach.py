@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from daemon.config import Config, LinksConfig, StorageConfig
 from daemon.distribute.reach import is_loopback, reach
 
 
-def config(links: dict[str, str] | None = None, **storage: str) -> Config:
+def config(links: dict[str, Any] | None = None, **storage: Any) -> Config:
     return Config(storage=StorageConfig(**storage), links=LinksConfig(**(links or {})))
 
 

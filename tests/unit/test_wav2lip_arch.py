@@ -53,6 +53,8 @@ def test_forward_shapes_and_range() -> None:
 def _random_bn(bn: nn.BatchNorm2d, gen: torch.Generator) -> None:
     with torch.no_grad():
         n = bn.num_features
+        assert bn.running_mean is not None
+        assert bn.running_var is not None
         bn.weight.copy_(torch.rand(n, generator=gen) + 0.5)
         bn.bias.copy_(torch.randn(n, generator=gen))
         bn.running_mean.copy_(torch.randn(n, generator=gen))
