@@ -11,6 +11,7 @@ from skimage import data
 
 from daemon.render.detectors import YunetDetector
 from daemon.render.faces import (
+    DetectorFactory,
     FaceTracker,
     HaarDetector,
     crop_face,
@@ -66,14 +67,14 @@ def numbered_frames(count: int, shape: tuple[int, int] = (360, 640)) -> list[np.
 
 def reference_smoothened(boxes: list[list[int]], T: int = 5) -> np.ndarray:
     """Wav2Lip inference.py `get_smoothened_boxes`, verbatim (boxes is an int array there)."""
-    boxes = np.array(boxes)
+    boxes = np.array(boxes)  # type: ignore[assignment]  # (kept as the reference writes it)
     for i in range(len(boxes)):
         if i + T > len(boxes):  # noqa: SIM108  (kept as the reference writes it)
             window = boxes[len(boxes) - T :]
         else:
             window = boxes[i : i + T]
         boxes[i] = np.mean(window, axis=0)
-    return boxes
+    return boxes  # type: ignore[return-value]
 
 
 @pytest.mark.parametrize("side", [200, 256, 384, 512, 720, 1080, 1600])
@@ -176,7 +177,7 @@ def test_smoothing_matches_the_reference_on_runs() -> None:
     items: list[tuple[np.ndarray, Box | None]] = [(np.zeros(1), Box(*c)) for c in run_a]
     items += [(np.zeros(1), None)] * 3 + [(np.zeros(1), Box(*c)) for c in run_b]
     got = [box for _, box in smooth_runs(items)]
-    expected = [Box(*c) for c in reference_smoothened(run_a).tolist()]
+    expected: list[Box | None] = [Box(*c) for c in reference_smoothened(run_a).tolist()]
     expected += [None] * 3 + [Box(*c) for c in reference_smoothened(run_b).tolist()]
     assert got == expected
 
@@ -216,7 +217,7 @@ def test_detector_by_name(tmp_path: Path) -> None:
     assert detector_by_name("haar", tmp_path).name == "haar"
     with pytest.raises(ValueError, match="unknown face detector 'x'; choose haar, s3fd or yunet"):
         detector_by_name("x", tmp_path)
-    custom = {"scripted": lambda models_dir: ScriptedDetector({})}
+    custom: dict[str, DetectorFactory] = {"scripted": lambda models_dir: ScriptedDetector({})}
     assert detector_by_name("scripted", tmp_path, custom).name == "scripted"
 
 
