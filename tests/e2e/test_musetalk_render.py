@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import threading
 from pathlib import Path
+from typing import Any
 
 import av
 import numpy as np
@@ -26,6 +27,7 @@ from daemon.render.timeline import source_index
 from daemon.render.types import Box
 from daemon.samples import speech_like, write_audio, write_face_clip
 from tests.e2e.harness import Share
+from tests.functional.test_media import stream_seconds
 from tests.functional.test_musetalk_import import Nets, write_release
 
 FPS = 10  # few frames: the tiny model still takes ~0.5 s a frame on 2 cores
@@ -60,7 +62,7 @@ def test_musetalk_model_renders_a_job(share: Share) -> None:
     with av.open(str(out)) as container:
         v, a = container.streams.video[0], container.streams.audio[0]
         assert (v.codec_context.name, a.codec_context.name) == ("h264", "aac")
-        assert abs(float(a.duration * a.time_base) - AUDIO_SECONDS) < 0.05
+        assert abs(stream_seconds(a) - AUDIO_SECONDS) < 0.05
     rendered_frames = list(iter_frames(out, probe_video(out)))
     assert len(rendered_frames) == frames
     _only_the_lower_face_changed(share.inbox / "media" / "anchor.mp4", rendered_frames)
@@ -131,9 +133,9 @@ def _lower_middle(face: Box) -> tuple[slice, slice]:
     )
 
 
-def _print_stages(log: str) -> dict[str, object]:
+def _print_stages(log: str) -> dict[str, Any]:
     """Prints the daemon's job_audio and render_stages timings; returns render_stages."""
-    stages: dict[str, object] = {}
+    stages: dict[str, Any] = {}
     for line in log.splitlines():
         if '"render_stages"' in line or '"job_audio"' in line:
             event = json.loads(line)

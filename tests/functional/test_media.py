@@ -18,7 +18,13 @@ from daemon.render.audio import SAMPLE_RATE
 
 pytest.importorskip("skimage")
 
-HAAR = cv2.CascadeClassifier(cv2.data.haarcascades + "haarcascade_frontalface_default.xml")
+HAAR = cv2.CascadeClassifier(cv2.data.haarcascades + "haarcascade_frontalface_default.xml")  # type: ignore[attr-defined]
+
+
+def stream_seconds(stream: av.stream.Stream) -> float:
+    assert stream.duration is not None
+    assert stream.time_base is not None
+    return float(stream.duration * stream.time_base)
 
 
 def faces(frame: np.ndarray) -> int:
@@ -203,8 +209,8 @@ def test_encoder_writes_h264_aac_faststart_matching_durations(
         assert (video.codec_context.name, video.codec_context.pix_fmt) == ("h264", "yuv420p")
         assert (sound.codec_context.name, sound.rate, sound.channels) == ("aac", 44100, 2)
         assert video.frames == 50
-        video_s = float(video.duration * video.time_base)
-        audio_s = float(sound.duration * sound.time_base)
+        video_s = stream_seconds(video)
+        audio_s = stream_seconds(sound)
     assert abs(video_s - 2.0) < 1e-6
     assert abs(audio_s - video_s) < 1 / 25
     data = out.read_bytes()
@@ -222,7 +228,7 @@ def test_short_audio_is_padded_and_long_audio_cut(tmp_path: Path, upright: list[
         with av.open(str(out)) as container:
             sound = container.streams.audio[0]
             assert (sound.rate, sound.channels) == (16000, 1)
-            assert float(sound.duration * sound.time_base) == pytest.approx(1.0, abs=1 / 25)
+            assert stream_seconds(sound) == pytest.approx(1.0, abs=1 / 25)
 
 
 def test_odd_size_is_padded_to_even(tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ import hashlib
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -37,7 +38,7 @@ State = dict[str, torch.Tensor]
 
 # -- an independent forward pass -----------------------------------------
 # ("c", stride, pad) conv block; ("t", stride, pad, output_padding) transposed; "r" residual k3 s1 p1
-FACE_ENCODER = [
+FACE_ENCODER: list[list[Any]] = [
     [("c", 1, 3)],
     [("c", 2, 1), "r", "r"],
     [("c", 2, 1), "r", "r", "r"],
@@ -46,13 +47,13 @@ FACE_ENCODER = [
     [("c", 2, 1), "r"],
     [("c", 1, 0), ("c", 1, 0)],
 ]
-AUDIO_ENCODER = [("c", 1, 1), "r", "r", ("c", (3, 1), 1), "r", "r", ("c", 3, 1), "r", "r"]
+AUDIO_ENCODER: list[Any] = [("c", 1, 1), "r", "r", ("c", (3, 1), 1), "r", "r", ("c", 3, 1), "r", "r"]
 AUDIO_ENCODER += [("c", (3, 2), 1), "r", ("c", 1, 0), ("c", 1, 0)]
-FACE_DECODER = [[("c", 1, 0)], [("t", 1, 0, 0), "r"]] + [[("t", 2, 1, 1), "r", "r"]] * 5
+FACE_DECODER: list[Any] = [[("c", 1, 0)], [("t", 1, 0, 0), "r"]] + [[("t", 2, 1, 1), "r", "r"]] * 5
 
 
-def ref_block(x: torch.Tensor, sd: State, prefix: str, layer: object) -> torch.Tensor:
-    kind, stride, pad, *extra = ("c", 1, 1) if layer == "r" else layer  # type: ignore[misc]
+def ref_block(x: torch.Tensor, sd: State, prefix: str, layer: Any) -> torch.Tensor:
+    kind, stride, pad, *extra = ("c", 1, 1) if layer == "r" else layer
     w, b = sd[f"{prefix}.conv_block.0.weight"], sd[f"{prefix}.conv_block.0.bias"]
     if kind == "t":
         y = F.conv_transpose2d(x, w, b, stride, pad, output_padding=extra[0])
@@ -179,6 +180,7 @@ def test_variants_run_on_float32_and_their_error_is_reported(imported: ImportRep
     assert "int8 vs fp32: max abs error" in text
     assert "fp32 ONNX vs PyTorch" in text
     assert "int8 vs fp32" in imported.spec.notes
+    assert isinstance(imported.spec, ModelSpec)
     for precision in ("fp16", "int8"):
         path = imported.spec.onnx_path(imported.folder, precision)
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -61,7 +62,8 @@ VAE_CONFIG = {
     "norm_num_groups": 32,
     "sample_size": 256,
 }
-WHISPER_CONFIG = {  # whisper-tiny's sizes where the graphs show them; narrower feed-forward, tiny decoder
+# whisper-tiny's sizes where the graphs show them; narrower feed-forward, tiny decoder
+WHISPER_CONFIG: dict[str, Any] = {
     "d_model": 384,
     "encoder_layers": 4,
     "encoder_attention_heads": 6,
