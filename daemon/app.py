@@ -87,7 +87,7 @@ class RenderDaemon:
 
     @classmethod
     def build(cls, config: Config, runtime: ServiceRuntime) -> RenderDaemon:
-        store = JobStore(config.state_dir)
+        store = JobStore(config.state_dir, timeout=config.store.busy_timeout)
         inbox = Inbox(config.inbox_dir, settle_time=config.inbox.settle_time)
         models = model_pools(config)
         paths = RenderPaths(
@@ -219,7 +219,7 @@ class UploadDaemon:
     def build(
         cls, config: Config, runtime: ServiceRuntime, *, credentials_file: Path | None = None
     ) -> UploadDaemon:
-        store = JobStore(config.state_dir)
+        store = JobStore(config.state_dir, timeout=config.store.busy_timeout)
         storage = open_storage(config, role="upload", credentials_file=credentials_file)
         notifier = Notifier(webhook_settings(config))
         watcher = UploadWatcher(

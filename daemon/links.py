@@ -186,7 +186,8 @@ def _refresh_view(store: JobStore, folder: Path, locks_dir: Path, job_id: str) -
                 for stale in folder.glob(f".{name}.*.tmp"):
                     stale.unlink(missing_ok=True)
             before = _current(folder / LINKS_NAME)
-            return before != _current(_write_view(store, job_id, folder))
+            changed: bool = before != _current(_write_view(store, job_id, folder))
+            return changed
     except BlockingIOError:
         return False  # another process is writing this view right now: it is being refreshed anyway
 

@@ -288,7 +288,7 @@ class EmbeddedS3:
         client = self.client()
         try:
             _read_probe(client, self.settings.bucket)
-        except Exception:  # any answer but the probe's bytes means "not ready yet"
+        except Exception:  # noqa: BLE001 - any answer but the probe's bytes means "not ready yet"
             return False
         finally:
             client.close()

@@ -36,7 +36,7 @@ import botocore.exceptions
 import structlog
 
 from daemon.distribute.s3 import error_code, http_status, is_retryable
-from daemon.files import file_sha256  # noqa: F401 - re-exported for callers of the uploader
+from daemon.files import file_sha256
 from daemon.upload_journal import PartRecord, UploadJournal, UploadState
 
 log = structlog.get_logger(__name__)
@@ -233,7 +233,7 @@ def _read_span(path: Path, start: int, length: int) -> bytes:
 
 
 class _Upload:
-    def __init__(
+    def __init__(  # noqa: PLR0917 - private, one caller: upload_file, whose arguments it takes over
         self,
         client: Any,
         bucket: str,
@@ -297,7 +297,10 @@ class _Upload:
 
     def _head(self) -> dict[str, Any] | None:
         try:
-            return self.retry.call("HeadObject", self.client.head_object, Bucket=self.bucket, Key=self.key)
+            head: dict[str, Any] = self.retry.call(
+                "HeadObject", self.client.head_object, Bucket=self.bucket, Key=self.key
+            )
+            return head
         except botocore.exceptions.ClientError as exc:
             if http_status(exc) == 404:
                 return None

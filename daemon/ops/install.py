@@ -115,7 +115,7 @@ def uninstall_systemd(
     """Stop and remove the units and the user; keeps the share, the state dir and /etc/lipsyncd."""
     layout = Layout(prefix, user, group, share)
     kept = f"kept {share}, {STATE_DIR} and {CONFIG_DIR} (user data, job store, config, secrets)"
-    return _execute(_uninstall_steps(layout, run), dry_run) + [kept]
+    return [*_execute(_uninstall_steps(layout, run), dry_run), kept]
 
 
 def _execute(steps: list[Step], dry_run: bool) -> list[str]:

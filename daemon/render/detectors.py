@@ -111,7 +111,8 @@ class S3fdDetector:
 
 def softmax_channels(logits: np.ndarray) -> np.ndarray:
     shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
-    return shifted / shifted.sum(axis=1, keepdims=True)
+    probs: np.ndarray = shifted / shifted.sum(axis=1, keepdims=True)
+    return probs
 
 
 def decode_s3fd(outputs: Sequence[np.ndarray], min_score: float = 0.05) -> np.ndarray:

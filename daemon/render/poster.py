@@ -38,4 +38,5 @@ def _frame(video: Path) -> Image.Image:
                 break
     if chosen is None:
         raise ValueError(f"{video} has no video frame to make a poster from")
-    return chosen.to_image()
+    image: Image.Image = chosen.to_image()
+    return image

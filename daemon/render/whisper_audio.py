@@ -47,7 +47,8 @@ Encoder = Callable[[np.ndarray], np.ndarray]
 
 def log_mel(segment: np.ndarray) -> np.ndarray:
     """Whisper's (80, 3000) float32 log-mel of up to 30 s of 16 kHz mono audio (zero-padded to 30 s)."""
-    return log_mel_batch(np.asarray(segment)[None])[0]
+    mel: np.ndarray = log_mel_batch(np.asarray(segment)[None])[0]
+    return mel
 
 
 def log_mel_batch(segments: np.ndarray) -> np.ndarray:

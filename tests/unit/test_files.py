@@ -73,7 +73,8 @@ def test_a_failing_writer_leaves_the_old_file_and_no_temp(tmp_path: Path, error:
 
     with pytest.raises(type(error)):
         write_atomic(path, writer)
-    assert len(seen) == 1 and seen[0].startswith(".entry.npz.")
+    assert len(seen) == 1
+    assert seen[0].startswith(".entry.npz.")
     assert path.read_bytes() == b"old"
     assert leftovers(tmp_path) == []
 
