@@ -13,7 +13,7 @@ from structlog.testing import capture_logs
 
 import daemon.reconcile
 from daemon.inbox import Inbox
-from daemon.links import LINKS_NAME, job_view
+from daemon.links import LINKS_NAME, job_lock, job_view
 from daemon.reconcile import Eviction, Reconciler
 from daemon.store import Effect, InvalidTransition, JobState, JobStore, Rendered, VideoState
 from tests.unit.test_store_links import manifest
@@ -112,7 +112,7 @@ def test_eviction_waits_until_links_json_shows_the_link(
     uploading(store, tmp_path)
     local = tmp_path / "outputs" / "promo" / "a.mp4"
 
-    def disk_full(*args: Any) -> None:
+    def disk_full(*args: Any, **kwargs: Any) -> None:
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(daemon.reconcile, "write_links", disk_full)
@@ -189,3 +189,24 @@ def test_reconcile_from_two_threads_at_once_leaves_nothing_pending(store: JobSto
     assert job is not None
     folder = tmp_path / "outputs" / "promo"
     assert json.loads((folder / LINKS_NAME).read_text()) == job_view(job, store.videos("promo"), folder)
+
+
+def test_a_manifest_is_filed_only_once_links_json_shows_the_job_finished(
+    store: JobStore, tmp_path: Path
+) -> None:
+    inbox = Inbox(tmp_path / "inbox", settle_time=0.0)
+    inbox.make_folders()
+    claimed = inbox.claimed_dir / "promo.yaml"
+    claimed.write_text("name: promo\n")
+    store.add_job(manifest(tmp_path, "a.mp4", distribute=False), claimed_path=claimed, base_dir=tmp_path)
+    store.start_job("promo")
+    store.claim_video("promo", "a.mp4")
+    store.video_rendered("promo", "a.mp4", Rendered(10, 0, 5, "ab" * 32, "m", 0.4, None))
+    store.job_rendered("promo", finish=True)
+    render_side = reconciler(store, tmp_path, inbox=inbox)
+    with job_lock(tmp_path / "locks", "promo"):  # another process writes this job's view right now
+        render_side.reconcile()
+        assert claimed.exists() and {e.kind for e in store.pending()} == {Effect.VIEWS, Effect.FILE}
+    render_side.reconcile()
+    assert (inbox.done_dir / "promo.yaml").exists() and store.pending() == []
+    assert json.loads((tmp_path / "outputs" / "promo" / LINKS_NAME).read_text())["status"] == "done"
