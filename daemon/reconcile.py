@@ -55,7 +55,7 @@ class Reconciler:
         self._running = threading.Lock()
         self._again = threading.Event()
         self._failing: set[tuple[str, str, str]] = set()  # effects whose failure was logged already
-        self._unseen: set[str] = set()  # jobs whose view this pass could not write (yet)
+        self._unseen: set[str] = set()  # jobs whose view another process is writing right now
 
     def kinds(self) -> tuple[Effect, ...]:
         owned = {
@@ -134,9 +134,7 @@ class Reconciler:
                     error=f"{type(exc).__name__}: {exc}",
                     action="tried again on the next pass",
                 )
-            if effect.kind == Effect.VIEWS:
-                self._unseen.add(effect.job_id)
-            return False
+            return False  # a view that cannot be written (a full disk) holds back nothing else
         if name in self._failing:
             self._failing.discard(name)
             log.info(

@@ -210,3 +210,25 @@ def test_a_manifest_is_filed_only_once_links_json_shows_the_job_finished(
     render_side.reconcile()
     assert (inbox.done_dir / "promo.yaml").exists() and store.pending() == []
     assert json.loads((tmp_path / "outputs" / "promo" / LINKS_NAME).read_text())["status"] == "done"
+
+
+def test_a_view_that_cannot_be_written_does_not_hold_back_the_filing(
+    store: JobStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The outputs disk full: links.json cannot be written at all, yet the failed job's manifest (on
+    another disk) is filed with its reason; the view stays asked for, for when space is back."""
+    inbox = Inbox(tmp_path / "inbox", settle_time=0.0)
+    inbox.make_folders()
+    claimed = inbox.claimed_dir / "promo.yaml"
+    claimed.write_text("name: promo\n")
+    store.add_job(manifest(tmp_path, "a.mp4", distribute=False), claimed_path=claimed, base_dir=tmp_path)
+    store.start_job("promo")
+
+    def disk_full(*args: Any, **kwargs: Any) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(daemon.reconcile, "write_links", disk_full)
+    store.fail_job("promo", "the outputs disk is full")
+    reconciler(store, tmp_path, inbox=inbox).reconcile()
+    assert (inbox.failed_dir / "promo.yaml").exists() and not claimed.exists()
+    assert [e.kind for e in store.pending()] == [Effect.VIEWS]
