@@ -119,9 +119,12 @@ def job_dir(outputs_dir: Path, job_id: str) -> Path:
     return folder
 
 
-def write_links(store: JobStore, job_id: str, outputs_dir: Path, locks_dir: Path) -> Path:
-    """Rewrite outputs_dir/JOB/links.json from the store, atomically, under the job's lock."""
-    with job_lock(locks_dir, job_id):
+def write_links(
+    store: JobStore, job_id: str, outputs_dir: Path, locks_dir: Path, *, wait: bool = True
+) -> Path:
+    """Rewrite outputs_dir/JOB/links.json from the store, atomically, under the job's lock (with
+    wait=False, BlockingIOError when another process holds it)."""
+    with job_lock(locks_dir, job_id, wait=wait):
         return _write_view(store, job_id, job_dir(outputs_dir, job_id))
 
 

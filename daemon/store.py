@@ -12,7 +12,7 @@ import shutil
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, fields
 from enum import Enum, StrEnum
@@ -160,6 +160,42 @@ class Video:
     updated: float
     duration: float | None = None  # seconds of the rendered video (frames / fps)
     warning: str | None = None  # ready, but the user should look (most frames had no face, say)
+    retry_at: float | None = None  # a failed upload is not tried again before this time (epoch seconds)
+
+
+class Effect(StrEnum):
+    """What must follow a change of the store, recorded in its outbox by the same transaction and applied
+    by `daemon.reconcile` (idempotent: applying one twice does no harm)."""
+
+    VIEWS = "views"  # rewrite the job's links.json and links.html
+    EVICT = "evict"  # delete a ready video's local copy, once its link is shown
+    NOTIFY = "notify"  # send the finished job's webhooks (upload process)
+    FILE = "file"  # file the finished job's manifest in done/ or failed/ (render process)
+
+
+@dataclass(frozen=True)
+class Pending:
+    """One outbox row. `seq` grows when the same effect is asked for again while pending, so an applier
+    that read an older one does not delete the newer request."""
+
+    kind: Effect
+    job_id: str
+    video: str  # "" for an effect of the whole job
+    seq: int
+    created: float
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """What a finished render recorded about its file."""
+
+    frames: int
+    faceless_frames: int
+    size: int
+    sha256: str
+    model: str
+    duration: float | None
+    warning: str | None
 
 
 _SCHEMA = """
@@ -187,6 +223,10 @@ CREATE TABLE IF NOT EXISTS parts (
     etag TEXT NOT NULL, size INTEGER NOT NULL, checksum TEXT NOT NULL,
     PRIMARY KEY (object_key, part_number)
 );
+CREATE TABLE IF NOT EXISTS outbox (
+    kind TEXT NOT NULL, job_id TEXT NOT NULL, video TEXT NOT NULL DEFAULT '', created REAL NOT NULL,
+    seq INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (kind, job_id, video)
+);
 """
 
 
@@ -195,6 +235,8 @@ class JobStore:
 
     def __init__(self, state_dir: Path, *, timeout: float = 30.0) -> None:
         self.path = state_dir / DB_NAME
+        # called after each commit that recorded effects: the process's reconciler applies them at once
+        self.after_commit: Callable[[], object] | None = None
         self._lock = threading.RLock()
         try:
             _private_dir(state_dir)
@@ -231,12 +273,60 @@ class JobStore:
                     raise StateDiskFull(self.path.parent, exc) from exc
                 raise
 
+    @contextmanager
+    def _change(self) -> Iterator[sqlite3.Connection]:
+        """A transaction that records effects: once it committed, the process's reconciler runs (outside
+        the store's lock); a rolled-back one leaves neither the change nor its effects."""
+        with self._tx() as db:
+            yield db
+        if self.after_commit is not None:
+            self.after_commit()
+
+    # -- the outbox ----------------------------------------------------------------------------------
+
+    @staticmethod
+    def _effect(db: sqlite3.Connection, kind: Effect, job_id: str, video: str = "") -> None:
+        """One pending effect per (kind, job, video): asked again, it stays one row with a higher seq."""
+        db.execute(
+            "INSERT INTO outbox (kind, job_id, video, created) VALUES (?,?,?,?)"
+            " ON CONFLICT (kind, job_id, video) DO UPDATE SET seq = seq + 1",
+            (kind.value, job_id, video, time.time()),
+        )
+
+    def pending(self, *kinds: Effect) -> list[Pending]:
+        """The effects not applied yet, oldest first (all kinds when none is named)."""
+        query, args = "SELECT kind, job_id, video, seq, created FROM outbox", tuple[str, ...]()
+        if kinds:
+            query += f" WHERE kind IN ({','.join('?' * len(kinds))})"
+            args = tuple(k.value for k in kinds)
+        with self._lock:
+            rows = self._db.execute(query + " ORDER BY created, job_id, video", args).fetchall()
+        return [Pending(Effect(r[0]), r[1], r[2], r[3], r[4]) for r in rows]
+
+    def applied(self, *effects: Pending) -> int:
+        """Remove applied effects, in one transaction; one asked for again since it was read stays.
+        Returns how many were removed."""
+        removed = 0
+        with self._tx() as db:
+            for effect in effects:
+                cur = db.execute(
+                    "DELETE FROM outbox WHERE kind = ? AND job_id = ? AND video = ? AND seq = ?",
+                    (effect.kind.value, effect.job_id, effect.video, effect.seq),
+                )
+                removed += cur.rowcount
+        return removed
+
+    def ask(self, kind: Effect, job_id: str, video: str = "") -> None:
+        """Record an effect with no change (a repair: a view found stale, a copy never evicted)."""
+        with self._change() as db:
+            self._effect(db, kind, job_id, video)
+
     # -- jobs ----------------------------------------------------------------------------------------
 
     def add_job(self, manifest: Manifest, *, claimed_path: Path, base_dir: Path) -> Job:
         """Record a validated manifest as a new job with all its videos queued; picks a free job id."""
         now = time.time()
-        with self._tx() as db:
+        with self._change() as db:
             job_id = self._free_id(db, manifest.name)
             db.execute(
                 # columns named: a store upgraded by ALTER TABLE may hold them in another order
@@ -268,6 +358,7 @@ class JobStore:
                     " VALUES (?,?,?,?,?,?,?)",
                     (job_id, output, position, str(ref.path), ref.written, VideoState.QUEUED.value, now),
                 )
+            self._effect(db, Effect.VIEWS, job_id)
         job = self.job(job_id)
         assert job is not None
         return job
@@ -301,23 +392,56 @@ class JobStore:
             rows = self._db.execute(query + " ORDER BY created, id", args).fetchall()
         return [_job(row) for row in rows]
 
-    def set_job(self, job_id: str, state: JobState, *, error: str | None = None) -> None:
-        with self._tx() as db:
-            old = JobState(db.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()[0])
-            check_move(old, state)
-            db.execute(
-                "UPDATE jobs SET state = ?, error = ?, updated = ? WHERE id = ?",
-                (state.value, error, time.time(), job_id),
-            )
+    def start_job(self, job_id: str) -> None:
+        """The render takes the job (InvalidTransition: it was cancelled since it was found)."""
+        with self._change() as db:
+            self._move_job(db, job_id, JobState.RENDERING)
+
+    def job_rendered(self, job_id: str, *, finish: bool = False) -> None:
+        """Every video is rendered or failed; with `finish` (a job that does not distribute) it goes on
+        to its final state in the same transaction. The manifest is filed only the first time: a job
+        rendered again was filed before, and its claimed name may belong to a newer job by now."""
+        with self._change() as db:
+            job = self._move_job(db, job_id, JobState.RENDERED)
+            if finish:
+                self._finish(db, job_id)
+            if not job["rerenders"]:
+                self._effect(db, Effect.FILE, job_id)
+
+    def fail_job(self, job_id: str, reason: str) -> None:
+        """The job as a whole cannot go on: its videos still to render fail with the same reason."""
+        with self._change() as db:
+            job = self._move_job(db, job_id, JobState.FAILED, error=reason)
+            pending = (VideoState.QUEUED.value, VideoState.RENDERING.value)
+            for (output,) in db.execute(
+                "SELECT output FROM videos WHERE job_id = ? AND state IN (?,?)", (job_id, *pending)
+            ).fetchall():
+                self._set_video(db, job_id, output, VideoState.FAILED, error=reason)
+            if not job["rerenders"]:
+                self._effect(db, Effect.FILE, job_id)
+
+    def _move_job(
+        self, db: sqlite3.Connection, job_id: str, state: JobState, *, error: str | None = None
+    ) -> sqlite3.Row:
+        """The checked move of a job inside a transaction, with its view to rewrite; returns its old row."""
+        row = db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        check_move(JobState(row["state"]), state)
+        db.execute(
+            "UPDATE jobs SET state = ?, error = ?, updated = ? WHERE id = ?",
+            (state.value, error, time.time(), job_id),
+        )
+        self._effect(db, Effect.VIEWS, job_id)
+        return row  # type: ignore[no-any-return]
 
     def set_page(self, job_id: str, url: str, expires_at: float, sha256: str) -> None:
         """The uploaded links.html and its link. Not a change of the job (`updated` stays): the page shows
         that time, and must not change because its own link was recorded."""
-        with self._tx() as db:
+        with self._change() as db:
             db.execute(
                 "UPDATE jobs SET page_url = ?, page_expires_at = ?, page_sha256 = ? WHERE id = ?",
                 (url, expires_at, sha256, job_id),
             )
+            self._effect(db, Effect.VIEWS, job_id)
 
     def reopen_pending_jobs(self) -> list[str]:
         """A job is only finished when its videos are: one marked rendered or done while a video still
@@ -326,7 +450,7 @@ class JobStore:
         not in _JOB_MOVES, so no normal step can undo a finished job. Returns the ids reopened."""
         pending = (VideoState.QUEUED.value, VideoState.RENDERING.value)
         finished = (JobState.RENDERED.value, JobState.DONE.value, JobState.PARTIAL.value)
-        with self._tx() as db:
+        with self._change() as db:
             rows = db.execute(
                 "SELECT DISTINCT j.id FROM jobs j JOIN videos v ON v.job_id = j.id"
                 " WHERE j.state IN (?,?,?) AND v.state IN (?,?) ORDER BY j.id",
@@ -338,12 +462,13 @@ class JobStore:
                     "UPDATE jobs SET state = ?, updated = ? WHERE id = ?",
                     (JobState.RENDERING.value, time.time(), job_id),
                 )
+                self._effect(db, Effect.VIEWS, job_id)
         return ids
 
     def cancel_job(self, job_id: str, reason: str) -> tuple[JobState, list[str]]:
         """Cancel a job and its unfinished videos in one transaction (InvalidTransition for a finished
         job). Returns the state it was in and the videos cancelled; a render in flight notices by itself."""
-        with self._tx() as db:
+        with self._change() as db:
             old = JobState(db.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()[0])
             if JobState.CANCELLED not in _JOB_MOVES[old]:  # check_move lets a state stay: not here
                 raise InvalidTransition(f"cannot move from {old.value} to cancelled")
@@ -359,13 +484,17 @@ class JobStore:
                 "UPDATE jobs SET state = ?, error = ?, updated = ? WHERE id = ?",
                 (JobState.CANCELLED.value, reason, now, job_id),
             )
+            self._effect(db, Effect.VIEWS, job_id)
+            rerenders = db.execute("SELECT rerenders FROM jobs WHERE id = ?", (job_id,)).fetchone()[0]
+            if old != JobState.QUEUED and not rerenders:  # a queued one `lipsyncd cancel` files itself
+                self._effect(db, Effect.FILE, job_id)
         return old, cancelled
 
     def retry_job(self, job_id: str, *, every_video: bool = False) -> tuple[JobState, list[str]]:
         """Send a finished job's failed and cancelled videos (with `every_video`, all of them) back to the
         queue and reopen the job, in one transaction. InvalidTransition for a job not finished, ValueError
         when there is nothing to render again. Returns the job's old state and the videos queued."""
-        with self._tx() as db:
+        with self._change() as db:
             old = JobState(db.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()[0])
             if JobState.QUEUED not in _RETRY_MOVES.get(old, set()):  # a queued job stays queued: not here
                 raise InvalidTransition(f"cannot retry a job that is {old.value}")
@@ -390,21 +519,25 @@ class JobStore:
                 "UPDATE jobs SET state = ?, error = NULL, notified = 0, updated = ? WHERE id = ?",
                 (JobState.QUEUED.value, now, job_id),
             )
+            db.execute("DELETE FROM outbox WHERE job_id = ? AND kind = ?", (job_id, Effect.FILE.value))
+            self._effect(db, Effect.VIEWS, job_id)
         return old, again
 
     def finish_job(self, job_id: str) -> JobState:
         """Move a rendered job to the final state its videos add up to (see `outcome`), in one
-        transaction; a partial job's error names each failed video and why. Returns the new state."""
-        with self._tx() as db:
-            old = JobState(db.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()[0])
-            rows = db.execute("SELECT * FROM videos WHERE job_id = ? ORDER BY position", (job_id,))
-            videos = [_video(row) for row in rows.fetchall()]
-            new = outcome(videos)
-            check_move(old, new)
-            db.execute(
-                "UPDATE jobs SET state = ?, error = ?, updated = ? WHERE id = ?",
-                (new.value, failures_text(videos) if new != JobState.DONE else None, time.time(), job_id),
-            )
+        transaction; a partial job's error names each failed video and why. Its webhooks go out when
+        it distributes (a job kept local has no links to announce). Returns the new state."""
+        with self._change() as db:
+            return self._finish(db, job_id)
+
+    def _finish(self, db: sqlite3.Connection, job_id: str) -> JobState:
+        rows = db.execute("SELECT * FROM videos WHERE job_id = ? ORDER BY position", (job_id,))
+        videos = [_video(row) for row in rows.fetchall()]
+        new = outcome(videos)
+        error = failures_text(videos) if new != JobState.DONE else None
+        job = self._move_job(db, job_id, new, error=error)
+        if job["distribute"] and json.loads(job["notify"]):
+            self._effect(db, Effect.NOTIFY, job_id)
         return new
 
     def mark_notified(self, job_id: str) -> bool:
@@ -438,29 +571,100 @@ class JobStore:
             ).fetchall()
         return [_video(row) for row in rows]
 
-    def update_video(self, job_id: str, output: str, state: VideoState | None = None, **values: Any) -> None:
-        """Move a video to `state` (checked) and/or set columns such as progress, size, url."""
+    # Each intent below is one transaction: the checked move (InvalidTransition changes nothing), the
+    # row's new values, and the effects they require (always the job's views; more where named).
+
+    def claim_video(self, job_id: str, output: str) -> None:
+        """The render starts on this video."""
+        self._video_change(job_id, output, VideoState.RENDERING, progress=0.0, error=None)
+
+    def requeue_video(self, job_id: str, output: str) -> None:
+        """Stopped mid-render (a stop, a crash): rendered again from the start."""
+        self._video_change(job_id, output, VideoState.QUEUED, progress=0.0)
+
+    def set_progress(self, job_id: str, output: str, fraction: float) -> None:
+        self._video_change(job_id, output, None, progress=fraction)
+
+    def video_rendered(self, job_id: str, output: str, result: Rendered) -> None:
+        self._video_change(
+            job_id,
+            output,
+            VideoState.RENDERED,
+            progress=1.0,
+            frames=result.frames,
+            faceless_frames=result.faceless_frames,
+            size=result.size,
+            sha256=result.sha256,
+            model=result.model,
+            rendered_at=time.time(),
+            duration=result.duration,
+            warning=result.warning,
+        )
+
+    def fail_video(self, job_id: str, output: str, reason: str) -> None:
+        self._video_change(job_id, output, VideoState.FAILED, error=reason)
+
+    def start_upload(self, job_id: str, output: str, object_key: str) -> None:
+        """Uploading to `object_key`, chosen once: a resumed or repeated upload goes to the same object."""
+        self._video_change(
+            job_id, output, VideoState.UPLOADING, error=None, object_key=object_key, retry_at=None
+        )
+
+    def upload_stopped(self, job_id: str, output: str) -> None:
+        """An upload paused by a stop or a crash: its journal lets it resume, no error to show."""
+        self._video_change(job_id, output, VideoState.RENDERED)
+
+    def upload_failed(self, job_id: str, output: str, reason: str, retry_at: float) -> None:
+        """The one end of a failed upload (from uploading, or from rendered when it failed before it
+        started): back to rendered with the reason, not tried again before `retry_at` (epoch seconds)."""
+        self._video_change(job_id, output, VideoState.RENDERED, error=reason, retry_at=retry_at)
+
+    def video_ready(self, job_id: str, output: str, url: str, expires_at: float) -> None:
+        """Uploaded and verified, its link signed: shown, then (by the eviction policy) the copy goes."""
+        self._video_change(
+            job_id, output, VideoState.READY, Effect.EVICT, url=url, expires_at=expires_at, retry_at=None
+        )
+
+    def relink(self, job_id: str, output: str, url: str, expires_at: float) -> None:
+        """A ready video's link signed again before it expires."""
+        self._video_change(job_id, output, None, url=url, expires_at=expires_at)
+
+    def mark_evicted(self, job_id: str, output: str) -> None:
+        self._video_change(job_id, output, None, evicted=True)
+
+    def _video_change(
+        self, job_id: str, output: str, state: VideoState | None, *effects: Effect, **values: Any
+    ) -> None:
+        with self._change() as db:
+            self._set_video(db, job_id, output, state, **values)
+            for effect in effects:
+                self._effect(db, effect, job_id, output)
+
+    def _set_video(
+        self, db: sqlite3.Connection, job_id: str, output: str, state: VideoState | None, **values: Any
+    ) -> None:
+        """Move a video (checked) and set its columns, inside the caller's transaction, and ask for its
+        job's views."""
         unknown = set(values) - _VIDEO_COLUMNS
         if unknown:
             raise ValueError(f"unknown video fields {sorted(unknown)}")
-        with self._tx() as db:
-            if state is not None:
-                row = db.execute("SELECT state FROM videos WHERE job_id = ? AND output = ?", (job_id, output))
-                check_move(VideoState(row.fetchone()[0]), state)
-                values["state"] = state.value
-            values["updated"] = time.time()
-            sets = ", ".join(f"{key} = ?" for key in values)
-            db.execute(
-                f"UPDATE videos SET {sets} WHERE job_id = ? AND output = ?",
-                (*values.values(), job_id, output),
-            )
+        if state is not None:
+            row = db.execute("SELECT state FROM videos WHERE job_id = ? AND output = ?", (job_id, output))
+            check_move(VideoState(row.fetchone()[0]), state)
+            values["state"] = state.value
+        values["updated"] = time.time()
+        sets = ", ".join(f"{key} = ?" for key in values)
+        db.execute(
+            f"UPDATE videos SET {sets} WHERE job_id = ? AND output = ?", (*values.values(), job_id, output)
+        )
+        self._effect(db, Effect.VIEWS, job_id)
 
     def render_again(self, job_id: str, output: str, reason: str) -> bool:
         """Send a rendered video whose file vanished back to the queue, and its job with it (one
         transaction), so the render watcher renders it again. False, changing nothing, while the job's
         other videos are still rendering: the render watcher would not see a video queued in the middle
         of its pass, so this waits until that pass is over."""
-        with self._tx() as db:
+        with self._change() as db:
             job = JobState(db.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()[0])
             if job == JobState.RENDERING:
                 return False
@@ -478,6 +682,7 @@ class JobStore:
                     "UPDATE jobs SET state = ?, rerenders = rerenders + 1, updated = ? WHERE id = ?",
                     (JobState.QUEUED.value, now, job_id),
                 )
+            self._effect(db, Effect.VIEWS, job_id)
         return True
 
     def view_stamps(self) -> dict[str, float]:
@@ -563,7 +768,7 @@ def _add_missing_columns(db: sqlite3.Connection) -> None:
             if "duplicate column" not in str(exc):
                 raise
     added = [("jobs", "page_url TEXT"), ("jobs", "page_expires_at REAL"), ("jobs", "page_sha256 TEXT")]
-    for table, column in [*added, ("videos", "duration REAL")]:
+    for table, column in [*added, ("videos", "duration REAL"), ("videos", "retry_at REAL")]:
         if column.split()[0] not in {row[1] for row in db.execute(f"PRAGMA table_info({table})")}:
             try:
                 db.execute(f"ALTER TABLE {table} ADD COLUMN {column}")

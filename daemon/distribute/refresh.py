@@ -11,7 +11,8 @@ from typing import Any
 from daemon.config import Config
 from daemon.distribute.s3 import make_client, presign_get
 from daemon.distribute.storage import embedded_storage, external_signer, storage_settings
-from daemon.links import iso, write_links
+from daemon.links import iso
+from daemon.reconcile import Reconciler
 from daemon.store import JobStore, Video, VideoState
 
 
@@ -29,6 +30,10 @@ def ready_videos(store: JobStore, job_id: str | None) -> list[Video]:
 
 def refresh_links(config: Config, job_id: str | None, *, credentials_file: Path | None = None) -> int:
     store = JobStore(config.state_dir, timeout=config.store.busy_timeout)
+    # the views of the links signed again are written as each is recorded
+    store.after_commit = Reconciler(
+        store, outputs_dir=config.outputs_dir, locks_dir=config.state_dir / "locks"
+    ).reconcile
     client = signing_client(config, credentials_file)
     due = [
         v
@@ -41,9 +46,7 @@ def refresh_links(config: Config, job_id: str | None, *, credentials_file: Path 
         ttl = int(job.link_ttl or config.links.default_ttl)
         bucket, base_url = config.storage.bucket, config.links.base_url
         link = presign_get(client, bucket, video.object_key, ttl, base_url, download_as=video.output)
-        store.update_video(video.job_id, video.output, url=link.url, expires_at=link.expires_at.timestamp())
-    for job_id_done in sorted({v.job_id for v in due}):
-        write_links(store, job_id_done, config.outputs_dir, config.state_dir / "locks")
+        store.relink(video.job_id, video.output, link.url, link.expires_at.timestamp())  # + its view
     store.close()
     return len(due)
 

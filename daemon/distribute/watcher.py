@@ -27,9 +27,10 @@ from daemon.distribute.s3 import Link, object_key, presign_get
 from daemon.distribute.uploader import UploadCancelled, UploadError, UploadSettings, upload_file
 from daemon.files import file_sha256
 from daemon.inbox import start_observer
-from daemon.links import ViewChecker, file_signature, refresh_views, summary, write_links
+from daemon.links import ViewChecker, file_signature, summary
 from daemon.linkspage import PAGE_NAME
 from daemon.ops.metrics import Metrics
+from daemon.reconcile import Eviction, Reconciler
 from daemon.store import InvalidTransition, Job, JobState, JobStore, Video, VideoState
 
 log = structlog.get_logger(__name__)
@@ -80,24 +81,30 @@ class UploadWatcher:
         self.beat = beat
         self.wake = threading.Event()
         self._in_flight: dict[tuple[str, str], Future[None]] = {}
-        self._retry_at: dict[tuple[str, str], float] = {}
-        self._evicting = threading.Lock()  # the loop and an upload thread may both evict the same video
+        self._retry_at: dict[tuple[str, str], float] = {}  # links pages whose upload failed
         self._views = ViewChecker(store, outputs_dir, locks_dir)
         self._views_due = 0.0
         self._published: dict[str, tuple[int, int, int]] = {}  # job -> links.html signature last published
         self._pool = ThreadPoolExecutor(settings.max_concurrent, thread_name_prefix="upload")
+        # what follows each change (views, eviction, webhooks) is applied right after it commits
+        self.reconciler = Reconciler(
+            store,
+            outputs_dir=outputs_dir,
+            locks_dir=locks_dir,
+            eviction=lambda: Eviction(self.settings.eviction, self.settings.keep_hours),
+            notify=self._notify,
+        )
+        store.after_commit = self.reconciler.reconcile
 
     # -- the loop ------------------------------------------------------------------------------------
 
     def recover(self) -> None:
-        """Uploads caught midway go back to 'rendered'; the journal lets them resume where they were."""
+        """Uploads caught midway go back to 'rendered' (the journal lets them resume where they were);
+        then every effect left pending is applied (reconcile)."""
         for video in self.store.videos_in(VideoState.UPLOADING):
-            self.store.update_video(video.job_id, video.output, VideoState.RENDERED)
+            self.store.upload_stopped(video.job_id, video.output)
             log.info("upload_resumable", job=video.job_id, video=video.output)
-        ids = [job.id for job in self.store.jobs() if job.distribute]
-        rewritten = refresh_views(self.store, self.outputs_dir, self.locks_dir, ids)
-        if rewritten:
-            log.info("links_refreshed", jobs=rewritten)
+        self.reconciler.start_up()
 
     def run_forever(self) -> None:
         """Events from the outputs only make it react sooner: the store is checked every poll interval."""
@@ -127,7 +134,8 @@ class UploadWatcher:
         self._pool.shutdown(wait=True)
 
     def step(self) -> None:
-        """One pass: reap finished uploads, start due ones, evict what may go, finish complete jobs."""
+        """One pass: reap finished uploads, start due ones, finish complete jobs, apply pending effects
+        (views, eviction, webhooks)."""
         self._reap()
         self._send_back_vanished()
         for video in self._due():
@@ -135,17 +143,17 @@ class UploadWatcher:
             if len(self._in_flight) >= self.settings.max_concurrent:
                 break
             self._in_flight[key] = self._pool.submit(self._upload_one, video)
-        self._evict_due()
         self._finish_jobs()
+        self.reconciler.reconcile()
         self._publish_pages()
         self._check_views()
 
     def _due(self) -> list[Video]:
-        now = time.monotonic()
+        now = time.time()
         due = []
         for video in self.store.videos_in(VideoState.RENDERED):
             key = (video.job_id, video.output)
-            if key in self._in_flight or self._retry_at.get(key, 0.0) > now:
+            if key in self._in_flight or (video.retry_at or 0.0) > now:
                 continue
             job = self.store.job(video.job_id)
             if job is not None and job.distribute and self._local(video).is_file():
@@ -158,66 +166,70 @@ class UploadWatcher:
                 del self._in_flight[key]
                 if (error := future.exception()) is not None and not isinstance(error, UploadCancelled):
                     log.error("upload_worker_crashed", job=key[0], video=key[1], error=repr(error))
+                self._left_uploading(*key)
+
+    def _left_uploading(self, job_id: str, output: str) -> None:
+        """An upload thread that ended with its video still uploading (its failure could not be recorded
+        then: the store was locked) goes through the failure path again, from the loop."""
+        if self.stop.is_set() or output == PAGE_NAME:
+            return
+        video = self.store.video(job_id, output)
+        if video is not None and video.state == VideoState.UPLOADING:
+            with structlog.contextvars.bound_contextvars(job=job_id, video=output):
+                self._upload_failed(video, UploadError("the upload ended without recording its outcome"))
 
     # -- one video -----------------------------------------------------------------------------------
 
     def _upload_one(self, video: Video) -> None:
+        """The upload of one video. Every error on the way (storage, credentials, the job store, the
+        disk, a bug) ends in `_upload_failed`: the video goes back to rendered with the reason and a
+        retry time, never left uploading until a restart."""
+        with structlog.contextvars.bound_contextvars(job=video.job_id, video=video.output):
+            try:
+                self._upload_steps(video)
+            except UploadCancelled:
+                raise
+            except Exception as exc:  # noqa: BLE001 - the one failure path of an upload
+                self._upload_failed(video, exc)
+
+    def _upload_steps(self, video: Video) -> None:
         job = self.store.job(video.job_id)
         assert job is not None
-        with structlog.contextvars.bound_contextvars(job=job.id, video=video.output):
-            if self._vanished(video):
-                return  # the next pass sends it back to be rendered again
-            problem = self._not_the_rendered_file(video)
-            if problem:
-                self._upload_failed(job, video, UploadError(problem))
-                return
-            key = video.object_key or self._choose_key(job, video)
-            try:
-                self.store.update_video(job.id, video.output, VideoState.UPLOADING, error=None)
-            except InvalidTransition:  # cancelled since it was found due: not uploaded
-                log.info("upload_skipped", reason="the job was cancelled")
-                return
-            self._links(job.id)
-            try:
-                result = upload_file(
-                    self.client,
-                    self.settings.bucket,
-                    key,
-                    self._local(video),
-                    self.store,
-                    self.settings.upload,
-                    cancel=self.stop,
-                )
-            except UploadCancelled:
-                self.store.update_video(job.id, video.output, VideoState.RENDERED)
-                self._links(job.id)
-                log.info("upload_paused", key=key, reason="stopping; the upload resumes on the next start")
-                raise
-            except (UploadError, OSError) as exc:
-                self._upload_failed(job, video, exc)
-                return
-            if result.sha256 != video.sha256:
-                self._upload_failed(
-                    job, video, UploadError("the uploaded file differs from the rendered one")
-                )
-                return
-            link = self._sign(job, key, download_as=video.output)
-            try:
-                self.store.update_video(
-                    job.id,
-                    video.output,
-                    VideoState.READY,
-                    url=link.url,
-                    expires_at=link.expires_at.timestamp(),
-                )
-            except InvalidTransition:  # cancelled while it went up: its link is never published
-                log.info("upload_dropped", key=key, reason="the job was cancelled")
-                return
-            self._links(job.id)
-            self.metrics.upload_bytes(result.size)
-            log.info("video_ready", key=key, bytes=result.size, resumed=result.parts > result.sent_parts)
-            if self.settings.eviction == "delete":
-                self._evict(job.id, video.output)
+        if self._vanished(video):
+            return  # the next pass sends it back to be rendered again
+        problem = self._not_the_rendered_file(video)
+        if problem:
+            raise UploadError(problem)
+        key = video.object_key or self._choose_key(job, video)
+        try:
+            self.store.start_upload(job.id, video.output, key)
+        except InvalidTransition:  # cancelled since it was found due: not uploaded
+            log.info("upload_skipped", reason="the job was cancelled")
+            return
+        try:
+            result = upload_file(
+                self.client,
+                self.settings.bucket,
+                key,
+                self._local(video),
+                self.store,
+                self.settings.upload,
+                cancel=self.stop,
+            )
+        except UploadCancelled:
+            self.store.upload_stopped(job.id, video.output)
+            log.info("upload_paused", key=key, reason="stopping; the upload resumes on the next start")
+            raise
+        if result.sha256 != video.sha256:
+            raise UploadError("the uploaded file differs from the rendered one")
+        link = self._sign(job, key, download_as=video.output)
+        try:  # the link is shown, then the copy evicted: effects of this change (daemon.reconcile)
+            self.store.video_ready(job.id, video.output, link.url, link.expires_at.timestamp())
+        except InvalidTransition:  # cancelled while it went up: its link is never published
+            log.info("upload_dropped", key=key, reason="the job was cancelled")
+            return
+        self.metrics.upload_bytes(result.size)
+        log.info("video_ready", key=key, bytes=result.size, resumed=result.parts > result.sent_parts)
 
     def _not_the_rendered_file(self, video: Video) -> str | None:
         """Only the very file the renderer wrote goes up: not a symlink put in its place (it could point
@@ -238,9 +250,7 @@ class UploadWatcher:
     def _choose_key(self, job: Job, video: Video) -> str:
         """Chosen once and stored, so a resumed or repeated upload goes to the same object."""
         when = datetime.fromtimestamp(video.rendered_at or time.time(), UTC)
-        key = object_key(self.settings.prefix, job.id, video.output, when)
-        self.store.update_video(job.id, video.output, object_key=key)
-        return key
+        return object_key(self.settings.prefix, job.id, video.output, when)
 
     def _sign(self, job: Job, key: str, *, download_as: str | None = None) -> Link:
         ttl = int(job.link_ttl or self.settings.default_ttl)
@@ -248,14 +258,25 @@ class UploadWatcher:
             self.signer, self.settings.bucket, key, ttl, self.settings.base_url, download_as=download_as
         )
 
-    def _upload_failed(self, job: Job, video: Video, exc: BaseException) -> None:
-        """Not a network blip (those are retried inside upload_file): keep the file, say why, retry later."""
-        reason = f"upload failed, will retry: {exc}"
-        self.store.update_video(job.id, video.output, VideoState.RENDERED, error=reason)
-        self._links(job.id)
-        self._retry_at[(job.id, video.output)] = time.monotonic() + RETRY_FAILED_AFTER
+    def _upload_failed(self, video: Video, exc: BaseException) -> None:
+        """Not a network blip (those are retried inside upload_file): keep the file, say why, retry later.
+        Recorded in the store (the reason and the retry time), so a restart keeps both; if even that
+        cannot be written now (the store locked or its disk full), the video stays where it is and the
+        next failure or start-up records it."""
+        said = str(exc) if isinstance(exc, (UploadError, OSError)) else f"{type(exc).__name__}: {exc}"
+        reason = f"upload failed, will retry: {said}"
+        retry_at = time.time() + RETRY_FAILED_AFTER
         self.metrics.failure("upload")
-        log.error("upload_failed", error=str(exc))
+        log.error("upload_failed", error=said, retry_in_s=RETRY_FAILED_AFTER)
+        for attempt in range(3):  # a store busy for a moment must not leave the video uploading
+            try:
+                self.store.upload_failed(video.job_id, video.output, reason, retry_at)
+                return
+            except InvalidTransition:
+                return  # cancelled meanwhile: nothing to retry
+            except Exception as store_exc:  # noqa: BLE001 - the store itself: say so, try again shortly
+                log.error("upload_failure_unrecorded", error=f"{type(store_exc).__name__}: {store_exc}")
+                self.stop.wait(0.5 * (attempt + 1))
 
     # -- rendered files that vanished before their upload --------------------------------------------
 
@@ -275,13 +296,11 @@ class UploadWatcher:
         gone = f"the rendered file {video.output} vanished from {self.outputs_dir / job.id} before upload"
         problem = self._cannot_render_again(job, video)
         if problem:
-            self.store.update_video(job.id, video.output, VideoState.FAILED, error=f"{gone}; {problem}")
-            self._links(job.id)
+            self.store.fail_video(job.id, video.output, f"{gone}; {problem}")
             self.metrics.failure("upload")
             log.warning("video_failed", reason=f"{gone}; {problem}")
             return
         if self.store.render_again(job.id, video.output, f"{gone}; rendering it again"):
-            self._links(job.id)
             log.warning("rendered_file_vanished", reason=f"{gone}; rendering it again")
 
     def _cannot_render_again(self, job: Job, video: Video) -> str | None:
@@ -314,39 +333,13 @@ class UploadWatcher:
 
     # -- eviction and job completion ---------------------------------------------------------------------
 
-    def _evict_due(self) -> None:
-        if self.settings.eviction == "keep":
-            return
-        age = 0.0 if self.settings.eviction == "delete" else self.settings.keep_hours * 3600
-        for video in self.store.videos_in(VideoState.READY):
-            if not video.evicted and time.time() - (video.rendered_at or 0.0) >= age:
-                self._evict(video.job_id, video.output)
-
-    def _evict(self, job_id: str, output: str) -> None:
-        with self._evicting:  # read, delete and mark as one step: once per video, not once per caller
-            self._evict_unlocked(job_id, output)
-
-    def _evict_unlocked(self, job_id: str, output: str) -> None:
-        """Only READY videos get here: uploaded, verified, and their link already in links.json."""
-        video = self.store.video(job_id, output)
-        assert video is not None and video.state == VideoState.READY
-        if video.evicted:
-            return
-        if not self._links(job_id):
-            return  # links.json must show the link before the local copy goes; try again next pass
-        self._local(video).unlink(missing_ok=True)
-        self.store.update_video(job_id, output, evicted=True)
-        self._links(job_id)
-        log.info("local_copy_evicted", job=job_id, video=output)
-
     def _finish_jobs(self) -> None:
         for job in self.store.jobs(JobState.RENDERED):
             videos = self.store.videos(job.id)
             if all(v.state == VideoState.FAILED for v in videos):
                 self._fail_job(job, videos)
             elif all(v.state in (VideoState.READY, VideoState.FAILED) for v in videos):
-                state = self.store.finish_job(job.id)  # done, or partial when some videos failed
-                self._links(job.id)
+                state = self.store.finish_job(job.id)  # done, or partial: webhooks go out (reconcile)
                 self.metrics.job(state.value)
                 log.info(
                     "job_distributed",
@@ -355,13 +348,11 @@ class UploadWatcher:
                     ready=sum(v.state == VideoState.READY for v in videos),
                     failed=sum(v.state == VideoState.FAILED for v in videos),
                 )
-                self._notify(job, videos, state)
 
     def _fail_job(self, job: Job, videos: list[Video]) -> None:
         """Every video failed after rendering (its file vanished and it could not be rendered again)."""
         reasons = "\n".join(f"  - {v.source_written}: {v.error}" for v in videos)
-        self.store.set_job(job.id, JobState.FAILED, error=f"no video of this job could be shared:\n{reasons}")
-        self._links(job.id)
+        self.store.fail_job(job.id, f"no video of this job could be shared:\n{reasons}")
         self.metrics.job("failed")
         log.warning("job_failed", job=job.id, reason="no video of this job could be shared")
 
@@ -412,7 +403,6 @@ class UploadWatcher:
                 return
             link = self._sign(job, key)
             self.store.set_page(job.id, link.url, link.expires_at.timestamp(), result.sha256)
-            self._links(job.id)
             log.info("page_published", key=key, bytes=result.size, expires_at=link.expires_at.isoformat())
 
     def _check_views(self) -> None:
@@ -442,15 +432,6 @@ class UploadWatcher:
 
     def _local(self, video: Video) -> Path:
         return self.outputs_dir / video.job_id / video.output
-
-    def _links(self, job_id: str) -> bool:
-        """Rewrite the job's links.json; False (logged) if it cannot be written now."""
-        try:
-            write_links(self.store, job_id, self.outputs_dir, self.locks_dir)
-        except OSError as exc:
-            log.error("links_write_failed", job=job_id, error=str(exc))
-            return False
-        return True
 
 
 def _video_link(video: Video) -> VideoLink:

@@ -23,9 +23,9 @@ import structlog
 
 from daemon.files import file_sha256
 from daemon.inbox import Inbox
-from daemon.links import UnsafeOutput, job_dir, poster_path, refresh_views, write_links
-from daemon.manifest import job_failure_report
+from daemon.links import UnsafeOutput, job_dir, poster_path
 from daemon.ops.metrics import Metrics
+from daemon.reconcile import Reconciler
 from daemon.render.avatar_cache import AvatarCache
 from daemon.render.detectors import detector_factories
 from daemon.render.faces import builtin_detectors, detector_by_name
@@ -41,7 +41,16 @@ from daemon.render.pipeline import (
 from daemon.render.poster import make_poster
 from daemon.render.registry import ModelPool
 from daemon.render.types import FaceDetector
-from daemon.store import InvalidTransition, Job, JobState, JobStore, StateDiskFull, Video, VideoState
+from daemon.store import (
+    InvalidTransition,
+    Job,
+    JobState,
+    JobStore,
+    Rendered,
+    StateDiskFull,
+    Video,
+    VideoState,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -106,6 +115,11 @@ class RenderService:
         self.wake = threading.Event()
         self._detectors: dict[int, FaceDetector] = {}
         self._full_wait = 0.0  # the current wait while the state disk is full; 0 when it is not
+        # what follows each change (views, the manifest filed) is applied right after it commits
+        self.reconciler = Reconciler(
+            store, outputs_dir=paths.outputs_dir, locks_dir=paths.locks_dir, inbox=inbox
+        )
+        store.after_commit = self.reconciler.reconcile
 
     def detector(self, pool: ModelPool) -> FaceDetector:
         """One detector per worker: OpenCV and ONNX detectors are not shared between threads."""
@@ -115,19 +129,17 @@ class RenderService:
         return self._detectors[id(pool)]
 
     def recover(self) -> None:
-        """After a crash: renders caught midway go back to the queue and their temp files are removed."""
+        """After a crash: renders caught midway go back to the queue and their temp files are removed;
+        then every effect left pending is applied (reconcile)."""
         for video in self.store.videos_in(VideoState.RENDERING):
-            self.store.update_video(video.job_id, video.output, VideoState.QUEUED, progress=0.0)
+            self.store.requeue_video(video.job_id, video.output)
             log.info("render_requeued", job=video.job_id, video=video.output)
         for job_id in self.store.reopen_pending_jobs():
             log.warning("job_reopened", job=job_id, reason="a video of this finished job was never rendered")
         active = self.store.jobs(JobState.RENDERING, JobState.QUEUED)
         for job in active:
             _remove_partials(self.paths.outputs_dir / job.id)
-        ids = [job.id for job in self.store.jobs()]
-        rewritten = refresh_views(self.store, self.paths.outputs_dir, self.paths.locks_dir, ids)
-        if rewritten:
-            log.info("links_refreshed", jobs=rewritten)
+        self.reconciler.start_up()
 
     def next_job(self) -> Job | None:
         jobs = self.store.jobs(JobState.RENDERING, JobState.QUEUED)
@@ -147,11 +159,13 @@ class RenderService:
                 log.exception("job_crashed", job=job.id)
                 self._crashed(job, exc)
             self.progress = Progress()
+            self.reconciler.reconcile()  # what a failure left pending, and changes by `lipsyncd cancel`
             done += 1
         return done
 
     def run_forever(self) -> None:
         while not self.stop.is_set():
+            self.reconciler.reconcile()
             self.run_pending()
             self.beat()
             self.wake.wait(timeout=1.0)
@@ -163,11 +177,10 @@ class RenderService:
         with structlog.contextvars.bound_contextvars(job=job.id):
             if job.state == JobState.QUEUED:
                 try:
-                    self.store.set_job(job.id, JobState.RENDERING)
+                    self.store.start_job(job.id)
                 except InvalidTransition:  # cancelled between the look and the move: `cancel` files it
                     log.info("job_cancelled", before="rendering")
                     return
-            self._links(job.id)
             started = time.monotonic()
             try:
                 self._still_inside(job.audio_written, Path(job.audio))
@@ -225,26 +238,20 @@ class RenderService:
             reasons = "\n".join(f"  - {v.source_written}: {v.error}" for v in videos)
             self._fail_job(job, f"no video of this job could be rendered:\n{reasons}")
             return
-        self._record(lambda: self.store.set_job(job.id, JobState.RENDERED))
         if not job.distribute:  # nothing left to do: done, or partial when some videos failed
-            self._record(lambda: void(self.store.finish_job(job.id)))
-        self._links(job.id)
-        # filed once: a job rendered again, or reopened, was filed the first time (its claimed name may
-        # belong to a newer job by now); a partial one with the error file naming its failed videos
+            self._record(lambda: self.store.job_rendered(job.id, finish=True))
+        else:
+            self._record(lambda: self.store.job_rendered(job.id))
         finished = self.store.job(job.id)
-        if not job.rerenders and finished is not None and Path(job.claimed_path).exists():
-            self.inbox.file_job(finished, self.store.videos(job.id))
         self.metrics.job("rendered")
         failed = len(videos) - len(rendered)
         state = finished.state.value if finished else None
         log.info("job_rendered", videos=len(videos), failed=failed, state=state, seconds=round(seconds, 1))
 
     def _file_cancelled(self, job: Job) -> None:
-        """A job cancelled while it rendered: its manifest goes to failed/ with the reason."""
-        self._links(job.id)
-        if not job.rerenders and Path(job.claimed_path).exists():
-            report = job_failure_report(job.manifest, job.error or "cancelled")
-            self.inbox.file_failed(Path(job.claimed_path), job.manifest, report)
+        """A job cancelled while it rendered: its manifest goes to failed/ with the reason (an effect
+        `lipsyncd cancel` recorded, applied here now rather than at the next pass)."""
+        self.reconciler.reconcile()
         self.metrics.job("cancelled")
         log.info("job_cancelled", reason=job.error)
 
@@ -258,14 +265,7 @@ class RenderService:
             self.stop.wait(5.0)
 
     def _fail_job(self, job: Job, reason: str) -> None:
-        for video in self.store.videos(job.id):
-            if video.state in (VideoState.QUEUED, VideoState.RENDERING):
-                self.store.update_video(job.id, video.output, VideoState.FAILED, error=reason)  # say why
-        self.store.set_job(job.id, JobState.FAILED, error=reason)
-        self._links(job.id)
-        if not job.rerenders:  # see _finish_job
-            report = job_failure_report(job.manifest, reason)
-            self.inbox.file_failed(Path(job.claimed_path), job.manifest, report)
+        self.store.fail_job(job.id, reason)  # its videos still to render say why too; manifest filed
         self.metrics.job("failed")
         log.warning("job_failed", reason=reason)
 
@@ -278,22 +278,20 @@ class RenderService:
             if current is None or current.state not in _PENDING:
                 return  # cancelled since the job started
             try:
-                self.store.update_video(job.id, video.output, VideoState.RENDERING, progress=0.0, error=None)
+                self.store.claim_video(job.id, video.output)
             except InvalidTransition:
                 return  # cancelled this very moment
             self.progress = Progress(job.id, video.output, 0.0)
-            self._links(job.id)
             try:
                 result = self._render_again_if_removed(job, video, audio, model_name, pool)
             except StateDiskFull:
                 raise
             except Interrupted:
                 if not self.stop.is_set():  # not the daemon stopping: the job was cancelled
-                    self._links(job.id)
+                    self.reconciler.reconcile()  # its view shows the cancel `lipsyncd cancel` recorded
                     log.info("render_cancelled")
                     return
-                self.store.update_video(job.id, video.output, VideoState.QUEUED, progress=0.0)
-                self._links(job.id)
+                self.store.requeue_video(job.id, video.output)
                 log.info("render_interrupted")
                 raise
             except (MediaError, LookupError) as exc:
@@ -320,28 +318,22 @@ class RenderService:
             size, sha256 = out.stat().st_size, file_sha256(out)
             self._poster(out)
             try:
-                self._record(  # the render is done: wait for room on the state disk rather than lose it
-                    lambda: self.store.update_video(
-                        job.id,
-                        video.output,
-                        VideoState.RENDERED,
-                        progress=1.0,
-                        frames=result.frames,
-                        faceless_frames=result.faceless_frames,
-                        size=size,
-                        sha256=sha256,
-                        model=model_name,
-                        rendered_at=time.time(),
-                        duration=result.frames / result.fps if result.fps else None,
-                        warning=warning,
-                    )
+                rendered = Rendered(
+                    frames=result.frames,
+                    faceless_frames=result.faceless_frames,
+                    size=size,
+                    sha256=sha256,
+                    model=model_name,
+                    duration=result.frames / result.fps if result.fps else None,
+                    warning=warning,
                 )
+                # the render is done: wait for room on the state disk rather than lose it
+                self._record(lambda: self.store.video_rendered(job.id, video.output, rendered))
             except InvalidTransition:  # cancelled as it finished: the file is not kept nor shared
                 out.unlink(missing_ok=True)
                 poster_path(out.parent, out.name).unlink(missing_ok=True)
                 log.info("render_cancelled")
                 return
-            self._links(job.id)
             self.metrics.frames(result.frames)
             fps = result.frames / result.seconds if result.seconds else 0.0
             log.info(
@@ -376,13 +368,11 @@ class RenderService:
             if fraction - last[0] >= 0.02:
                 last[0] = fraction
                 try:
-                    self.store.update_video(job.id, video.output, progress=fraction)
+                    self.store.set_progress(job.id, video.output, fraction)
                 except StateDiskFull as exc:  # progress is only shown: render on, say so once
                     if not unrecorded[0]:
                         log.warning("progress_not_recorded", reason=str(exc))
                     unrecorded[0] = True
-                    return
-                self._links(job.id)
 
         return VideoRender(
             source=Path(video.source),
@@ -424,7 +414,7 @@ class RenderService:
                 log.warning(
                     "output_folder_removed", folder=str(folder), attempt=attempt, action="renders again"
                 )
-                self.store.update_video(job.id, video.output, progress=0.0)
+                self.store.set_progress(job.id, video.output, 0.0)
         raise AssertionError("unreachable")
 
     def _cancelled(self, job_id: str, output: str) -> bool:
@@ -475,18 +465,9 @@ class RenderService:
             )
 
     def _fail_video(self, job: Job, video: Video, reason: str) -> None:
-        self._record(lambda: self.store.update_video(job.id, video.output, VideoState.FAILED, error=reason))
-        self._links(job.id)
+        self._record(lambda: self.store.fail_video(job.id, video.output, reason))
         self.metrics.failure("render")
         log.warning("video_failed", reason=reason)
-
-    def _links(self, job_id: str) -> None:
-        """links.json is a view of the store: if it cannot be written now (disk full), the next change
-        writes it again; rendering goes on."""
-        try:
-            write_links(self.store, job_id, self.paths.outputs_dir, self.paths.locks_dir)
-        except OSError as exc:
-            log.error("links_write_failed", job=job_id, error=str(exc))
 
 
 class _Halt(threading.Event):
@@ -511,10 +492,6 @@ def as_written(message: str, resolved: str, written: str) -> str:
     """A media error names the file as the manifest did: the server's own folders mean nothing to the
     people who read links.json and the page (and are not theirs to know)."""
     return message.replace(resolved, written)
-
-
-def void(_: object) -> None:
-    """For `_record`, which takes a write that returns nothing."""
 
 
 def face_check(

@@ -43,7 +43,8 @@ STAGE_FRAMES: dict[str, str] = {
     "Inbox.file_failed": "manifest filed",
     "RenderDaemon.recover": "recovery",
     "UploadDaemon.recover": "recovery",
-    "JobStore.update_video": "store commit",
+    "JobStore._change": "store commit",
+    "Reconciler._views": "links.json write",
     "JobStore.set_job": "store commit",
     "JobStore.add_job": "store commit",
     "JobStore.part_done": "store commit",
@@ -58,7 +59,7 @@ STAGE_FRAMES: dict[str, str] = {
     "_Upload._complete": "completion",
     "_Upload._verify": "verification",
     "UploadWatcher._sign": "signing",
-    "UploadWatcher._evict": "eviction",
+    "Reconciler._evict": "eviction",
     "UploadWatcher._finish_jobs": "job finish",
 }
 # A thread whose innermost known frame is one of these is waiting for another stage, not working.

@@ -10,6 +10,7 @@ from daemon.control import ControlError, cancel, retry
 from daemon.inbox import Inbox
 from daemon.manifest import Manifest, MediaRef, job_failure_report
 from daemon.store import InvalidTransition, JobState, JobStore, VideoState, check_move
+from tests.poke import set_job, set_video
 
 
 @pytest.fixture
@@ -59,9 +60,9 @@ def test_cancel_a_queued_job_files_its_manifest(store: JobStore, inbox: Inbox) -
 
 def test_cancel_leaves_finished_videos_alone(store: JobStore, inbox: Inbox) -> None:
     _job(store, inbox)
-    store.set_job("promo", JobState.RENDERING)
-    store.update_video("promo", "a.mp4", VideoState.FAILED, error="no face")
-    store.update_video("promo", "b.mp4", VideoState.RENDERING)
+    set_job(store, "promo", JobState.RENDERING)
+    set_video(store, "promo", "a.mp4", VideoState.FAILED, error="no face")
+    set_video(store, "promo", "b.mp4", VideoState.RENDERING)
     assert cancel(store, inbox, "promo").videos == ["b.mp4"]
     assert _states(store, "promo") == [VideoState.FAILED, VideoState.CANCELLED]
 
@@ -70,12 +71,12 @@ def test_retry_only_finished_jobs_and_only_what_failed(store: JobStore, inbox: I
     _job(store, inbox)
     with pytest.raises(ControlError, match="only a finished job"):
         retry(store, inbox, "promo")
-    store.set_job("promo", JobState.RENDERING)
-    store.update_video("promo", "a.mp4", VideoState.FAILED, error="no face")
+    set_job(store, "promo", JobState.RENDERING)
+    set_video(store, "promo", "a.mp4", VideoState.FAILED, error="no face")
     for state in (VideoState.RENDERING, VideoState.RENDERED, VideoState.UPLOADING, VideoState.READY):
-        store.update_video("promo", "b.mp4", state, url="https://x/b" if state == VideoState.READY else None)
-    store.set_job("promo", JobState.RENDERED)
-    store.set_job("promo", JobState.DONE)
+        set_video(store, "promo", "b.mp4", state, url="https://x/b" if state == VideoState.READY else None)
+    set_job(store, "promo", JobState.RENDERED)
+    set_job(store, "promo", JobState.DONE)
     assert retry(store, inbox, "promo").videos == ["a.mp4"]
     assert _states(store, "promo") == [VideoState.QUEUED, VideoState.READY]
     job = store.job("promo")
@@ -87,10 +88,10 @@ def test_retry_only_finished_jobs_and_only_what_failed(store: JobStore, inbox: I
 def test_retry_all_renders_ready_videos_again_with_fresh_links(store: JobStore, inbox: Inbox) -> None:
     _job(store, inbox, videos=("a.mp4",))
     for state in (VideoState.RENDERING, VideoState.RENDERED, VideoState.UPLOADING, VideoState.READY):
-        store.update_video("promo", "a.mp4", state)
-    store.update_video("promo", "a.mp4", url="https://x/a", object_key="k", evicted=True)
+        set_video(store, "promo", "a.mp4", state)
+    set_video(store, "promo", "a.mp4", url="https://x/a", object_key="k", evicted=True)
     for job_state in (JobState.RENDERING, JobState.RENDERED, JobState.DONE):
-        store.set_job("promo", job_state)
+        set_job(store, "promo", job_state)
     with pytest.raises(ControlError, match="no failed or cancelled video; --all"):
         retry(store, inbox, "promo")
     assert retry(store, inbox, "promo", every_video=True).videos == ["a.mp4"]
@@ -108,8 +109,8 @@ def test_retry_of_a_failed_job_takes_its_manifest_back_from_failed(store: JobSto
     claimed = _job(store, inbox)
     reason = "the audio 's.wav' cannot be used"
     for output in ("a.mp4", "b.mp4"):
-        store.update_video("promo", output, VideoState.FAILED, error=reason)
-    store.set_job("promo", JobState.FAILED, error=reason)
+        set_video(store, "promo", output, VideoState.FAILED, error=reason)
+    set_job(store, "promo", JobState.FAILED, error=reason)
     inbox.file_failed(claimed, "promo.yaml", job_failure_report("promo.yaml", reason))
     retry(store, inbox, "promo")
     assert claimed.exists()  # the render files it under done/ when the job finishes

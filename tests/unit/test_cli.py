@@ -17,6 +17,7 @@ from daemon.doctor import _models as doctor_models
 from daemon.manifest import Manifest, load_manifest
 from daemon.render.modelspec import ModelSpec
 from daemon.store import JobStore, VideoState
+from tests.poke import set_video
 
 
 @pytest.fixture(autouse=True)
@@ -81,7 +82,7 @@ def test_links_names_the_failed_videos_and_why(tmp_path: Path, capsys: pytest.Ca
     )
     store = JobStore(load_config(config).state_dir)
     store.add_job(manifest, claimed_path=tmp_path / "promo.yaml", base_dir=tmp_path)
-    store.update_video("promo", "b.mp4", VideoState.FAILED, error="b.mp4 is cut short")
+    set_video(store, "promo", "b.mp4", VideoState.FAILED, error="b.mp4 is cut short")
     store.close()
     assert main(["--config", str(config), "links", "promo"]) == EXIT_OK
     out, err = capsys.readouterr()

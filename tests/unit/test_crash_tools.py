@@ -36,7 +36,7 @@ def test_stages_of_every_busy_thread_count() -> None:
 def test_a_links_write_inside_eviction_is_both() -> None:
     evicting = (
         "upload_0",
-        ("write_json_atomic", "write_links", "UploadWatcher._links", "UploadWatcher._evict"),
+        ("write_json_atomic", "write_links", "Reconciler._views", "Reconciler._evict"),
     )
     assert stages_of([evicting]) == {"eviction", "links.json write"}
 

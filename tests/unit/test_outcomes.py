@@ -12,6 +12,7 @@ from daemon.manifest import Manifest, MediaRef
 from daemon.render.pipeline import RenderSettings
 from daemon.render.service import face_check
 from daemon.store import JobState, JobStore, Video, VideoState
+from tests.poke import set_job, set_video
 
 
 @pytest.fixture
@@ -23,9 +24,9 @@ def job_with(tmp_path: Path) -> tuple[Inbox, JobStore]:
     refs = tuple(MediaRef(f"media/{n}", tmp_path / n) for n in ("good.mp4", "cut.mp4"))
     m = Manifest(source=claimed, name="promo", audio=MediaRef("a.wav", tmp_path / "a.wav"), videos=refs)
     store.add_job(m, claimed_path=claimed, base_dir=inbox.folder)
-    store.set_job("promo", JobState.RENDERING)
+    set_job(store, "promo", JobState.RENDERING)
     for name in ("good.mp4", "cut.mp4"):
-        store.update_video("promo", name, VideoState.RENDERING)
+        set_video(store, "promo", name, VideoState.RENDERING)
     return inbox, store
 
 
@@ -33,9 +34,9 @@ def test_a_partial_job_is_filed_in_done_with_an_error_file_naming_the_failed_vid
     job_with: tuple[Inbox, JobStore],
 ) -> None:
     inbox, store = job_with
-    store.update_video("promo", "good.mp4", VideoState.RENDERED)
-    store.update_video("promo", "cut.mp4", VideoState.FAILED, error="the file is cut short")
-    store.set_job("promo", JobState.RENDERED)
+    set_video(store, "promo", "good.mp4", VideoState.RENDERED)
+    set_video(store, "promo", "cut.mp4", VideoState.FAILED, error="the file is cut short")
+    set_job(store, "promo", JobState.RENDERED)
     store.finish_job("promo")
     filed = inbox.file_job(store.job("promo"), store.videos("promo"))  # type: ignore[arg-type]
     assert filed == inbox.done_dir / "promo.yaml"
@@ -50,8 +51,8 @@ def test_a_partial_job_is_filed_in_done_with_an_error_file_naming_the_failed_vid
 def test_a_job_with_every_video_made_is_filed_in_done_alone(job_with: tuple[Inbox, JobStore]) -> None:
     inbox, store = job_with
     for name in ("good.mp4", "cut.mp4"):
-        store.update_video("promo", name, VideoState.RENDERED)
-    store.set_job("promo", JobState.RENDERED)
+        set_video(store, "promo", name, VideoState.RENDERED)
+    set_job(store, "promo", JobState.RENDERED)
     store.finish_job("promo")
     inbox.file_job(store.job("promo"), store.videos("promo"))  # type: ignore[arg-type]
     assert sorted(p.name for p in inbox.done_dir.iterdir()) == ["promo.yaml"]

@@ -16,6 +16,7 @@ from daemon.cli import EXIT_FAILED, EXIT_OK, main
 from daemon.manifest import Manifest, MediaRef
 from daemon.status import parse_since, print_table
 from daemon.store import JobState, JobStore, VideoState
+from tests.poke import set_job, set_video
 
 LONG_ERROR = "the audio 'speech.wav' cannot be used: " + "the decoder said something long " * 5 + "END"
 URL = "https://files.example.com/renders/promo/face.mp4?X-Amz-Signature=" + "a1b2" * 60
@@ -43,16 +44,16 @@ def config(tmp_path: Path) -> str:
 
     add("waiting", "a.mp4")
     add("busy", "b.mp4")
-    store.set_job("busy", JobState.RENDERING)
-    store.update_video("busy", "b.mp4", VideoState.RENDERING, progress=0.45)
+    set_job(store, "busy", JobState.RENDERING)
+    set_video(store, "busy", "b.mp4", VideoState.RENDERING, progress=0.45)
     add("broken", "c.mp4")
-    store.update_video("broken", "c.mp4", VideoState.FAILED, error=LONG_ERROR)
-    store.set_job("broken", JobState.FAILED, error=LONG_ERROR)
+    set_video(store, "broken", "c.mp4", VideoState.FAILED, error=LONG_ERROR)
+    set_job(store, "broken", JobState.FAILED, error=LONG_ERROR)
     add("shared", "face.mp4")
-    store.update_video("shared", "face.mp4", VideoState.RENDERING)
-    store.update_video("shared", "face.mp4", VideoState.RENDERED)
-    store.update_video("shared", "face.mp4", VideoState.UPLOADING)
-    store.update_video("shared", "face.mp4", VideoState.READY, url=URL, expires_at=time.time() + 3600)
+    set_video(store, "shared", "face.mp4", VideoState.RENDERING)
+    set_video(store, "shared", "face.mp4", VideoState.RENDERED)
+    set_video(store, "shared", "face.mp4", VideoState.UPLOADING)
+    set_video(store, "shared", "face.mp4", VideoState.READY, url=URL, expires_at=time.time() + 3600)
     store.close()
     failed = shared / "inbox" / "failed"
     failed.mkdir(parents=True)

@@ -23,6 +23,7 @@ from daemon.store import (
     VideoState,
     output_names,
 )
+from tests.poke import set_job, set_video
 
 
 def manifest(tmp_path: Path, *videos: str, name: str = "promo", distribute: bool = True) -> Manifest:
@@ -56,20 +57,20 @@ def test_output_names_do_not_overwrite_each_other(tmp_path: Path) -> None:
 def test_finished_states_are_final(store: JobStore, tmp_path: Path) -> None:
     store.add_job(manifest(tmp_path, "a.mp4"), claimed_path=tmp_path / "1", base_dir=tmp_path)
     with pytest.raises(InvalidTransition):
-        store.update_video("promo", "a.mp4", VideoState.READY)
-    store.update_video("promo", "a.mp4", VideoState.RENDERING)
-    store.update_video("promo", "a.mp4", VideoState.FAILED, error="bad file")
+        set_video(store, "promo", "a.mp4", VideoState.READY)
+    set_video(store, "promo", "a.mp4", VideoState.RENDERING)
+    set_video(store, "promo", "a.mp4", VideoState.FAILED, error="bad file")
     with pytest.raises(InvalidTransition, match="from failed to queued"):
-        store.update_video("promo", "a.mp4", VideoState.QUEUED)
-    store.set_job("promo", JobState.RENDERING)
-    store.set_job("promo", JobState.FAILED, error="x")
+        set_video(store, "promo", "a.mp4", VideoState.QUEUED)
+    set_job(store, "promo", JobState.RENDERING)
+    set_job(store, "promo", JobState.FAILED, error="x")
     with pytest.raises(InvalidTransition):
-        store.set_job("promo", JobState.DONE)
+        set_job(store, "promo", JobState.DONE)
 
 
 def test_state_survives_reopening(store: JobStore, tmp_path: Path) -> None:
     store.add_job(manifest(tmp_path, "a.mp4"), claimed_path=tmp_path / "1", base_dir=tmp_path)
-    store.update_video("promo", "a.mp4", VideoState.RENDERING, progress=0.5)
+    set_video(store, "promo", "a.mp4", VideoState.RENDERING, progress=0.5)
     store.close()
     again = JobStore(tmp_path / "state")
     video = again.video("promo", "a.mp4")
@@ -126,7 +127,7 @@ def test_unwritable_state_dir_is_a_clear_error(tmp_path: Path) -> None:
 
 def test_links_view_has_every_field_and_no_secrets(store: JobStore, tmp_path: Path) -> None:
     store.add_job(manifest(tmp_path, "a.mp4"), claimed_path=tmp_path / "1", base_dir=tmp_path)
-    store.update_video("promo", "a.mp4", VideoState.RENDERING, progress=0.25)
+    set_video(store, "promo", "a.mp4", VideoState.RENDERING, progress=0.25)
     doc = job_view(store.job("promo"), store.videos("promo"))  # type: ignore[arg-type]
     video = doc["videos"][0]
     for key in (
@@ -154,7 +155,7 @@ def test_links_view_has_every_field_and_no_secrets(store: JobStore, tmp_path: Pa
 
 def test_links_file_is_replaced_atomically_while_read(store: JobStore, tmp_path: Path) -> None:
     store.add_job(manifest(tmp_path, "a.mp4"), claimed_path=tmp_path / "1", base_dir=tmp_path)
-    store.update_video("promo", "a.mp4", VideoState.RENDERING)
+    set_video(store, "promo", "a.mp4", VideoState.RENDERING)
     outputs, locks = tmp_path / "out", tmp_path / "locks"
     write_links(store, "promo", outputs, locks)
     seen_bad, stop = [], threading.Event()
@@ -169,7 +170,7 @@ def test_links_file_is_replaced_atomically_while_read(store: JobStore, tmp_path:
     thread = threading.Thread(target=reader)
     thread.start()
     for i in range(200):
-        store.update_video("promo", "a.mp4", progress=i / 200)
+        set_video(store, "promo", "a.mp4", progress=i / 200)
         write_links(store, "promo", outputs, locks)
     stop.set()
     thread.join()
@@ -191,7 +192,7 @@ def test_view_check_puts_back_a_missing_page_and_a_stale_one_with_its_json(
     page.unlink()
     assert checker.check() == [("promo", "without its links.html")]
     assert "Waiting" in page.read_text()
-    store.update_video("promo", "a.mp4", VideoState.RENDERING, progress=0.5)  # nobody wrote the view
+    set_video(store, "promo", "a.mp4", VideoState.RENDERING, progress=0.5)  # nobody wrote the view
     assert checker.check() == [("promo", "different from the job store")]
     assert 'value="50"' in page.read_text()
 
@@ -204,7 +205,7 @@ def test_a_store_from_before_the_page_and_duration_columns_gains_them(tmp_path: 
             db.execute(f"ALTER TABLE {table} DROP COLUMN {column}")
     store = JobStore(state)
     store.add_job(manifest(tmp_path, "a.mp4"), claimed_path=tmp_path / "1", base_dir=tmp_path)
-    store.update_video("promo", "a.mp4", duration=2.5)
+    set_video(store, "promo", "a.mp4", duration=2.5)
     store.set_page("promo", "https://x/links.html", 1.0, "ab")
     video, job = store.video("promo", "a.mp4"), store.job("promo")
     assert video is not None
@@ -218,14 +219,14 @@ def _rendered_job(store: JobStore, tmp_path: Path, *outcomes: str) -> None:
     videos = [f"v{i}.mp4" for i in range(len(outcomes))]
     m = manifest(tmp_path, *videos, distribute=False)
     store.add_job(m, claimed_path=tmp_path / "1", base_dir=tmp_path)
-    store.set_job("promo", JobState.RENDERING)
+    set_job(store, "promo", JobState.RENDERING)
     for name, result in zip(videos, outcomes, strict=True):
-        store.update_video("promo", name, VideoState.RENDERING)
+        set_video(store, "promo", name, VideoState.RENDERING)
         if result == "ok":
-            store.update_video("promo", name, VideoState.RENDERED)
+            set_video(store, "promo", name, VideoState.RENDERED)
         else:
-            store.update_video("promo", name, VideoState.FAILED, error=result)
-    store.set_job("promo", JobState.RENDERED)
+            set_video(store, "promo", name, VideoState.FAILED, error=result)
+    set_job(store, "promo", JobState.RENDERED)
 
 
 @pytest.mark.parametrize(
@@ -251,20 +252,20 @@ def test_a_job_ends_done_partial_or_failed_by_its_videos(
         assert all(line in (job.error or "") for line in failed), job.error
         assert f"{len(failed)} of {len(outcomes)} videos could not be made" in (job.error or "")
     with pytest.raises(InvalidTransition):  # finished states are final
-        store.set_job("promo", JobState.QUEUED)
+        set_job(store, "promo", JobState.QUEUED)
 
 
 def test_partial_is_reached_only_from_rendered(store: JobStore, tmp_path: Path) -> None:
     store.add_job(manifest(tmp_path, "a.mp4"), claimed_path=tmp_path / "1", base_dir=tmp_path)
     with pytest.raises(InvalidTransition, match="from queued to partial"):
-        store.set_job("promo", JobState.PARTIAL)
+        set_job(store, "promo", JobState.PARTIAL)
 
 
 def test_view_of_a_partial_job_says_how_many_are_ready_and_why_the_others_failed(
     store: JobStore, tmp_path: Path
 ) -> None:
     _rendered_job(store, tmp_path, "ok", "the video v1.mp4 is cut short", "ok")
-    store.update_video("promo", "v2.mp4", warning="no face found in 30 of the 50 frames of v2.mp4 (60%)")
+    set_video(store, "promo", "v2.mp4", warning="no face found in 30 of the 50 frames of v2.mp4 (60%)")
     store.finish_job("promo")
     folder = tmp_path / "out" / "promo"
     folder.mkdir(parents=True)
@@ -291,12 +292,12 @@ def test_summary_counts_only_uploaded_videos_for_a_job_that_distributes(
 ) -> None:
     m = manifest(tmp_path, "a.mp4", "b.mp4")  # distribute=True
     store.add_job(m, claimed_path=tmp_path / "1", base_dir=tmp_path)
-    store.update_video("promo", "a.mp4", VideoState.RENDERING)
-    store.update_video("promo", "a.mp4", VideoState.RENDERED)
-    store.update_video("promo", "a.mp4", VideoState.UPLOADING)
-    store.update_video("promo", "a.mp4", VideoState.READY)
-    store.update_video("promo", "b.mp4", VideoState.RENDERING)
-    store.update_video("promo", "b.mp4", VideoState.RENDERED)
+    set_video(store, "promo", "a.mp4", VideoState.RENDERING)
+    set_video(store, "promo", "a.mp4", VideoState.RENDERED)
+    set_video(store, "promo", "a.mp4", VideoState.UPLOADING)
+    set_video(store, "promo", "a.mp4", VideoState.READY)
+    set_video(store, "promo", "b.mp4", VideoState.RENDERING)
+    set_video(store, "promo", "b.mp4", VideoState.RENDERED)
     doc = job_view(store.job("promo"), store.videos("promo"))  # type: ignore[arg-type]
     assert doc["summary"] == "1 of 2 ready, 1 in progress"
     assert doc["problems"] == []
@@ -308,5 +309,5 @@ def test_a_store_from_before_warnings_gets_the_column(tmp_path: Path) -> None:
         db.execute("ALTER TABLE videos DROP COLUMN warning")
     store = JobStore(tmp_path / "state")
     store.add_job(manifest(tmp_path, "a.mp4"), claimed_path=tmp_path / "1", base_dir=tmp_path)
-    store.update_video("promo", "a.mp4", warning="careful")
+    set_video(store, "promo", "a.mp4", warning="careful")
     assert store.videos("promo")[0].warning == "careful"

@@ -13,6 +13,7 @@ from daemon.manifest import Manifest, MediaRef
 from daemon.store import JobState, JobStore, VideoState
 from daemon.submit import Submission, submit
 from daemon.submitted_media import sweep_media
+from tests.poke import set_job, set_video
 
 
 def _submitted(tmp_path: Path, inbox: Path, name: str) -> Path:
@@ -46,14 +47,14 @@ def test_finished_jobs_media_go_after_the_keep_time_others_stay(tmp_path: Path) 
     )
     for folder in (done, failed, cancelled, busy):
         _job(store, folder, folder.name.split("-")[0])
-    store.set_job("done", JobState.RENDERING)
-    store.update_video("done", "f.mp4", VideoState.RENDERING)
-    store.update_video("done", "f.mp4", VideoState.RENDERED)
-    store.set_job("done", JobState.RENDERED)
-    store.set_job("done", JobState.DONE)
-    store.set_job("failed", JobState.FAILED, error="bad audio")
+    set_job(store, "done", JobState.RENDERING)
+    set_video(store, "done", "f.mp4", VideoState.RENDERING)
+    set_video(store, "done", "f.mp4", VideoState.RENDERED)
+    set_job(store, "done", JobState.RENDERED)
+    set_job(store, "done", JobState.DONE)
+    set_job(store, "failed", JobState.FAILED, error="bad audio")
     store.cancel_job("cancelled", "cancelled")
-    store.set_job("busy", JobState.RENDERING)
+    set_job(store, "busy", JobState.RENDERING)
     users = inbox / "media" / "mine"  # the user's own folder: never touched
     users.mkdir()
     now = time.time()
@@ -76,7 +77,7 @@ def test_the_intake_rescan_tidies(tmp_path: Path) -> None:
     store = JobStore(tmp_path / "state")
     folder = _submitted(tmp_path, inbox, "promo")
     _job(store, folder, "promo")
-    store.set_job("promo", JobState.FAILED, error="bad audio")
+    set_job(store, "promo", JobState.FAILED, error="bad audio")
     intake = Intake(
         Inbox(inbox, settle_time=0.0), store, shared=tmp_path / "share", outputs_dir=tmp_path / "out",
         locks_dir=tmp_path / "locks", webhooks=(), models=lambda: ["baseline"], media_keep=0.0,

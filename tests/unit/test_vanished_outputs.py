@@ -11,6 +11,7 @@ import pytest
 
 from daemon.distribute.watcher import MAX_RERENDERS, DistributeSettings, UploadWatcher
 from daemon.store import JobState, JobStore, VideoState
+from tests.poke import set_job, set_video
 from tests.unit.test_store_links import manifest
 
 
@@ -24,11 +25,11 @@ def rendered(store: JobStore, tmp_path: Path, *, job_state: JobState = JobState.
     for name in ("a.wav", "a.mp4"):
         (tmp_path / name).write_bytes(b"x")
     store.add_job(manifest(tmp_path, "a.mp4"), claimed_path=tmp_path / "1", base_dir=tmp_path)
-    store.set_job("promo", JobState.RENDERING)
-    store.update_video("promo", "a.mp4", VideoState.RENDERING)
-    store.update_video("promo", "a.mp4", VideoState.RENDERED, size=1, sha256="ab" * 32)
+    set_job(store, "promo", JobState.RENDERING)
+    set_video(store, "promo", "a.mp4", VideoState.RENDERING)
+    set_video(store, "promo", "a.mp4", VideoState.RENDERED, size=1, sha256="ab" * 32)
     if job_state == JobState.RENDERED:
-        store.set_job("promo", JobState.RENDERED)
+        set_job(store, "promo", JobState.RENDERED)
 
 
 def watcher(store: JobStore, tmp_path: Path) -> UploadWatcher:
@@ -45,10 +46,10 @@ def watcher(store: JobStore, tmp_path: Path) -> UploadWatcher:
 
 def render_once_more(store: JobStore) -> None:
     """What the render watcher does with the requeued job, the file still not reaching the upload."""
-    store.set_job("promo", JobState.RENDERING)
-    store.update_video("promo", "a.mp4", VideoState.RENDERING)
-    store.update_video("promo", "a.mp4", VideoState.RENDERED)
-    store.set_job("promo", JobState.RENDERED)
+    set_job(store, "promo", JobState.RENDERING)
+    set_video(store, "promo", "a.mp4", VideoState.RENDERING)
+    set_video(store, "promo", "a.mp4", VideoState.RENDERED)
+    set_job(store, "promo", JobState.RENDERED)
 
 
 def test_a_vanished_file_is_rendered_again_at_most_max_rerenders_times(
@@ -87,7 +88,7 @@ def test_nothing_is_sent_back_while_the_job_is_still_rendering(store: JobStore, 
     assert video is not None
     assert video.state == VideoState.RENDERED
     assert store.render_again("promo", "a.mp4", "gone") is False
-    store.set_job("promo", JobState.RENDERED)
+    set_job(store, "promo", JobState.RENDERED)
     upload.step()
     upload.shutdown()
     video = store.video("promo", "a.mp4")
