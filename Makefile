@@ -44,7 +44,7 @@ test: setup-test system-packages lint
 lint: setup-test
 	$(BIN)/ruff check daemon tests bench
 	$(BIN)/ruff format --check daemon tests bench
-	$(BIN)/mypy daemon
+	$(BIN)/mypy daemon tests
 
 unit: setup-test
 	$(BIN)/pytest -q tests/unit

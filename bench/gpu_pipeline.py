@@ -27,14 +27,14 @@ import numpy as np
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.model_speed import machine, make_model  # noqa: E402
-from daemon.render import audio as audio_features  # noqa: E402
-from daemon.render.blend import paste_back  # noqa: E402
-from daemon.render.faces import HaarDetector, crop_face, track_faces  # noqa: E402
-from daemon.render.media import VideoEncoder, encoder_available, iter_frames, probe_video  # noqa: E402
-from daemon.render.model import LipSyncModel, prepare_faces, to_images  # noqa: E402
-from daemon.render.pipeline import RenderSettings, VideoRender, prepare_audio  # noqa: E402
-from daemon.samples import speech_like, write_audio, write_face_clip  # noqa: E402
+from bench.model_speed import machine, make_model
+from daemon.render import audio as audio_features
+from daemon.render.blend import paste_back
+from daemon.render.faces import HaarDetector, crop_face, track_faces
+from daemon.render.media import VideoEncoder, encoder_available, iter_frames, probe_video
+from daemon.render.model import LipSyncModel, prepare_faces, to_images
+from daemon.render.pipeline import RenderSettings, VideoRender, prepare_audio
+from daemon.samples import speech_like, write_audio, write_face_clip
 
 CUDA = ["CUDAExecutionProvider", "CPUExecutionProvider"]
 
@@ -83,7 +83,7 @@ def stage_fps(work: Path, clip: Path, audio: Path, model: LipSyncModel, batch: i
 
 
 def pipeline_fps(
-    work: Path, clip: Path, audio: Path, folder: Path, precision: str, batch: int, in_flight: int
+    work: Path, clip: Path, audio: Path, folder: Path, precision: str, batch: int, *, in_flight: int
 ) -> float:
     """Frames per second summed over `in_flight` videos rendering at once, each with its own session."""
     job_audio = prepare_audio(audio)
@@ -139,7 +139,7 @@ def main() -> int:
     for precision in ("fp16", "fp32"):
         for n in [int(x) for x in args.in_flight.split(",")]:
             runs[f"{precision}_x{n}"] = round(
-                pipeline_fps(work, clip, audio, folder, precision, args.batch, n), 1
+                pipeline_fps(work, clip, audio, folder, precision, args.batch, in_flight=n), 1
             )
             print(precision, n, runs[f"{precision}_x{n}"], flush=True)
     result["end_to_end_fps"] = runs

@@ -32,7 +32,7 @@ import numpy as np
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import onnxruntime as ort  # noqa: E402
+import onnxruntime as ort
 
 HEADER = f"\n{'prec':>5} {'batch':>6} {'mode':>6} {'frames/s':>10} {'ms/batch':>12} {'runs':>5}  provider"
 Step = Callable[[], object]

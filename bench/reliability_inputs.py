@@ -35,13 +35,13 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import structlog  # noqa: E402
+import structlog
 
-from daemon import samples  # noqa: E402
-from daemon.render.media import MediaError, load_audio  # noqa: E402
-from tests.e2e import hostile  # noqa: E402
-from tests.e2e.hostile import ANY, RENDERED, Case, Make  # noqa: E402
-from tests.e2e.hostile_run import Run, check, drive, outcome  # noqa: E402
+from daemon import samples
+from daemon.render.media import MediaError, load_audio
+from tests.e2e import hostile
+from tests.e2e.hostile import ANY, RENDERED, Case, Make
+from tests.e2e.hostile_run import Run, check, drive, outcome
 
 FPS_CHOICES = (10, 15, 24, 25, 29.97, 30, 50, 60)
 AUDIO_CHOICES = [  # (suffix written, suffix shown, channel counts, rates)

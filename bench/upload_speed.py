@@ -40,11 +40,11 @@ import numpy as np
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from structlog.testing import capture_logs  # noqa: E402
+from structlog.testing import capture_logs
 
-from daemon.config import UploadConfig  # noqa: E402
-from daemon.distribute.embedded import EmbeddedS3, EmbeddedSettings  # noqa: E402
-from daemon.distribute.uploader import SqliteJournal, UploadSettings, upload_file  # noqa: E402
+from daemon.config import UploadConfig
+from daemon.distribute.embedded import EmbeddedS3, EmbeddedSettings
+from daemon.distribute.uploader import SqliteJournal, UploadSettings, upload_file
 
 MiB = 1024 * 1024
 MB = 1_000_000

@@ -70,7 +70,7 @@ class _UserError(Exception):
     pass
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - one statement per option; split, the CLI scatters
     from daemon import __version__
 
     config_help = "YAML configuration (default: $LIPSYNCD_CONFIG or config/lipsyncd.yaml)"
@@ -187,7 +187,11 @@ def _parser() -> argparse.ArgumentParser:
     bench = command("bench", _bench, "measure speed and memory; print a table (see bench/README.md)")
     bench.add_argument("--quick", action="store_true", help="tiny inputs: checks the command works")
     bench.add_argument(
-        "--only", nargs="+", default=[], metavar="SECTION", help="example, e2e, memory, encoder, model"
+        "--only",
+        nargs="+",
+        default=[],
+        metavar="SECTION",
+        help="example, e2e, memory, encoder, model, musetalk, musetalk-e2e, musetalk-memory",
     )
     bench.add_argument("--json", type=Path, help="also write the results here")
     bench.add_argument(
@@ -478,7 +482,7 @@ def _status(args: argparse.Namespace, config: Config) -> int:
         only = Filter(args.job, args.failed, parse_since(args.since) if args.since else None)
     except ValueError as exc:
         raise _UserError(str(exc)) from exc
-    store = JobStore(config.state_dir)
+    store = JobStore(config.state_dir, timeout=config.store.busy_timeout)
 
     def read() -> list[dict[str, Any]]:
         refused = [] if args.job else refused_documents(config.inbox_dir / "failed")
@@ -517,7 +521,7 @@ def _control(config: Config, change: Callable[[Any, Any], str]) -> int:
     from daemon.inbox import Inbox
     from daemon.store import JobStore
 
-    store = JobStore(config.state_dir)
+    store = JobStore(config.state_dir, timeout=config.store.busy_timeout)
     try:
         print(change(store, Inbox(config.inbox_dir, settle_time=config.inbox.settle_time)))
     except ControlError as exc:

@@ -85,6 +85,13 @@ def _non_negative_int(value: Any) -> int:
     return value
 
 
+def _positive_duration(value: Any) -> float:
+    seconds = parse_duration(value)
+    if seconds <= 0:
+        raise ValueError(f"expected a duration above zero, like 500ms or 30s, got {value!r}")
+    return seconds
+
+
 def _non_negative_size(value: Any) -> int:
     size = parse_size(value)
     if size < 0:
@@ -154,6 +161,12 @@ class PathsConfig:
     state: Path = _key(Path("state"))  # job store, embedded storage data, credentials it generates
     scratch: Path | None = _key(None)  # None: .lipsyncd-scratch beside the outputs folder, on its disk
     models: Path = _key(Path("models"))
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    # how long a write waits for another holder of the job store (a backup tool, `lipsyncd status`)
+    busy_timeout: float = _key(30.0, _positive_duration)
 
 
 @dataclass(frozen=True)
@@ -273,6 +286,7 @@ class LoggingConfig:
 @dataclass(frozen=True)
 class Config:
     paths: PathsConfig = field(default_factory=PathsConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
     inbox: InboxConfig = field(default_factory=InboxConfig)
     render: RenderConfig = field(default_factory=RenderConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
@@ -338,7 +352,7 @@ def load_config(path: Path, *, required: bool = False) -> Config:
             f"{path}: not valid YAML ({exc}); compare with config/lipsyncd.example.yaml"
         ) from exc
     problems: list[str] = []  # every problem, each naming the file and the key, reported at once
-    config = _build(Config, data, path, "", problems)
+    config: Config = _build(Config, data, path, "", problems)
     config = dataclasses.replace(config, source=path)
     _check_paths(config, path, problems)
     if problems:

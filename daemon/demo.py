@@ -41,10 +41,13 @@ def step(args: list[str]) -> None:
 
 
 def last_job(config: Config) -> dict[str, Any]:
-    store = JobStore(config.state_dir)
+    store = JobStore(config.state_dir, timeout=config.store.busy_timeout)
     job = store.jobs()[-1]  # the one just processed (a second `make demo` makes demo-2, and so on)
     store.close()
-    return json.loads((config.outputs_dir / job.id / "links.json").read_text(encoding="utf-8"))
+    links: dict[str, Any] = json.loads(
+        (config.outputs_dir / job.id / "links.json").read_text(encoding="utf-8")
+    )
+    return links
 
 
 def upload_and_check(config: Config) -> None:

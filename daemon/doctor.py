@@ -40,7 +40,7 @@ def run_checks(config: Config) -> list[Check]:
 def _safely(check: Callable[[Config], list[Check]], config: Config) -> list[Check]:
     try:
         return check(config)
-    except Exception as exc:  # a broken check reports itself; the others still run
+    except Exception as exc:  # noqa: BLE001 - a broken check reports itself; the others still run
         return [Check(check.__name__.strip("_"), False, f"the check itself failed: {exc}")]
 
 
@@ -125,13 +125,15 @@ def _storage(config: Config) -> list[Check]:
         at = f"{s.embedded_listen}:{port}"
         detail = f"embedded SeaweedFS ({find_weed()}), S3 API on {at}"
         return [Check("storage", True, f"{detail}, run by `lipsyncd storage` (else the upload watcher)")]
+    from botocore.exceptions import BotoCoreError, ClientError
+
     from daemon.distribute.s3 import make_client
     from daemon.distribute.storage import storage_settings
 
     client = make_client(storage_settings(config, None))
     try:
         client.head_bucket(Bucket=config.storage.bucket)
-    except Exception as exc:
+    except (BotoCoreError, ClientError) as exc:
         return [
             Check("storage", False, f"{config.storage.endpoint_url} bucket {config.storage.bucket!r}: {exc}")
         ]

@@ -23,6 +23,7 @@ from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
 
+from daemon.files import write_atomic
 from daemon.manifest import is_manifest_name, job_failure_report
 from daemon.store import Job, JobState, Video, VideoState, failures_text
 
@@ -162,9 +163,7 @@ class Inbox:
             if not error_file.exists():
                 break
             n += 1
-        tmp = error_file.with_name(f".{error_file.name}.tmp")
-        tmp.write_text(report, encoding="utf-8")
-        os.replace(tmp, error_file)
+        write_atomic(error_file, report)
         os.replace(claimed, target)
         return target
 

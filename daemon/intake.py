@@ -13,7 +13,7 @@ from watchdog.observers.api import BaseObserver
 
 from daemon.inbox import Inbox, watch
 from daemon.manifest import ManifestError, error_report, load_manifest
-from daemon.store import JobState, JobStore, StateDiskFull
+from daemon.store import Effect, JobState, JobStore, StateDiskFull
 from daemon.submitted_media import sweep_media
 
 log = structlog.get_logger(__name__)
@@ -45,13 +45,14 @@ class Intake:
 
     def recover(self) -> None:
         """At start: manifests claimed before a crash but never recorded as jobs are processed again;
-        those whose job finished but which were not filed yet (a kill in between) are filed now. Only at
-        start: while running, filing finished jobs is the render worker's job."""
+        those whose job finished but which were not filed yet (a kill in between) are asked to be filed
+        (an effect the render's reconciler applies, at its start-up). Only at start: while running, the
+        intent that finishes a job records its filing."""
         finished = (JobState.FAILED, JobState.CANCELLED, JobState.RENDERED, JobState.DONE, JobState.PARTIAL)
         for claimed in self.retake_unrecorded():
             job = self.store.job_by_claim(claimed)
             if job is not None and job.state in finished:
-                self.inbox.file_job(job, self.store.videos(job.id))
+                self.store.ask(Effect.FILE, job.id)
 
     def retake_unrecorded(self) -> list[Path]:
         """Take again the claimed manifests that have no job (the store was locked, say); returns the

@@ -10,8 +10,6 @@ from __future__ import annotations
 import errno
 import fcntl
 import json
-import os
-import tempfile
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -21,6 +19,7 @@ from typing import Any
 
 import structlog
 
+from daemon.files import write_atomic
 from daemon.linkspage import PAGE_NAME, render_page
 from daemon.store import Job, JobStore, Video, VideoState
 
@@ -123,9 +122,12 @@ def job_dir(outputs_dir: Path, job_id: str) -> Path:
     return folder
 
 
-def write_links(store: JobStore, job_id: str, outputs_dir: Path, locks_dir: Path) -> Path:
-    """Rewrite outputs_dir/JOB/links.json from the store, atomically, under the job's lock."""
-    with job_lock(locks_dir, job_id):
+def write_links(
+    store: JobStore, job_id: str, outputs_dir: Path, locks_dir: Path, *, wait: bool = True
+) -> Path:
+    """Rewrite outputs_dir/JOB/links.json from the store, atomically, under the job's lock (with
+    wait=False, BlockingIOError when another process holds it)."""
+    with job_lock(locks_dir, job_id, wait=wait):
         return _write_view(store, job_id, job_dir(outputs_dir, job_id))
 
 
@@ -190,7 +192,8 @@ def _refresh_view(store: JobStore, folder: Path, locks_dir: Path, job_id: str) -
                 for stale in folder.glob(f".{name}.*.tmp"):
                     stale.unlink(missing_ok=True)
             before = _current(folder / LINKS_NAME)
-            return before != _current(_write_view(store, job_id, folder))
+            changed: bool = before != _current(_write_view(store, job_id, folder))
+            return changed
     except BlockingIOError:
         return False  # another process is writing this view right now: it is being refreshed anyway
 
@@ -273,19 +276,7 @@ def write_json_atomic(path: Path, document: dict[str, Any]) -> Path:
 
 
 def write_text_atomic(path: Path, text: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            out.write(text)
-            out.flush()
-            os.fsync(out.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_atomic(path, text, mode=0o644, fsync=True)  # readers (nginx, users) see it whole
 
 
 @contextmanager

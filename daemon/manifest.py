@@ -123,7 +123,7 @@ class _StrictLoader(yaml.SafeLoader):
     """Anchors and aliases have no use in a manifest and enable 'billion laughs' bombs: refuse them.
     A key given twice is refused too (PyYAML would silently keep the last one)."""
 
-    def compose_node(self, parent: Any, index: Any) -> Any:  # type: ignore[override]
+    def compose_node(self, parent: Any, index: Any) -> Any:
         if self.check_event(yaml.AliasEvent):
             raise _Refused("YAML aliases (*name) are not allowed in a manifest; write the values out")
         return super().compose_node(parent, index)
@@ -131,7 +131,7 @@ class _StrictLoader(yaml.SafeLoader):
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: set[Any] = set()
         for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
+            key = self.construct_object(key_node, deep=deep)
             if isinstance(key, str) and key in seen:
                 raise _Refused(
                     f"the key '{key}' appears twice (line {key_node.start_mark.line + 1}); keep one"

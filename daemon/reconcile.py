@@ -14,7 +14,6 @@ import json
 import threading
 import time
 from collections.abc import Callable
-from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,6 +55,7 @@ class Reconciler:
         self._running = threading.Lock()
         self._again = threading.Event()
         self._failing: set[tuple[str, str, str]] = set()  # effects whose failure was logged already
+        self._unseen: set[str] = set()  # jobs whose view another process is writing right now
 
     def kinds(self) -> tuple[Effect, ...]:
         owned = {
@@ -104,6 +104,7 @@ class Reconciler:
         """Every pending effect once; the applied ones are removed together at the end, so a pass writes
         the store only where an effect itself changes it (an eviction), and a kill before the end leaves
         them to be applied again (harmless: each is idempotent)."""
+        self._unseen = set()
         done = [effect for kind in self.kinds() for effect in self.store.pending(kind) if self._apply(effect)]
         if done:
             self.store.applied(*done)
@@ -119,7 +120,9 @@ class Reconciler:
         name = (effect.kind.value, effect.job_id, effect.video)
         try:
             if not handler(effect):
-                return False  # not due yet (an eviction waiting for its view or its hour)
+                if effect.kind == Effect.VIEWS:
+                    self._unseen.add(effect.job_id)
+                return False  # not due yet (a view locked by another process, an eviction's hour)
         except Exception as exc:  # noqa: BLE001 - whatever it was, the row stays and the next pass retries
             if name not in self._failing:
                 self._failing.add(name)
@@ -131,7 +134,7 @@ class Reconciler:
                     error=f"{type(exc).__name__}: {exc}",
                     action="tried again on the next pass",
                 )
-            return False
+            return False  # a view that cannot be written (a full disk) holds back nothing else
         if name in self._failing:
             self._failing.discard(name)
             log.info(
@@ -142,12 +145,18 @@ class Reconciler:
     # -- one function per kind; each True once applied (or nothing is left to do) ----------------------
 
     def _views(self, effect: Pending) -> bool:
-        with suppress(KeyError):  # the job is gone: no view to write
-            write_links(self.store, effect.job_id, self.outputs_dir, self.locks_dir)
+        try:  # never wait on another process's lock: it may be stopped; the next pass tries again
+            write_links(self.store, effect.job_id, self.outputs_dir, self.locks_dir, wait=False)
+        except BlockingIOError:
+            return False
+        except KeyError:
+            pass  # the job is gone: no view to write
         return True
 
     def _file(self, effect: Pending) -> bool:
         assert self.inbox is not None
+        if effect.job_id in self._unseen:
+            return False  # filed once links.json shows the job finished, as readers expect
         job = self.store.job(effect.job_id)
         if job is None or job.state not in _FINISHED or not Path(job.claimed_path).exists():
             return True  # gone, reopened, or filed already (by `lipsyncd cancel`, or before a crash)

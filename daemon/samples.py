@@ -7,6 +7,7 @@ Voices are synthetic (`speech_like`) or spoken by espeak-ng (`write_demo`).
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 import subprocess
@@ -117,7 +118,7 @@ def write_vfr_clip(
     with av.open(str(path), "w") as out:
         stream = _video_stream(out, "libx264", Fraction(round(mean_fps)), size, "yuv420p")
         stream.codec_context.time_base = Fraction(1, 1000)
-        durations = {int(start): int(end - start) for start, end in zip(millis[:-1], millis[1:], strict=True)}
+        durations = {int(start): int(end - start) for start, end in itertools.pairwise(millis)}
         for start in durations:
             _encode(out, stream, _camera(photo, start / 1000, phase, size), start, durations)
         _encode(out, stream, None, 0, durations)
@@ -174,7 +175,8 @@ def _syllable(n: int, sr: int, rng: np.random.Generator) -> np.ndarray:
     harmonics = np.sum([np.sin(k * phase) / k for k in range(1, 20)], axis=0)
     voiced = _resonate(_resonate(harmonics, rng.uniform(400, 900), sr), rng.uniform(1000, 2400), sr)
     envelope = np.abs(np.sin(np.pi * np.arange(n) / max(n - 1, 1))) ** 0.6
-    return (0.5 * envelope * voiced / (np.max(np.abs(voiced)) + 1e-9)).astype(np.float32)
+    wave: np.ndarray = (0.5 * envelope * voiced / (np.max(np.abs(voiced)) + 1e-9)).astype(np.float32)
+    return wave
 
 
 def _resonate(x: np.ndarray, freq: float, sr: int, bandwidth: float = 150.0) -> np.ndarray:

@@ -21,8 +21,8 @@ from typing import Any
 
 import structlog
 
-from daemon.distribute.uploader import PartRecord, UploadState
 from daemon.manifest import Manifest, job_name
+from daemon.upload_journal import PartRecord, UploadState
 
 DB_NAME = "lipsyncd.db"
 DEFAULT_MAX_ATTEMPTS = 3

@@ -13,9 +13,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import yaml
 
+from daemon.files import write_atomic
 from daemon.manifest import ManifestError, check_document, job_name
 
 
@@ -131,33 +133,25 @@ def _place(path: Path, media_dir: _MediaDir, shared: Path) -> str:
     if real.is_relative_to(shared):
         return str(real)
     folder = media_dir.path()
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
-    os.close(fd)
-    try:
-        shutil.copyfile(real, tmp)
-        os.chmod(tmp, 0o664)  # mkstemp makes it 0600; the daemon must read it, as it reads the manifest
-        # two inputs of one name (a/face.mp4, b/face.mp4) must not replace each other either
-        return str(_publish(Path(tmp), folder, path.stem, path.suffix))
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+
+    def copy(out: BinaryIO) -> None:
+        with real.open("rb") as source:
+            shutil.copyfileobj(source, out, 1 << 20)
+
+    # 0664: the daemon (another user of the share's group) must read it, as it reads the manifest.
+    # Two inputs of one name (a/face.mp4, b/face.mp4) must not replace each other either.
+    return str(write_atomic(folder / path.name, copy, mode=0o664, place=_publish))
 
 
 def _write_manifest(inbox: Path, name: str, document: dict[str, object]) -> Path:
-    inbox.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".yaml.tmp", dir=inbox)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            yaml.safe_dump(document, out, allow_unicode=True, sort_keys=False)
-        os.chmod(tmp, 0o664)
-        return _publish(Path(tmp), inbox, name, ".yaml")  # the inbox takes a renamed-in file at once
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    text = yaml.safe_dump(document, allow_unicode=True, sort_keys=False)
+    # the inbox takes a renamed-in file at once; never one that replaces another's manifest
+    return write_atomic(inbox / f"{name}.yaml", text, mode=0o664, place=_publish)
 
 
-def _publish(tmp: Path, folder: Path, stem: str, suffix: str) -> Path:
-    """Rename `tmp` to STEM.SUFFIX in `folder`, or STEM-2.SUFFIX, ... : the first name nobody holds."""
+def _publish(tmp: Path, path: Path) -> Path:
+    """Rename `tmp` to `path` (FOLDER/STEM.SUFFIX), or STEM-2.SUFFIX, ... : the first name nobody holds."""
+    folder, stem, suffix = path.parent, path.stem, path.suffix
     n = 1
     while True:
         target = folder / (f"{stem}{suffix}" if n == 1 else f"{stem}-{n}{suffix}")

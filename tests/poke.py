@@ -11,9 +11,9 @@ from daemon.store import JobState, JobStore, VideoState
 def set_video(
     store: JobStore, job_id: str, output: str, state: VideoState | None = None, **values: Any
 ) -> None:
-    store._video_change(job_id, output, state, **values)  # noqa: SLF001 - a test's shortcut
+    store._video_change(job_id, output, state, **values)
 
 
 def set_job(store: JobStore, job_id: str, state: JobState, *, error: str | None = None) -> None:
-    with store._change() as db:  # noqa: SLF001
-        store._move_job(db, job_id, state, error=error)  # noqa: SLF001
+    with store._change() as db:
+        store._move_job(db, job_id, state, error=error)

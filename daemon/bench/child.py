@@ -119,9 +119,9 @@ def _render(job: dict[str, Any], model: Any, settings: Any, cache: Any) -> dict[
     from daemon.render.faces import HaarDetector
     from daemon.render.pipeline import VideoRender, prepare_audio
 
-    audio = prepare_audio(Path(job["audio"]))
-    before = os.times()
     with tempfile.TemporaryDirectory(prefix="lipsyncd-bench-") as tmp:
+        audio = prepare_audio(Path(job["audio"]), Path(tmp) / "scratch")
+        before = os.times()
         result = VideoRender(
             source=Path(job["video"]),
             audio=audio,

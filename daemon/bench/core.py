@@ -106,7 +106,7 @@ def _run_section(section: Section, context: BenchContext) -> dict[str, Any]:
     entry: dict[str, Any] = {"name": section.name, "title": section.title}
     try:
         entry.update(asdict(section.run(context)))
-    except Exception as exc:  # noqa: BLE001 - one broken section must not lose the others' figures
+    except Exception as exc:  # one broken section must not lose the others' figures (logged)
         log.exception("bench_section_failed", section=section.name)
         entry.update(rows=[], checks=[], notes=[], error=f"{type(exc).__name__}: {exc}")
     entry["seconds"] = round(time.monotonic() - started, 1)

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
+
+from daemon.files import write_atomic
 
 
 def format_table(results: dict[str, Any]) -> str:
@@ -51,13 +51,4 @@ def _check(check: dict[str, Any]) -> str:
 
 def write_json(results: dict[str, Any], path: Path) -> None:
     """Write atomically: a temp file in the same folder, renamed into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            json.dump(results, out, indent=2, default=str)
-            out.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, json.dumps(results, indent=2, default=str) + "\n")

@@ -32,7 +32,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -55,6 +54,7 @@ from daemon.distribute.s3 import (
     is_retryable,
     make_client,
 )
+from daemon.files import write_atomic
 from daemon.ops.instance import InstanceLock, holder, is_held
 
 log = structlog.get_logger(__name__)
@@ -288,7 +288,7 @@ class EmbeddedS3:
         client = self.client()
         try:
             _read_probe(client, self.settings.bucket)
-        except Exception:  # any answer but the probe's bytes means "not ready yet"
+        except Exception:  # noqa: BLE001 - any answer but the probe's bytes means "not ready yet"
             return False
         finally:
             client.close()
@@ -577,16 +577,8 @@ def _read_identities(path: Path) -> Credentials:
 
 
 def _write_private(path: Path, text: str) -> None:
-    """Write a 0600 file atomically: a temp file in the same folder, then rename."""
-    fd, tmp = tempfile.mkstemp(prefix="." + path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write a 0600 file atomically (keys: losing them to a power cut would break every link)."""
+    write_atomic(path, text, mode=0o600)
 
 
 def _read_ports(path: Path) -> Ports | None:

@@ -450,7 +450,7 @@ class _HookWorker(threading.Thread):
         if self.on_result is not None:
             try:
                 self.on_result(delivery)
-            except Exception:  # noqa: BLE001 - a broken callback must not kill the hook's thread
+            except Exception:  # a broken callback must not kill the hook's thread
                 log.exception("webhook_result_callback_failed", hook=delivery.hook)
 
 

@@ -122,7 +122,7 @@ def keep_embedded_up(
         log.warning("embedded_s3_down", attached=embedded.attached, log_tail=embedded.log_tail(5))
         try:
             embedded.start()
-        except Exception as exc:  # try again on the next round; uploads keep waiting
+        except Exception as exc:  # noqa: BLE001 - try again on the next round; uploads keep waiting
             log.error("embedded_s3_restart_failed", error=str(exc))
             continue
         owner_gone_since = None

@@ -30,13 +30,14 @@ from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 import botocore.exceptions
 import structlog
 
 from daemon.distribute.s3 import error_code, http_status, is_retryable
-from daemon.files import file_sha256  # noqa: F401 - re-exported for callers of the uploader
+from daemon.files import file_sha256
+from daemon.upload_journal import PartRecord, UploadJournal, UploadState
 
 log = structlog.get_logger(__name__)
 
@@ -85,44 +86,6 @@ class UploadSettings:
             raise ValueError("upload multipart_threshold and max_part_workers must be at least 1.")
         if self.retry_base_s <= 0 or self.retry_cap_s < self.retry_base_s:
             raise ValueError("upload retry delays: need 0 < retry_base_s <= retry_cap_s.")
-
-
-@dataclass(frozen=True)
-class PartRecord:
-    part_number: int
-    etag: str  # as the server returned it, quotes included
-    size: int
-    checksum: str  # base64 MD5 of the part (what Content-MD5 carried)
-
-
-@dataclass(frozen=True)
-class UploadState:
-    """What a journal remembers about one unfinished multipart upload."""
-
-    key: str
-    upload_id: str
-    part_size: int
-    parts: tuple[PartRecord, ...] = ()
-
-
-class UploadJournal(Protocol):
-    """Persistence for resumable uploads; the job store implements it. Calls come from one thread."""
-
-    def load(self, key: str) -> UploadState | None:
-        """The unfinished upload of this object key, or None."""
-        ...
-
-    def start(self, key: str, upload_id: str, part_size: int) -> None:
-        """A new multipart upload began; replaces any earlier state for this key (parts included)."""
-        ...
-
-    def part_done(self, key: str, part_number: int, etag: str, size: int, checksum: str) -> None:
-        """The server accepted this part; must be durable when it returns."""
-        ...
-
-    def finish(self, key: str) -> None:
-        """Forget the key: the upload completed or was aborted."""
-        ...
 
 
 @dataclass(frozen=True)
@@ -270,7 +233,7 @@ def _read_span(path: Path, start: int, length: int) -> bytes:
 
 
 class _Upload:
-    def __init__(
+    def __init__(  # noqa: PLR0917 - private, one caller: upload_file, whose arguments it takes over
         self,
         client: Any,
         bucket: str,
@@ -334,7 +297,10 @@ class _Upload:
 
     def _head(self) -> dict[str, Any] | None:
         try:
-            return self.retry.call("HeadObject", self.client.head_object, Bucket=self.bucket, Key=self.key)
+            head: dict[str, Any] = self.retry.call(
+                "HeadObject", self.client.head_object, Bucket=self.bucket, Key=self.key
+            )
+            return head
         except botocore.exceptions.ClientError as exc:
             if http_status(exc) == 404:
                 return None
@@ -620,34 +586,7 @@ def _list_uploads(client: Any, bucket: str, prefix: str) -> Iterator[dict[str, A
         yield from page.get("Uploads", [])
 
 
-# -- journals for tests and small setups ---------------------------------------------------------------
-
-
-class MemoryJournal:
-    """An UploadJournal in a dict (tests; nothing survives a restart)."""
-
-    def __init__(self) -> None:
-        self._states: dict[str, UploadState] = {}
-        self._lock = threading.Lock()
-
-    def load(self, key: str) -> UploadState | None:
-        with self._lock:
-            return self._states.get(key)
-
-    def start(self, key: str, upload_id: str, part_size: int) -> None:
-        with self._lock:
-            self._states[key] = UploadState(key, upload_id, part_size)
-
-    def part_done(self, key: str, part_number: int, etag: str, size: int, checksum: str) -> None:
-        with self._lock:
-            state = self._states[key]
-            parts = [p for p in state.parts if p.part_number != part_number]
-            record = PartRecord(part_number, etag, size, checksum)
-            self._states[key] = UploadState(key, state.upload_id, state.part_size, (*parts, record))
-
-    def finish(self, key: str) -> None:
-        with self._lock:
-            self._states.pop(key, None)
+# -- a journal for small setups (the benchmarks; the daemon journals in its job store) ---------------
 
 
 _SCHEMA = """

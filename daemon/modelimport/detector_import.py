@@ -12,8 +12,9 @@ import cv2
 import numpy as np
 import structlog
 
+from daemon.files import file_sha256
 from daemon.modelimport.errors import ModelImportError
-from daemon.modelimport.publish import check_free, publish, sha256_file, staging
+from daemon.modelimport.publish import check_free, publish, staging
 from daemon.modelimport.report import ImportReport
 from daemon.render.detectors import S3FD_MEAN_RGB, DetectorError, DetectorSpec, detector_folder, load_yunet
 
@@ -61,7 +62,7 @@ def import_yunet(path: Path, models_dir: Path, *, overwrite: bool = False) -> Im
 
 
 def _spec(kind: str, path: Path, **fields: object) -> DetectorSpec:
-    return DetectorSpec(name=kind, kind=kind, source=path.name, source_sha256=sha256_file(path), **fields)  # type: ignore[arg-type]
+    return DetectorSpec(name=kind, kind=kind, source=path.name, source_sha256=file_sha256(path), **fields)  # type: ignore[arg-type]
 
 
 def _finish(

@@ -55,7 +55,8 @@ class VaeEncoder(nn.Module):
         self.scale = scale
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        return self.vae.encode(image).latent_dist.mean * self.scale
+        latent: torch.Tensor = self.vae.encode(image).latent_dist.mean * self.scale
+        return latent
 
 
 class UNet(nn.Module):
@@ -69,7 +70,8 @@ class UNet(nn.Module):
         self.register_buffer("pe", positional_encoding(AUDIO_WINDOW, width))
 
     def forward(self, latent: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:
-        return self.unet(latent, 0, encoder_hidden_states=audio + self.pe).sample
+        predicted: torch.Tensor = self.unet(latent, 0, encoder_hidden_states=audio + self.pe).sample
+        return predicted
 
 
 class VaeDecoder(nn.Module):
@@ -81,7 +83,8 @@ class VaeDecoder(nn.Module):
         self.scale = scale
 
     def forward(self, latent: torch.Tensor) -> torch.Tensor:
-        return (self.vae.decode(latent / self.scale).sample / 2 + 0.5).clamp(0, 1)
+        image: torch.Tensor = (self.vae.decode(latent / self.scale).sample / 2 + 0.5).clamp(0, 1)
+        return image
 
 
 def load_unet(files: MuseTalkFiles) -> UNet:

@@ -24,11 +24,12 @@ import structlog
 import torch
 from torch import nn
 
+from daemon.files import file_sha256
 from daemon.modelimport import torch_export
 from daemon.modelimport.errors import ModelImportError
 from daemon.modelimport.musetalk_arch import load_audio, load_unet, load_vae, window
 from daemon.modelimport.musetalk_files import AUDIO_STEPS, FACE, FEATURES, MuseTalkFiles, find_files
-from daemon.modelimport.publish import check_free, model_name, publish, sha256_file, staging
+from daemon.modelimport.publish import check_free, model_name, publish, staging
 from daemon.modelimport.report import ImportReport, VariantCheck
 from daemon.modelimport.variants import compare, write_fp16
 from daemon.render.modelspec import ModelSpec
@@ -233,7 +234,7 @@ def _spec(
         kind="musetalk",
         onnx_file=graphs["unet"]["fp32"],
         source=files.folder.resolve().name,
-        source_sha256=sha256_file(files.unet_weights),
+        source_sha256=file_sha256(files.unet_weights),
         variants={p: f for p, f in graphs["unet"].items() if p != "fp32"},
         notes="; ".join(notes),
         graphs=graphs,

@@ -10,10 +10,11 @@ import onnx
 import onnxruntime as ort
 import structlog
 
+from daemon.files import file_sha256
 from daemon.modelimport.calibration import random_feeds
 from daemon.modelimport.errors import ModelImportError
 from daemon.modelimport.onnx_contract import Contract, match, ports
-from daemon.modelimport.publish import check_free, model_name, publish, sha256_file, staging
+from daemon.modelimport.publish import check_free, model_name, publish, staging
 from daemon.modelimport.report import ImportReport, error_notes
 from daemon.modelimport.variants import build_variants
 from daemon.render.modelspec import ONNX_NAME, ModelSpec
@@ -102,5 +103,5 @@ def _spec(name: str, path: Path, contract: Contract) -> ModelSpec:
         output=contract.output,
         batch=contract.batch,
         source=path.name,
-        source_sha256=sha256_file(path),
+        source_sha256=file_sha256(path),
     )

@@ -6,7 +6,6 @@ it, which is renamed to models/NAME at the end (rename is atomic within one file
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import shutil
@@ -32,14 +31,6 @@ def model_name(source: Path, name: str | None) -> str:
     if chosen.lower() in RESERVED:
         raise ModelImportError(f"'{chosen}' is a reserved name; pass --name to choose another")
     return chosen
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as src:
-        for block in iter(lambda: src.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def check_free(target: Path, overwrite: bool) -> None:

@@ -52,7 +52,7 @@ def write_fp16(src: Path, dst: Path, *, external: bool = False) -> None:
     onnx.save(model, str(dst), save_as_external_data=True, location=f"{dst.name}.data")
 
 
-class _Feeds(CalibrationDataReader):
+class _Feeds(CalibrationDataReader):  # type: ignore[misc]  # onnxruntime ships no type hints
     def __init__(self, feeds: list[dict[str, np.ndarray]]) -> None:
         self._feeds = iter(feeds)
 

@@ -32,7 +32,8 @@ class Conv(nn.Module):
         out = self.conv_block(x)
         if self.residual:
             out = out + x
-        return self.act(out)
+        y: torch.Tensor = self.act(out)
+        return y
 
 
 class ConvT(nn.Module):
@@ -48,7 +49,8 @@ class ConvT(nn.Module):
         self.act = nn.ReLU()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act(self.conv_block(x))
+        y: torch.Tensor = self.act(self.conv_block(x))
+        return y
 
 
 def _res(channels: int, count: int) -> list[nn.Module]:
@@ -129,7 +131,8 @@ class Wav2Lip(nn.Module):
         for block in self.face_decoder_blocks:
             # each decoder output meets the deepest encoder output not used yet
             x = torch.cat((block(x), feats.pop()), dim=1)
-        return self.output_block(x)
+        y: torch.Tensor = self.output_block(x)
+        return y
 
 
 def parameter_count(model: nn.Module) -> int:

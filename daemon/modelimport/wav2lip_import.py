@@ -8,11 +8,12 @@ from pathlib import Path
 import structlog
 import torch
 
+from daemon.files import file_sha256
 from daemon.modelimport import torch_export
 from daemon.modelimport.calibration import random_feeds
 from daemon.modelimport.checkpoint import load_strict, read_state_dict
 from daemon.modelimport.errors import ModelImportError
-from daemon.modelimport.publish import check_free, model_name, publish, sha256_file, staging
+from daemon.modelimport.publish import check_free, model_name, publish, staging
 from daemon.modelimport.report import ImportReport, error_notes
 from daemon.modelimport.variants import build_variants
 from daemon.modelimport.wav2lip_arch import Wav2Lip
@@ -63,7 +64,7 @@ def import_checkpoint(
     log.info("checkpoint_loaded", source=str(path), model=name)
     with staging(models_dir, name) as folder:
         error = export_wav2lip(model, folder / ONNX_NAME)
-        spec = ModelSpec(name=name, kind="wav2lip", source=path.name, source_sha256=sha256_file(path))
+        spec = ModelSpec(name=name, kind="wav2lip", source=path.name, source_sha256=file_sha256(path))
         spec, checks = build_variants(folder, spec, fp16=fp16, int8=int8)
         spec = replace(spec, notes=error_notes(error, checks))
         spec.save(folder)

@@ -14,13 +14,13 @@ import re
 import socket
 import subprocess
 import sys
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from daemon.config import parse_base_url
+from daemon.files import write_atomic
 
 Runner = Callable[[Sequence[str]], None]
 UNIT_NAMES = (
@@ -115,7 +115,7 @@ def uninstall_systemd(
     """Stop and remove the units and the user; keeps the share, the state dir and /etc/lipsyncd."""
     layout = Layout(prefix, user, group, share)
     kept = f"kept {share}, {STATE_DIR} and {CONFIG_DIR} (user data, job store, config, secrets)"
-    return _execute(_uninstall_steps(layout, run), dry_run) + [kept]
+    return [*_execute(_uninstall_steps(layout, run), dry_run), kept]
 
 
 def _execute(steps: list[Step], dry_run: bool) -> list[str]:
@@ -262,24 +262,10 @@ def _file_step(
     target = layout.at(path)
 
     def write() -> None:
-        write_atomic(target, text, mode)
+        write_atomic(target, text, mode=mode)
         _chown(target, *owner)
 
     return Step(f"write {path} (mode {mode:04o})", write)
-
-
-def write_atomic(path: Path, text: str, mode: int) -> None:
-    """Temp file in the same folder, mode set before the rename, so no reader sees a partial file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            out.write(text)
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _example_config(source: Path) -> str:

@@ -161,7 +161,7 @@ class StdlibBridge(logging.Handler):
         try:
             logger = structlog.get_logger(record.name)
             logger.log(record.levelno, record.getMessage(), logger=record.name, exc_info=record.exc_info)
-        except Exception:  # a log call must never take the daemon down
+        except Exception:  # noqa: BLE001 - a log call must never take the daemon down
             self.handleError(record)
 
 

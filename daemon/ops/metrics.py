@@ -8,8 +8,6 @@ idle loop so the last counts reach the file, and close() at shutdown.
 
 from __future__ import annotations
 
-import os
-import tempfile
 import threading
 import time
 from collections import Counter
@@ -17,6 +15,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import structlog
+
+from daemon.files import write_atomic
 
 log = structlog.get_logger(__name__)
 
@@ -112,7 +112,8 @@ class Metrics:
 
     def _write(self, path: Path, text: str) -> bool:
         try:
-            write_atomic(path, text)
+            # 0644: node_exporter runs as another user; no fsync: rewritten every few seconds anyway
+            write_atomic(path, text, mode=0o644, fsync=False)
         except OSError as exc:  # metrics must never stop the work they count
             if not self._failing:  # once per outage, not every few seconds
                 log.warning("metrics_write_failed", path=str(path), error=str(exc))
@@ -120,17 +121,3 @@ class Metrics:
             return False
         self._failing = False
         return True
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Temp file in the same folder (not *.prom, so node_exporter skips it), then rename into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            out.write(text)
-        os.chmod(tmp, 0o644)  # node_exporter runs as another user
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -35,7 +35,8 @@ def mel_spectrogram(wav: np.ndarray) -> np.ndarray:
     mel = mel_filterbank() @ _stft_magnitude(y)
     db = 20.0 * np.log10(np.maximum(10.0 ** (MIN_LEVEL_DB / 20.0), mel)) - REF_LEVEL_DB
     norm = 2.0 * MAX_ABS * (db - MIN_LEVEL_DB) / -MIN_LEVEL_DB - MAX_ABS
-    return np.clip(norm, -MAX_ABS, MAX_ABS).astype(np.float32)
+    out: np.ndarray = np.clip(norm, -MAX_ABS, MAX_ABS).astype(np.float32)
+    return out
 
 
 def _preemphasis(x: np.ndarray) -> np.ndarray:
@@ -81,7 +82,8 @@ def mel_filterbank(
     lower = -ramps[:-2] / spacing[:-1, None]
     upper = ramps[2:] / spacing[1:, None]
     weights = np.maximum(0.0, np.minimum(lower, upper))
-    return weights * (2.0 / (mel_freqs[2:] - mel_freqs[:-2]))[:, None]
+    filters: np.ndarray = weights * (2.0 / (mel_freqs[2:] - mel_freqs[:-2]))[:, None]
+    return filters
 
 
 _F_SP = 200.0 / 3  # Slaney: linear below 1 kHz ...

@@ -18,7 +18,7 @@ is kept per video (128 MB, about 4,000 MuseTalk frames); frames past it are enco
 
 The folder is bounded (`render.avatar_cache_size`): after each write the least recently used entries go
 until the rest fit. A hit touches its file's mtime, so mtime is the last use. Only finished `.npz` files
-are counted and removed; temp files (`.NAME.npz.tmp`, being written) are never touched.
+are counted and removed; temp files (`.NAME.npz.*.tmp`, being written) are never touched.
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import structlog
 
+from daemon.files import file_sha256, write_atomic
 from daemon.render.faces import detector_fingerprint
 from daemon.render.types import Box, FaceDetector, VideoInfo
 
@@ -41,16 +41,6 @@ log = structlog.get_logger(__name__)
 
 FORMAT = 2  # bump when the file layout changes: old files then miss (2: boxes carry landmarks)
 POINTS = 10  # Box.landmarks: five (x, y) points
-_CHUNK = 1 << 20
-
-
-def file_sha256(path: Path) -> str:
-    """The file's sha256, read in 1 MiB chunks (memory stays flat whatever the size)."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 @dataclass
@@ -331,11 +321,6 @@ def _detections(arrays: dict[str, np.ndarray]) -> dict[int, list[Box]]:
 
 
 def _write_atomic(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".npz.tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            np.savez(out, **arrays)  # type: ignore[arg-type]
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Streamed into the temp file (entries reach 128 MB); 0600 and no fsync: the daemon's own cache,
+    and an entry lost to a power cut is only a miss (a damaged one fails to load and is rebuilt)."""
+    write_atomic(path, lambda out: np.savez(out, **arrays), mode=0o600, fsync=False)  # type: ignore[arg-type]

@@ -19,8 +19,6 @@ openness = clip((loudness - QUIET) / (LOUD - QUIET), 0, 1) with QUIET = -3 and L
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +26,7 @@ import onnx
 import structlog
 from onnx import TensorProto, helper, numpy_helper
 
+from daemon.files import write_atomic
 from daemon.render.modelspec import ONNX_NAME, SPEC_NAME, ModelSpec
 
 log = structlog.get_logger(__name__)
@@ -53,7 +52,7 @@ MOUTH_BGR = (0.08, 0.10, 0.25)  # dark red-brown inner mouth, BGR in [0, 1]
 def write_baseline(folder: Path) -> ModelSpec:
     """Write model.onnx and model.json for the built-in model into `folder`; return the spec."""
     folder.mkdir(parents=True, exist_ok=True)
-    _write_atomic(folder / ONNX_NAME, build_graph().SerializeToString())
+    write_atomic(folder / ONNX_NAME, build_graph().SerializeToString())
     spec = ModelSpec(
         name="baseline",
         kind="baseline",
@@ -78,13 +77,6 @@ def ensure_baseline(folder: Path) -> None:
         if not (folder / SPEC_NAME).is_file():
             raise
         log.warning("baseline_not_updated", folder=str(folder), error=str(exc), using="the older baseline")
-
-
-def _write_atomic(path: Path, payload: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "wb") as out:
-        out.write(payload)
-    os.replace(tmp, path)
 
 
 def build_graph() -> onnx.ModelProto:

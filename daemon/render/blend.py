@@ -57,6 +57,6 @@ def mouth_mask(width: int, height: int) -> np.ndarray:
     dy = ((ys + 0.5) / height - CENTRE_Y) / RADIUS_Y
     radius = np.sqrt(dx * dx + dy * dy)
     fall = np.clip((radius - SOLID) / (1.0 - SOLID), 0.0, 1.0)
-    mask = (0.5 + 0.5 * np.cos(np.pi * fall)).astype(np.float32)[..., None]
+    mask: np.ndarray = (0.5 + 0.5 * np.cos(np.pi * fall)).astype(np.float32)[..., None]
     mask.flags.writeable = False
     return mask

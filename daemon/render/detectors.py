@@ -10,9 +10,7 @@ through `cv2.FaceDetectorYN`, which does its own decoding. No torch here.
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -22,6 +20,7 @@ import numpy as np
 import onnxruntime as ort
 import structlog
 
+from daemon.files import write_atomic
 from daemon.render.types import Box, FaceDetector
 
 log = structlog.get_logger(__name__)
@@ -58,11 +57,7 @@ class DetectorSpec:
 
     def save(self, folder: Path) -> None:
         """Atomically, like ModelSpec.save."""
-        fd, tmp = tempfile.mkstemp(prefix=".detector.", suffix=".json.tmp", dir=folder)
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            json.dump(asdict(self), out, indent=2, sort_keys=True)
-            out.write("\n")
-        os.replace(tmp, folder / DETECTOR_SPEC)
+        write_atomic(folder / DETECTOR_SPEC, json.dumps(asdict(self), indent=2, sort_keys=True) + "\n")
 
 
 def detector_folder(models_dir: Path, kind: str) -> Path:
@@ -116,7 +111,8 @@ class S3fdDetector:
 
 def softmax_channels(logits: np.ndarray) -> np.ndarray:
     shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
-    return shifted / shifted.sum(axis=1, keepdims=True)
+    probs: np.ndarray = shifted / shifted.sum(axis=1, keepdims=True)
+    return probs
 
 
 def decode_s3fd(outputs: Sequence[np.ndarray], min_score: float = 0.05) -> np.ndarray:

@@ -375,7 +375,8 @@ def _mean_int(boxes: list[np.ndarray]) -> np.ndarray:
     """The mean, truncated as the reference's int array does; landmarks only if every box has them."""
     if len({len(box) for box in boxes}) > 1:
         boxes = [box[:4] for box in boxes]
-    return np.mean(boxes, axis=0).astype(np.int64)
+    mean: np.ndarray = np.mean(boxes, axis=0).astype(np.int64)
+    return mean
 
 
 def track_faces(

@@ -13,6 +13,7 @@ Adapters: `model.LipSyncModel` (Wav2Lip, baseline: 96x96 crops, mel windows) and
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
@@ -33,6 +34,7 @@ class LipSyncFamily(Protocol):
 
     provider: str  # the onnxruntime execution provider actually in use
     reuse_inputs: bool  # `avatar_inputs` costs more than keeping its result for a frame shown again
+    max_batch: int | None  # the most frames per model call on this provider (None: the settings decide)
 
     @property
     def inputs_key(self) -> str:
@@ -45,8 +47,9 @@ class LipSyncFamily(Protocol):
         """Models with the same key compute the same `job_audio` (so a job computes it once)."""
         ...
 
-    def job_audio(self, wav: np.ndarray) -> AudioFeatures:
-        """16 kHz mono float32 samples -> this family's features, computed once per job."""
+    def job_audio(self, wav: np.ndarray, scratch_dir: Path | None = None) -> AudioFeatures:
+        """16 kHz mono float32 samples -> this family's features, computed once per job (features that
+        grow large with the audio's length go to an unnamed file in `scratch_dir`)."""
         ...
 
     def prepare(self, frame: np.ndarray, box: Box) -> np.ndarray:

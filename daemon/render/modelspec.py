@@ -7,10 +7,10 @@ own input/output names onto the Wav2Lip contract (mel, face -> image).
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+from daemon.files import write_atomic
 
 SPEC_NAME = "model.json"
 BASELINE = "baseline"
@@ -52,12 +52,7 @@ class ModelSpec:
 
     def save(self, folder: Path) -> None:
         """Write atomically so a reader never sees half a spec."""
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".model.", suffix=".json.tmp", dir=folder)
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            json.dump(asdict(self), out, indent=2, sort_keys=True)
-            out.write("\n")
-        os.replace(tmp, folder / SPEC_NAME)
+        write_atomic(folder / SPEC_NAME, json.dumps(asdict(self), indent=2, sort_keys=True) + "\n")
 
     def onnx_path(self, folder: Path, precision: str | None = None) -> Path:
         if precision and precision != self.precision:

@@ -33,6 +33,10 @@ log = structlog.get_logger(__name__)
 SIZE = 256  # the crop the VAE takes
 HALF = SIZE // 2  # rows 128..255 of the masked crop are zeroed (the mouth the UNet fills in)
 ROLES = ("audio_encoder", "vae_encoder", "unet", "vae_decoder")
+# Frames per call on a CPU: onnxruntime's CPU arena keeps each graph's largest batch (full-size VAE
+# decoder ~500 MiB a frame, encoder ~190 MiB an image), so 1080p's usual batch of 10 held ~14 GB; a
+# bigger batch was no faster on a CPU (bench section musetalk: UNet 0.55 frames/s at 1, 0.30 at 8).
+CPU_MAX_BATCH = 4
 # Box-only detectors (Haar, S3FD): where landmark 29 (the lower end of the nose bridge) sits in the box,
 # as a fraction of the way from the box's top (about the eyebrows) to the chin: typical face proportions.
 NOSE_AT = 0.55
@@ -149,6 +153,7 @@ class MuseTalkModel:
         self._audio_file = audio_file
         self._vae_file = vae_file
         self.provider: str = graphs["unet"].session.get_providers()[0]
+        self.max_batch = CPU_MAX_BATCH if self.provider == "CPUExecutionProvider" else None
 
     @classmethod
     def open(
@@ -189,9 +194,11 @@ class MuseTalkModel:
     def audio_key(self) -> str:
         return f"musetalk-whisper:{self._audio_file.resolve()}"
 
-    def job_audio(self, wav: np.ndarray) -> whisper_audio.WhisperFeatures:
+    def job_audio(self, wav: np.ndarray, scratch_dir: Path | None = None) -> whisper_audio.WhisperFeatures:
         encoder = self._graphs["audio_encoder"]
-        return whisper_audio.encode_audio(wav, lambda mels: encoder(input_features=mels))
+        return whisper_audio.encode_audio(
+            wav, lambda mels: encoder(input_features=mels), spill_dir=scratch_dir
+        )
 
     def prepare(self, frame: np.ndarray, box: Box) -> np.ndarray:
         return crop_256(frame, box)

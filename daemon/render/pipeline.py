@@ -12,7 +12,7 @@ output (the encoder removes its temp file) and raises `Interrupted`.
 
 A frame shown again (a short avatar ping-ponging under long audio) reuses the model's avatar inputs
 computed the first time, when the model family says they are worth keeping (MuseTalk's VAE latents),
-up to `INPUT_MEMO_MB`.
+up to `INPUT_MEMO_MB`; none are kept when every frame is shown once and no avatar cache will keep them.
 
 With an `AvatarCache`, the decode stage replays the detections of an earlier render of the same video
 instead of running the detector, and stores new ones when it is done.
@@ -84,6 +84,7 @@ class JobAudio:
 
     path: Path
     samples: int
+    scratch_dir: Path | None = None  # where features too big for memory go (a disk, not a tmpfs)
     _wav: np.ndarray | None = field(default=None, repr=False)  # dropped once features are computed
     _features: dict[str, AudioFeatures] = field(default_factory=dict, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -98,7 +99,7 @@ class JobAudio:
             if model.audio_key not in self._features:
                 wav = self._wav if self._wav is not None else load_audio(self.path)
                 started = time.perf_counter()
-                self._features[model.audio_key] = model.job_audio(wav)
+                self._features[model.audio_key] = model.job_audio(wav, self.scratch_dir)
                 self._wav = None  # a job has one model: the samples are not needed again
                 log.info(
                     "job_audio", features=model.audio_key, seconds=round(time.perf_counter() - started, 2)
@@ -139,9 +140,16 @@ class _Batch:
 _DONE = object()
 
 
-def prepare_audio(path: Path) -> JobAudio:
+def shows_frames_again(info: VideoInfo, total: int) -> bool:
+    """Whether a render of `total` frames may show some of the video's frames more than once (a still, or
+    a video not at least a second longer than the audio: container durations are estimates): only then
+    are frames spilled for replay and avatar inputs worth keeping within the render."""
+    return info.is_still or info.duration * info.fps < total + info.fps
+
+
+def prepare_audio(path: Path, scratch_dir: Path | None = None) -> JobAudio:
     wav = load_audio(path)
-    return JobAudio(path=path, samples=len(wav), _wav=wav)
+    return JobAudio(path=path, samples=len(wav), scratch_dir=scratch_dir, _wav=wav)
 
 
 @dataclass
@@ -174,7 +182,9 @@ class VideoRender:
         self._features = self.audio.features(self.model)
         if self.cache and self.model.reuse_inputs:
             self._inputs = self.cache.inputs(self.source, self.model.inputs_key, INPUT_MEMO_MB << 20)
-        self._batch = self.settings.batch_for(info.width, info.height)
+        elif not shows_frames_again(info, total):
+            self._inputs = AvatarInputs(0)  # every frame is shown once and nothing keeps them: no memo
+        self._batch = min(self.settings.batch_for(info.width, info.height), self.model.max_batch or 1 << 30)
         frames_q: queue.Queue[Any] = queue.Queue(maxsize=self._batch * self.settings.queue_batches)
         batches_q: queue.Queue[Any] = queue.Queue(maxsize=self.settings.queue_batches)
         failed = threading.Event()
@@ -234,8 +244,7 @@ class VideoRender:
         memo = self.cache.track(self.source, self.detector, info) if self.cache else None
         tracker = FaceTracker(self.detector, detect_every=self.settings.detect_every, memo=memo)
         self._track = tracker.stats
-        needs_replay = info.is_still or info.duration * info.fps < total + info.fps
-        spill_dir = self.scratch_dir if needs_replay else None
+        spill_dir = self.scratch_dir if shows_frames_again(info, total) else None
         keep = self.settings.video_longer == "keep"
         try:
             for item in timeline(

@@ -7,12 +7,12 @@ the video rather than the very first: the first is often a fade or a blink. Writ
 from __future__ import annotations
 
 import io
-import os
-import tempfile
 from pathlib import Path
 
 import av
 from PIL import Image
+
+from daemon.files import write_atomic
 
 POSTER_WIDTH = 320
 POSTER_QUALITY = 70  # about 10-20 kB at 320 px: small enough to embed in the page as a data: URI
@@ -26,7 +26,7 @@ def make_poster(video: Path, dest: Path, *, width: int = POSTER_WIDTH) -> Path:
     image = image.resize((width, height), Image.Resampling.LANCZOS)
     buffer = io.BytesIO()
     image.save(buffer, "JPEG", quality=POSTER_QUALITY, optimize=True)
-    return _write_atomic(dest, buffer.getvalue())
+    return write_atomic(dest, buffer.getvalue(), mode=0o644)  # the web server reads it
 
 
 def _frame(video: Path) -> Image.Image:
@@ -38,17 +38,5 @@ def _frame(video: Path) -> Image.Image:
                 break
     if chosen is None:
         raise ValueError(f"{video} has no video frame to make a poster from")
-    return chosen.to_image()
-
-
-def _write_atomic(dest: Path, data: bytes) -> Path:
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, dest)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return dest
+    image: Image.Image = chosen.to_image()
+    return image

@@ -128,5 +128,5 @@ def _preload_cuda_libraries() -> None:
     if preload is not None:
         try:
             preload()
-        except Exception as exc:  # the session will say what is missing, more precisely
+        except Exception as exc:  # noqa: BLE001 - the session will say what is missing, more precisely
             log.warning("cuda_preload_failed", error=str(exc))

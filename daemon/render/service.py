@@ -73,6 +73,20 @@ class RenderPaths:
     shared: Path | None = None  # media must still lie inside it when it is opened (checked again then)
 
 
+@dataclass(frozen=True)
+class _Assignment:
+    """One claimed video being rendered: what every step of its render needs."""
+
+    job: Job
+    video: Video
+    audio: JobAudio
+    model_name: str
+    pool: ModelPool
+    claim: Claim
+    lease: Heartbeat
+    out_path: Path  # this claim's own file (`.eEPOCH.NAME`), published by the fenced write
+
+
 @dataclass
 class Progress:
     """What the service is doing now, for `STATUS=` lines and `lipsyncd status`."""
@@ -240,7 +254,7 @@ class RenderService:
                 return self._audio[job.id]
         try:
             self._still_inside(job.audio_written, Path(job.audio))
-            audio = prepare_audio(Path(job.audio))
+            audio = prepare_audio(Path(job.audio), self.paths.scratch_dir)
         except MediaError as exc:
             said = as_written(str(exc), job.audio, job.audio_written)
             self._fail_job(job, f"the audio {job.audio_written!r} cannot be used: {said}")
@@ -312,85 +326,93 @@ class RenderService:
         output's name only by the fenced write that records it (see JobStore.video_rendered)."""
         model_name = job.model or self.default_model
         folder = job_dir(self.paths.outputs_dir, job.id)
-        staged = folder / f".e{claim.epoch}.{video.output}"
+        task = _Assignment(
+            job, video, audio, model_name, pool, claim, lease, folder / f".e{claim.epoch}.{video.output}"
+        )
         with structlog.contextvars.bound_contextvars(video=video.output, model=model_name):
             _remove_earlier_epochs(folder, video.output, claim.epoch)
             self.progress = Progress(job.id, video.output, 0.0)
-            try:
-                result = self._render_again_if_removed(
-                    job, video, audio, model_name, pool, claim, lease, staged
-                )
-            except StateDiskFull:
-                raise
-            except Interrupted:
-                if lease.lost.is_set():  # paused or cut off past its lease: another worker has it now
-                    _discard(staged)
-                    log.warning("render_abandoned", reason="the claim was lost (its lease lapsed)")
-                    return
-                if not self.stop.is_set():  # not the daemon stopping: the job was cancelled
-                    self.reconciler.reconcile()  # its view shows the cancel `lipsyncd cancel` recorded
-                    log.info("render_cancelled")
-                    return
-                with suppress(LostClaim, InvalidTransition):
-                    self.store.requeue_video(job.id, video.output, claim)
-                log.info("render_interrupted")
-                raise
-            except (MediaError, LookupError) as exc:
-                self._fail_video(job, video, as_written(str(exc), video.source, video.source_written), claim)
-                return
-            except UnsafeOutput as exc:
-                self._fail_video(job, video, str(exc.strerror), claim)
-                return
-            except OSError as exc:
-                self._fail_video(job, video, _disk_problem(exc, self._disks()), claim)
-                return
-            except Exception as exc:
-                log.exception("render_crashed")
-                self._fail_video(
-                    job, video, f"an internal error stopped this render ({type(exc).__name__}: {exc})", claim
-                )
-                return
-            out = result.output
-            problem, warning = face_check(result.frames, result.faceless_frames, video, self.settings)
-            if problem:
-                _discard(out)  # nothing to use: no file is left to be uploaded or shown
-                self._fail_video(job, video, problem, claim)
-                return
-            size, sha256 = out.stat().st_size, file_sha256(out)
-            self._poster(out)
-            rendered = Rendered(
-                frames=result.frames,
-                faceless_frames=result.faceless_frames,
-                size=size,
-                sha256=sha256,
-                model=model_name,
-                duration=result.frames / result.fps if result.fps else None,
-                warning=warning,
-            )
-            try:
-                # the render is done: wait for room on the state disk rather than lose it
-                publish = _Publish(out, folder / video.output)
-                self._record(
-                    lambda: self.store.video_rendered(job.id, video.output, rendered, claim, publish=publish)
-                )
-            except InvalidTransition:  # cancelled as it finished: the file is not kept nor shared
-                _discard(out)
-                log.info("render_cancelled")
-                return
-            except LostClaim:  # taken over while it rendered: the new owner's file stays as it is
-                _discard(out)
+            result = self._attempt(task)
+            if result is not None:
+                self._publish(task, result, folder / video.output)
+
+    def _attempt(self, task: _Assignment) -> RenderResult | None:
+        """The render, or None when it ended without a file (failed, cancelled, taken over: recorded)."""
+        job, video, claim = task.job, task.video, task.claim
+        try:
+            return self._render_again_if_removed(task)
+        except StateDiskFull:
+            raise
+        except Interrupted:
+            if task.lease.lost.is_set():  # paused or cut off past its lease: another worker has it now
+                _discard(task.out_path)
                 log.warning("render_abandoned", reason="the claim was lost (its lease lapsed)")
-                return
-            self.metrics.frames(result.frames)
-            fps = result.frames / result.seconds if result.seconds else 0.0
-            log.info(
-                "video_rendered",
-                frames=result.frames,
-                faceless_frames=result.faceless_frames,
-                warning=warning,
-                seconds=round(result.seconds, 2),
-                fps=round(fps, 1),
+                return None
+            if not self.stop.is_set():  # not the daemon stopping: the job was cancelled
+                self.reconciler.reconcile()  # its view shows the cancel `lipsyncd cancel` recorded
+                log.info("render_cancelled")
+                return None
+            with suppress(LostClaim, InvalidTransition):
+                self.store.requeue_video(job.id, video.output, claim)
+            log.info("render_interrupted")
+            raise
+        except (MediaError, LookupError) as exc:
+            self._fail_video(job, video, as_written(str(exc), video.source, video.source_written), claim)
+        except UnsafeOutput as exc:
+            self._fail_video(job, video, str(exc.strerror), claim)
+        except OSError as exc:
+            self._fail_video(job, video, _disk_problem(exc, self._disks()), claim)
+        except Exception as exc:
+            log.exception("render_crashed")
+            self._fail_video(
+                job, video, f"an internal error stopped this render ({type(exc).__name__}: {exc})", claim
             )
+        return None
+
+    def _publish(self, task: _Assignment, result: RenderResult, final: Path) -> None:
+        """Check the render, then record it: the fenced write moves the file to its name (`final`)."""
+        job, video, claim = task.job, task.video, task.claim
+        out = result.output
+        problem, warning = face_check(result.frames, result.faceless_frames, video, self.settings)
+        if problem:
+            _discard(out)  # nothing to use: no file is left to be uploaded or shown
+            self._fail_video(job, video, problem, claim)
+            return
+        size, sha256 = out.stat().st_size, file_sha256(out)
+        self._poster(out)
+        rendered = Rendered(
+            frames=result.frames,
+            faceless_frames=result.faceless_frames,
+            size=size,
+            sha256=sha256,
+            model=task.model_name,
+            duration=result.frames / result.fps if result.fps else None,
+            warning=warning,
+        )
+        try:
+            # the render is done: wait for room on the state disk rather than lose it
+            publish = _Publish(out, final)
+            self._record(
+                lambda: self.store.video_rendered(job.id, video.output, rendered, claim, publish=publish)
+            )
+        except InvalidTransition:  # cancelled as it finished: the file is not kept nor shared
+            _discard(out)
+            log.info("render_cancelled")
+            return
+        except LostClaim:  # taken over while it rendered: the new owner's file stays as it is
+            _discard(out)
+            log.warning("render_abandoned", reason="the claim was lost (its lease lapsed)")
+            return
+        self.metrics.frames(result.frames)
+        fps = result.frames / result.seconds if result.seconds else 0.0
+        log.info(
+            "video_rendered",
+            frames=result.frames,
+            faceless_frames=result.faceless_frames,
+            warning=warning,
+            seconds=round(result.seconds, 2),
+            fps=round(fps, 1),
+        )
 
     def _poster(self, out: Path) -> None:
         """The frame links.html shows; made before the video counts as rendered, so the page written
@@ -400,18 +422,9 @@ class RenderService:
         except Exception as exc:  # noqa: BLE001 - PyAV/PIL errors have many types; none stops the video
             log.warning("poster_failed", error=f"{type(exc).__name__}: {exc}")
 
-    def _render(
-        self,
-        job: Job,
-        video: Video,
-        audio: JobAudio,
-        model_name: str,
-        pool: ModelPool,
-        claim: Claim,
-        lease: Heartbeat,
-        out_path: Path,
-    ) -> RenderResult:
-        model = pool.get(model_name)
+    def _render(self, task: _Assignment) -> RenderResult:
+        job, video, claim, lease = task.job, task.video, task.claim, task.lease
+        model = task.pool.get(task.model_name)
         self._still_inside(video.source_written, Path(video.source))
         last = [0.0]
         unrecorded = [False]
@@ -432,10 +445,10 @@ class RenderService:
 
         return VideoRender(
             source=Path(video.source),
-            audio=audio,
-            out_path=out_path,
+            audio=task.audio,
+            out_path=task.out_path,
             model=model,
-            detector=self.detector(pool),
+            detector=self.detector(task.pool),
             settings=self.settings,
             scratch_dir=self.paths.scratch_dir,
             stop=_Halt(self.stop, lambda: self._cancelled(job.id, video.output), lease.lost),
@@ -444,23 +457,14 @@ class RenderService:
             cache=self.avatar_cache,
         ).run()
 
-    def _render_again_if_removed(
-        self,
-        job: Job,
-        video: Video,
-        audio: JobAudio,
-        model_name: str,
-        pool: ModelPool,
-        claim: Claim,
-        lease: Heartbeat,
-        out_path: Path,
-    ) -> RenderResult:
+    def _render_again_if_removed(self, task: _Assignment) -> RenderResult:
         """Someone deleted the job's output folder mid-render (`rm -rf outputs/latest_batch/JOB`): the media
         are fine, so the video renders again into a re-made folder, a few times at most."""
+        job, video = task.job, task.video
         folder = self.paths.outputs_dir / job.id
         for attempt in range(1, _REMOVED_RETRIES + 2):
             try:
-                return self._render(job, video, audio, model_name, pool, claim, lease, out_path)
+                return self._render(task)
             except OutputRemoved:
                 removed = f"the job's output folder {folder} was removed while {video.output} was rendering"
                 media = ((video.source_written, video.source), (job.audio_written, job.audio))
@@ -478,7 +482,7 @@ class RenderService:
                 log.warning(
                     "output_folder_removed", folder=str(folder), attempt=attempt, action="renders again"
                 )
-                self.store.set_progress(job.id, video.output, 0.0, claim)
+                self.store.set_progress(job.id, video.output, 0.0, task.claim)
         raise AssertionError("unreachable")
 
     def _cancelled(self, job_id: str, output: str) -> bool:

@@ -14,8 +14,11 @@ from __future__ import annotations
 
 import functools
 import math
+import os
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -44,7 +47,8 @@ Encoder = Callable[[np.ndarray], np.ndarray]
 
 def log_mel(segment: np.ndarray) -> np.ndarray:
     """Whisper's (80, 3000) float32 log-mel of up to 30 s of 16 kHz mono audio (zero-padded to 30 s)."""
-    return log_mel_batch(np.asarray(segment)[None])[0]
+    mel: np.ndarray = log_mel_batch(np.asarray(segment)[None])[0]
+    return mel
 
 
 def log_mel_batch(segments: np.ndarray) -> np.ndarray:
@@ -88,14 +92,43 @@ def segment_features(wav: np.ndarray) -> list[np.ndarray]:
     return [log_mel(wav[i : i + SEGMENT_SAMPLES]) for i in range(0, len(wav), SEGMENT_SAMPLES)]
 
 
-@dataclass(frozen=True)
-class WhisperFeatures:
-    """A job's encoded audio: `hidden` (T, layers, width), T = floor(seconds x 50), segments joined.
+class SpilledSteps:
+    """The encoder's (T, layers, width) float32 steps in an unnamed file on disk, read a window at a time.
 
-    It does not depend on any video: `window(i, fps)` serves every frame rate from the same array.
+    They grow with the audio (115 MB for 5 minutes, 1.4 GB for an hour) and a render reads ten steps a
+    frame, so they stay out of the process's memory: reads go through the page cache, which the kernel
+    can drop. The file has no name (O_TMPFILE where the file system allows it, else removed at once), so
+    nothing is left behind, even after a kill.
     """
 
-    hidden: np.ndarray
+    def __init__(self, shape: tuple[int, int, int], folder: Path | None = None) -> None:
+        self.shape = shape
+        self._row_bytes = shape[1] * shape[2] * 4
+        if folder is not None:
+            folder.mkdir(parents=True, exist_ok=True)
+        # held for the features' lifetime, closed (and the disk space freed) with them
+        self._file = tempfile.TemporaryFile(prefix="whisper-steps.", dir=folder)  # noqa: SIM115
+        self._file.truncate(shape[0] * self._row_bytes)  # sparse: steps never written read as zeros
+
+    def write(self, first: int, rows: np.ndarray) -> None:
+        data = np.ascontiguousarray(rows, np.float32).tobytes()
+        os.pwrite(self._file.fileno(), data, first * self._row_bytes)
+
+    def __getitem__(self, steps: slice) -> np.ndarray:
+        lo, hi, _ = steps.indices(self.shape[0])
+        count = max(0, hi - lo)
+        data = os.pread(self._file.fileno(), count * self._row_bytes, lo * self._row_bytes)
+        return np.frombuffer(data, np.float32).reshape(count, *self.shape[1:])
+
+
+@dataclass(frozen=True)
+class WhisperFeatures:
+    """A job's encoded audio: `hidden` (T, layers, width), T = floor(seconds x 50), segments joined, in
+    memory or spilled to disk. It does not depend on any video: `window(i, fps)` serves every frame
+    rate from the same steps.
+    """
+
+    hidden: np.ndarray | SpilledSteps
 
     def window(self, frame_index: int, fps: float) -> np.ndarray:
         """The (10 x layers, width) window for video frame `frame_index` at `fps`.
@@ -122,26 +155,33 @@ class WhisperFeatures:
         return np.stack([self.window(i, fps) for i in range(first, first + count)])
 
 
-def encode_audio(wav: np.ndarray, encode: Encoder, batch: int = 1) -> WhisperFeatures:
+def encode_audio(
+    wav: np.ndarray, encode: Encoder, batch: int = 1, *, spill_dir: Path | None = None, spill: bool = True
+) -> WhisperFeatures:
     """Run `encode` over the 30 s segments of 16 kHz mono `wav`, `batch` segments per call, into one array.
 
     Only floor(seconds x 50) steps are kept: the rest is the last segment's zero padding. One segment a
     call by default: onnxruntime keeps the memory of the largest batch it ran, and four segments at once
     held about 1 GB more for 5 minutes of audio than one (and were no faster on a CPU). The result is
-    written in place, so the segments are never held twice.
+    written in place, so the segments are never held twice, and with `spill` (the default) to an unnamed
+    file in `spill_dir` (a disk, not a tmpfs: see `SpilledSteps`), so a long voice-over costs no memory.
     """
     wav = np.asarray(wav, dtype=np.float32).reshape(-1)
     keep = math.floor(len(wav) * STEPS_PER_SECOND / SAMPLE_RATE)
     starts = range(0, len(wav), SEGMENT_SAMPLES)
-    joined: np.ndarray | None = None
+    joined: np.ndarray | SpilledSteps | None = None
     for i in range(0, len(starts), batch):
         chunk = [wav[s : s + SEGMENT_SAMPLES] for s in starts[i : i + batch]]
         hidden = _checked(encode(np.stack([log_mel(c) for c in chunk])), len(chunk))
         if joined is None:
-            joined = np.zeros((keep, *hidden.shape[2:]), np.float32)
+            shape = (keep, hidden.shape[2], hidden.shape[3])
+            joined = SpilledSteps(shape, spill_dir) if spill else np.zeros(shape, np.float32)
         first = i * ENCODER_STEPS
         rows = hidden.reshape(-1, *hidden.shape[2:])[: max(0, keep - first)]
-        joined[first : first + len(rows)] = rows
+        if isinstance(joined, SpilledSteps):
+            joined.write(first, rows)
+        else:
+            joined[first : first + len(rows)] = rows
     if joined is None:
         return WhisperFeatures(np.zeros((0, 5, 384), np.float32))
     return WhisperFeatures(joined)

@@ -304,7 +304,7 @@ class CrashRun:
     def _drive(self, role: str, indices: list[int], rng: random.Random) -> None:
         try:
             self._drive_kills(role, indices, rng)
-        except BaseException as exc:  # handed to the main thread, which raises it
+        except BaseException as exc:  # noqa: BLE001 - handed to the main thread, which raises it
             self.errors.append(exc)
 
     def _drive_kills(self, role: str, indices: list[int], rng: random.Random) -> None:

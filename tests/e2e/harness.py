@@ -29,7 +29,7 @@ class Share:
 
     def __post_init__(self) -> None:
         (self.root / "inbox" / "media").mkdir(parents=True, exist_ok=True)
-        config = {
+        config: dict[str, Any] = {
             "paths": {
                 "shared": str(self.root),
                 "inbox": str(self.root / "inbox"),
@@ -68,7 +68,8 @@ class Share:
 
     def links(self, job: str) -> dict[str, Any] | None:
         try:
-            return json.loads((self.outputs / job / "links.json").read_text(encoding="utf-8"))
+            doc: dict[str, Any] = json.loads((self.outputs / job / "links.json").read_text(encoding="utf-8"))
+            return doc
         except FileNotFoundError:
             return None
 

@@ -236,8 +236,10 @@ def output_of(run: Run, links: dict[str, Any], video: dict[str, Any]) -> tuple[f
 
 
 def check_rendered(run: Run, case: Case, s: Seen) -> None:
-    assert s.where == "done" and s.links is not None, f"ended in {s.where}: {s.error_file}"
-    assert s.links["status"] == "done" and s.links["error"] is None
+    assert s.where == "done", f"ended in {s.where}: {s.error_file}"
+    assert s.links is not None, f"ended in {s.where}: {s.error_file}"
+    assert s.links["status"] == "done"
+    assert s.links["error"] is None
     for video in s.links["videos"]:
         assert video["status"] == "rendered", video
         seconds, width, height = output_of(run, s.links, video)
@@ -247,11 +249,14 @@ def check_rendered(run: Run, case: Case, s: Seen) -> None:
 
 
 def check_mixed(run: Run, case: Case, s: Seen) -> None:
-    assert s.where == "done" and s.links is not None and s.links["status"] == "partial"
+    assert s.where == "done"
+    assert s.links is not None
+    assert s.links["status"] == "partial"
     error_file = run.share.inbox / "done" / (case.manifest_name.rsplit(".", 1)[0] + ".error.txt")
     assert error_file.exists(), "a partial job's manifest has no error file beside it in done/"
     good, *bad = s.links["videos"]
-    assert good["status"] == "rendered" and abs(output_of(run, s.links, good)[0] - case.seconds) <= 0.11
+    assert good["status"] == "rendered"
+    assert abs(output_of(run, s.links, good)[0] - case.seconds) <= 0.11
     for video in bad:
         assert video["status"] == "failed", video
         assert_plain(video["error"], (Path(video["source"]).name,))
@@ -263,7 +268,8 @@ def check_failed(run: Run, case: Case, s: Seen) -> None:
     if case.expect == REFUSED:
         assert s.links is None, "a refused manifest must not become a job"
     elif case.expect == JOB_FAILED or s.links is not None:
-        assert s.links is not None and s.links["status"] == "failed"
+        assert s.links is not None
+        assert s.links["status"] == "failed"
         assert all(v["status"] == "failed" for v in s.links["videos"])
 
 

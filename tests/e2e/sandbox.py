@@ -182,7 +182,8 @@ class DbLock:
         self.proc = subprocess.Popen(
             [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
         )
-        assert self.proc.stdout is not None and self.proc.stdout.readline().strip() == "held"
+        assert self.proc.stdout is not None
+        assert self.proc.stdout.readline().strip() == "held"
 
     def release(self) -> None:
         if self.proc.poll() is None:

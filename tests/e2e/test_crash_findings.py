@@ -133,7 +133,8 @@ def test_d_manifest_filed_after_a_kill_between_job_commit_and_filing(share: Shar
     # finished in the store and its manifest in .claimed (the suite saw crash-000 stay there).
     os.rename(done, claimed)
     assert share.lipsyncd("render", "--once").returncode == 0
-    assert done.exists() and not claimed.exists(), "the manifest was never filed under done/"
+    assert done.exists(), "the manifest was never filed under done/"
+    assert not claimed.exists(), "the manifest was never filed under done/"
 
 
 def test_e_rescan_and_render_finishing_a_job_file_its_manifest_once(share: Share) -> None:

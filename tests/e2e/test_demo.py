@@ -30,7 +30,9 @@ def test_demo_renders_and_shares_the_bundled_example(tmp_path: Path) -> None:
     with av.open(str(video)) as container:
         assert container.streams.video[0].codec_context.name == "h264"
         assert container.streams.audio[0].codec_context.name == "aac"
+        assert container.duration is not None
         seconds = float(container.duration) / av.time_base
     assert abs(seconds - 3.96) <= 0.04 + 1 / 25  # the speech clip's length, within one frame
     shared = json.loads((tmp_path / "outputs" / "latest_batch" / "demo-shared" / "links.json").read_text())
-    assert shared["videos"][0]["status"] == "ready" and shared["videos"][0]["local_copy"] is False
+    assert shared["videos"][0]["status"] == "ready"
+    assert shared["videos"][0]["local_copy"] is False

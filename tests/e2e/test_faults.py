@@ -88,7 +88,7 @@ def reader() -> Iterator[Callable[[Path], LinksReader]]:
 
 
 def fetch(url: str) -> bytes:
-    with urllib.request.urlopen(url, timeout=30) as response:  # noqa: S310 - our own loopback server
+    with urllib.request.urlopen(url, timeout=30) as response:
         return bytes(response.read())
 
 
@@ -161,14 +161,15 @@ def test_storage_unreachable_uploads_wait_and_resume_while_rendering_goes_on(
     print(f"\nstorage {how}: {figures}")
     record_property(f"storage_{how}", figures)
     assert rendered_during < OUTAGE_S, "rendering must go on while the storage is unreachable"
-    assert waiting and local and alive, "uploads wait (nothing ready, local copies kept, watcher alive)"
+    assert waiting, "uploads wait (nothing ready, local copies kept, watcher alive)"
+    assert local, "uploads wait (nothing ready, local copies kept, watcher alive)"
+    assert alive, "uploads wait (nothing ready, local copies kept, watcher alive)"
     expected = sorted(d["videos"][0]["object_key"] for d in docs)
     assert object_keys(s3_client, external["bucket"], external["prefix"]) == expected, "one object per video"
     for doc in docs:
         video = doc["videos"][0]
-        assert (
-            video["status"] == "ready" and hashlib.sha256(fetch(video["url"])).hexdigest() == video["sha256"]
-        )
+        assert video["status"] == "ready"
+        assert hashlib.sha256(fetch(video["url"])).hexdigest() == video["sha256"]
 
 
 # -- outputs disk full --------------------------------------------------------------------------------
@@ -199,7 +200,8 @@ def test_outputs_disk_full_fails_the_video_clearly_and_the_next_job_renders(
             sandbox.ready(daemon)
             share.drop("full.yaml", {"audio": "media/voice.wav", "videos": ["media/big.mp4"]})
             failed = wait_for(lambda: done(share, "full"), 60, "the job on a full disk ends", daemon)
-            assert published_videos(outputs) == [] and list(outputs.rglob(".*.part.mp4")) == []
+            assert published_videos(outputs) == []
+            assert list(outputs.rglob(".*.part.mp4")) == []
             filler.unlink()
             share.drop("next.yaml", job())
             after = wait_for(lambda: done(share, "next"), 60, "the next job renders", daemon)
@@ -209,12 +211,17 @@ def test_outputs_disk_full_fails_the_video_clearly_and_the_next_job_renders(
             links.stop()
     error = failed["videos"][0]["error"]
     print(f"\ndisk full: job {failed['status']}, video error: {error!r}")
-    assert failed["status"] == "failed" and failed["videos"][0]["status"] == "failed"
-    assert "full" in error and "free" in error, "the reason must say the disk is full and what to do"
-    assert "internal error" not in error and ".part.mp4" not in error
+    assert failed["status"] == "failed"
+    assert failed["videos"][0]["status"] == "failed"
+    assert "full" in error, "the reason must say the disk is full and what to do"
+    assert "free" in error, "the reason must say the disk is full and what to do"
+    assert "internal error" not in error
+    assert ".part.mp4" not in error
     assert "full" in (share.inbox / "failed" / "full.error.txt").read_text()
-    assert alive and statuses(after) == ["rendered"]
-    assert links.bad == [] and links.reads > 0, f"links.json must always be valid JSON: {links.bad[:3]}"
+    assert alive
+    assert statuses(after) == ["rendered"]
+    assert links.bad == [], f"links.json must always be valid JSON: {links.bad[:3]}"
+    assert links.reads > 0, f"links.json must always be valid JSON: {links.bad[:3]}"
 
 
 def test_outputs_disk_completely_full_the_daemon_survives(
@@ -235,7 +242,8 @@ def test_outputs_disk_completely_full_the_daemon_survives(
             share.drop("zero.yaml", job())
             report = share.inbox / "failed" / "zero.error.txt"
             wait_for(report.exists, 60, "the job on a full disk ends", daemon)
-            assert published_videos(outputs) == [] and list(outputs.rglob(".*.part.mp4")) == []
+            assert published_videos(outputs) == []
+            assert list(outputs.rglob(".*.part.mp4")) == []
             filler.unlink()
             share.drop("next.yaml", job())
             after = wait_for(lambda: done(share, "next"), 60, "the next job renders", daemon)
@@ -245,7 +253,9 @@ def test_outputs_disk_completely_full_the_daemon_survives(
             links.stop()
     assert "full" in report.read_text()
     assert sandbox.store_rows(share.state, "SELECT state FROM jobs WHERE id = 'zero'") == [("failed",)]
-    assert alive and statuses(after) == ["rendered"] and links.bad == []
+    assert alive
+    assert statuses(after) == ["rendered"]
+    assert links.bad == []
 
 
 # -- the state database and directory at start ------------------------------------------------------
@@ -270,8 +280,8 @@ def assert_one_plain_line(output: str) -> None:
 def test_state_db_locked_by_another_process_at_start(tmp_path: Path) -> None:
     """`BEGIN EXCLUSIVE` in exclusive locking mode (in WAL mode a plain one still lets readers in): the
     render watcher gives up after its busy timeout with an error naming the database, and a non-zero exit
-    status, which is what systemd acts on."""
-    share = Share(tmp_path / "shared")
+    status, which is what systemd acts on. The busy timeout is the configured one (2 s, not 30 s)."""
+    share = Share(tmp_path / "shared", {"store": {"busy_timeout": "2s"}})
     assert share.lipsyncd("status").returncode == 0  # creates the store
     lock = sandbox.DbLock(share.state / "lipsyncd.db", exclusive_mode=True)
     try:
@@ -282,8 +292,10 @@ def test_state_db_locked_by_another_process_at_start(tmp_path: Path) -> None:
         f"\nlocked store: exit {code} after {seconds:.1f} s; last line: {output.strip().splitlines()[-1]!r}"
     )
     assert code != 0
+    assert seconds < 20, "store.busy_timeout (2s) must bound the wait, not the 30 s default"
     assert_one_plain_line(output)
-    assert "lipsyncd.db" in output and "locked" in output
+    assert "lipsyncd.db" in output
+    assert "locked" in output
     assert "render_ready" not in output, "READY must not be announced without a usable store"
 
 
@@ -300,14 +312,23 @@ def test_state_dir_read_only_at_start(tmp_path: Path, command: str, existing: bo
     print(f"\nread-only state ({command}, {'with store' if existing else 'empty'}): exit {code}")
     assert code != 0
     assert_one_plain_line(output)
-    assert str(share.state) in output and "writable" in output
+    assert str(share.state) in output
+    assert "writable" in output
     assert "_ready" not in output
+
+
+def claimed(share: Share, name: str) -> bool:
+    return (share.inbox / ".claimed" / name).exists()
+
+
+def intake_errors(daemon: Daemon) -> list[dict[str, Any]]:
+    return [e for e in daemon.events() if e["event"] == "intake_error"]
 
 
 def test_store_locked_briefly_while_running_delays_the_job_only(tmp_path: Path) -> None:
     """A backup tool holds the store for a few seconds (shorter than the busy timeout): the manifest dropped
     meanwhile becomes a job once the lock is gone."""
-    share = Share(tmp_path / "shared", {"inbox": FAST_INBOX})
+    share = Share(tmp_path / "shared", {"inbox": FAST_INBOX, "store": {"busy_timeout": "20s"}})
     sandbox.tiny_media(share.inbox / "media")
     daemon = Daemon(share, "render")
     try:
@@ -315,7 +336,8 @@ def test_store_locked_briefly_while_running_delays_the_job_only(tmp_path: Path) 
         lock = sandbox.DbLock(share.state / "lipsyncd.db", exclusive_mode=False)
         try:
             share.drop("brief.yaml", job())
-            time.sleep(4)
+            wait_for(lambda: claimed(share, "brief.yaml"), 30, "the manifest claimed", daemon)
+            time.sleep(1)  # the intake now waits on the lock
         finally:
             lock.release()
         doc = wait_for(lambda: done(share, "brief"), 60, "the job after the lock", daemon)
@@ -325,9 +347,9 @@ def test_store_locked_briefly_while_running_delays_the_job_only(tmp_path: Path) 
 
 
 def test_store_locked_past_the_busy_timeout_loses_no_manifest(tmp_path: Path) -> None:
-    """Held longer than the store's 30 s busy timeout: the claimed manifest becomes a job on a later rescan
-    once the lock is gone (it used to stay in inbox/.claimed/ until a restart)."""
-    share = Share(tmp_path / "shared", {"inbox": FAST_INBOX})
+    """Held longer than the store's busy timeout (set to 1 s): the claimed manifest becomes a job on a later
+    rescan once the lock is gone (it used to stay in inbox/.claimed/ until a restart)."""
+    share = Share(tmp_path / "shared", {"inbox": FAST_INBOX, "store": {"busy_timeout": "1s"}})
     sandbox.tiny_media(share.inbox / "media")
     daemon = Daemon(share, "render")
     try:
@@ -335,7 +357,7 @@ def test_store_locked_past_the_busy_timeout_loses_no_manifest(tmp_path: Path) ->
         lock = sandbox.DbLock(share.state / "lipsyncd.db", exclusive_mode=False)
         try:
             share.drop("stuck.yaml", job())
-            time.sleep(31)
+            wait_for(lambda: intake_errors(daemon), 30, "the intake giving up on the locked store", daemon)
         finally:
             lock.release()
         wait_for(lambda: done(share, "stuck"), 10, "the job after a long lock", daemon)
@@ -357,7 +379,8 @@ def upload_seconds(share: Share, name: str, render: Daemon, upload: Daemon) -> f
     """From the render watcher's video_rendered to the upload watcher's video_ready, by their log times."""
     wait_for(lambda: statuses(share.links(name)) == ["ready"], 60, f"{name} ready", upload)
     rendered, ready = stamp(render, "video_rendered", name), stamp(upload, "video_ready", name)
-    assert rendered is not None and ready is not None
+    assert rendered is not None
+    assert ready is not None
     return ready - rendered
 
 
@@ -397,6 +420,7 @@ def test_a_hanging_webhook_does_not_delay_uploads(
     }
     print(f"\nhanging webhook: {figures}")
     record_property("hanging_webhook", figures)
-    assert hanging >= 1 and code == 0
+    assert hanging >= 1
+    assert code == 0
     assert max(delayed) <= baseline + 3.0, "uploads must not wait for a webhook"
     assert stop_s < 30, "a hanging webhook must not hold up a clean stop beyond the flush timeout"

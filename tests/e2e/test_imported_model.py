@@ -26,7 +26,9 @@ def test_imported_checkpoint_renders_a_job(tmp_path: Path, media: dict[str, Path
     rendered = share.lipsyncd("render", "--once", timeout=600)
     assert rendered.returncode == 0, rendered.stderr
     video = share.links("learned")["videos"][0]  # type: ignore[index]
-    assert video["status"] == "rendered" and video["model"] == "wav2lip_gan" and video["frames"] == 90
+    assert video["status"] == "rendered"
+    assert video["model"] == "wav2lip_gan"
+    assert video["frames"] == 90
 
 
 def test_a_truncated_checkpoint_is_refused_clearly(tmp_path: Path) -> None:
@@ -36,4 +38,5 @@ def test_a_truncated_checkpoint_is_refused_clearly(tmp_path: Path) -> None:
     broken.write_bytes(broken.read_bytes()[: 1 << 20])
     result = share.lipsyncd("model", "import", str(broken))
     assert result.returncode == 1
-    assert "wav2lip.pth" in result.stderr and "Traceback" not in result.stderr
+    assert "wav2lip.pth" in result.stderr
+    assert "Traceback" not in result.stderr

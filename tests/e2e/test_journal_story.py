@@ -20,8 +20,12 @@ def test_one_jobs_story_in_the_journal(tmp_path: Path, media: dict[str, Path], j
     assert result.returncode == 0, result.stderr
     entries = read_journal(journald, f"JOB={job}", count=4)
     events = [e["EVENT"] for e in entries]
-    assert events[0] == "job_queued" and "video_rendered" in events and events[-1] == "job_rendered"
+    assert events[0] == "job_queued"
+    assert "video_rendered" in events
+    assert events[-1] == "job_rendered"
     rendered = next(e for e in entries if e["EVENT"] == "video_rendered")
-    assert rendered["VIDEO"] == "anchor.mp4" and rendered["MODEL"] == "baseline"
-    assert rendered["SYSLOG_IDENTIFIER"] == "lipsyncd-render" and rendered["PRIORITY"] == "6"
+    assert rendered["VIDEO"] == "anchor.mp4"
+    assert rendered["MODEL"] == "baseline"
+    assert rendered["SYSLOG_IDENTIFIER"] == "lipsyncd-render"
+    assert rendered["PRIORITY"] == "6"
     assert "video_rendered" in str(rendered["MESSAGE"])

@@ -20,13 +20,14 @@ SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "links-page.png"
 
 
 def fetch(url: str) -> bytes:
-    with urllib.request.urlopen(url, timeout=30) as response:  # noqa: S310 - our own loopback server
-        return response.read()
+    with urllib.request.urlopen(url, timeout=30) as response:
+        body: bytes = response.read()
+        return body
 
 
 def saved_as(url: str) -> str:
     """The Content-Disposition the storage answers: a browser saves (attachment) rather than plays."""
-    with urllib.request.urlopen(url, timeout=30) as response:  # noqa: S310 - our own loopback server
+    with urllib.request.urlopen(url, timeout=30) as response:
         return str(response.headers.get("Content-Disposition", ""))
 
 
@@ -57,7 +58,8 @@ def test_links_page_shows_each_video_copies_and_downloads_from_the_shared_folder
     folder = share.outputs / "spring-promo"
     ready = [v for v in doc["videos"] if v["status"] == "ready"]
     failed = [v for v in doc["videos"] if v["status"] == "failed"]
-    assert len(ready) == 2 and len(failed) == 1, doc
+    assert len(ready) == 2, doc
+    assert len(failed) == 1, doc
     assert not any((folder / v["output"]).exists() for v in ready), "evicted: the page must not need them"
     assert all(0 < (folder / f"{Path(v['output']).stem}.poster.jpg").stat().st_size < 40_000 for v in ready)
 
@@ -78,7 +80,8 @@ def test_links_page_shows_each_video_copies_and_downloads_from_the_shared_folder
             assert saved_as(video["url"]).startswith(f'attachment; filename="{video["output"]}"')
             # the expiry in the reader's zone (UTC+8 here), as toLocaleString writes it
             local = card.locator("time").inner_text()
-            assert local != video["expires_at"] and "UTC" not in local, local
+            assert local != video["expires_at"], local
+            assert "UTC" not in local, local
             card.locator("button.copy").click()
             page.wait_for_function(
                 "el => el.textContent === 'Link copied'", arg=card.locator(".copied").element_handle()
@@ -87,8 +90,10 @@ def test_links_page_shows_each_video_copies_and_downloads_from_the_shared_folder
         broken = cards.filter(has=page.locator("h2", has_text=failed[0]["output"]))
         assert broken.locator(".badge").inner_text() == "Failed"
         reason = broken.locator(".reason").inner_text()
-        assert reason == f"This video could not be made: {failed[0]['error']}" and "not a video" in reason
-        assert "media/broken.mp4 is not" in reason and str(share.root) not in reason  # the manifest's words
+        assert reason == f"This video could not be made: {failed[0]['error']}"
+        assert "not a video" in reason
+        assert "media/broken.mp4 is not" in reason
+        assert str(share.root) not in reason
         assert broken.locator("a, button").count() == 0
         shot = SCREENSHOT if os.environ.get("LIPSYNCD_UPDATE_SCREENSHOT") else tmp_path / SCREENSHOT.name
         page.screenshot(path=str(shot), full_page=True)  # LIPSYNCD_UPDATE_SCREENSHOT=1: the README's
@@ -115,7 +120,9 @@ def test_uploaded_page_has_one_link_and_follows_refreshed_links(
         page = share.outputs / "batch" / "links.html"
         assert fetch(first["page_url"]) == page.read_bytes()
         assert html.escape(first["videos"][0]["url"]) in page.read_text()
-        time.sleep(1.1)  # presigned links carry whole seconds: let the re-signed ones differ
+        # presigned links carry whole seconds: re-signed in a later second, they differ
+        seen = int(time.time())
+        wait_for(lambda: int(time.time()) > seen, 5, "the next whole second")
         assert share.lipsyncd("links", "--refresh").returncode == 0
         second = wait_for(
             lambda: (doc := published(share, "batch")) and doc["page_url"] != first["page_url"] and doc,

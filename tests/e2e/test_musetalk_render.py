@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import threading
 from pathlib import Path
+from typing import Any
 
 import av
 import numpy as np
@@ -20,12 +21,13 @@ from daemon.modelimport import import_model
 from daemon.render.avatar_cache import AvatarCache
 from daemon.render.faces import FaceTracker, HaarDetector
 from daemon.render.media import iter_frames, probe_video
-from daemon.render.musetalk import MuseTalkModel, musetalk_box
+from daemon.render.musetalk import CPU_MAX_BATCH, MuseTalkModel, musetalk_box
 from daemon.render.pipeline import RenderResult, RenderSettings, VideoRender, prepare_audio
 from daemon.render.timeline import source_index
 from daemon.render.types import Box
 from daemon.samples import speech_like, write_audio, write_face_clip
 from tests.e2e.harness import Share
+from tests.functional.test_media import stream_seconds
 from tests.functional.test_musetalk_import import Nets, write_release
 
 FPS = 10  # few frames: the tiny model still takes ~0.5 s a frame on 2 cores
@@ -48,18 +50,20 @@ def test_musetalk_model_renders_a_job(share: Share) -> None:
     rendered = share.lipsyncd("render", "--once", timeout=300)
     assert rendered.returncode == 0, rendered.stderr
     video = share.links("talk")["videos"][0]  # type: ignore[index]
-    assert video["status"] == "rendered" and video["model"] == "mt", video
+    assert video["status"] == "rendered", video
+    assert video["model"] == "mt", video
     frames = round(AUDIO_SECONDS * FPS)
     assert video["frames"] == frames
     stages = _print_stages(rendered.stdout + rendered.stderr)
     # 10 avatar frames, 15 shown (ping-pong): the 5 shown again reuse their VAE latents
     assert stages["reused_inputs"] == frames - 10
+    assert stages["batch"] == CPU_MAX_BATCH  # render.batch_size is 16, capped on the CPU provider
 
     out = share.outputs / "talk" / video["output"]
     with av.open(str(out)) as container:
         v, a = container.streams.video[0], container.streams.audio[0]
         assert (v.codec_context.name, a.codec_context.name) == ("h264", "aac")
-        assert abs(float(a.duration * a.time_base) - AUDIO_SECONDS) < 0.05
+        assert abs(stream_seconds(a) - AUDIO_SECONDS) < 0.05
     rendered_frames = list(iter_frames(out, probe_video(out)))
     assert len(rendered_frames) == frames
     _only_the_lower_face_changed(share.inbox / "media" / "anchor.mp4", rendered_frames)
@@ -77,7 +81,8 @@ def test_the_daemon_keeps_a_presenters_detections_and_latents_for_the_next_job(s
     first = share.lipsyncd("render", "--once", timeout=300)
     assert first.returncode == 0, first.stderr
     stages = _print_stages(first.stdout + first.stderr)
-    assert stages["detector_calls"] > 0 and stages["reused_inputs"] == frames - 10  # 10 frames encoded
+    assert stages["detector_calls"] > 0
+    assert stages["reused_inputs"] == frames - 10
     assert len(list((share.state / "avatars").glob("*-inputs-*.npz"))) >= 1
 
     copy = {"audio": "media/speech.wav", "videos": ["media/host-copy.mp4"], "model": "mt"}
@@ -86,7 +91,9 @@ def test_the_daemon_keeps_a_presenters_detections_and_latents_for_the_next_job(s
     assert again.returncode == 0, again.stderr
     log = again.stdout + again.stderr
     stages = _print_stages(log)
-    assert stages["frames"] == frames and stages["detector_calls"] == 0 and stages["cached_detections"] > 0
+    assert stages["frames"] == frames
+    assert stages["detector_calls"] == 0
+    assert stages["cached_detections"] > 0
     assert stages["reused_inputs"] == frames  # every frame's latents were kept: no VAE encode at all
     loaded = [json.loads(line) for line in log.splitlines() if '"avatar_inputs"' in line]
     assert [(e["hit"], e["frames"]) for e in loaded] == [(True, 10)]
@@ -127,9 +134,9 @@ def _lower_middle(face: Box) -> tuple[slice, slice]:
     )
 
 
-def _print_stages(log: str) -> dict[str, object]:
+def _print_stages(log: str) -> dict[str, Any]:
     """Prints the daemon's job_audio and render_stages timings; returns render_stages."""
-    stages: dict[str, object] = {}
+    stages: dict[str, Any] = {}
     for line in log.splitlines():
         if '"render_stages"' in line or '"job_audio"' in line:
             event = json.loads(line)
@@ -176,7 +183,8 @@ def test_avatar_cache_keeps_the_latents_between_renders(share: Share, tmp_path: 
     assert (CountingMuseTalk.encoded, first.reused_inputs) == (10, 5)  # 10 avatar frames, 5 shown again
     assert len(list((tmp_path / "avatars").glob("*-inputs-*.npz"))) == 1
     again, again_frames = render("again")
-    assert CountingMuseTalk.encoded == 10 and again.reused_inputs == 15  # no VAE encode at all
+    assert CountingMuseTalk.encoded == 10
+    assert again.reused_inputs == 15
     # the same latents give the same video, up to rounding: onnxruntime's results depend slightly on the
     # batch a frame shares (the two renders batch the UNet differently), the random tiny UNet amplifies
     # that, and x264 spreads it over its blocks. Measured here: a mean of 0.0-0.7 of 255 over the frame,

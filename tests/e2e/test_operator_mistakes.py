@@ -48,7 +48,7 @@ def test_parallel_submits_of_one_name_each_keep_their_manifest_and_media(tmp_pat
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
-        )  # fmt: skip
+        )
         for presenter in sources
     ]
     results = [(p.communicate(timeout=120), p.returncode) for p in procs]

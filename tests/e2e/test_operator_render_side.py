@@ -60,7 +60,9 @@ def finished(share: Share, name: str) -> Any:
 
 def rendering(share: Share, name: str, at_least: float = 0.02) -> bool:
     doc = share.links(name)
-    return bool(doc) and any(v["status"] == "rendering" and v["progress"] >= at_least for v in doc["videos"])
+    return doc is not None and any(
+        v["status"] == "rendering" and v["progress"] >= at_least for v in doc["videos"]
+    )
 
 
 def events(daemon: Daemon, *names: str) -> list[dict[str, Any]]:
@@ -108,13 +110,18 @@ def test_state_disk_full_mid_render_is_named_waits_and_finishes_once_space_is_ba
     print(f"\nstate disk full: {len(full)} line(s), first: {seen[0].get('reason')!r}")
     assert seen[0]["event"] == "state_disk_full", seen[0]
     reason = seen[0]["reason"]
-    assert f"state directory {share.state}" in reason and "is full" in reason and "free" in reason
+    assert f"state directory {share.state}" in reason
+    assert "is full" in reason
+    assert "free" in reason
     assert "outputs" not in reason
-    assert during and "failed" not in statuses(during), during
+    assert during, during
+    assert "failed" not in statuses(during), during
     assert "Traceback" not in output, output[-3000:]
     assert 1 <= len(full) <= 5, "one line per try, backing off"
     assert events(daemon, "state_disk_writable")
-    assert alive and doc["status"] == "done" and statuses(doc) == ["rendered", "rendered"], doc
+    assert alive, doc
+    assert doc["status"] == "done", doc
+    assert statuses(doc) == ["rendered", "rendered"], doc
     assert all(v["error"] is None for v in doc["videos"])
     assert all((share.outputs / "full" / v["output"]).stat().st_size > 0 for v in doc["videos"])
     assert "scratch" not in in_state, f"render scratch lives beside the outputs, not in {in_state}"
@@ -155,8 +162,10 @@ def test_a_video_left_unrendered_inside_a_finished_job_renders_after_a_restart(t
         )
     finally:
         assert again.terminate() == 0
-    assert job_done and doc["status"] == "done"
-    assert events(again, "job_reopened") and "Traceback" not in again.output()
+    assert job_done
+    assert doc["status"] == "done"
+    assert events(again, "job_reopened")
+    assert "Traceback" not in again.output()
     assert len(list((share.inbox / "done").iterdir())) == 1, "the manifest is filed once, not again"
 
 
@@ -203,13 +212,17 @@ def test_output_folder_removed_mid_render(
         assert daemon.terminate() == 0
     video = doc["videos"][0]
     print(f"\nfolder removed mid-render ({'source too' if sources_too else 'folder only'}): {video}")
-    assert "check the disk" not in str(doc) and "Traceback" not in daemon.output()
+    assert "check the disk" not in str(doc)
+    assert "Traceback" not in daemon.output()
     if sources_too:
-        assert doc["status"] == "failed" and video["status"] == "failed"
+        assert doc["status"] == "failed"
+        assert video["status"] == "failed"
         assert "was removed while anchor.mp4 was rendering" in video["error"], video["error"]
-        assert "media/anchor.mp4" in video["error"] and "gone too" in video["error"]
+        assert "media/anchor.mp4" in video["error"]
+        assert "gone too" in video["error"]
     else:
-        assert doc["status"] == "done" and video["status"] == "rendered", doc
+        assert doc["status"] == "done", doc
+        assert video["status"] == "rendered", doc
         assert (folder / "anchor.mp4").stat().st_size == video["size"] > 0
         assert events(daemon, "output_folder_removed")
         assert not list(folder.glob(".*.part.mp4"))

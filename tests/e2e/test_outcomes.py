@@ -51,22 +51,25 @@ def test_one_truncated_video_and_one_good_make_a_partial_job(tmp_path: Path, med
     result = share.lipsyncd("render", "--once")
     assert result.returncode == 0, result.stderr
     links = share.links("mixed")
-    assert links is not None and links["status"] == "partial" and links["summary"] == "1 of 2 ready", links
+    assert links is not None, links
+    assert links["status"] == "partial", links
+    assert links["summary"] == "1 of 2 ready", links
     assert statuses(links) == ["rendered", "failed"]
     good, cut = links["videos"]
     assert (good["local_copy"], cut["local_copy"]) == (True, False)
     assert not (share.outputs / "mixed" / "cut.mp4").exists()
-    assert cut["error"] and links["problems"] == [f"media/cut.mp4 failed: {cut['error']}"]
+    assert cut["error"]
+    assert links["problems"] == [f"media/cut.mp4 failed: {cut['error']}"]
     # filed with its good video's results in done/, the error file beside it says which video and why
-    assert (share.inbox / "done" / "mixed.yaml").exists() and not any((share.inbox / "failed").iterdir())
+    assert (share.inbox / "done" / "mixed.yaml").exists()
+    assert not any((share.inbox / "failed").iterdir())
     report = (share.inbox / "done" / "mixed.error.txt").read_text()
-    assert f"media/cut.mp4: {cut['error']}" in report and "media/anchor.mp4" not in report
+    assert f"media/cut.mp4: {cut['error']}" in report
+    assert "media/anchor.mp4" not in report
     status = share.lipsyncd("status", "mixed")
-    assert (
-        status.returncode == 0
-        and "1 of 2 ready" in status.stdout
-        and "media/cut.mp4 failed:" in status.stdout
-    )
+    assert status.returncode == 0
+    assert "1 of 2 ready" in status.stdout
+    assert "media/cut.mp4 failed:" in status.stdout
 
 
 def test_a_clip_without_a_face_fails_in_plain_words(tmp_path: Path, media: dict[str, Path]) -> None:
@@ -76,10 +79,13 @@ def test_a_clip_without_a_face_fails_in_plain_words(tmp_path: Path, media: dict[
     share.drop("blank.yaml", {"audio": "media/speech.wav", "videos": ["media/presenter.mp4"]})
     assert share.lipsyncd("render", "--once").returncode == 0
     links = share.links("blank")
-    assert links is not None and links["status"] == "failed" and statuses(links) == ["failed"], links
+    assert links is not None, links
+    assert links["status"] == "failed", links
+    assert statuses(links) == ["failed"], links
     error = links["videos"][0]["error"]
     assert error.startswith("no face found in any of the 75 frames of presenter.mp4"), error
-    assert "render.faceless_videos: pass_through" in error and not links["videos"][0]["local_copy"]
+    assert "render.faceless_videos: pass_through" in error
+    assert not links["videos"][0]["local_copy"]
     assert not (share.outputs / "blank" / "presenter.mp4").exists()
     assert "no face found in any of the 75 frames" in (share.inbox / "failed" / "blank.error.txt").read_text()
 
@@ -93,19 +99,19 @@ def test_a_clip_without_a_face_passes_through_when_configured_with_a_warning(
     share.drop("blank.yaml", {"audio": "media/speech.wav", "videos": ["media/presenter.mp4"]})
     assert share.lipsyncd("render", "--once").returncode == 0
     links = share.links("blank")
-    assert links is not None and links["status"] == "done" and statuses(links) == ["rendered"], links
+    assert links is not None, links
+    assert links["status"] == "done", links
+    assert statuses(links) == ["rendered"], links
     video = links["videos"][0]
-    assert video["frames_without_face"] == video["frames"] == 75 and video["local_copy"]
+    assert video["frames_without_face"] == video["frames"] == 75
+    assert video["local_copy"]
     assert video["warning"].startswith("no face found in 75 of the 75 frames of presenter.mp4 (100%)")
     assert links["problems"] == [f"media/presenter.mp4: {video['warning']}"]
-    assert (share.inbox / "done" / "blank.yaml").exists() and not (
-        share.inbox / "done" / "blank.error.txt"
-    ).exists()
+    assert (share.inbox / "done" / "blank.yaml").exists()
+    assert not (share.inbox / "done" / "blank.error.txt").exists()
     status = share.lipsyncd("status").stdout
-    assert (
-        "blank (done, 1 of 1 ready):" in status
-        and "media/presenter.mp4: no face found in 75 of the 75" in status
-    )
+    assert "blank (done, 1 of 1 ready):" in status
+    assert "media/presenter.mp4: no face found in 75 of the 75" in status
 
 
 def test_the_webhook_of_a_partial_job_says_partial_and_why(
@@ -130,7 +136,9 @@ def test_the_webhook_of_a_partial_job_says_partial_and_why(
     wait_for(lambda: webhook_receiver.bodies, 10, "webhook call")
     body = webhook_receiver.bodies[0]
     links = share.links("mixed")
-    assert links is not None and links["status"] == "partial" and links["summary"] == "1 of 2 ready", links
+    assert links is not None, links
+    assert links["status"] == "partial", links
+    assert links["summary"] == "1 of 2 ready", links
     assert (body["status"], body["summary"]) == ("partial", "1 of 2 ready"), body
     assert [v["name"] for v in body["videos"]] == ["anchor.mp4"]
     assert body["failed"] == [

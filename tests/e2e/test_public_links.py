@@ -104,7 +104,8 @@ def test_links_signed_for_the_public_url_survive_upload_restarts(
         video = links["videos"][0]
         assert video["url"].startswith(f"{public}/lipsyncd/renders/"), video["url"]
         status, body = get(video["url"])
-        assert status == 200 and hashlib.sha256(body).hexdigest() == video["sha256"]
+        assert status == 200
+        assert hashlib.sha256(body).hexdigest() == video["sha256"]
         first = upload.events()[0]
         assert (first["event"], first["host"], first["who"]) == (
             "links_reach",
@@ -120,14 +121,18 @@ def test_links_signed_for_the_public_url_survive_upload_restarts(
             lambda: any(e["event"] == "upload_ready" for e in upload.events()), 60, "upload back", upload
         )
         assert upload.terminate() == 0
-        assert server.proc.poll() is None and weed_pid(share) == pid and alive(pid)
+        assert server.proc.poll() is None
+        assert weed_pid(share) == pid
+        assert alive(pid)
         status, body = get(video["url"])
-        assert status == 200 and hashlib.sha256(body).hexdigest() == video["sha256"]
+        assert status == 200
+        assert hashlib.sha256(body).hexdigest() == video["sha256"]
         # `lipsyncd links --refresh` (signing needs only the keys) signs for the public URL too
         refreshed = share.lipsyncd("links", "--refresh", "reach")
         assert "re-signed 1 link(s)" in refreshed.stdout, refreshed.stderr
         again = share.links("reach")["videos"][0]["url"]  # type: ignore[index]
-        assert again.startswith(f"{public}/lipsyncd/renders/") and get(again)[0] == 200
+        assert again.startswith(f"{public}/lipsyncd/renders/")
+        assert get(again)[0] == 200
     finally:
         if upload is not None:
             upload.terminate()
@@ -219,7 +224,8 @@ def test_base_url_links_download_through_a_real_reverse_proxy(
     video = done(share, "cdn")["videos"][0]
     assert video["url"].startswith(nginx["url"] + "/" + external["bucket"] + "/"), video["url"]
     status, body = get(video["url"])
-    assert status == 200 and hashlib.sha256(body).hexdigest() == video["sha256"]
+    assert status == 200
+    assert hashlib.sha256(body).hexdigest() == video["sha256"]
     key = video["object_key"]
     signed_query = video["url"].split("?", 1)[1]  # the proxy passed path and query on unchanged
     logged = f"GET /{external['bucket']}/{key}?{signed_query} "  # nginx logs after it answered

@@ -39,15 +39,14 @@ def test_dropped_manifest_becomes_videos_and_links(share: Share) -> None:
     assert statuses(links) == ["rendered", "rendered"]
     for video in links["videos"]:
         out = share.outputs / "promo" / video["output"]
-        assert (
-            video["size"] == out.stat().st_size
-            and len(video["sha256"]) == 64
-            and video["model"] == "baseline"
-        )
+        assert video["size"] == out.stat().st_size
+        assert len(video["sha256"]) == 64
+        assert video["model"] == "baseline"
         with av.open(str(out)) as container:
             v, a = container.streams.video[0], container.streams.audio[0]
             assert (v.codec_context.name, a.codec_context.name) == ("h264", "aac")
             frames = sum(1 for _ in container.decode(video=0))
+            assert v.average_rate is not None
             fps = float(v.average_rate)
         assert abs(frames / fps - 3.0) <= 1 / fps, "duration must match the audio within one frame"
     assert (share.inbox / "done" / "promo.yaml").exists()
@@ -72,7 +71,9 @@ def test_bad_manifest_fails_clearly_while_a_good_one_renders(share: Share) -> No
     finally:
         daemon.terminate()
     report = (share.inbox / "failed" / "bad.error.txt").read_text()
-    assert "'colour'" in report and "missing.mp4" in report and "does not exist" in report
+    assert "'colour'" in report
+    assert "missing.mp4" in report
+    assert "does not exist" in report
     assert (share.inbox / "failed" / "bad.yaml").exists()
     assert share.links("bad") is None
 
@@ -130,7 +131,8 @@ def test_render_once_processes_the_inbox_and_exits(share: Share) -> None:
     assert result.returncode == 0, result.stderr
     assert statuses(share.links("once")) == ["rendered"]
     status = share.lipsyncd("status", "--json")
-    assert '"once"' in status.stdout and '"rendered"' in status.stdout
+    assert '"once"' in status.stdout
+    assert '"rendered"' in status.stdout
 
 
 def test_audio_longer_than_allowed_fails_with_the_key_to_change(
@@ -142,5 +144,6 @@ def test_audio_longer_than_allowed_fails_with_the_key_to_change(
     result = share.lipsyncd("render", "--once")
     assert result.returncode == 0, result.stderr
     report = (share.inbox / "failed" / "long.error.txt").read_text()
-    assert "render.max_video_seconds" in report and "Split the voice-over" in report
+    assert "render.max_video_seconds" in report
+    assert "Split the voice-over" in report
     assert share.links("long")["status"] == "failed"  # type: ignore[index]

@@ -3,6 +3,7 @@ the watchdog going quiet while the pipeline makes no progress, SIGHUP reload, SI
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 import signal
@@ -90,9 +91,10 @@ def test_ready_status_watchdog_stall_and_stopping(tmp_path: Path, notify: Notify
     assert notify.lines("STOPPING=1")
     assert "pipeline" in notify.lines("STATUS=stalled")[0][1]
     pings = [t for t, _ in notify.lines("WATCHDOG=1")]
-    assert max(b - a for a, b in zip(pings, pings[1:], strict=False)) > 0.3
+    assert max(b - a for a, b in itertools.pairwise(pings)) > 0.3
     events = [e["event"] for e in daemon.events()]
-    assert "watchdog_stalled" in events and "watchdog_recovered" in events
+    assert "watchdog_stalled" in events
+    assert "watchdog_recovered" in events
 
 
 def test_sighup_reloads_and_refuses_a_bad_config(tmp_path: Path) -> None:
@@ -139,7 +141,8 @@ def test_storage_with_external_s3_reports_ready_and_ends_cleanly(
     terminal the same command is refused (exit 1) with the reason."""
     share = Share(tmp_path / "shared", {"storage": {"endpoint_url": "http://127.0.0.1:9"}})
     terminal = share.lipsyncd("storage", timeout=60)
-    assert terminal.returncode == 1 and "storage.endpoint_url is set" in terminal.stderr
+    assert terminal.returncode == 1
+    assert "storage.endpoint_url is set" in terminal.stderr
     os.environ["NOTIFY_SOCKET"] = str(notify.path)
     try:
         unit = share.lipsyncd("storage", timeout=60)

@@ -110,7 +110,8 @@ def test_a_worker_paused_past_its_lease_loses_the_video_and_its_late_writes_are_
         rows = store_rows(share.state, "SELECT owner, epoch, attempts, state FROM videos")
         assert rows == [(f"{HOST}:render@{1 - old}", 2, 2, "rendered")]
         lost = wait_for(lambda: events(paused, "claim_lost"), 60, "the paused worker's claim_lost", paused)
-        assert lost[0]["job"] == "slow" and lost[0]["video"] == "face.mp4"
+        assert lost[0]["job"] == "slow"
+        assert lost[0]["video"] == "face.mp4"
         assert (lost[0]["worker"], lost[0]["epoch"]) == (first, 1)
         wait_for(lambda: events(paused, "render_abandoned"), 60, "the paused worker giving up", paused)
         # its late writes changed nothing: the new owner's file, row and view stand

@@ -15,7 +15,8 @@ import av
 import numpy as np
 import pytest
 
-from daemon.render.avatar_cache import AvatarCache, file_sha256
+from daemon.files import file_sha256
+from daemon.render.avatar_cache import AvatarCache
 from daemon.render.baseline import write_baseline
 from daemon.render.faces import FaceTracker, HaarDetector
 from daemon.render.media import iter_frames, probe_video
@@ -94,8 +95,10 @@ def test_second_render_of_the_same_video_runs_no_detection(
     first_detector, second_detector = CountingHaar(), CountingHaar()
     first, first_out = render(tmp_path, model, media["video"], media["audio"], first_detector, cache)
     second, second_out = render(tmp_path, model, media["video"], media["audio"], second_detector, cache)
-    assert first_detector.calls > 0 and first.detector_calls > 0
-    assert second_detector.calls == 0 and second.detector_calls == 0
+    assert first_detector.calls > 0
+    assert first.detector_calls > 0
+    assert second_detector.calls == 0
+    assert second.detector_calls == 0
     assert second.cached_detections == first.detector_calls
     assert len(list((tmp_path / "avatars").glob("*.npz"))) == 1
     assert len(decoded(second_out)) == len(decoded(first_out)) == first.frames
@@ -108,7 +111,8 @@ def test_another_detector_misses_the_cache(
     render(tmp_path, model, media["video"], media["audio"], CountingHaar("haar"), cache)
     other = CountingHaar("s3fd")
     result, _ = render(tmp_path, model, media["video"], media["audio"], other, cache)
-    assert other.calls > 0 and result.cached_detections == 0
+    assert other.calls > 0
+    assert result.cached_detections == 0
     assert len(list((tmp_path / "avatars").glob("*.npz"))) == 2
 
 
@@ -121,7 +125,8 @@ def test_the_key_is_the_content_not_the_name(
     same, other = CountingHaar(), CountingHaar()
     render(tmp_path, model, Path(renamed), media["audio"], same, cache)
     render(tmp_path, model, media["other"], media["audio"], other, cache)
-    assert same.calls == 0 and other.calls > 0
+    assert same.calls == 0
+    assert other.calls > 0
 
 
 def test_a_longer_render_detects_only_the_new_frames(tmp_path: Path, media: dict[str, Path]) -> None:
@@ -144,7 +149,8 @@ def test_a_longer_render_detects_only_the_new_frames(tmp_path: Path, media: dict
     boxes(20, short)
     assert boxes(len(frames), longer) == expected
     assert 0 < longer.calls < fresh.calls
-    assert boxes(len(frames), replay) == expected and replay.calls == 0
+    assert boxes(len(frames), replay) == expected
+    assert replay.calls == 0
 
 
 def test_a_damaged_entry_is_a_miss_and_is_replaced(
@@ -156,7 +162,8 @@ def test_a_damaged_entry_is_a_miss_and_is_replaced(
     entry.write_bytes(b"not a numpy archive")
     again = CountingHaar()
     result, _ = render(tmp_path, model, media["video"], media["short_audio"], again, cache)
-    assert again.calls > 0 and result.cached_detections == 0
+    assert again.calls > 0
+    assert result.cached_detections == 0
     third = CountingHaar()
     render(tmp_path, model, media["video"], media["short_audio"], third, cache)
     assert third.calls == 0

@@ -66,8 +66,10 @@ def test_state_dict_keys_are_the_public_ones(s3fd_model: S3FD) -> None:
 
 def test_raw_heads_match_torch(s3fd_import: ImportReport, s3fd_model: S3FD) -> None:
     folder = s3fd_import.folder
-    assert folder.name == "s3fd" and folder.parent.name == "detectors"
-    assert s3fd_import.onnx_vs_torch is not None and s3fd_import.onnx_vs_torch <= 1e-4
+    assert folder.name == "s3fd"
+    assert folder.parent.name == "detectors"
+    assert s3fd_import.onnx_vs_torch is not None
+    assert s3fd_import.onnx_vs_torch <= 1e-4
     image = np.random.default_rng(1).uniform(-120, 150, (1, 3, 120, 184)).astype(np.float32)
     session = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
     got = session.run(None, {"image": image})
@@ -133,11 +135,13 @@ def test_detector_runs_through_the_registry(s3fd_import: ImportReport) -> None:
     models_dir = s3fd_import.folder.parent.parent
     factories = {**builtin_detectors(), **detector_factories(["CPUExecutionProvider"])}
     detector = detector_by_name("s3fd", models_dir, factories)
-    assert isinstance(detector, S3fdDetector) and detector.name == "s3fd"
+    assert isinstance(detector, S3fdDetector)
+    assert detector.name == "s3fd"
     frame = np.ascontiguousarray(np.tile(astronaut_bgr(), (2, 3, 1))[:900, :1400])  # bigger than max_side
     detector.threshold = 0.0  # random weights: take every box, to check scaling and clamping
     boxes = detector.detect(frame)
-    assert boxes and all(0 <= b.x1 < b.x2 <= 1400 and 0 <= b.y1 < b.y2 <= 900 for b in boxes)
+    assert boxes
+    assert all(0 <= b.x1 < b.x2 <= 1400 and 0 <= b.y1 < b.y2 <= 900 for b in boxes)
     assert max(b.x2 for b in boxes) > 640  # boxes were scaled back from the 640 px copy
     assert [s.name for s in list_detectors(models_dir)] == ["s3fd"]
     assert DetectorSpec.load(s3fd_import.folder).outputs == list(OUTPUTS)
@@ -151,12 +155,12 @@ def test_missing_detector_says_how_to_import(tmp_path: Path) -> None:
 def test_yunet_loader_refuses_what_is_not_yunet(tmp_path: Path) -> None:
     junk = tmp_path / "face_detection_yunet_2023mar.onnx"
     junk.write_bytes(b"not a network")
-    with pytest.raises(DetectorError, match="is not an OpenCV YuNet face detector .*OpenCV said: "):
+    with pytest.raises(DetectorError, match=r"is not an OpenCV YuNet face detector .*OpenCV said: "):
         load_yunet(junk)
     with pytest.raises(ModelImportError, match="is not an OpenCV YuNet face detector"):
         import_yunet(junk, tmp_path / "models")
     other = dummy_wav2lip(tmp_path / "wav2lip.onnx")  # a valid ONNX file, but not YuNet
-    with pytest.raises(DetectorError, match="wav2lip.onnx is not an OpenCV YuNet face detector"):
+    with pytest.raises(DetectorError, match=r"wav2lip.onnx is not an OpenCV YuNet face detector"):
         YunetDetector(other)
     with pytest.raises(DetectorError, match="not found"):
         load_yunet(tmp_path / "missing.onnx")

@@ -125,7 +125,7 @@ def test_busy_port_gives_a_clear_error(tmp_path: Path) -> None:
 
 def test_slow_start_reports_the_log_tail(tmp_path: Path) -> None:
     server = EmbeddedS3(tmp_path, EmbeddedSettings(start_timeout_s=0.3))
-    with pytest.raises(EmbeddedS3Error, match="did not come up within 0.3 s") as failed:
+    with pytest.raises(EmbeddedS3Error, match=r"did not come up within 0.3 s") as failed:
         server.start()
     assert "weed.log" in str(failed.value)
     assert not server.running
@@ -159,10 +159,12 @@ def test_keys_ports_and_data_survive_a_clean_restart(tmp_path: Path) -> None:
         # another process's view of it (here: a second object) attaches and never stops or replaces it
         beside = EmbeddedS3(tmp_path, EmbeddedSettings(bucket="restart-test"), role="bucket")
         beside.start()
-        assert beside.attached and beside.endpoint_url == endpoint
+        assert beside.attached
+        assert beside.endpoint_url == endpoint
         running = _pid(first)
         beside.stop()
-        assert first.running and _pid(first) == running
+        assert first.running
+        assert _pid(first) == running
         assert fetch(link.url) == (200, b"still here")
     finally:
         first.kill()
@@ -196,8 +198,9 @@ def test_a_server_left_by_a_killed_owner_is_replaced(tmp_path: Path) -> None:
         [sys.executable, "-c", _OWNER, str(tmp_path)], stdout=subprocess.PIPE, text=True, cwd=REPO
     )
     try:
-        assert owner.stdout is not None
-        assert "up" in iter(lambda: owner.stdout.readline().strip(), "")  # its log lines come first
+        stdout = owner.stdout
+        assert stdout is not None
+        assert "up" in iter(lambda: stdout.readline().strip(), "")  # its log lines come first
         orphan = int((tmp_path / "embedded-s3" / "weed.pid").read_text())
     finally:
         owner.kill()
@@ -205,7 +208,8 @@ def test_a_server_left_by_a_killed_owner_is_replaced(tmp_path: Path) -> None:
     second = EmbeddedS3(tmp_path, EmbeddedSettings(bucket="restart-test"))
     try:
         second.start()
-        assert not second.attached and _pid(second) != orphan
+        assert not second.attached
+        assert _pid(second) != orphan
         assert not Path(f"/proc/{orphan}").exists() or _zombie(orphan)
         client = second.client()
         put(client, "restart-test", "after.mp4", b"fresh")

@@ -50,10 +50,14 @@ def test_prefix_install_lays_out_folders_config_credentials_and_units(tmp_path: 
     assert mode(inbox) == 0o2770  # group-writable drop folder; setgid keeps the group on dropped files
     assert mode(tmp_path / "srv/lipsyncd/outputs/latest_batch") == 0o2750
     creds = tmp_path / "etc/lipsyncd/credentials"
-    assert mode(creds) == 0o700 and mode(creds / "s3") == 0o600 and (creds / "s3").read_text() == ""
-    assert "LoadCredential" in (creds / "README").read_text() and (creds / "webhooks").is_dir()
+    assert mode(creds) == 0o700
+    assert mode(creds / "s3") == 0o600
+    assert (creds / "s3").read_text() == ""
+    assert "LoadCredential" in (creds / "README").read_text()
+    assert (creds / "webhooks").is_dir()
     config = tmp_path / "etc/lipsyncd/lipsyncd.yaml"
-    assert mode(config) == 0o640 and mode(config.parent) == 0o750
+    assert mode(config) == 0o640
+    assert mode(config.parent) == 0o750
     for name in UNITS:
         assert (tmp_path / "etc/systemd/system" / name).read_text() == (REPO / "systemd" / name).read_text()
     assert any("systemctl enable --now lipsyncd.target" in line for line in lines)
@@ -102,8 +106,10 @@ def test_public_url_reaches_a_new_config_and_an_existing_one(tmp_path: Path) -> 
     assert path.read_text() == "paths:\n  shared: /data   # mine\nstorage:\n  bucket: ours\n"
     lines = install_systemd(tmp_path, public_url="http://127.0.0.1:8333")
     data = yaml.safe_load(path.read_text())
-    assert data["paths"] == {"shared": "/data"} and data["storage"]["bucket"] == "ours"
-    assert data["storage"]["public_url"] == "http://127.0.0.1:8333" and "# mine" in path.read_text()
+    assert data["paths"] == {"shared": "/data"}
+    assert data["storage"]["bucket"] == "ours"
+    assert data["storage"]["public_url"] == "http://127.0.0.1:8333"
+    assert "# mine" in path.read_text()
     assert any("only this machine can open them" in line for line in lines)
 
 
@@ -137,7 +143,8 @@ def test_custom_user_share_and_binary_reach_the_units(tmp_path: Path) -> None:
         tmp_path, user="lsd", group="studio", share=Path("/data/lsd"), exec_start=Path("/usr/bin/lipsyncd")
     )
     unit = (tmp_path / "etc/systemd/system/lipsyncd-upload.service").read_text()
-    assert "User=lsd\n" in unit and "Group=studio\n" in unit
+    assert "User=lsd\n" in unit
+    assert "Group=studio\n" in unit
     assert "ReadWritePaths=/data/lsd/inbox /data/lsd/outputs\n" in unit
     assert "ExecStart=/usr/bin/lipsyncd upload --config /etc/lipsyncd/lipsyncd.yaml" in unit
     assert (tmp_path / "data/lsd/inbox").is_dir()
@@ -177,7 +184,8 @@ def test_on_the_live_system_the_account_is_planned_first() -> None:
         "would create system user lipsyncd-test-absent",
     ]
     planned = uninstall_systemd(Path("/"), user="lipsyncd-test-absent", dry_run=True, run=run)
-    assert run.commands == [] and "would remove /etc/systemd/system/lipsyncd.target" in planned
+    assert run.commands == []
+    assert "would remove /etc/systemd/system/lipsyncd.target" in planned
 
 
 def test_service_config_without_an_example() -> None:

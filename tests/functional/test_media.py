@@ -18,7 +18,13 @@ from daemon.render.audio import SAMPLE_RATE
 
 pytest.importorskip("skimage")
 
-HAAR = cv2.CascadeClassifier(cv2.data.haarcascades + "haarcascade_frontalface_default.xml")
+HAAR = cv2.CascadeClassifier(cv2.data.haarcascades + "haarcascade_frontalface_default.xml")  # type: ignore[attr-defined]
+
+
+def stream_seconds(stream: av.stream.Stream) -> float:
+    assert stream.duration is not None
+    assert stream.time_base is not None
+    return float(stream.duration * stream.time_base)
 
 
 def faces(frame: np.ndarray) -> int:
@@ -57,7 +63,8 @@ def test_probe_constant_rate_clip(clip: Path) -> None:
 def test_frames_are_bgr_upright_and_one_per_source_frame(clip: Path, upright: list[np.ndarray]) -> None:
     frames = list(media.iter_frames(clip, media.probe_video(clip)))
     assert len(frames) == 50
-    assert frames[0].shape == (192, 256, 3) and frames[0].dtype == np.uint8
+    assert frames[0].shape == (192, 256, 3)
+    assert frames[0].dtype == np.uint8
     assert all(mean_abs(got, want) < 6 for got, want in zip(frames, upright, strict=True))
 
 
@@ -140,7 +147,8 @@ def test_still_image(tmp_path: Path, suffix: str) -> None:
     info = media.probe_video(path)
     assert (info.width, info.height, info.fps, info.is_still) == (200, 240, 25.0, True)
     frames = list(media.iter_frames(path, info))
-    assert len(frames) == 1 and frames[0].shape == (240, 200, 3)
+    assert len(frames) == 1
+    assert frames[0].shape == (240, 200, 3)
     assert faces(frames[0]) == 1
 
 
@@ -162,7 +170,8 @@ def test_load_audio_formats(tmp_path: Path, suffix: str, channels: int, rate: in
     voice = samples.speech_like(2.0, seed=4, sr=rate)
     path = samples.write_audio(tmp_path / f"voice{suffix}", voice, rate, channels=channels)
     wav = media.load_audio(path)
-    assert wav.dtype == np.float32 and wav.ndim == 1
+    assert wav.dtype == np.float32
+    assert wav.ndim == 1
     assert abs(len(wav) - 2 * SAMPLE_RATE) <= 0.07 * SAMPLE_RATE  # codec padding, at most ~one AAC frame
     assert np.sqrt(np.mean(wav**2)) > 0.02
     if rate == SAMPLE_RATE and suffix in (".wav", ".flac"):
@@ -174,7 +183,8 @@ def test_load_audio_formats(tmp_path: Path, suffix: str, channels: int, rate: in
 def test_silence_is_valid_audio(tmp_path: Path) -> None:
     path = samples.write_audio(tmp_path / "quiet.wav", np.zeros(8000, np.float32))
     wav = media.load_audio(path)
-    assert len(wav) == 8000 and not wav.any()
+    assert len(wav) == 8000
+    assert not wav.any()
 
 
 # ---------------------------------------------------------------- encoding
@@ -199,13 +209,15 @@ def test_encoder_writes_h264_aac_faststart_matching_durations(
         assert (video.codec_context.name, video.codec_context.pix_fmt) == ("h264", "yuv420p")
         assert (sound.codec_context.name, sound.rate, sound.channels) == ("aac", 44100, 2)
         assert video.frames == 50
-        video_s = float(video.duration * video.time_base)
-        audio_s = float(sound.duration * sound.time_base)
-    assert abs(video_s - 2.0) < 1e-6 and abs(audio_s - video_s) < 1 / 25
+        video_s = stream_seconds(video)
+        audio_s = stream_seconds(sound)
+    assert abs(video_s - 2.0) < 1e-6
+    assert abs(audio_s - video_s) < 1 / 25
     data = out.read_bytes()
     assert data.find(b"moov") < data.find(b"mdat")  # +faststart: a link can start playing at once
     frames = list(media.iter_frames(out, media.probe_video(out)))
-    assert len(frames) == 50 and mean_abs(frames[20], upright[20]) < 4
+    assert len(frames) == 50
+    assert mean_abs(frames[20], upright[20]) < 4
     assert abs(len(media.load_audio(out)) - 2 * SAMPLE_RATE) < SAMPLE_RATE / 25 + 1024
 
 
@@ -216,7 +228,7 @@ def test_short_audio_is_padded_and_long_audio_cut(tmp_path: Path, upright: list[
         with av.open(str(out)) as container:
             sound = container.streams.audio[0]
             assert (sound.rate, sound.channels) == (16000, 1)
-            assert float(sound.duration * sound.time_base) == pytest.approx(1.0, abs=1 / 25)
+            assert stream_seconds(sound) == pytest.approx(1.0, abs=1 / 25)
 
 
 def test_odd_size_is_padded_to_even(tmp_path: Path) -> None:
@@ -232,10 +244,12 @@ def test_odd_size_is_padded_to_even(tmp_path: Path) -> None:
 
 def test_encoder_leaves_nothing_behind_on_failure(tmp_path: Path, upright: list[np.ndarray]) -> None:
     out = tmp_path / "out.mp4"
-    with pytest.raises(RuntimeError), media.VideoEncoder(out, 256, 192, 25, None) as encoder:
+    # the body fails part-way through, on purpose: the encoder must then clean up
+    with pytest.raises(RuntimeError), media.VideoEncoder(out, 256, 192, 25, None) as encoder:  # noqa: PT012
         for frame in upright:
             encoder.write(frame)
-        assert (tmp_path / ".out.part.mp4").exists() and not out.exists()
+        assert (tmp_path / ".out.part.mp4").exists()
+        assert not out.exists()
         raise RuntimeError("render failed")
     assert list(tmp_path.iterdir()) == []
 
@@ -302,8 +316,10 @@ def test_media_errors_name_the_file_in_plain_words(
     with pytest.raises(media.MediaError) as caught:
         load(path)
     message = str(caught.value)
-    assert str(path) in message and words in message
-    assert "Errno" not in message and "avformat" not in message
+    assert str(path) in message
+    assert words in message
+    assert "Errno" not in message
+    assert "avformat" not in message
 
 
 def test_missing_file(tmp_path: Path) -> None:

@@ -19,9 +19,8 @@ def test_a_253_byte_output_name_encodes_and_leaves_no_temp_file(tmp_path: Path) 
     out = tmp_path / ("促" * 83 + ".mp4")  # 253 bytes: '.NAME.part.mp4' would be 259
     with media.VideoEncoder(out, 64, 64, 25, None) as encoder:
         assert len(os.fsencode(encoder._tmp.name)) <= 255
-        assert encoder._tmp.name.startswith(".") and encoder._tmp.name.endswith(
-            ".part.mp4"
-        )  # what recovery removes
+        assert encoder._tmp.name.startswith(".")
+        assert encoder._tmp.name.endswith(".part.mp4")
         for _ in range(5):
             encoder.write(np.zeros((64, 64, 3), np.uint8))
     assert os.listdir(tmp_path) == [out.name]
@@ -81,5 +80,5 @@ def test_a_video_in_a_codec_ffmpeg_does_not_know_fails_in_plain_words(tmp_path: 
     data = path.read_bytes()
     at = data.index(b"avc1", data.index(b"stsd"))
     path.write_bytes(data[:at] + b"zzzz" + data[at + 4 :])
-    with pytest.raises(media.MediaError, match="odd-codec.mp4 is not a video we can read"):
+    with pytest.raises(media.MediaError, match=r"odd-codec.mp4 is not a video we can read"):
         media.probe_video(path)

@@ -13,6 +13,7 @@ import hashlib
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -37,7 +38,7 @@ State = dict[str, torch.Tensor]
 
 # -- an independent forward pass -----------------------------------------
 # ("c", stride, pad) conv block; ("t", stride, pad, output_padding) transposed; "r" residual k3 s1 p1
-FACE_ENCODER = [
+FACE_ENCODER: list[list[Any]] = [
     [("c", 1, 3)],
     [("c", 2, 1), "r", "r"],
     [("c", 2, 1), "r", "r", "r"],
@@ -46,13 +47,13 @@ FACE_ENCODER = [
     [("c", 2, 1), "r"],
     [("c", 1, 0), ("c", 1, 0)],
 ]
-AUDIO_ENCODER = [("c", 1, 1), "r", "r", ("c", (3, 1), 1), "r", "r", ("c", 3, 1), "r", "r"]
+AUDIO_ENCODER: list[Any] = [("c", 1, 1), "r", "r", ("c", (3, 1), 1), "r", "r", ("c", 3, 1), "r", "r"]
 AUDIO_ENCODER += [("c", (3, 2), 1), "r", ("c", 1, 0), ("c", 1, 0)]
-FACE_DECODER = [[("c", 1, 0)], [("t", 1, 0, 0), "r"]] + [[("t", 2, 1, 1), "r", "r"]] * 5
+FACE_DECODER: list[Any] = [[("c", 1, 0)], [("t", 1, 0, 0), "r"]] + [[("t", 2, 1, 1), "r", "r"]] * 5
 
 
-def ref_block(x: torch.Tensor, sd: State, prefix: str, layer: object) -> torch.Tensor:
-    kind, stride, pad, *extra = ("c", 1, 1) if layer == "r" else layer  # type: ignore[misc]
+def ref_block(x: torch.Tensor, sd: State, prefix: str, layer: Any) -> torch.Tensor:
+    kind, stride, pad, *extra = ("c", 1, 1) if layer == "r" else layer
     w, b = sd[f"{prefix}.conv_block.0.weight"], sd[f"{prefix}.conv_block.0.bias"]
     if kind == "t":
         y = F.conv_transpose2d(x, w, b, stride, pad, output_padding=extra[0])
@@ -147,7 +148,8 @@ def test_onnx_matches_an_independent_torch_forward(imported: ImportReport, state
     assert got.shape == (3, 3, 96, 96)
     assert float(expected.std()) > 0.05  # the comparison means something: outputs are spread out
     assert float(np.abs(got - expected).max()) <= 1e-4
-    assert imported.onnx_vs_torch is not None and imported.onnx_vs_torch <= 1e-4
+    assert imported.onnx_vs_torch is not None
+    assert imported.onnx_vs_torch <= 1e-4
 
 
 def test_spec_and_onnx_file(imported: ImportReport, checkpoint: Path) -> None:
@@ -171,11 +173,14 @@ def test_spec_and_onnx_file(imported: ImportReport, checkpoint: Path) -> None:
 def test_variants_run_on_float32_and_their_error_is_reported(imported: ImportReport) -> None:
     fp16, int8 = imported.variant("fp16"), imported.variant("int8")
     assert 0 < fp16.max_abs_error < 0.02
-    assert 0 < int8.max_abs_error < 0.5 and int8.mean_abs_error < 0.05
+    assert 0 < int8.max_abs_error < 0.5
+    assert int8.mean_abs_error < 0.05
     text = "\n".join(imported.lines())
-    assert "fp16 vs fp32: max abs error" in text and "int8 vs fp32: max abs error" in text
+    assert "fp16 vs fp32: max abs error" in text
+    assert "int8 vs fp32: max abs error" in text
     assert "fp32 ONNX vs PyTorch" in text
     assert "int8 vs fp32" in imported.spec.notes
+    assert isinstance(imported.spec, ModelSpec)
     for precision in ("fp16", "int8"):
         path = imported.spec.onnx_path(imported.folder, precision)
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -183,7 +188,8 @@ def test_variants_run_on_float32_and_their_error_is_reported(imported: ImportRep
         out = session.run(
             None, {"mel": np.zeros((2, 1, 80, 16), np.float32), "face": np.zeros((2, 6, 96, 96), np.float32)}
         )
-        assert out[0].dtype == np.float32 and out[0].shape == (2, 3, 96, 96)
+        assert out[0].dtype == np.float32
+        assert out[0].shape == (2, 3, 96, 96)
 
 
 def test_list_models_and_name_clash(imported: ImportReport, checkpoint: Path) -> None:
@@ -261,7 +267,7 @@ def test_mismatched_keys_are_named(state: State, tmp_path: Path, edit: dict[str,
 
 def test_import_model_sends_wav2lip_checkpoints_to_the_wav2lip_importer(state: State, tmp_path: Path) -> None:
     path = _broken(state, tmp_path, drop="audio_encoder.0.conv_block.0.bias")
-    with pytest.raises(ModelImportError, match="missing keys: audio_encoder.0.conv_block.0.bias"):
+    with pytest.raises(ModelImportError, match=r"missing keys: audio_encoder.0.conv_block.0.bias"):
         import_model(path, tmp_path / "models", name=None, fp16=False, int8=False)
 
 

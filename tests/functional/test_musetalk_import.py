@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -61,7 +62,8 @@ VAE_CONFIG = {
     "norm_num_groups": 32,
     "sample_size": 256,
 }
-WHISPER_CONFIG = {  # whisper-tiny's sizes where the graphs show them; narrower feed-forward, tiny decoder
+# whisper-tiny's sizes where the graphs show them; narrower feed-forward, tiny decoder
+WHISPER_CONFIG: dict[str, Any] = {
     "d_model": 384,
     "encoder_layers": 4,
     "encoder_attention_heads": 6,
@@ -162,7 +164,8 @@ def _models(share: Share) -> Path:
 
 def _run(path: Path, feeds: dict[str, np.ndarray]) -> np.ndarray:
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return session.run(None, feeds)[0]
+    out: np.ndarray = session.run(None, feeds)[0]
+    return out
 
 
 def test_cli_writes_four_graphs_their_errors_and_the_spec(imported: tuple[Share, str]) -> None:
@@ -170,13 +173,17 @@ def test_cli_writes_four_graphs_their_errors_and_the_spec(imported: tuple[Share,
     folder = _models(share) / "mt"
     spec = ModelSpec.load(folder)
     roles = ("audio_encoder", "vae_encoder", "unet", "vae_decoder")
-    assert spec.kind == "musetalk" and set(spec.graphs) == set(roles)
-    assert spec.variants == {"fp16": "unet.fp16.onnx"} and spec.onnx_file == "unet.onnx"
+    assert spec.kind == "musetalk"
+    assert set(spec.graphs) == set(roles)
+    assert spec.variants == {"fp16": "unet.fp16.onnx"}
+    assert spec.onnx_file == "unet.onnx"
     for role in roles:
-        assert spec.graph_path(folder, role).is_file() and spec.graph_path(folder, role, "fp16").is_file()
+        assert spec.graph_path(folder, role).is_file()
+        assert spec.graph_path(folder, role, "fp16").is_file()
         assert f"{role}.onnx vs PyTorch: max abs difference" in output
         assert f"{role} fp16 vs fp32: max abs error" in output
-    assert (folder / "unet.onnx.data").is_file() and (folder / "unet.fp16.onnx.data").is_file()
+    assert (folder / "unet.onnx.data").is_file()
+    assert (folder / "unet.fp16.onnx.data").is_file()
     # the weights live in the external data (the real fp32 UNet is over 2 GB: one file cannot hold it)
     assert (folder / "unet.onnx.data").stat().st_size > 10 * (folder / "unet.onnx").stat().st_size
     for line in output.splitlines():
@@ -191,7 +198,8 @@ def test_model_list_shows_kind_and_variants(imported: tuple[Share, str]) -> None
     share, _ = imported
     listed = share.lipsyncd("model", "list").stdout
     line = next(row for row in listed.splitlines() if row.startswith("mt "))
-    assert line.split()[1:4] == ["musetalk", "fp32,fp16", "from"] and "MuseTalk" in line
+    assert line.split()[1:4] == ["musetalk", "fp32,fp16", "from"]
+    assert "MuseTalk" in line
 
 
 @torch.no_grad()
@@ -208,7 +216,8 @@ def test_graphs_match_the_networks_by_the_contract(imported: tuple[Share, str], 
     image = rng.uniform(-1, 1, (batch, 3, 256, 256)).astype(np.float32)
     mean = nets.vae.encode(torch.from_numpy(image)).latent_dist.mean * SCALE
     latent = _run(folder / "vae_encoder.onnx", {"image": image})
-    assert latent.shape == (batch, 4, 32, 32) and np.abs(latent - mean.numpy()).max() <= 1e-3
+    assert latent.shape == (batch, 4, 32, 32)
+    assert np.abs(latent - mean.numpy()).max() <= 1e-3
 
     audio = rng.normal(0, 1, (batch, 50, 384)).astype(np.float32)
     both = rng.normal(0, 1, (batch, 8, 32, 32)).astype(np.float32)
@@ -218,11 +227,14 @@ def test_graphs_match_the_networks_by_the_contract(imported: tuple[Share, str], 
     cond = torch.from_numpy((audio + pe).astype(np.float32))
     want = nets.unet(torch.from_numpy(both), torch.zeros(batch), encoder_hidden_states=cond).sample
     got = _run(folder / "unet.onnx", {"latent": both, "audio": audio})
-    assert got.shape == (batch, 4, 32, 32) and np.abs(got - want.numpy()).max() <= 1e-3
+    assert got.shape == (batch, 4, 32, 32)
+    assert np.abs(got - want.numpy()).max() <= 1e-3
 
     decoded = (nets.vae.decode(torch.from_numpy(latent) / SCALE).sample / 2 + 0.5).clamp(0, 1)
     picture = _run(folder / "vae_decoder.onnx", {"latent": latent})
-    assert picture.shape == (batch, 3, 256, 256) and picture.min() >= 0 and picture.max() <= 1
+    assert picture.shape == (batch, 3, 256, 256)
+    assert picture.min() >= 0
+    assert picture.max() <= 1
     assert np.abs(picture - decoded.numpy()).max() <= 1e-3
 
 
@@ -246,7 +258,8 @@ def test_fp16_graphs_keep_float32_inputs_and_outputs(imported: tuple[Share, str]
     out = session.run(
         None, {"latent": np.zeros((2, 8, 32, 32), np.float32), "audio": np.zeros((2, 50, 384), np.float32)}
     )
-    assert out[0].dtype == np.float32 and out[0].shape == (2, 4, 32, 32)
+    assert out[0].dtype == np.float32
+    assert out[0].shape == (2, 4, 32, 32)
 
 
 def test_registry_lists_it_and_opens_its_graphs(imported: tuple[Share, str]) -> None:
@@ -254,7 +267,8 @@ def test_registry_lists_it_and_opens_its_graphs(imported: tuple[Share, str]) -> 
     assert "mt" in available_models(models)
     pool = ModelPool(models, providers="cpu", precision="fp16", threads=1)
     model = pool.get("mt")
-    assert isinstance(model, MuseTalkModel) and model.provider == "CPUExecutionProvider"
+    assert isinstance(model, MuseTalkModel)
+    assert model.provider == "CPUExecutionProvider"
     assert pool.get("mt") is model  # opened once
 
 
@@ -282,7 +296,8 @@ def test_missing_file_is_named(release: Path, tmp_path: Path) -> None:
     folder = _broken(release, tmp_path)
     (folder / "whisper" / "preprocessor_config.json").unlink()
     message = _refused(folder, tmp_path)
-    assert "whisper/preprocessor_config.json is missing" in message and "MuseTalk release" in message
+    assert "whisper/preprocessor_config.json is missing" in message
+    assert "MuseTalk release" in message
 
 
 def test_missing_config_key_is_named(release: Path, tmp_path: Path) -> None:
@@ -320,6 +335,7 @@ def test_v10_layout_and_safetensors_vae_are_found(release: Path, nets: Nets, tmp
     state = {k: v.contiguous() for k, v in nets.vae.state_dict().items()}  # today's attention names
     save_file(state, str(folder / "sd-vae" / "diffusion_pytorch_model.safetensors"))
     files = find_files(folder)
-    assert files.version == "1.0" and files.unet_weights.name == "pytorch_model.bin"
+    assert files.version == "1.0"
+    assert files.unet_weights.name == "pytorch_model.bin"
     encoder, _ = load_vae(files)
     assert torch.equal(encoder.vae.state_dict()["encoder.conv_in.weight"], state["encoder.conv_in.weight"])

@@ -63,7 +63,7 @@ class Receiver:
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - http.server's name
+            def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 url = urllib.parse.urlsplit(self.path)
                 receiver.requests.append(
@@ -118,7 +118,12 @@ def secret_file(tmp_path: Path) -> Path:
 def deliver(settings: WebhookSettings, links: JobLinks = LINKS, timeout: float = 10) -> Delivery:
     results: list[Delivery] = []
     done = threading.Event()
-    with Notifier([settings], on_result=lambda d: (results.append(d), done.set())) as notifier:
+
+    def on_result(delivery: Delivery) -> None:
+        results.append(delivery)
+        done.set()
+
+    with Notifier([settings], on_result=on_result) as notifier:
         notifier.send([settings.name], links)
         assert done.wait(timeout), "no delivery result in time"
     return results[0]
@@ -129,7 +134,8 @@ def deliver(settings: WebhookSettings, links: JobLinks = LINKS, timeout: float =
 
 def test_wecom_markdown_shape() -> None:
     payload = wecom_payload(LINKS)
-    assert list(payload) == ["msgtype", "markdown"] and payload["msgtype"] == "markdown"
+    assert list(payload) == ["msgtype", "markdown"]
+    assert payload["msgtype"] == "markdown"
     content = payload["markdown"]["content"]
     assert content.splitlines()[0] == "**lipsyncd: spring-promo is ready (2 videos)**"
     assert (
@@ -156,7 +162,8 @@ def test_dingtalk_markdown_shape() -> None:
 
 def test_feishu_post_and_card_shapes() -> None:
     post = feishu_payload(LINKS, "post")
-    assert post["msg_type"] == "post" and "sign" not in post
+    assert post["msg_type"] == "post"
+    assert "sign" not in post
     zh = post["content"]["post"]["zh_cn"]
     assert zh["title"] == "lipsyncd: spring-promo is ready (2 videos)"
     assert zh["content"][0][0] == {"tag": "a", "text": "anchor_a.mp4", "href": LINKS.videos[0].url}
@@ -180,7 +187,8 @@ def test_a_partial_job_says_so_and_why_in_every_kind_of_message() -> None:
         json.dumps(feishu_payload(partial, "post"), ensure_ascii=False),
         json.dumps(feishu_payload(partial, "interactive"), ensure_ascii=False),
     ):
-        assert expected_title in text and "media/cut.mp4 failed: the video media/cut.mp4 is cut short" in text
+        assert expected_title in text
+        assert "media/cut.mp4 failed: the video media/cut.mp4 is cut short" in text
 
 
 def test_generic_json_shape() -> None:
@@ -214,7 +222,8 @@ def test_vendor_answers_are_judged() -> None:
     refused = judge("dingtalk", 200, b'{"errcode":310000,"errmsg":"sign not match"}')
     assert (refused.ok, refused.retry, refused.reason) == (False, False, "code 310000: sign not match")
     assert judge("wecom", 200, b'{"errcode":45009,"errmsg":"freq"}').retry  # rate limited: later
-    assert judge("json", 503, b"").retry and not judge("json", 404, b"").retry
+    assert judge("json", 503, b"").retry
+    assert not judge("json", 404, b"").retry
     assert judge("json", 204, b"").ok
 
 
@@ -294,7 +303,8 @@ def test_feishu_body_is_signed(secret_file: Path) -> None:
 
 def test_generic_json_hook_gets_the_links_and_a_body_signature(receiver: Receiver, secret_file: Path) -> None:
     result = deliver(WebhookSettings("js", "json", receiver.url(), secret_file=secret_file))
-    assert result.ok and receiver.json() == json_payload(LINKS)
+    assert result.ok
+    assert receiver.json() == json_payload(LINKS)
     signature = receiver.requests[0]["headers"]["X-Lipsyncd-Signature"]
     expected = hmac.new(b"SEC0123456789abcdef", receiver.requests[0]["body"], hashlib.sha256).hexdigest()
     assert signature == "sha256=" + expected
@@ -335,7 +345,9 @@ def test_a_refusal_is_not_retried_and_no_secret_is_logged(secret_file: Path) -> 
             )
         assert (result.ok, result.attempts, result.error) == (False, 1, "code 310000: sign not match")
         text = repr(logs)
-        assert "TOKEN" not in text and "SEC0123456789abcdef" not in text and "sign=" not in text
+        assert "TOKEN" not in text
+        assert "SEC0123456789abcdef" not in text
+        assert "sign=" not in text
         assert receiver.requests[0]["query"]["sign"][0] not in text
         assert any(e["event"] == "webhook_failed" and e["hook"] == "dt" for e in logs)
     finally:

@@ -94,7 +94,8 @@ def test_each_naming_is_accepted(
     assert (spec.mel_input, spec.face_input, spec.output) == (mel_name, face_name, "output")
     assert spec.batch == (batch if isinstance(batch, int) else None)
     assert (spec.kind, spec.source, spec.variants) == ("wav2lip", "exported.onnx", {})
-    assert report.onnx_vs_torch is None and report.spec == spec
+    assert report.onnx_vs_torch is None
+    assert report.spec == spec
     rows = spec.batch or 3
     session = ort.InferenceSession(str(spec.onnx_path(tmp_path / "models" / "tool")))
     feeds = {
@@ -108,7 +109,9 @@ def test_fixed_batch_variants_are_made_and_checked(tmp_path: Path) -> None:
     src = dummy_wav2lip(tmp_path / "fixed.onnx", "mel_spectrogram", "video_frames", batch=4)
     report = import_model(src, tmp_path / "models", name=None, fp16=True, int8=True)
     spec = report.spec
-    assert isinstance(spec, ModelSpec) and spec.name == "fixed" and spec.batch == 4
+    assert isinstance(spec, ModelSpec)
+    assert spec.name == "fixed"
+    assert spec.batch == 4
     assert spec.variants == {"fp16": "model.fp16.onnx", "int8": "model.int8.onnx"}
     assert report.variant("fp16").max_abs_error < 0.01
     assert report.variant("int8").max_abs_error < 0.1
@@ -166,7 +169,7 @@ def test_declared_shapes_that_lie_are_caught_by_the_smoke_run(tmp_path: Path) ->
     model.graph.initializer[0].CopyFrom(helper.make_tensor("w", TensorProto.FLOAT, [3, 5, 3, 3], [0.0] * 135))
     onnx.save(model, str(src))
     assert inspect_wav2lip_onnx(src).face_input == "face"  # the declared ports fit...
-    with pytest.raises(ModelImportError, match="liar.onnx could not be run by onnxruntime"):
+    with pytest.raises(ModelImportError, match=r"liar.onnx could not be run by onnxruntime"):
         import_onnx(src, tmp_path / "models", name=None, fp16=False, int8=False)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
+from typing import Any
 
 import av
 import numpy as np
@@ -15,7 +16,7 @@ from daemon.render.baseline import write_baseline
 from daemon.render.faces import HaarDetector, track_faces
 from daemon.render.media import iter_frames, load_audio, probe_video
 from daemon.render.model import LipSyncModel
-from daemon.render.pipeline import Interrupted, RenderSettings, VideoRender, prepare_audio
+from daemon.render.pipeline import Interrupted, RenderResult, RenderSettings, VideoRender, prepare_audio
 from daemon.samples import speech_like, write_audio, write_face_clip, write_still
 
 
@@ -27,8 +28,8 @@ def model(tmp_path_factory: pytest.TempPathFactory) -> LipSyncModel:
 
 
 def render(
-    tmp_path: Path, model: LipSyncModel, video: Path, audio: Path, **settings: object
-) -> tuple[Path, object]:
+    tmp_path: Path, model: LipSyncModel, video: Path, audio: Path, **settings: Any
+) -> tuple[Path, RenderResult]:
     out = tmp_path / "out" / "result.mp4"
     out.parent.mkdir(exist_ok=True)
     job = VideoRender(
@@ -53,7 +54,8 @@ def test_short_video_pingpongs_to_the_audio_length(tmp_path: Path, model: LipSyn
     video = write_face_clip(tmp_path / "short.mp4", 1.0, 25)
     audio = write_audio(tmp_path / "a.wav", speech_like(3.0))
     out, result = render(tmp_path, model, video, audio)
-    assert result.frames == 75 and frame_count(out) == 75  # type: ignore[attr-defined]
+    assert result.frames == 75
+    assert frame_count(out) == 75
 
 
 def test_long_video_is_cut_to_the_audio(tmp_path: Path, model: LipSyncModel) -> None:
@@ -67,7 +69,8 @@ def test_still_image_speaks_for_the_whole_audio(tmp_path: Path, model: LipSyncMo
     still = write_still(tmp_path / "avatar.png")
     audio = write_audio(tmp_path / "a.wav", speech_like(2.0))
     out, result = render(tmp_path, model, still, audio)
-    assert frame_count(out) == 50 and result.faceless_frames == 0  # type: ignore[attr-defined]
+    assert frame_count(out) == 50
+    assert result.faceless_frames == 0
 
 
 def test_frames_without_a_face_pass_through_and_are_counted(tmp_path: Path, model: LipSyncModel) -> None:
@@ -82,7 +85,8 @@ def test_frames_without_a_face_pass_through_and_are_counted(tmp_path: Path, mode
         container.mux(stream.encode(None))
     audio = write_audio(tmp_path / "a.wav", speech_like(1.0))
     out, result = render(tmp_path, model, blank, audio)
-    assert result.faceless_frames == 25 and frame_count(out) == 25  # type: ignore[attr-defined]
+    assert result.faceless_frames == 25
+    assert frame_count(out) == 25
 
 
 def test_stop_midway_leaves_no_file(tmp_path: Path, model: LipSyncModel) -> None:

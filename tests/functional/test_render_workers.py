@@ -4,10 +4,12 @@ workers stand in for two GPUs, which exercises the same dispatch code."""
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 from daemon.inbox import Inbox
 from daemon.manifest import load_manifest
+from daemon.render.family import LipSyncFamily
 from daemon.render.pipeline import RenderSettings
 from daemon.render.registry import ModelPool
 from daemon.render.service import RenderPaths, RenderService
@@ -38,10 +40,14 @@ def test_videos_of_a_job_spread_over_all_workers(tmp_path: Path) -> None:
     pools = [ModelPool(tmp_path / "models", providers="cpu", precision=None, threads=1) for _ in range(2)]
     used: list[tuple[int, str]] = []
     for pool in pools:
-        original = pool.get
-        pool.get = lambda name, _o=original, _p=pool: (
-            used.append((id(_p), threading.current_thread().name)) or _o(name)
-        )  # type: ignore[method-assign]
+
+        def counted(
+            name: str, _o: Callable[[str], LipSyncFamily] = pool.get, _p: ModelPool = pool
+        ) -> LipSyncFamily:
+            used.append((id(_p), threading.current_thread().name))
+            return _o(name)
+
+        pool.get = counted  # type: ignore[method-assign]
     service = RenderService(
         store,
         inbox,

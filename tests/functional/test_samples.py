@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import av
@@ -17,10 +18,10 @@ from daemon.render.audio import mel_spectrogram
 pytest.importorskip("skimage")
 
 DEMO = Path(__file__).resolve().parents[2] / "examples" / "demo"
-HAAR = cv2.CascadeClassifier(cv2.data.haarcascades + "haarcascade_frontalface_default.xml")
+HAAR = cv2.CascadeClassifier(cv2.data.haarcascades + "haarcascade_frontalface_default.xml")  # type: ignore[attr-defined]
 
 
-def face_boxes(frames: list[np.ndarray]) -> list[np.ndarray]:
+def face_boxes(frames: list[np.ndarray]) -> list[Sequence[Sequence[int]]]:
     grey = (cv2.cvtColor(f, cv2.COLOR_BGR2GRAY) for f in frames)
     return [HAAR.detectMultiScale(g, 1.1, 5) for g in grey]
 
@@ -34,7 +35,8 @@ def test_face_clip_has_a_moving_face_haar_finds(tmp_path: Path) -> None:
     assert len(found) >= 0.9 * len(boxes)
     centres = np.array([(x + w / 2, y + h / 2) for x, y, w, h in found])
     sizes = np.array([w for _, _, w, _ in found])
-    assert np.ptp(centres[:, 0]) > 4 and np.ptp(centres[:, 1]) > 2  # it pans
+    assert np.ptp(centres[:, 0]) > 4
+    assert np.ptp(centres[:, 1]) > 2
     assert np.ptp(sizes) > 4  # and zooms
     assert 60 < sizes.mean() < 130  # a face of the size a 256 px talking head has
 
@@ -52,10 +54,12 @@ def test_face_clip_rejects_odd_rotation(tmp_path: Path) -> None:
 
 def test_speech_like_has_syllables_and_pauses() -> None:
     voice = samples.speech_like(4.0, seed=5)
-    assert voice.dtype == np.float32 and len(voice) == 64000
+    assert voice.dtype == np.float32
+    assert len(voice) == 64000
     assert 0.3 < np.max(np.abs(voice)) <= 0.5
     rms = np.sqrt(np.mean(voice.reshape(-1, 640) ** 2, axis=1))  # one value per 25 fps video frame
-    assert np.mean(rms < 1e-4) > 0.15 and np.mean(rms > 0.05) > 0.3  # clear pauses and clear voice
+    assert np.mean(rms < 1e-4) > 0.15
+    assert np.mean(rms > 0.05) > 0.3
     loud = np.mean(mel_spectrogram(voice), axis=0)
     assert np.ptp(loud) > 2  # the mel features the model sees swing with it
     assert not np.array_equal(voice, samples.speech_like(4.0, seed=6))
@@ -85,6 +89,7 @@ def test_write_audio_stores_the_asked_layout(tmp_path: Path) -> None:
 @pytest.mark.parametrize("suffix", [".png", ".jpg"])
 def test_still_is_a_face(tmp_path: Path, suffix: str) -> None:
     image = cv2.imread(str(samples.write_still(tmp_path / f"face{suffix}", (300, 200))))
+    assert image is not None
     assert image.shape == (200, 300, 3)
     assert len(face_boxes([image])[0]) == 1
 
@@ -94,7 +99,8 @@ def test_still_is_a_face(tmp_path: Path, suffix: str) -> None:
 
 def test_demo_media_are_small_and_usable() -> None:
     sizes = {p.name: p.stat().st_size for p in DEMO.iterdir()}
-    assert sizes["anchor.mp4"] < 300_000 and sizes["speech.wav"] < 200_000
+    assert sizes["anchor.mp4"] < 300_000
+    assert sizes["speech.wav"] < 200_000
     assert sum(sizes.values()) < 500_000
     info = media.probe_video(DEMO / "anchor.mp4")
     assert (info.width, info.height, info.fps) == (256, 256, 25.0)
@@ -105,17 +111,20 @@ def test_demo_media_are_small_and_usable() -> None:
         stream = container.streams.audio[0]
         assert (stream.rate, stream.channels) == (16000, 1)
     voice = media.load_audio(DEMO / "speech.wav")
-    assert 3.0 < len(voice) / 16000 < 5.0 and np.max(np.abs(voice)) > 0.1
+    assert 3.0 < len(voice) / 16000 < 5.0
+    assert np.max(np.abs(voice)) > 0.1
 
 
 def test_demo_manifest_names_the_demo_media() -> None:
     manifest = yaml.safe_load((DEMO / "demo.yaml").read_text(encoding="utf-8"))
     assert manifest == {"name": "demo", "audio": "speech.wav", "videos": ["anchor.mp4"]}
-    assert (DEMO / manifest["audio"]).is_file() and all((DEMO / v).is_file() for v in manifest["videos"])
+    assert (DEMO / manifest["audio"]).is_file()
+    assert all((DEMO / v).is_file() for v in manifest["videos"])
 
 
 def test_demo_manifest_passes_the_manifest_checks() -> None:
     from daemon.manifest import load_manifest
 
     manifest = load_manifest(DEMO / "demo.yaml", base_dir=DEMO, shared=DEMO)
-    assert manifest.name == "demo" and len(manifest.videos) == 1
+    assert manifest.name == "demo"
+    assert len(manifest.videos) == 1

@@ -92,19 +92,23 @@ def test_security_exposure_under_threshold(name: str) -> None:
 @pytest.mark.parametrize("name", sorted(THRESHOLDS))
 def test_service_contract(name: str) -> None:
     pairs = dict(unit_lines(name))
-    assert pairs["Type"] == "notify" and pairs["NotifyAccess"] == "main"
-    assert pairs["Restart"] == "on-failure" and int(pairs["WatchdogSec"]) > 0
+    assert pairs["Type"] == "notify"
+    assert pairs["NotifyAccess"] == "main"
+    assert pairs["Restart"] == "on-failure"
+    assert int(pairs["WatchdogSec"]) > 0
     assert (pairs["User"], pairs["Group"], pairs["StateDirectory"]) == ("lipsyncd", "lipsyncd", "lipsyncd")
     assert pairs["ExecStart"].startswith(
         f"{INSTALLED_BINARY} {name.split('-')[1].split('.')[0].rstrip('@')} --config "
     )
-    assert pairs["PartOf"] == "lipsyncd.target" and pairs["CapabilityBoundingSet"] == ""
+    assert pairs["PartOf"] == "lipsyncd.target"
+    assert pairs["CapabilityBoundingSet"] == ""
     assert pairs["RestartPreventExitStatus"] == "78"  # EX_CONFIG: a bad config does not restart-loop
     if name in WATCHERS:
         assert pairs["ExecReload"] == "/bin/kill -HUP $MAINPID"
         assert values(name, "ReadWritePaths") == ["/srv/lipsyncd/inbox /srv/lipsyncd/outputs"]
     else:  # storage: no config reload (SIGHUP would end it), writes only its state directory
-        assert "ExecReload" not in pairs and "ReadWritePaths" not in pairs
+        assert "ExecReload" not in pairs
+        assert "ReadWritePaths" not in pairs
 
 
 def test_storage_is_a_unit_of_its_own_that_upload_restarts_leave_alone() -> None:
@@ -116,12 +120,12 @@ def test_storage_is_a_unit_of_its_own_that_upload_restarts_leave_alone() -> None
     binding = ("Requires", "Requisite", "BindsTo", "PartOf", "PropagatesStopTo")
     assert not [k for k, v in unit_lines("lipsyncd-upload.service") if k in binding and "storage" in v]
     storage = dict(unit_lines("lipsyncd-storage.service"))
-    assert storage["ExecStart"].split()[1] == "storage" and storage["KillMode"] == "mixed"
+    assert storage["ExecStart"].split()[1] == "storage"
+    assert storage["KillMode"] == "mixed"
     assert int(storage["RestartSec"]) < 10  # back before the upload watcher's 10 s take-over grace
     assert int(storage["TimeoutStopSec"]) > 20  # SeaweedFS's drain
-    assert (
-        storage["RestrictAddressFamilies"] == "AF_UNIX AF_INET AF_INET6" and storage["LimitNOFILE"] == "65536"
-    )
+    assert storage["RestrictAddressFamilies"] == "AF_UNIX AF_INET AF_INET6"
+    assert storage["LimitNOFILE"] == "65536"
 
 
 def test_no_secret_reaches_a_unit_through_its_environment() -> None:
@@ -143,11 +147,13 @@ def test_stop_timeouts_leave_room_for_a_batch_and_for_seaweedfs() -> None:
 
 def test_render_reaches_the_gpu_but_not_the_network() -> None:
     render = dict(unit_lines("lipsyncd-render@.service"))
-    assert render["DevicePolicy"] == "closed" and render["DeviceAllow"] == "char-nvidia* rw"
+    assert render["DevicePolicy"] == "closed"
+    assert render["DeviceAllow"] == "char-nvidia* rw"
     assert "PrivateDevices" not in render  # it would hide /dev/nvidia*
     assert (render["PrivateNetwork"], render["RestrictAddressFamilies"]) == ("yes", "AF_UNIX")
     upload = dict(unit_lines("lipsyncd-upload.service"))
-    assert upload["PrivateDevices"] == "yes" and "DeviceAllow" not in upload
+    assert upload["PrivateDevices"] == "yes"
+    assert "DeviceAllow" not in upload
 
 
 def test_target_starts_all_three() -> None:
@@ -232,7 +238,8 @@ def test_render_stack_runs_under_the_render_units_seccomp_sandbox(tmp_path: Path
     result = run_sandboxed("lipsyncd-render@.service", RENDER_CHILD, str(tmp_path / "out.mp4"))
     assert result.returncode == 0, result.stderr
     assert "render stack ok" in result.stdout
-    assert "SystemCallFilter" in result.stderr and "MemoryDenyWriteExecute" in result.stderr
+    assert "SystemCallFilter" in result.stderr
+    assert "MemoryDenyWriteExecute" in result.stderr
     assert "not permitted" not in result.stderr.lower()  # e.g. onnxruntime's pthread_setaffinity_np error
 
 

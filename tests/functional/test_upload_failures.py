@@ -104,16 +104,19 @@ def test_an_upload_error_sends_the_video_back_with_a_retry_time_and_it_is_retrie
         started = time.time()
         failed = step_until(watcher, store, lambda v: v.error is not None)
         assert failed.state == VideoState.RENDERED  # not left uploading
-        assert failed.error is not None and failed.error.startswith("upload failed, will retry: ")
+        assert failed.error is not None
+        assert failed.error.startswith("upload failed, will retry: ")
         assert ("credentials" if cause == "no credentials" else "database is locked") in failed.error
-        assert failed.retry_at is not None and failed.retry_at >= started + 1.0
+        assert failed.retry_at is not None
+        assert failed.retry_at >= started + 1.0
         assert local.exists()
         shown = json.loads((local.parent / LINKS_NAME).read_text())["videos"][0]
         assert (shown["status"], shown["error"]) == ("rendered", failed.error)  # the view says why
         client.broken = False
         ready = step_until(watcher, store, lambda v: v.state == VideoState.READY and v.evicted)
         assert time.time() >= failed.retry_at  # not before its retry time
-        assert ready.error is None and ready.url is not None
+        assert ready.error is None
+        assert ready.url is not None
         shown = json.loads((local.parent / LINKS_NAME).read_text())["videos"][0]
         assert (shown["status"], shown["url"], shown["local_copy"]) == ("ready", ready.url, False)
         assert not local.exists()

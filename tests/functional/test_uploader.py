@@ -23,7 +23,6 @@ from structlog.testing import capture_logs
 from daemon.distribute.embedded import EmbeddedS3
 from daemon.distribute.s3 import Credentials, StorageSettings, make_client, presign_get
 from daemon.distribute.uploader import (
-    MemoryJournal,
     MiB,
     SqliteJournal,
     StorageUnavailable,
@@ -33,6 +32,7 @@ from daemon.distribute.uploader import (
     abort_orphans,
     upload_file,
 )
+from daemon.upload_journal import PartRecord, UploadState
 
 REPO = Path(__file__).resolve().parents[2]
 PARTS = UploadSettings(multipart_threshold=6 * MiB, part_size=5 * MiB, max_part_workers=1)
@@ -65,6 +65,33 @@ def count_sent_parts(client: Any) -> list[int]:
         "before-parameter-build.s3.UploadPart", lambda params, **_: sent.append(params["PartNumber"])
     )
     return sent
+
+
+class MemoryJournal:
+    """An UploadJournal in a dict (nothing survives a restart; the daemon journals in its job store)."""
+
+    def __init__(self) -> None:
+        self._states: dict[str, UploadState] = {}
+        self._lock = threading.Lock()
+
+    def load(self, key: str) -> UploadState | None:
+        with self._lock:
+            return self._states.get(key)
+
+    def start(self, key: str, upload_id: str, part_size: int) -> None:
+        with self._lock:
+            self._states[key] = UploadState(key, upload_id, part_size)
+
+    def part_done(self, key: str, part_number: int, etag: str, size: int, checksum: str) -> None:
+        with self._lock:
+            state = self._states[key]
+            parts = [p for p in state.parts if p.part_number != part_number]
+            record = PartRecord(part_number, etag, size, checksum)
+            self._states[key] = UploadState(key, state.upload_id, state.part_size, (*parts, record))
+
+    def finish(self, key: str) -> None:
+        with self._lock:
+            self._states.pop(key, None)
 
 
 class CrashingJournal(MemoryJournal):
@@ -129,7 +156,8 @@ def test_an_object_already_stored_is_not_sent_again(
     upload_file(client, s3_bucket, s3_prefix + "v.mp4", path, MemoryJournal(), PARTS)
     sent = count_sent_parts(client)
     again = upload_file(client, s3_bucket, s3_prefix + "v.mp4", path, MemoryJournal(), PARTS)
-    assert again.already_there and sent == []
+    assert again.already_there
+    assert sent == []
 
 
 def test_kill_9_mid_upload_then_resume_sends_only_missing_parts(
@@ -138,8 +166,17 @@ def test_kill_9_mid_upload_then_resume_sends_only_missing_parts(
     path = make_file(tmp_path / "resume.mp4", 3 * 5 * MiB + 1234, seed=3)  # 4 parts
     key, db = s3_prefix + "resume.mp4", tmp_path / "journal.sqlite"
     child = subprocess.Popen(
-        [sys.executable, "-m", "tests.functional.upload_child", embedded_s3.endpoint_url, s3_bucket, key]
-        + [str(path), str(db), "2", str(5 * MiB)],
+        [
+            *(
+                sys.executable,
+                "-m",
+                "tests.functional.upload_child",
+                embedded_s3.endpoint_url,
+                s3_bucket,
+                key,
+            ),
+            *(str(path), str(db), "2", str(5 * MiB)),
+        ],
         cwd=REPO,
         stdout=subprocess.PIPE,
         text=True,
@@ -158,7 +195,8 @@ def test_kill_9_mid_upload_then_resume_sends_only_missing_parts(
         child.wait()
     journal = SqliteJournal(db)
     state = journal.load(key)
-    assert state is not None and [p.part_number for p in state.parts] == [1, 2]
+    assert state is not None
+    assert [p.part_number for p in state.parts] == [1, 2]
 
     client = embedded_s3.client()
     sent = count_sent_parts(client)
@@ -239,10 +277,14 @@ def test_upload_waits_while_storage_is_down_and_finishes_when_it_is_back(
 
     class PullThePlug(MemoryJournal):
         def part_done(self, key: str, part_number: int, etag: str, size: int, checksum: str) -> None:
+            def restart() -> None:
+                embedded_s3.start()
+                restarted.set()
+
             super().part_done(key, part_number, etag, size, checksum)
             if part_number == 1:
                 embedded_s3.kill()  # storage gone, as if its machine went down
-                threading.Timer(1.5, lambda: (embedded_s3.start(), restarted.set())).start()
+                threading.Timer(1.5, restart).start()
 
     settings = UploadSettings(  # retry_deadline_s only so that a broken restart fails instead of hanging
         multipart_threshold=6 * MiB, part_size=5 * MiB, retry_base_s=0.1, retry_cap_s=1.0, retry_deadline_s=60
@@ -287,10 +329,11 @@ def test_cancel_leaves_the_upload_resumable(
             journal,
             PARTS,
             cancel=cancel,
-            on_progress=lambda d, t: d and cancel.set(),
+            on_progress=lambda done, total: cancel.set() if done else None,
         )
     state = journal.load(key)
-    assert state is not None and len(state.parts) == 1
+    assert state is not None
+    assert len(state.parts) == 1
     result = upload_file(s3_client, s3_bucket, key, path, journal, PARTS)
     assert result.sent_parts == 2
 
@@ -313,7 +356,8 @@ def test_sqlite_journal_round_trip(tmp_path: Path) -> None:
     journal.part_done("k", 2, '"b"', 10, "Yg==")
     journal.part_done("k", 1, '"a"', 10, "YQ==")
     reopened = SqliteJournal(tmp_path / "j.sqlite").load("k")
-    assert reopened is not None and (reopened.upload_id, reopened.part_size) == ("id-1", 5 * MiB)
+    assert reopened is not None
+    assert (reopened.upload_id, reopened.part_size) == ("id-1", 5 * MiB)
     assert [p.part_number for p in reopened.parts] == [1, 2]
     journal.start("k", "id-2", 5 * MiB)  # a fresh upload forgets the old parts
     assert journal.load("k") == type(reopened)("k", "id-2", 5 * MiB, ())

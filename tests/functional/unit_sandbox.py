@@ -116,7 +116,8 @@ def expand(names: list[str], groups: dict[str, list[str]]) -> set[str]:
 
 def allowed_syscalls(lines: list[str], groups: dict[str, list[str]]) -> set[str]:
     """The allow list the SystemCallFilter= lines describe (the first line must be an allow list)."""
-    assert lines and not lines[0].startswith("~"), "only allow-list filters are reproduced"
+    assert lines, "only allow-list filters are reproduced"
+    assert not lines[0].startswith("~"), "only allow-list filters are reproduced"
     allowed = expand(sorted(IMPLICIT), groups)
     for line in lines:
         names = [n.split(":")[0] for n in line.lstrip("~").split()]
@@ -185,7 +186,8 @@ def apply(unit: Path) -> list[str]:
 
 def main(argv: list[str]) -> None:
     unit, separator, *command = argv
-    assert separator == "--" and command, "usage: unit_sandbox.py UNIT -- COMMAND..."
+    assert separator == "--", "usage: unit_sandbox.py UNIT -- COMMAND..."
+    assert command, "usage: unit_sandbox.py UNIT -- COMMAND..."
     applied = apply(Path(unit))
     print(f"unit_sandbox: {' '.join(applied)}", file=sys.stderr, flush=True)
     os.execvp(command[0], command)

@@ -19,7 +19,8 @@ def wav2lip_reference(wav: np.ndarray) -> np.ndarray:
     basis = librosa.filters.mel(sr=16000, n_fft=800, n_mels=80, fmin=55, fmax=7600)
     mel = np.dot(basis, np.abs(spec))
     db = 20 * np.log10(np.maximum(1e-5, mel)) - 20
-    return np.clip((2 * 4) * ((db + 100) / 100) - 4, -4, 4)
+    norm: np.ndarray = np.clip((2 * 4) * ((db + 100) / 100) - 4, -4, 4)
+    return norm
 
 
 def signals() -> dict[str, np.ndarray]:
@@ -80,7 +81,8 @@ def test_window_of_a_short_mel_is_padded_with_silence() -> None:
     mel = np.zeros((80, 5), np.float32)
     window = audio.mel_window(mel, 3, 25.0)
     assert window.shape == (80, 16)
-    assert np.all(window[:, :5] == 0) and np.all(window[:, 5:] == audio.SILENCE)
+    assert np.all(window[:, :5] == 0)
+    assert np.all(window[:, 5:] == audio.SILENCE)
 
 
 @pytest.mark.parametrize(

@@ -28,7 +28,8 @@ def test_saved_inputs_come_back_under_the_same_video_and_key(tmp_path: Path) -> 
     first.keep(rows)
     save_inputs(tmp_path / "cache", first)
     again = load_inputs(tmp_path / "cache", video, "key-1", budget=10 * ROW)
-    assert len(again) == 3 and again.added == 0
+    assert len(again) == 3
+    assert again.added == 0
     for key, value in rows.items():
         np.testing.assert_array_equal(again.take(key), value)
     assert (1, Box(10, 20, 110, 141)) not in again  # another box for that frame: computed again
@@ -40,7 +41,8 @@ def test_saved_inputs_come_back_under_the_same_video_and_key(tmp_path: Path) -> 
 def test_budget_bounds_what_is_kept(tmp_path: Path) -> None:
     inputs = AvatarInputs(budget=2 * ROW)
     inputs.keep(_latents(5))
-    assert len(inputs) == 2 and inputs.used == 2 * ROW
+    assert len(inputs) == 2
+    assert inputs.used == 2 * ROW
 
 
 def test_a_damaged_file_is_a_miss_and_is_replaced(tmp_path: Path) -> None:
@@ -70,11 +72,14 @@ def test_the_cache_folder_keeps_the_most_recently_used_entries_within_its_bound(
     old, middle, new = (_entry(tmp_path, f"{n}.npz", 400, used) for n, used in (("a", 1), ("b", 2), ("c", 3)))
     writing = _entry(tmp_path, ".d.npz.tmp", 5000, 0)  # a temp file being written: never counted or removed
     assert trim_lru(tmp_path, 1000) == [old]
-    assert middle.exists() and new.exists() and writing.exists()
+    assert middle.exists()
+    assert new.exists()
+    assert writing.exists()
     assert trim_lru(tmp_path, 800) == []  # already within the bound
     os.utime(middle)  # a hit touches the entry: it is now the most recently used
     assert trim_lru(tmp_path, 500) == [new]
-    assert middle.exists() and writing.exists()
+    assert middle.exists()
+    assert writing.exists()
 
 
 def test_a_hit_makes_an_entry_the_last_to_go(tmp_path: Path) -> None:
@@ -94,7 +99,8 @@ def test_a_hit_makes_an_entry_the_last_to_go(tmp_path: Path) -> None:
     cache.max_bytes = first.stat().st_size + 100  # room for one entry
     cache.trim()
     left = list((tmp_path / "cache").glob("*.npz"))
-    assert len(left) == 1 and len(cache.inputs(videos[0], "key", budget=10 * ROW)) == 2
+    assert len(left) == 1
+    assert len(cache.inputs(videos[0], "key", budget=10 * ROW)) == 2
     assert len(cache.inputs(videos[1], "key", budget=10 * ROW)) == 0
 
 
@@ -115,7 +121,9 @@ def test_landmarks_survive_the_cache_for_detections_and_inputs(tmp_path: Path) -
     inputs.keep({(0, MARKED): _latents(1)[(0, BOX)], (1, BOX): _latents(1)[(0, BOX)]})
     cache.save_inputs(inputs)
     again = cache.inputs(video, "key", budget=10 * ROW)
-    assert (0, MARKED) in again and (1, BOX) in again and (0, BOX) not in again
+    assert (0, MARKED) in again
+    assert (1, BOX) in again
+    assert (0, BOX) not in again
 
 
 class ScriptedYunet:

@@ -13,7 +13,8 @@ from daemon.render.types import Box
 
 @pytest.fixture(scope="module")
 def frame() -> np.ndarray:
-    return cv2.resize(cv2.cvtColor(data.astronaut(), cv2.COLOR_RGB2BGR), (1280, 720))
+    photo: np.ndarray = cv2.resize(cv2.cvtColor(data.astronaut(), cv2.COLOR_RGB2BGR), (1280, 720))
+    return photo
 
 
 def outside(mask_shape: tuple[int, ...], box: Box) -> np.ndarray:
@@ -27,7 +28,9 @@ def test_pixels_outside_the_box_are_untouched_and_input_is_kept(frame: np.ndarra
     box = Box(400, 150, 650, 420)
     out = paste_back(frame, box, np.full((96, 96, 3), 255, np.uint8))
     assert np.array_equal(frame, before)
-    assert out is not frame and out.shape == frame.shape and out.dtype == np.uint8
+    assert out is not frame
+    assert out.shape == frame.shape
+    assert out.dtype == np.uint8
     keep = outside(frame.shape, box)
     assert np.array_equal(out[keep], frame[keep])
     assert not np.array_equal(out, frame)
@@ -50,8 +53,10 @@ def test_no_hard_edges(size: tuple[int, int]) -> None:
     black = np.zeros((height + 40, width + 40, 3), np.uint8)
     box = Box(20, 20, 20 + width, 20 + height)
     out = paste_back(black, box, np.full((96, 96, 3), 255, np.uint8)).astype(np.int32)
-    assert out[box.y1 : box.y2, box.x1].max() == 0 and out[box.y1 : box.y2, box.x2 - 1].max() == 0
-    assert out[box.y1, box.x1 : box.x2].max() == 0 and out[box.y2 - 1, box.x1 : box.x2].max() == 0
+    assert out[box.y1 : box.y2, box.x1].max() == 0
+    assert out[box.y1 : box.y2, box.x2 - 1].max() == 0
+    assert out[box.y1, box.x1 : box.x2].max() == 0
+    assert out[box.y2 - 1, box.x1 : box.x2].max() == 0
     step = max(np.abs(np.diff(out, axis=0)).max(), np.abs(np.diff(out, axis=1)).max())
     assert out.max() == 255
     assert step <= 0.15 * 255 * 106 / height + 1  # a hard paste would step by 255 in one pixel
@@ -60,9 +65,11 @@ def test_no_hard_edges(size: tuple[int, int]) -> None:
 def test_mask_is_cached_and_read_only() -> None:
     first = mouth_mask(120, 130)
     assert mouth_mask(120, 130) is first
-    assert first.shape == (130, 120, 1) and first.dtype == np.float32
+    assert first.shape == (130, 120, 1)
+    assert first.dtype == np.float32
     assert not first.flags.writeable
-    assert first.min() == 0.0 and first.max() == 1.0
+    assert first.min() == 0.0
+    assert first.max() == 1.0
 
 
 def test_box_partly_outside_the_frame_is_clipped(frame: np.ndarray) -> None:

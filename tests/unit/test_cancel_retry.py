@@ -47,9 +47,11 @@ def _states(store: JobStore, job: str) -> list[VideoState]:
 def test_cancel_a_queued_job_files_its_manifest(store: JobStore, inbox: Inbox) -> None:
     claimed = _job(store, inbox)
     outcome = cancel(store, inbox, "promo")
-    assert outcome.was == JobState.QUEUED and outcome.videos == ["a.mp4", "b.mp4"]
+    assert outcome.was == JobState.QUEUED
+    assert outcome.videos == ["a.mp4", "b.mp4"]
     assert _states(store, "promo") == [VideoState.CANCELLED] * 2
-    assert not claimed.exists() and "cancel" in (inbox.failed_dir / "promo.error.txt").read_text()
+    assert not claimed.exists()
+    assert "cancel" in (inbox.failed_dir / "promo.error.txt").read_text()
     with pytest.raises(ControlError, match="cannot be cancelled"):
         cancel(store, inbox, "promo")
     with pytest.raises(ControlError, match="no job named 'other'"):
@@ -78,7 +80,9 @@ def test_retry_only_finished_jobs_and_only_what_failed(store: JobStore, inbox: I
     assert retry(store, inbox, "promo").videos == ["a.mp4"]
     assert _states(store, "promo") == [VideoState.QUEUED, VideoState.READY]
     job = store.job("promo")
-    assert job is not None and job.state == JobState.QUEUED and job.error is None
+    assert job is not None
+    assert job.state == JobState.QUEUED
+    assert job.error is None
 
 
 def test_retry_all_renders_ready_videos_again_with_fresh_links(store: JobStore, inbox: Inbox) -> None:
@@ -86,13 +90,14 @@ def test_retry_all_renders_ready_videos_again_with_fresh_links(store: JobStore, 
     for state in (VideoState.RENDERING, VideoState.RENDERED, VideoState.UPLOADING, VideoState.READY):
         set_video(store, "promo", "a.mp4", state)
     set_video(store, "promo", "a.mp4", url="https://x/a", object_key="k", evicted=True)
-    for state in (JobState.RENDERING, JobState.RENDERED, JobState.DONE):
-        set_job(store, "promo", state)
+    for job_state in (JobState.RENDERING, JobState.RENDERED, JobState.DONE):
+        set_job(store, "promo", job_state)
     with pytest.raises(ControlError, match="no failed or cancelled video; --all"):
         retry(store, inbox, "promo")
     assert retry(store, inbox, "promo", every_video=True).videos == ["a.mp4"]
     video = store.video("promo", "a.mp4")
-    assert video is not None and (video.state, video.url, video.object_key, video.evicted) == (
+    assert video is not None
+    assert (video.state, video.url, video.object_key, video.evicted) == (
         VideoState.QUEUED,
         None,
         None,

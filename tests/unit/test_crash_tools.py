@@ -89,7 +89,8 @@ def test_reader_records_invalid_json(tmp_path: Path) -> None:
     (tmp_path / "job" / "links.json").write_text('{"job": "jo')
     reader = LinksReader(tmp_path)
     reader.read(tmp_path / "job" / "links.json")
-    assert len(reader.invalid) == 1 and reader.reads == 1
+    assert len(reader.invalid) == 1
+    assert reader.reads == 1
 
 
 @pytest.mark.skipif(py_spy() is None, reason="py-spy (test extra) not installed")
@@ -101,7 +102,8 @@ def test_look_reads_the_stacks_of_a_frozen_process() -> None:
         [sys.executable, "-c", code], stdout=subprocess.PIPE, text=True
     )
     try:
-        assert proc.stdout is not None and proc.stdout.readline() == "up\n"
+        assert proc.stdout is not None
+        assert proc.stdout.readline() == "up\n"
         binary = py_spy()
         assert binary is not None
         with frozen(proc.pid):
@@ -109,7 +111,8 @@ def test_look_reads_the_stacks_of_a_frozen_process() -> None:
             state = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
         assert state in "tT", "the process must be stopped while it is looked at"
         frames = dict(sight.threads)["MainThread"]
-        assert "VideoRender_decode_stand_in" in frames and sight.stages == {"idle"}
+        assert "VideoRender_decode_stand_in" in frames
+        assert sight.stages == {"idle"}
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()

@@ -11,6 +11,7 @@ from skimage import data
 
 from daemon.render.detectors import YunetDetector
 from daemon.render.faces import (
+    DetectorFactory,
     FaceTracker,
     HaarDetector,
     crop_face,
@@ -26,7 +27,8 @@ FACE_CENTRE = (224, 113)  # astronaut face centre in the 512x512 photo
 
 @pytest.fixture(scope="module")
 def astronaut() -> np.ndarray:
-    return cv2.cvtColor(data.astronaut(), cv2.COLOR_RGB2BGR)
+    photo: np.ndarray = cv2.cvtColor(data.astronaut(), cv2.COLOR_RGB2BGR)
+    return photo
 
 
 @pytest.fixture(scope="module")
@@ -63,16 +65,16 @@ def numbered_frames(count: int, shape: tuple[int, int] = (360, 640)) -> list[np.
     return frames
 
 
-def reference_smoothened(boxes: list[list[int]], T: int = 5) -> np.ndarray:  # noqa: N803
+def reference_smoothened(boxes: list[list[int]], T: int = 5) -> np.ndarray:
     """Wav2Lip inference.py `get_smoothened_boxes`, verbatim (boxes is an int array there)."""
-    boxes = np.array(boxes)
+    boxes = np.array(boxes)  # type: ignore[assignment]  # (kept as the reference writes it)
     for i in range(len(boxes)):
         if i + T > len(boxes):  # noqa: SIM108  (kept as the reference writes it)
             window = boxes[len(boxes) - T :]
         else:
             window = boxes[i : i + T]
         boxes[i] = np.mean(window, axis=0)
-    return boxes
+    return boxes  # type: ignore[return-value]
 
 
 @pytest.mark.parametrize("side", [200, 256, 384, 512, 720, 1080, 1600])
@@ -155,7 +157,8 @@ def test_tracking_gives_none_after_a_long_gap_and_counts_it() -> None:
     out = [crop.box for _, crop in tracker.track(numbered_frames(32))]
     assert all(b is not None for b in out[:13])
     assert out[13:30] == [None] * 17
-    assert out[30] is not None and out[31] is not None
+    assert out[30] is not None
+    assert out[31] is not None
     assert tracker.stats.no_face_frames == 17
     assert tracker.stats.frames == 32
 
@@ -174,7 +177,7 @@ def test_smoothing_matches_the_reference_on_runs() -> None:
     items: list[tuple[np.ndarray, Box | None]] = [(np.zeros(1), Box(*c)) for c in run_a]
     items += [(np.zeros(1), None)] * 3 + [(np.zeros(1), Box(*c)) for c in run_b]
     got = [box for _, box in smooth_runs(items)]
-    expected = [Box(*c) for c in reference_smoothened(run_a).tolist()]
+    expected: list[Box | None] = [Box(*c) for c in reference_smoothened(run_a).tolist()]
     expected += [None] * 3 + [Box(*c) for c in reference_smoothened(run_b).tolist()]
     assert got == expected
 
@@ -205,7 +208,8 @@ def test_tracker_pads_before_smoothing() -> None:
 
 def test_crop_face_is_96_square_bgr(astronaut: np.ndarray) -> None:
     crop = crop_face(astronaut, Box(176, 65, 272, 171))
-    assert crop.shape == (96, 96, 3) and crop.dtype == np.uint8
+    assert crop.shape == (96, 96, 3)
+    assert crop.dtype == np.uint8
     assert np.array_equal(crop_face(astronaut, Box(0, 0, 96, 96)), astronaut[:96, :96])
 
 
@@ -213,7 +217,7 @@ def test_detector_by_name(tmp_path: Path) -> None:
     assert detector_by_name("haar", tmp_path).name == "haar"
     with pytest.raises(ValueError, match="unknown face detector 'x'; choose haar, s3fd or yunet"):
         detector_by_name("x", tmp_path)
-    custom = {"scripted": lambda models_dir: ScriptedDetector({})}
+    custom: dict[str, DetectorFactory] = {"scripted": lambda models_dir: ScriptedDetector({})}
     assert detector_by_name("scripted", tmp_path, custom).name == "scripted"
 
 
@@ -230,10 +234,14 @@ def test_landmarks_travel_with_their_box_through_interpolation_padding_and_smoot
     assert detector.calls == [0, 5, 10, 15, 20]
     for _, crop in tracked:
         box = crop.box
-        assert box is not None and box.landmarks is not None and box.height == 110  # padded 10 px below
+        assert box is not None
+        assert box.landmarks is not None
+        assert box.height == 110
         # the points keep their place in the face, though the box moved, was padded and smoothed
         nose = box.point(2)
-        assert nose is not None and abs(nose[0] - box.x1 - 50) <= 1 and abs(nose[1] - box.y1 - 60) <= 1
+        assert nose is not None
+        assert abs(nose[0] - box.x1 - 50) <= 1
+        assert abs(nose[1] - box.y1 - 60) <= 1
     assert tracked[3][1].box != tracked[2][1].box  # interpolated frames moved their points too
 
 
@@ -248,7 +256,7 @@ def test_a_box_without_landmarks_drops_them_from_the_average() -> None:
 class _FakeYn:
     """Stands in for cv2.FaceDetectorYN (no YuNet file here): one face in the downscaled frame."""
 
-    def setInputSize(self, size: tuple[int, int]) -> None:  # noqa: N802 (OpenCV's name)
+    def setInputSize(self, size: tuple[int, int]) -> None:
         self.size = size
 
     def detect(self, image: np.ndarray) -> tuple[int, np.ndarray]:

@@ -59,13 +59,15 @@ def test_claim_is_exclusive_and_filing_never_overwrites(tmp_path: Path) -> None:
     path = tmp_path / "job.yaml"
     path.write_text("one")
     claimed = inbox.claim(path)
-    assert claimed is not None and not path.exists()
+    assert claimed is not None
+    assert not path.exists()
     assert inbox.claim(path) is None
     first = inbox.file_done(claimed, "job.yaml")
     path.write_text("two")
     second = inbox.file_done(inbox.claim(path), "job.yaml")  # type: ignore[arg-type]
     assert (first.name, second.name) == ("job.yaml", "job.2.yaml")
-    assert first.read_text() == "one" and second.read_text() == "two"
+    assert first.read_text() == "one"
+    assert second.read_text() == "two"
 
 
 def test_failed_has_error_file_next_to_it(tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -57,21 +58,26 @@ def test_two_claimers_never_get_the_same_video(tmp_path: Path, store: JobStore) 
     assert sorted(o for o, _ in got) == ["a.mp4", "b.mp4", "c.mp4"]
     for output, name in got:
         video = store.video("promo", output)
-        assert video is not None and (video.owner, video.epoch, video.attempts) == (name, 1, 1)
+        assert video is not None
+        assert (video.owner, video.epoch, video.attempts) == (name, 1, 1)
     job = store.job("promo")
-    assert job is not None and job.state == JobState.RENDERING
+    assert job is not None
+    assert job.state == JobState.RENDERING
 
 
 def test_an_expired_lease_is_claimable_and_the_epoch_rises(store: JobStore) -> None:
     first = store.claim_next_video("h:render@0", 60.0)
-    assert first is not None and first[1] == Claim("h:render@0", 1)
+    assert first is not None
+    assert first[1] == Claim("h:render@0", 1)
     # a live lease is not taken: the next claim gets the next video
     second = store.claim_next_video("h:render@1", 60.0)
-    assert second is not None and second[0].output == "b.mp4"
+    assert second is not None
+    assert second[0].output == "b.mp4"
     lapse(store, "a.mp4")
     with capture_logs() as logs:
         again = store.claim_next_video("h:render@1", 60.0)
-    assert again is not None and again[0].output == "a.mp4"
+    assert again is not None
+    assert again[0].output == "a.mp4"
     assert again[1] == Claim("h:render@1", 2)
     assert again[0].attempts == 2
     assert any(e["event"] == "lease_taken_over" and e["previous"] == "h:render@0" for e in logs)
@@ -82,20 +88,22 @@ def test_a_stale_claims_writes_are_refused_and_change_nothing(tmp_path: Path, st
     assert old is not None
     lapse(store, "a.mp4")
     new = store.claim_next_video("h:render@1", 60.0)
-    assert new is not None and new[0].output == "a.mp4"
+    assert new is not None
+    assert new[0].output == "a.mp4"
     store.set_progress("promo", "a.mp4", 0.5, new[1])
     before = store.video("promo", "a.mp4")
     published: list[str] = []
     stale = old[1]
     with capture_logs() as logs:
-        for write in (
+        writes: tuple[Callable[[], object], ...] = (
             lambda: store.set_progress("promo", "a.mp4", 0.9, stale),
             lambda: store.video_rendered(
                 "promo", "a.mp4", RESULT, stale, publish=lambda: published.append("x")
             ),
             lambda: store.fail_video("promo", "a.mp4", "boom", stale),
             lambda: store.requeue_video("promo", "a.mp4", stale),
-        ):
+        )
+        for write in writes:
             with pytest.raises(LostClaim):
                 write()
         assert store.renew("promo", "a.mp4", stale, 60.0) is False
@@ -110,7 +118,8 @@ def test_a_stale_claims_writes_are_refused_and_change_nothing(tmp_path: Path, st
     assert store.renew("promo", "a.mp4", new[1], 60.0) is True
     store.video_rendered("promo", "a.mp4", RESULT, new[1], publish=lambda: published.append("new"))
     video = store.video("promo", "a.mp4")
-    assert video is not None and (video.state, video.worker, video.lease_until) == (
+    assert video is not None
+    assert (video.state, video.worker, video.lease_until) == (
         VideoState.RENDERED,
         "h:render@1",
         None,
@@ -128,20 +137,27 @@ def test_a_failing_publish_rolls_the_render_back(store: JobStore) -> None:
     with pytest.raises(FileNotFoundError):
         store.video_rendered("promo", "a.mp4", RESULT, claimed[1], publish=publish)
     video = store.video("promo", "a.mp4")
-    assert video is not None and video.state == VideoState.RENDERING
+    assert video is not None
+    assert video.state == VideoState.RENDERING
 
 
 def test_attempts_past_the_limit_fail_the_video_with_the_reason(store: JobStore) -> None:
     for n in range(1, 4):
         claimed = store.claim_next_video(f"h:render@{n}", 60.0, max_attempts=3)
-        assert claimed is not None and claimed[0].output == "a.mp4" and claimed[0].attempts == n
+        assert claimed is not None
+        assert claimed[0].output == "a.mp4"
+        assert claimed[0].attempts == n
         lapse(store, "a.mp4")
     nxt = store.claim_next_video("h:render@9", 60.0, max_attempts=3)
-    assert nxt is not None and nxt[0].output == "b.mp4"  # a.mp4 failed on the way
+    assert nxt is not None
+    assert nxt[0].output == "b.mp4"
     video = store.video("promo", "a.mp4")
-    assert video is not None and video.state == VideoState.FAILED
+    assert video is not None
+    assert video.state == VideoState.FAILED
     assert video.error is not None
-    assert "3 times" in video.error and "h:render@3" in video.error and "render.max_attempts" in video.error
+    assert "3 times" in video.error
+    assert "h:render@3" in video.error
+    assert "render.max_attempts" in video.error
 
 
 def test_a_clean_stop_gives_the_attempt_back(store: JobStore) -> None:
@@ -149,7 +165,8 @@ def test_a_clean_stop_gives_the_attempt_back(store: JobStore) -> None:
     assert claimed is not None
     store.requeue_video("promo", "a.mp4", claimed[1])
     video = store.video("promo", "a.mp4")
-    assert video is not None and (video.state, video.attempts) == (VideoState.QUEUED, 0)
+    assert video is not None
+    assert (video.state, video.attempts) == (VideoState.QUEUED, 0)
 
 
 def test_a_restarted_worker_takes_back_only_its_own_renders(store: JobStore) -> None:
@@ -192,7 +209,8 @@ def test_an_older_store_gains_the_lease_columns(tmp_path: Path) -> None:
 
 def test_the_heartbeat_renews_the_lease_and_notices_a_takeover(store: JobStore) -> None:
     claimed = store.claim_next_video("h:render@0", 0.6)
-    assert claimed is not None and claimed[0].lease_until is not None
+    assert claimed is not None
+    assert claimed[0].lease_until is not None
     first_until = claimed[0].lease_until
     with Heartbeat(store, claimed[0], claimed[1], 0.6) as beat:
         deadline = time.monotonic() + 10
@@ -212,17 +230,20 @@ def test_upload_claims_are_exclusive_fenced_and_name_the_uploader(store: JobStor
         store.video_rendered("promo", claimed[0].output, RESULT, claimed[1])
     assert store.complete_job("promo") == JobState.RENDERED
     first = store.start_upload("promo", "a.mp4", "k/a.mp4", "h:upload@0", 60.0)
-    assert first is not None and first.epoch == 2  # above the render's claim: its writes are refused now
+    assert first is not None
+    assert first.epoch == 2
     assert store.start_upload("promo", "a.mp4", "k/a.mp4", "h:upload@1", 60.0) is None  # held
     lapse(store, "a.mp4")
     assert [v.output for v in store.uploads_lapsed()] == ["a.mp4"]
     second = store.start_upload("promo", "a.mp4", "k/a.mp4", "h:upload@1", 60.0)
-    assert second is not None and second.epoch == 3
+    assert second is not None
+    assert second.epoch == 3
     with pytest.raises(LostClaim):
         store.video_ready("promo", "a.mp4", "https://x/old", 1e10, first)
     store.video_ready("promo", "a.mp4", "https://x/new", 1e10, second)
     video = store.video("promo", "a.mp4")
-    assert video is not None and (video.url, video.worker, video.uploaded_by) == (
+    assert video is not None
+    assert (video.url, video.worker, video.uploaded_by) == (
         "https://x/new",
         "h:render@0",
         "h:upload@1",

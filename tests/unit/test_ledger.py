@@ -13,7 +13,7 @@ from structlog.testing import capture_logs
 
 import daemon.reconcile
 from daemon.inbox import Inbox
-from daemon.links import LINKS_NAME, job_view
+from daemon.links import LINKS_NAME, job_lock, job_view
 from daemon.reconcile import Eviction, Reconciler
 from daemon.store import Effect, InvalidTransition, JobState, JobStore, Rendered, VideoState
 from tests.unit.test_store_links import manifest
@@ -49,7 +49,8 @@ def test_a_refused_move_records_no_effect(store: JobStore, tmp_path: Path) -> No
         store.video_ready("promo", "a.mp4", "https://x/a", 1e10)
     assert store.pending() == []
     video = store.video("promo", "a.mp4")
-    assert video is not None and (video.state, video.url) == (VideoState.CANCELLED, None)
+    assert video is not None
+    assert (video.state, video.url) == (VideoState.CANCELLED, None)
 
 
 def test_a_move_and_its_effects_commit_together_or_not_at_all(
@@ -68,7 +69,8 @@ def test_a_move_and_its_effects_commit_together_or_not_at_all(
         store.video_ready("promo", "a.mp4", "https://x/a", 1e10)
     assert store.pending() == []
     video = store.video("promo", "a.mp4")
-    assert video is not None and (video.state, video.url) == (VideoState.UPLOADING, None)
+    assert video is not None
+    assert (video.state, video.url) == (VideoState.UPLOADING, None)
     monkeypatch.undo()
     store.video_ready("promo", "a.mp4", "https://x/a", 1e10)
     assert {(e.kind, e.video) for e in store.pending()} == {(Effect.VIEWS, ""), (Effect.EVICT, "a.mp4")}
@@ -85,7 +87,8 @@ def test_an_effect_asked_again_while_pending_is_one_row_not_deleted_by_the_older
     assert store.applied(read) == 0  # the newer request stays for the next pass
     (again,) = store.pending()
     assert again.seq > read.seq
-    assert store.applied(again) == 1 and store.pending() == []
+    assert store.applied(again) == 1
+    assert store.pending() == []
 
 
 def test_reconciling_twice_gives_the_same_result(store: JobStore, tmp_path: Path) -> None:
@@ -102,8 +105,10 @@ def test_reconciling_twice_gives_the_same_result(store: JobStore, tmp_path: Path
     assert store.pending() == []
     assert not (folder / "a.mp4").exists()
     job = store.job("promo")
-    assert job is not None and links == job_view(job, store.videos("promo"), folder)
-    assert links["videos"][0]["local_copy"] is False and links["status"] == "done"
+    assert job is not None
+    assert links == job_view(job, store.videos("promo"), folder)
+    assert links["videos"][0]["local_copy"] is False
+    assert links["status"] == "done"
 
 
 def test_eviction_waits_until_links_json_shows_the_link(
@@ -112,7 +117,7 @@ def test_eviction_waits_until_links_json_shows_the_link(
     uploading(store, tmp_path)
     local = tmp_path / "outputs" / "promo" / "a.mp4"
 
-    def disk_full(*args: Any) -> None:
+    def disk_full(*args: Any, **kwargs: Any) -> None:
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(daemon.reconcile, "write_links", disk_full)
@@ -124,10 +129,12 @@ def test_eviction_waits_until_links_json_shows_the_link(
     assert local.exists(), "evicted before any links.json showed its link"
     assert {e.kind for e in store.pending()} == {Effect.VIEWS, Effect.EVICT}
     failed = [e for e in logs if e["event"] == "effect_failed"]
-    assert len(failed) == 1 and failed[0]["job"] == "promo"  # once, not once per pass
+    assert len(failed) == 1
+    assert failed[0]["job"] == "promo"
     monkeypatch.undo()
     ledger.reconcile()
-    assert not local.exists() and store.pending() == []
+    assert not local.exists()
+    assert store.pending() == []
     shown = json.loads((local.parent / LINKS_NAME).read_text())["videos"][0]
     assert (shown["url"], shown["local_copy"]) == ("https://x/a", False)
 
@@ -142,7 +149,8 @@ def test_a_later_eviction_waits_for_its_hour_and_keep_drops_it(store: JobStore, 
     assert [e.kind for e in store.pending()] == [Effect.EVICT]
     policy[0] = Eviction("keep")
     ledger.reconcile()
-    assert (tmp_path / "outputs" / "promo" / "a.mp4").exists() and store.pending() == []
+    assert (tmp_path / "outputs" / "promo" / "a.mp4").exists()
+    assert store.pending() == []
 
 
 def test_a_finished_job_is_filed_once_by_the_process_that_owns_the_inbox(
@@ -159,17 +167,20 @@ def test_a_finished_job_is_filed_once_by_the_process_that_owns_the_inbox(
     upload_side = reconciler(store, tmp_path, eviction=lambda: Eviction("delete"))
     store.job_rendered("promo", finish=True)
     upload_side.reconcile()
-    assert claimed.exists() and [e.kind for e in store.pending()] == [Effect.FILE]  # not its to file
+    assert claimed.exists()
+    assert [e.kind for e in store.pending()] == [Effect.FILE]
     render_side = reconciler(store, tmp_path, inbox=inbox)
     render_side.reconcile()
     store.ask(Effect.FILE, "promo")  # asked again (a repair): nothing is filed twice
     render_side.reconcile()
-    assert not claimed.exists() and store.pending() == []
+    assert not claimed.exists()
+    assert store.pending() == []
     assert not (inbox.done_dir / "promo.yaml").exists()
     filed = sorted(p.name for p in (inbox.failed_dir).iterdir())
     assert filed == ["promo.error.txt", "promo.yaml"]
     job = store.job("promo")
-    assert job is not None and job.state == JobState.FAILED
+    assert job is not None
+    assert job.state == JobState.FAILED
 
 
 def test_reconcile_from_two_threads_at_once_leaves_nothing_pending(store: JobStore, tmp_path: Path) -> None:
@@ -189,3 +200,49 @@ def test_reconcile_from_two_threads_at_once_leaves_nothing_pending(store: JobSto
     assert job is not None
     folder = tmp_path / "outputs" / "promo"
     assert json.loads((folder / LINKS_NAME).read_text()) == job_view(job, store.videos("promo"), folder)
+
+
+def test_a_manifest_is_filed_only_once_links_json_shows_the_job_finished(
+    store: JobStore, tmp_path: Path
+) -> None:
+    inbox = Inbox(tmp_path / "inbox", settle_time=0.0)
+    inbox.make_folders()
+    claimed = inbox.claimed_dir / "promo.yaml"
+    claimed.write_text("name: promo\n")
+    store.add_job(manifest(tmp_path, "a.mp4", distribute=False), claimed_path=claimed, base_dir=tmp_path)
+    store.start_job("promo")
+    store.claim_video("promo", "a.mp4")
+    store.video_rendered("promo", "a.mp4", Rendered(10, 0, 5, "ab" * 32, "m", 0.4, None))
+    store.job_rendered("promo", finish=True)
+    render_side = reconciler(store, tmp_path, inbox=inbox)
+    with job_lock(tmp_path / "locks", "promo"):  # another process writes this job's view right now
+        render_side.reconcile()
+        assert claimed.exists()
+        assert {e.kind for e in store.pending()} == {Effect.VIEWS, Effect.FILE}
+    render_side.reconcile()
+    assert (inbox.done_dir / "promo.yaml").exists()
+    assert store.pending() == []
+    assert json.loads((tmp_path / "outputs" / "promo" / LINKS_NAME).read_text())["status"] == "done"
+
+
+def test_a_view_that_cannot_be_written_does_not_hold_back_the_filing(
+    store: JobStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The outputs disk full: links.json cannot be written at all, yet the failed job's manifest (on
+    another disk) is filed with its reason; the view stays asked for, for when space is back."""
+    inbox = Inbox(tmp_path / "inbox", settle_time=0.0)
+    inbox.make_folders()
+    claimed = inbox.claimed_dir / "promo.yaml"
+    claimed.write_text("name: promo\n")
+    store.add_job(manifest(tmp_path, "a.mp4", distribute=False), claimed_path=claimed, base_dir=tmp_path)
+    store.start_job("promo")
+
+    def disk_full(*args: Any, **kwargs: Any) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(daemon.reconcile, "write_links", disk_full)
+    store.fail_job("promo", "the outputs disk is full")
+    reconciler(store, tmp_path, inbox=inbox).reconcile()
+    assert (inbox.failed_dir / "promo.yaml").exists()
+    assert not claimed.exists()
+    assert [e.kind for e in store.pending()] == [Effect.VIEWS]

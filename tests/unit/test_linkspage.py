@@ -80,9 +80,12 @@ def test_ready_video_shows_facts_buttons_and_local_time_hook() -> None:
     found = dict((t, a) for t, a in tags(page) if t in ("img", "time", "a", "button"))
     assert found["img"]["src"] == "data:image/jpeg;base64," + base64.b64encode(b"\xff\xd8jpeg").decode()
     assert found["time"]["datetime"] == "2026-12-03T08:00:00Z"  # the script formats it in local time
-    assert found["a"]["href"] == video()["url"] and found["a"]["download"] == "anchor.mp4"
+    assert found["a"]["href"] == video()["url"]
+    assert found["a"]["download"] == "anchor.mp4"
     assert found["button"]["data-url"] == video()["url"]
-    assert "Length <b>1:15</b>" in page and "Size <b>2.4 MB</b>" in page and "Ready" in page
+    assert "Length <b>1:15</b>" in page
+    assert "Size <b>2.4 MB</b>" in page
+    assert "Ready" in page
 
 
 def test_failure_unknown_status_summary_and_warning_are_shown() -> None:
@@ -96,7 +99,9 @@ def test_failure_unknown_status_summary_and_warning_are_shown() -> None:
     )
     assert "This video could not be made: the video anchor.mp4 has no audio track" in page
     assert ">Partial upload<" in page  # an unknown state in plain words, not dropped
-    assert ">Partly done<" in page and "1 of 2 ready" in page and "12 frames had no face" in page
+    assert ">Partly done<" in page
+    assert "1 of 2 ready" in page
+    assert "12 frames had no face" in page
     assert not [t for t, _ in tags(page) if t in ("a", "button")]  # no links to offer
 
 

@@ -47,7 +47,8 @@ def test_json_lines_carry_bound_context_and_level() -> None:
     structlog.get_logger("t").info("batch_done", frames=32)
     structlog.get_logger("t").debug("not_shown")
     [record] = json_lines(out)
-    assert record["event"] == "batch_done" and record["frames"] == 32
+    assert record["event"] == "batch_done"
+    assert record["frames"] == 32
     assert (record["job"], record["video"], record["stage"], record["level"]) == (
         "spring-promo",
         "anchor_a",
@@ -97,7 +98,8 @@ def test_stdlib_warnings_go_through_the_same_chain() -> None:
     logging.getLogger("botocore.retries").warning("retrying %s", PRESIGNED)
     logging.getLogger("botocore.retries").info("chatter below WARNING is dropped")
     [record] = json_lines(out)
-    assert record["logger"] == "botocore.retries" and record["level"] == "warning"
+    assert record["logger"] == "botocore.retries"
+    assert record["level"] == "warning"
     assert SIGNATURE not in str(record["event"])
 
 
@@ -106,7 +108,9 @@ def test_console_format_is_plain_text_without_a_tty() -> None:
     configure_logging("console", "info", stream=out)
     structlog.get_logger("t").info("model_loaded", model="baseline", token="t0k")
     line = out.getvalue()
-    assert "model_loaded" in line and "model=baseline" in line and "t0k" not in line
+    assert "model_loaded" in line
+    assert "model=baseline" in line
+    assert "t0k" not in line
     assert "\x1b[" not in line  # no colour codes into a file
 
 
@@ -135,7 +139,8 @@ def test_field_names_follow_journald_rules(key: str, name: str) -> None:
 
 
 def test_own_fields_cannot_be_overwritten() -> None:
-    assert field_name("message") == "F_MESSAGE" and field_name("priority") == "F_PRIORITY"
+    assert field_name("message") == "F_MESSAGE"
+    assert field_name("priority") == "F_PRIORITY"
     assert len(field_name("x" * 100)) == 64
 
 
@@ -162,11 +167,15 @@ def test_entry_encoding_round_trips() -> None:
         "lipsyncd-render",
     )
     fields = parse_native(encode(entry))
-    assert fields["PRIORITY"] == "3" and fields["SYSLOG_IDENTIFIER"] == "lipsyncd-render"
-    assert fields["EVENT"] == "job_failed" and fields["JOB"] == "x" and fields["N"] == "3"
+    assert fields["PRIORITY"] == "3"
+    assert fields["SYSLOG_IDENTIFIER"] == "lipsyncd-render"
+    assert fields["EVENT"] == "job_failed"
+    assert fields["JOB"] == "x"
+    assert fields["N"] == "3"
     assert fields["EXCEPTION"] == "Traceback\n  line"
     assert fields["MESSAGE"].startswith("job_failed job=x n=3\nTraceback")
-    assert "LEVEL" not in fields and "TIMESTAMP" not in fields
+    assert "LEVEL" not in fields
+    assert "TIMESTAMP" not in fields
 
 
 def test_journald_sink_sends_native_datagrams(tmp_path: Path) -> None:
@@ -178,9 +187,11 @@ def test_journald_sink_sends_native_datagrams(tmp_path: Path) -> None:
         structlog.contextvars.bind_contextvars(job="x", video="anchor_b")
         structlog.get_logger("t").warning("upload_retry", url=PRESIGNED, password="pw")
         fields = parse_native(server.recv(65536))
-    assert fields["PRIORITY"] == "4" and fields["SYSLOG_IDENTIFIER"] == "lipsyncd-upload"
+    assert fields["PRIORITY"] == "4"
+    assert fields["SYSLOG_IDENTIFIER"] == "lipsyncd-upload"
     assert (fields["JOB"], fields["VIDEO"], fields["PASSWORD"]) == ("x", "anchor_b", "[redacted]")
-    assert SIGNATURE not in fields["URL"] and SIGNATURE not in fields["MESSAGE"]
+    assert SIGNATURE not in fields["URL"]
+    assert SIGNATURE not in fields["MESSAGE"]
 
 
 def test_journald_sink_falls_back_to_stderr_with_a_priority_prefix(tmp_path: Path) -> None:

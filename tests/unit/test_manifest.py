@@ -51,25 +51,31 @@ model: wav2lip_gan
     assert m.name == "spring-promo"
     assert m.audio.path == share / "inbox" / "media" / "promo.wav"
     assert [v.written for v in m.videos] == ["media/anchor_a.mp4", "media/anchor_b.mp4"]
-    assert m.distribute is True and m.link_ttl == 86400 and m.notify == ("ops-wecom",)
+    assert m.distribute is True
+    assert m.link_ttl == 86400
+    assert m.notify == ("ops-wecom",)
     assert m.model == "wav2lip_gan"
 
 
 def test_defaults_name_from_file_stem_and_distribution_off(share: Path) -> None:
     m = load(share, write(share, "audio: media/promo.wav\nvideos: [media/anchor_a.mp4]\n", "春季 promo.yaml"))
     assert m.name == "春季-promo"
-    assert m.distribute is False and m.link_ttl is None and m.notify == ()
+    assert m.distribute is False
+    assert m.link_ttl is None
+    assert m.notify == ()
 
 
 def test_json_and_chinese_file_names(share: Path) -> None:
     doc = {"audio": "media/promo.wav", "videos": ["media/主播.mp4"], "name": "发布会"}
     m = load(share, write(share, json.dumps(doc, ensure_ascii=False), "job.json"))
-    assert m.name == "发布会" and m.videos[0].path.name == "主播.mp4"
+    assert m.name == "发布会"
+    assert m.videos[0].path.name == "主播.mp4"
 
 
 def test_unknown_key_is_an_error_listing_allowed_keys(share: Path) -> None:
     text = problems(share, "audio: media/promo.wav\nvideos: [media/anchor_a.mp4]\ndistrib: true\n")
-    assert "'distrib'" in text and "distribute" in text
+    assert "'distrib'" in text
+    assert "distribute" in text
 
 
 def test_all_problems_reported_together(share: Path) -> None:
@@ -82,7 +88,9 @@ def test_all_problems_reported_together(share: Path) -> None:
 
 def test_missing_file_names_the_path(share: Path) -> None:
     text = problems(share, "audio: media/promo.wav\nvideos: [media/nope.mp4]\n")
-    assert "videos[0]" in text and "does not exist" in text and "nope.mp4" in text
+    assert "videos[0]" in text
+    assert "does not exist" in text
+    assert "nope.mp4" in text
 
 
 @pytest.mark.parametrize("path", ["../secret.mp4", "media/../../secret.mp4", "/etc/passwd"])
@@ -117,7 +125,8 @@ def test_unknown_webhook_and_model(share: Path) -> None:
         webhooks={"team"},
         models={"baseline"},
     )
-    assert "no webhook named 'ops'" in text and "no model named 'x'" in text
+    assert "no webhook named 'ops'" in text
+    assert "no model named 'x'" in text
 
 
 def test_billion_laughs_is_refused_quickly(share: Path) -> None:
@@ -155,7 +164,8 @@ def test_error_report_reads_as_plain_instructions(share: Path) -> None:
         load(share, write(share, "audio: media/promo.wav\n"))
     report = error_report(caught.value)
     assert report.startswith("lipsyncd could not start a job from job.yaml.")
-    assert "'videos' is missing" in report and "drop it into the inbox again" in report
+    assert "'videos' is missing" in report
+    assert "drop it into the inbox again" in report
 
 
 def test_a_key_given_twice_is_refused(share: Path) -> None:
@@ -169,8 +179,10 @@ def test_a_key_given_twice_is_refused(share: Path) -> None:
 
 def test_syntax_errors_say_where_in_plain_words(share: Path) -> None:
     text = problems(share, "audio: media/promo.wav\nvideos: [a, b\n")
-    assert "not valid YAML near line" in text and "brackets" in text
-    assert "<unicode string>" not in text and "flow sequence" not in text
+    assert "not valid YAML near line" in text
+    assert "brackets" in text
+    assert "<unicode string>" not in text
+    assert "flow sequence" not in text
 
 
 def test_symlinked_or_special_manifests_are_not_read(

@@ -44,11 +44,14 @@ def test_counters_are_written_in_text_format(tmp_path: Path) -> None:
     metrics.failure("encode")
     metrics.upload_bytes(1024)
     got = samples(path)
-    assert got[("lipsyncd_jobs_total", "queued")] == 2 and got[("lipsyncd_jobs_total", "done")] == 1
-    assert got[("lipsyncd_frames_total", "")] == 96 and got[("lipsyncd_upload_bytes_total", "")] == 1024
+    assert got[("lipsyncd_jobs_total", "queued")] == 2
+    assert got[("lipsyncd_jobs_total", "done")] == 1
+    assert got[("lipsyncd_frames_total", "")] == 96
+    assert got[("lipsyncd_upload_bytes_total", "")] == 1024
     assert got[("lipsyncd_failures_total", "encode")] == 1
     text = path.read_text()
-    assert "# TYPE lipsyncd_jobs_total counter" in text and 'daemon="render"' in text
+    assert "# TYPE lipsyncd_jobs_total counter" in text
+    assert 'daemon="render"' in text
     assert oct(path.stat().st_mode & 0o777) == "0o644"
     assert [p.name for p in path.parent.iterdir()] == ["lipsyncd-render.prom"]  # no temp files left
 

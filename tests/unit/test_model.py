@@ -22,7 +22,8 @@ CPU = ["CPUExecutionProvider"]
 @pytest.fixture(scope="module")
 def astronaut_crop() -> np.ndarray:
     image = cv2.cvtColor(data.astronaut(), cv2.COLOR_RGB2BGR)
-    return cv2.resize(image[65:171, 176:272], (96, 96))
+    face: np.ndarray = cv2.resize(image[65:171, 176:272], (96, 96))
+    return face
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +68,8 @@ def dummy_model(batch: int | str, elem: int = TensorProto.FLOAT) -> onnx.ModelPr
 
 
 def dummy_expected(mel: np.ndarray, face: np.ndarray) -> np.ndarray:
-    return face[:, 3:6] * 0.5 + mel.mean(axis=(1, 2, 3), keepdims=True)
+    out: np.ndarray = face[:, 3:6] * 0.5 + mel.mean(axis=(1, 2, 3), keepdims=True)
+    return out
 
 
 def random_inputs(count: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -109,7 +111,8 @@ def test_prepare_faces_layout() -> None:
     rng = np.random.default_rng(1)
     crops = [rng.integers(0, 256, (96, 96, 3), dtype=np.uint8) for _ in range(3)]
     stacked = prepare_faces(crops)
-    assert stacked.shape == (3, 6, 96, 96) and stacked.dtype == np.float32
+    assert stacked.shape == (3, 6, 96, 96)
+    assert stacked.dtype == np.float32
     for i, crop in enumerate(crops):
         scaled = crop.astype(np.float32).transpose(2, 0, 1) / 255.0
         assert np.all(stacked[i, :3, 48:] == 0)
@@ -121,12 +124,15 @@ def test_prepare_faces_layout() -> None:
 def test_to_images_round_trips_and_clips(astronaut_crop: np.ndarray) -> None:
     stacked = prepare_faces([astronaut_crop, astronaut_crop])
     images = to_images(stacked[:, 3:])
-    assert len(images) == 2 and images[0].dtype == np.uint8 and images[0].shape == (96, 96, 3)
+    assert len(images) == 2
+    assert images[0].dtype == np.uint8
+    assert images[0].shape == (96, 96, 3)
     assert np.array_equal(images[1], astronaut_crop)
     wild = np.full((1, 3, 96, 96), 1.3, np.float32)
     wild[0, 0] = -0.2
     clipped = to_images(wild)[0]
-    assert clipped[..., 0].max() == 0 and clipped[..., 1].min() == 255
+    assert clipped[..., 0].max() == 0
+    assert clipped[..., 1].min() == 255
 
 
 # --- the runner ------------------------------------------------------------------------------------
@@ -151,7 +157,8 @@ def test_fixed_batch_model_is_chunked_and_padded(tmp_path: Path, count: int) -> 
     assert model.batch == 4
     mel, face = random_inputs(count)
     out = model.infer(mel, face)
-    assert out.shape == (count, 3, 96, 96) and out.dtype == np.float32
+    assert out.shape == (count, 3, 96, 96)
+    assert out.dtype == np.float32
     np.testing.assert_allclose(out, dummy_expected(mel, face), atol=1e-5)
 
 
@@ -198,7 +205,8 @@ def test_open_logs_the_provider_in_use(tmp_path: Path) -> None:
         model = LipSyncModel.open(tmp_path, providers=CPU)
     assert model.provider == "CPUExecutionProvider"
     events = [e for e in logs if e["event"] == "execution_provider"]
-    assert len(events) == 1 and events[0]["provider"] == "CPUExecutionProvider"
+    assert len(events) == 1
+    assert events[0]["provider"] == "CPUExecutionProvider"
 
 
 def test_idle_model_threads_leave_the_cores_to_decode_and_encode(tmp_path: Path) -> None:
@@ -210,7 +218,7 @@ def test_idle_model_threads_leave_the_cores_to_decode_and_encode(tmp_path: Path)
 
 
 def test_plain_errors(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="no model.json in"):
+    with pytest.raises(FileNotFoundError, match=r"no model.json in"):
         LipSyncModel.open(tmp_path, providers=CPU)
     write_dummy(tmp_path, "batch")
     with pytest.raises(ValueError, match="has no fp16 file; it has: fp32"):
@@ -239,8 +247,10 @@ def test_baseline_files_and_graph(tmp_path: Path) -> None:
 def test_baseline_runs_at_batch_1_and_7(baseline: LipSyncModel, count: int) -> None:
     mel, face = random_inputs(count, seed=count)
     out = baseline.infer(mel, face)
-    assert out.shape == (count, 3, 96, 96) and out.dtype == np.float32
-    assert out.min() >= 0.0 and out.max() <= 1.0
+    assert out.shape == (count, 3, 96, 96)
+    assert out.dtype == np.float32
+    assert out.min() >= 0.0
+    assert out.max() <= 1.0
 
 
 def test_baseline_silence_keeps_the_reference(baseline: LipSyncModel, astronaut_crop: np.ndarray) -> None:
@@ -255,7 +265,8 @@ def test_baseline_opens_more_when_louder(baseline: LipSyncModel, astronaut_crop:
     face = prepare_faces([astronaut_crop] * len(levels))
     out = baseline.infer(flat_mel(levels), face)
     change = np.abs(out - face[:, 3:]).mean(axis=(1, 2, 3))
-    assert change[0] == pytest.approx(0, abs=1e-7) and change[1] < 1e-3  # silence and quiet noise: closed
+    assert change[0] == pytest.approx(0, abs=1e-7)
+    assert change[1] < 1e-3
     assert np.all(np.diff(change[1:7]) > 1e-3)  # typical speech range: strictly opening
     assert change[7] >= change[6] - 1e-7
     assert np.array_equal(out[:, :, :TOP_STILL], face[:, 3:, :TOP_STILL])  # eyes, nose: bit for bit
@@ -293,7 +304,8 @@ def test_baseline_parts_the_lips_with_a_dark_gap(baseline: LipSyncModel) -> None
     face = prepare_faces([striped_face(90)] * len(levels))
     out = np.stack(to_images(baseline.infer(flat_mel(levels), face))).astype(float)
     gap = out[:, 68:86, 40:56].mean(axis=(1, 2, 3))  # the whole mouth, so the growing gap counts
-    assert gap[0] == 160.0 and np.all(np.diff(gap) < -2.0), gap
+    assert gap[0] == 160.0, gap
+    assert np.all(np.diff(gap) < -2.0), gap
     darkest_row = out[-1, 68:86, 40:56].mean(axis=(1, 2)).min()
     assert darkest_row < 70.0, darkest_row  # a clearly dark opening at full loudness (face: 160)
     corners = out[:, 68:86, 16:20].mean(axis=(1, 2, 3))

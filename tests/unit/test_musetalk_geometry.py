@@ -29,9 +29,11 @@ def test_box_runs_from_nose_minus_chin_to_nose_down_to_the_padded_chin() -> None
 
 def test_box_is_clamped_to_the_frame() -> None:
     top = musetalk_box(Box(10, 0, 60, 40), FRAME)
-    assert top.y1 >= 0 and top.y2 == 40
+    assert top.y1 >= 0
+    assert top.y2 == 40
     bottom = musetalk_box(Box(10, 430, 90, 480), FRAME)  # the pad was cut at the frame's edge
-    assert bottom.y2 == 480 and 430 <= bottom.y1 < 480
+    assert bottom.y2 == 480
+    assert 430 <= bottom.y1 < 480
 
 
 def test_crop_is_the_box_resized_to_256_upright() -> None:
@@ -42,8 +44,10 @@ def test_crop_is_the_box_resized_to_256_upright() -> None:
     frame[face.y1 : middle, face.x1 : face.x2] = (0, 0, 255)  # red above the middle
     frame[middle : face.y2, face.x1 : face.x2] = (255, 0, 0)  # blue below
     crop = crop_256(frame, box)
-    assert crop.shape == (256, 256, 3) and crop.dtype == np.uint8
-    assert np.all(crop[:100] == (0, 0, 255)) and np.all(crop[156:] == (255, 0, 0))
+    assert crop.shape == (256, 256, 3)
+    assert crop.dtype == np.uint8
+    assert np.all(crop[:100] == (0, 0, 255))
+    assert np.all(crop[156:] == (255, 0, 0))
 
 
 def test_vae_inputs_mask_the_lower_half_to_minus_one_and_turn_bgr_into_rgb() -> None:
@@ -51,11 +55,13 @@ def test_vae_inputs_mask_the_lower_half_to_minus_one_and_turn_bgr_into_rgb() -> 
     blue[..., 0] = 255  # BGR blue
     grey = np.full((256, 256, 3), 51, np.uint8)
     images = vae_inputs([blue, grey])
-    assert images.shape == (4, 3, 256, 256) and images.dtype == np.float32
+    assert images.shape == (4, 3, 256, 256)
+    assert images.dtype == np.float32
     masked, full = images[:2], images[2:]
     assert np.all(masked[:, :, 128:] == -1.0)
     np.testing.assert_array_equal(masked[:, :, :128], full[:, :, :128])
-    assert np.all(full[0, 2] == 1.0) and np.all(full[0, :2] == -1.0)  # RGB: blue is channel 2
+    assert np.all(full[0, 2] == 1.0)
+    assert np.all(full[0, :2] == -1.0)
     np.testing.assert_allclose(full[1], 51 / 255 * 2 - 1, atol=1e-6)
 
 
@@ -71,15 +77,20 @@ def test_decoded_rgb_becomes_clipped_bgr() -> None:
     images = np.zeros((1, 3, 256, 256), np.float32)
     images[0, 0] = 1.5  # red, out of range
     face = to_bgr(images)[0]
-    assert face.shape == (256, 256, 3) and np.all(face[..., 2] == 255) and np.all(face[..., :2] == 0)
+    assert face.shape == (256, 256, 3)
+    assert np.all(face[..., 2] == 255)
+    assert np.all(face[..., :2] == 0)
 
 
 @pytest.mark.parametrize(("width", "height"), [(100, 110), (240, 260), (37, 41)])
 def test_mask_covers_the_lower_face_only_and_is_feathered(width: int, height: int) -> None:
     mask = lower_face_mask(width, height)[..., 0]
-    assert mask.shape == (height, width) and not mask.flags.writeable
+    assert mask.shape == (height, width)
+    assert not mask.flags.writeable
     assert np.all(mask[: height // 2 + 1] == 0)  # the upper half of the square crop is kept
-    assert np.all(mask[:, 0] == 0) and np.all(mask[:, -1] == 0) and np.all(mask[-1] == 0)
+    assert np.all(mask[:, 0] == 0)
+    assert np.all(mask[:, -1] == 0)
+    assert np.all(mask[-1] == 0)
     assert mask[round(height * 0.75), width // 2] == pytest.approx(1.0, abs=1e-6)
     row = mask[round(height * 0.75)]
     ramp = np.count_nonzero((row > 0.01) & (row < 0.99)) / 2  # columns the feather takes on one side
@@ -96,8 +107,10 @@ def test_paste_changes_only_the_lower_face_and_leaves_the_input_alone() -> None:
     face = musetalk_box(box, FRAME)
     assert not frame.any()
     changed = np.nonzero(out.any(axis=2))
-    assert changed[0].min() > (face.y1 + face.y2) // 2 and changed[0].max() < face.y2
-    assert changed[1].min() > face.x1 and changed[1].max() < face.x2 - 1
+    assert changed[0].min() > (face.y1 + face.y2) // 2
+    assert changed[0].max() < face.y2
+    assert changed[1].min() > face.x1
+    assert changed[1].max() < face.x2 - 1
     assert np.all(out[round(face.y1 + 0.75 * face.height), (face.x1 + face.x2) // 2] == 255)
 
 

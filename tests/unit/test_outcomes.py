@@ -39,10 +39,13 @@ def test_a_partial_job_is_filed_in_done_with_an_error_file_naming_the_failed_vid
     set_job(store, "promo", JobState.RENDERED)
     store.finish_job("promo")
     filed = inbox.file_job(store.job("promo"), store.videos("promo"))  # type: ignore[arg-type]
-    assert filed == inbox.done_dir / "promo.yaml" and filed.read_text() == "audio: a.wav\n"
+    assert filed == inbox.done_dir / "promo.yaml"
+    assert filed.read_text() == "audio: a.wav\n"
     report = (inbox.done_dir / "promo.error.txt").read_text()
-    assert "media/cut.mp4: the file is cut short" in report and "media/good.mp4" not in report
-    assert not any(inbox.failed_dir.iterdir()) and not any(inbox.claimed_dir.iterdir())
+    assert "media/cut.mp4: the file is cut short" in report
+    assert "media/good.mp4" not in report
+    assert not any(inbox.failed_dir.iterdir())
+    assert not any(inbox.claimed_dir.iterdir())
 
 
 def test_a_job_with_every_video_made_is_filed_in_done_alone(job_with: tuple[Inbox, JobStore]) -> None:
@@ -76,12 +79,9 @@ def test_face_check(frames: int, faceless: int, policy: str, fails: bool, warns:
     problem, warning = face_check(frames, faceless, _video(), settings)
     assert (problem is not None, warning is not None) == (fails, warns)
     if fails:
-        assert problem is not None and problem.startswith(
-            "no face found in any of the 156 frames of presenter.mp4"
-        )
+        assert problem is not None
+        assert problem.startswith("no face found in any of the 156 frames of presenter.mp4")
         assert "render.faceless_videos: pass_through" in problem
     if warns:
-        assert (
-            warning is not None
-            and f"no face found in {faceless} of the 156 frames of presenter.mp4" in warning
-        )
+        assert warning is not None
+        assert f"no face found in {faceless} of the 156 frames of presenter.mp4" in warning

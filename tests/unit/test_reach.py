@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from daemon.config import Config, LinksConfig, StorageConfig
 from daemon.distribute.reach import is_loopback, reach
 
 
-def config(links: dict[str, str] | None = None, **storage: str) -> Config:
+def config(links: dict[str, Any] | None = None, **storage: Any) -> Config:
     return Config(storage=StorageConfig(**storage), links=LinksConfig(**(links or {})))
 
 
@@ -30,7 +32,8 @@ def test_reach_names_the_host_people_open(cfg: Config, host: str, local: bool) -
     where = reach(cfg)
     assert (where.host, where.local_only) == (host, local)
     if local:
-        assert where.who == "only this machine" and "storage.public_url" in where.sentence()
+        assert where.who == "only this machine"
+        assert "storage.public_url" in where.sentence()
     else:
         assert where.who == f"machines that can reach {host}"
 

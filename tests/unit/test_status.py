@@ -38,9 +38,10 @@ def config(tmp_path: Path) -> str:
     the inbox refused."""
     shared, state = tmp_path / "shared", tmp_path / "state"
     store = JobStore(state)
-    add = lambda name, *videos: store.add_job(  # noqa: E731
-        _manifest(tmp_path, name, videos), claimed_path=tmp_path / name, base_dir=tmp_path
-    )
+
+    def add(name: str, *videos: str) -> None:
+        store.add_job(_manifest(tmp_path, name, videos), claimed_path=tmp_path / name, base_dir=tmp_path)
+
     add("waiting", "a.mp4")
     add("busy", "b.mp4")
     set_job(store, "busy", JobState.RENDERING)
@@ -77,11 +78,16 @@ def test_table_words_percent_links_and_refused(
 ) -> None:
     monkeypatch.setenv("COLUMNS", "200")  # a wide terminal: cells on one line each
     out = _status(config, capsys)
-    assert "[]" not in out and "queued" in out  # before: '[]queued', rich took the empty style as markup
+    assert "[]" not in out
+    assert "queued" in out
     assert "45%" in out
     assert URL in out.splitlines()[-1]  # the whole link on one line, ready to copy (before: cut at 80)
-    assert "refused" in out and "(not a job) typo" in out and "'videos' is" in out
-    assert "cannot be used" in out and "END" not in out and "--full" in out  # cut, and says how to see it
+    assert "refused" in out
+    assert "(not a job) typo" in out
+    assert "'videos' is" in out
+    assert "cannot be used" in out
+    assert "END" not in out
+    assert "--full" in out
 
 
 def test_full_shows_whole_errors(config: str, capsys: pytest.CaptureFixture[str]) -> None:
@@ -92,14 +98,16 @@ def test_full_shows_whole_errors(config: str, capsys: pytest.CaptureFixture[str]
 def test_json_failed_and_since(config: str, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     every = json.loads(_status(config, capsys, "--json"))
     assert [d["job"] for d in every] == ["waiting", "busy", "broken", "shared", None]
-    assert every[-1]["status"] == "refused" and "'videos' is missing" in every[-1]["error"]
+    assert every[-1]["status"] == "refused"
+    assert "'videos' is missing" in every[-1]["error"]
     failed = json.loads(_status(config, capsys, "--json", "--failed"))
     assert [d["job"] or d["manifest"] for d in failed] == ["broken", "typo.yaml"]
     with sqlite3.connect(tmp_path / "state" / "lipsyncd.db") as db:  # 'waiting' last changed 3 hours ago
         for table, key in (("jobs", "id"), ("videos", "job_id")):
             db.execute(f"UPDATE {table} SET updated = ? WHERE {key} = 'waiting'", (time.time() - 3 * 3600,))
     recent = json.loads(_status(config, capsys, "--json", "--since", "2h"))
-    assert "waiting" not in [d["job"] for d in recent] and "busy" in [d["job"] for d in recent]
+    assert "waiting" not in [d["job"] for d in recent]
+    assert "busy" in [d["job"] for d in recent]
     assert main(["--config", config, "status", "--since", "yesterday"]) == EXIT_FAILED
     assert "--since 'yesterday'" in capsys.readouterr().err
 
@@ -125,4 +133,7 @@ def test_unknown_states_and_fields_are_shown_as_they_come() -> None:
     console = Console(record=True, width=120)
     print_table([doc], console)
     text = console.export_text()
-    assert "partial" in text and "skipped" in text and "2 of 3 videos ready" in text and "[]" not in text
+    assert "partial" in text
+    assert "skipped" in text
+    assert "2 of 3 videos ready" in text
+    assert "[]" not in text

@@ -74,7 +74,9 @@ def test_state_survives_reopening(store: JobStore, tmp_path: Path) -> None:
     store.close()
     again = JobStore(tmp_path / "state")
     video = again.video("promo", "a.mp4")
-    assert video is not None and video.state == VideoState.RENDERING and video.progress == 0.5
+    assert video is not None
+    assert video.state == VideoState.RENDERING
+    assert video.progress == 0.5
     assert again.videos_in(VideoState.RENDERING)[0].output == "a.mp4"
 
 
@@ -141,10 +143,14 @@ def test_links_view_has_every_field_and_no_secrets(store: JobStore, tmp_path: Pa
         "expires_at",
     ):
         assert key in video
-    assert video["status"] == "rendering" and video["progress"] == 0.25 and video["source"] == "a.mp4"
-    assert doc["job"] == "promo" and doc["status"] == "queued"
+    assert video["status"] == "rendering"
+    assert video["progress"] == 0.25
+    assert video["source"] == "a.mp4"
+    assert doc["job"] == "promo"
+    assert doc["status"] == "queued"
     text = json.dumps(doc)
-    assert "secret" not in text.lower() and str(tmp_path) not in text
+    assert "secret" not in text.lower()
+    assert str(tmp_path) not in text
 
 
 def test_links_file_is_replaced_atomically_while_read(store: JobStore, tmp_path: Path) -> None:
@@ -202,8 +208,10 @@ def test_a_store_from_before_the_page_and_duration_columns_gains_them(tmp_path: 
     set_video(store, "promo", "a.mp4", duration=2.5)
     store.set_page("promo", "https://x/links.html", 1.0, "ab")
     video, job = store.video("promo", "a.mp4"), store.job("promo")
-    assert video is not None and video.duration == 2.5
-    assert job is not None and (job.page_url, job.page_sha256) == ("https://x/links.html", "ab")
+    assert video is not None
+    assert video.duration == 2.5
+    assert job is not None
+    assert (job.page_url, job.page_sha256) == ("https://x/links.html", "ab")
 
 
 def _rendered_job(store: JobStore, tmp_path: Path, *outcomes: str) -> None:
@@ -235,7 +243,8 @@ def test_a_job_ends_done_partial_or_failed_by_its_videos(
     _rendered_job(store, tmp_path, *outcomes)
     assert store.finish_job("promo") == state
     job = store.job("promo")
-    assert job is not None and job.state == state
+    assert job is not None
+    assert job.state == state
     if state == JobState.DONE:
         assert job.error is None
     else:  # the job's error names each failed video and why
@@ -262,7 +271,8 @@ def test_view_of_a_partial_job_says_how_many_are_ready_and_why_the_others_failed
     folder.mkdir(parents=True)
     (folder / "v0.mp4").write_bytes(b"video")  # v2.mp4's file is not there (deleted by hand, say)
     doc = job_view(store.job("promo"), store.videos("promo"), folder)  # type: ignore[arg-type]
-    assert doc["status"] == "partial" and doc["summary"] == "2 of 3 ready"
+    assert doc["status"] == "partial"
+    assert doc["summary"] == "2 of 3 ready"
     assert doc["problems"] == [
         "v1.mp4 failed: the video v1.mp4 is cut short",
         "v2.mp4: no face found in 30 of the 50 frames of v2.mp4 (60%)",
@@ -289,7 +299,8 @@ def test_summary_counts_only_uploaded_videos_for_a_job_that_distributes(
     set_video(store, "promo", "b.mp4", VideoState.RENDERING)
     set_video(store, "promo", "b.mp4", VideoState.RENDERED)
     doc = job_view(store.job("promo"), store.videos("promo"))  # type: ignore[arg-type]
-    assert doc["summary"] == "1 of 2 ready, 1 in progress" and doc["problems"] == []
+    assert doc["summary"] == "1 of 2 ready, 1 in progress"
+    assert doc["problems"] == []
 
 
 def test_a_store_from_before_warnings_gets_the_column(tmp_path: Path) -> None:

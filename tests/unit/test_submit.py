@@ -34,14 +34,16 @@ def test_existing_target_is_never_replaced(tmp_path: Path) -> None:
     src, dst = _pair(tmp_path)
     with pytest.raises(FileExistsError):
         rename_noreplace(src, dst)
-    assert dst.read_text() == "theirs" and src.read_text() == "new"
+    assert dst.read_text() == "theirs"
+    assert src.read_text() == "new"
 
 
 def test_free_target_is_renamed_into(tmp_path: Path) -> None:
     src, dst = _pair(tmp_path)
     dst.unlink()
     rename_noreplace(src, dst)
-    assert dst.read_text() == "new" and not src.exists()
+    assert dst.read_text() == "new"
+    assert not src.exists()
 
 
 def test_fallback_without_renameat2_never_replaces_either(
@@ -51,10 +53,12 @@ def test_fallback_without_renameat2_never_replaces_either(
     src, dst = _pair(tmp_path)
     with pytest.raises(FileExistsError):
         rename_noreplace(src, dst)
-    assert dst.read_text() == "theirs" and src.read_text() == "new"
+    assert dst.read_text() == "theirs"
+    assert src.read_text() == "new"
     dst.unlink()
     rename_noreplace(src, dst)
-    assert dst.read_text() == "new" and not src.exists()
+    assert dst.read_text() == "new"
+    assert not src.exists()
 
 
 def test_taken_manifest_name_gets_the_next_number_and_no_temp_is_left(tmp_path: Path) -> None:

@@ -62,11 +62,14 @@ def test_finished_jobs_media_go_after_the_keep_time_others_stay(tmp_path: Path) 
     assert sweep_media(store, inbox / "media", keep=600, now=now) == []  # kept for a retry first
     removed = sweep_media(store, inbox / "media", keep=600, now=now + 601)
     assert sorted(removed) == sorted([done, failed, cancelled])
-    assert busy.is_dir() and unused.is_dir() and users.is_dir()
+    assert busy.is_dir()
+    assert unused.is_dir()
+    assert users.is_dir()
     old = now - 7200
     os.utime(unused, (old, old))  # a copy no job uses, two hours old: its manifest never came
     assert sweep_media(store, inbox / "media", keep=0, now=now) == [unused]
-    assert busy.is_dir() and users.is_dir()
+    assert busy.is_dir()
+    assert users.is_dir()
 
 
 def test_the_intake_rescan_tidies(tmp_path: Path) -> None:

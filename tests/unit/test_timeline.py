@@ -29,7 +29,8 @@ def test_short_video_is_stretched_from_the_spill(tmp_path: Path) -> None:
     assert [f.source_index for f in out] == [0, 1, 2, 1, 0, 1, 2]
     assert [int(f.frame[0, 0, 0]) for f in out] == [0, 1, 2, 1, 0, 1, 2]
     assert [f.index for f in out] == list(range(7))
-    assert out[3].crop == FaceCrop(3, Box(1, 0, 2, 1)) and out[4].crop.box is None
+    assert out[3].crop == FaceCrop(3, Box(1, 0, 2, 1))
+    assert out[4].crop.box is None
     assert list(tmp_path.iterdir()) == []  # the spill file is unlinked from the start
 
 

@@ -60,16 +60,22 @@ def test_a_vanished_file_is_rendered_again_at_most_max_rerenders_times(
     for n in range(1, MAX_RERENDERS + 1):
         upload.step()
         job, video = store.job("promo"), store.video("promo", "a.mp4")
-        assert job is not None and video is not None
+        assert job is not None
+        assert video is not None
         assert (job.state, job.rerenders, video.state) == (JobState.QUEUED, n, VideoState.QUEUED)
-        assert video.error is not None and "vanished" in video.error and "rendering it again" in video.error
+        assert video.error is not None
+        assert "vanished" in video.error
+        assert "rendering it again" in video.error
         render_once_more(store)
     upload.step()
     upload.shutdown()
     job, video = store.job("promo"), store.video("promo", "a.mp4")
-    assert job is not None and video is not None
-    assert video.state == VideoState.FAILED and "removed each time" in (video.error or "")
-    assert job.state == JobState.FAILED and "no video of this job could be shared" in (job.error or "")
+    assert job is not None
+    assert video is not None
+    assert video.state == VideoState.FAILED
+    assert "removed each time" in (video.error or "")
+    assert job.state == JobState.FAILED
+    assert "no video of this job could be shared" in (job.error or "")
 
 
 def test_nothing_is_sent_back_while_the_job_is_still_rendering(store: JobStore, tmp_path: Path) -> None:
@@ -79,13 +85,15 @@ def test_nothing_is_sent_back_while_the_job_is_still_rendering(store: JobStore, 
     upload = watcher(store, tmp_path)
     upload.step()
     video = store.video("promo", "a.mp4")
-    assert video is not None and video.state == VideoState.RENDERED
+    assert video is not None
+    assert video.state == VideoState.RENDERED
     assert store.render_again("promo", "a.mp4", "gone") is False
     set_job(store, "promo", JobState.RENDERED)
     upload.step()
     upload.shutdown()
     video = store.video("promo", "a.mp4")
-    assert video is not None and video.state == VideoState.QUEUED
+    assert video is not None
+    assert video.state == VideoState.QUEUED
 
 
 def test_a_store_from_before_the_rerender_count_gains_it(tmp_path: Path) -> None:
@@ -96,4 +104,5 @@ def test_a_store_from_before_the_rerender_count_gains_it(tmp_path: Path) -> None
     store = JobStore(state)
     rendered(store, tmp_path)
     job = store.job("promo")
-    assert job is not None and job.rerenders == 0
+    assert job is not None
+    assert job.rerenders == 0

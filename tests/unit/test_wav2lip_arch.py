@@ -46,12 +46,15 @@ def test_forward_shapes_and_range() -> None:
     with torch.no_grad():
         out = model(torch.randn(2, 1, 80, 16), torch.rand(2, 6, 96, 96))
     assert out.shape == (2, 3, 96, 96)
-    assert float(out.min()) >= 0.0 and float(out.max()) <= 1.0
+    assert float(out.min()) >= 0.0
+    assert float(out.max()) <= 1.0
 
 
 def _random_bn(bn: nn.BatchNorm2d, gen: torch.Generator) -> None:
     with torch.no_grad():
         n = bn.num_features
+        assert bn.running_mean is not None
+        assert bn.running_var is not None
         bn.weight.copy_(torch.rand(n, generator=gen) + 0.5)
         bn.bias.copy_(torch.randn(n, generator=gen))
         bn.running_mean.copy_(torch.randn(n, generator=gen))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from fractions import Fraction
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -51,7 +52,8 @@ def test_transformers_defaults_are_whisper_tiny(extractor: Any) -> None:
     default = type(extractor)()
     for key, value in TINY_PREPROCESSOR.items():
         assert getattr(default, key) == value, key
-    assert default.n_samples == wa.SEGMENT_SAMPLES and default.nb_max_frames == wa.SEGMENT_FRAMES
+    assert default.n_samples == wa.SEGMENT_SAMPLES
+    assert default.nb_max_frames == wa.SEGMENT_FRAMES
     np.testing.assert_allclose(wa._mel_filters().T, default.mel_filters, rtol=1e-6, atol=1e-12)
 
 
@@ -61,7 +63,8 @@ def test_log_mel_matches_transformers(extractor: Any, name: str) -> None:
     # as MuseTalk calls it; with torch installed this is transformers' torch (float32) STFT path
     expected = extractor(wav, sampling_rate=SR, return_tensors="np").input_features[0]
     got = wa.log_mel(wav)
-    assert got.shape == (80, 3000) and got.dtype == np.float32
+    assert got.shape == (80, 3000)
+    assert got.dtype == np.float32
     assert np.abs(got - expected).max() < 1e-4
 
 
@@ -98,7 +101,8 @@ class FakeEncoder:
         self.seen: list[np.ndarray] = []
 
     def __call__(self, features: np.ndarray) -> np.ndarray:
-        assert features.dtype == np.float32 and features.shape[1:] == (80, 3000)
+        assert features.dtype == np.float32
+        assert features.shape[1:] == (80, 3000)
         first = sum(len(f) for f in self.seen) * wa.ENCODER_STEPS
         self.seen.append(features)
         steps = first + np.arange(len(features) * wa.ENCODER_STEPS).reshape(len(features), -1)
@@ -185,7 +189,8 @@ def test_padding_at_start_and_end() -> None:
 def test_empty_audio_gives_zero_windows() -> None:
     encoder = FakeEncoder()
     features = wa.encode_audio(np.zeros(0, np.float32), encoder)
-    assert encoder.seen == [] and features.window(0, 25.0).shape == (50, 384)
+    assert encoder.seen == []
+    assert features.window(0, 25.0).shape == (50, 384)
     assert not features.window(0, 25.0).any()
 
 
@@ -203,5 +208,22 @@ def test_one_segment_a_call_by_default_and_the_same_features_as_batched() -> Non
     one, four = FakeEncoder(width=3), FakeEncoder(width=3)
     default = wa.encode_audio(wav, one)
     assert [len(f) for f in one.seen] == [1, 1, 1, 1]
-    np.testing.assert_array_equal(default.hidden, wa.encode_audio(wav, four, batch=4).hidden)
+    np.testing.assert_array_equal(default.hidden[:], wa.encode_audio(wav, four, batch=4).hidden[:])
     assert default.hidden.shape == (math.floor(95 * 50 + 7 * 50 / SR), 5, 3)
+
+
+def test_spilled_steps_equal_the_in_memory_ones_and_leave_no_file(tmp_path: Path) -> None:
+    """A long voice-over's encoder output goes to an unnamed file in the scratch folder (5 minutes are
+    115 MB for whisper-tiny): the windows read back from it are the ones an in-memory array gives."""
+    wav = noise(65 * SR + 123)
+    spilled = wa.encode_audio(wav, FakeEncoder(width=3), spill_dir=tmp_path / "scratch")
+    in_memory = wa.encode_audio(wav, FakeEncoder(width=3), spill=False)
+    assert isinstance(spilled.hidden, wa.SpilledSteps)
+    assert isinstance(in_memory.hidden, np.ndarray)
+    assert spilled.hidden.shape == in_memory.hidden.shape
+    np.testing.assert_array_equal(spilled.hidden[:], in_memory.hidden)
+    for fps in (25.0, 29.97):
+        for i in (0, 1, 750, 1624, 1625, 5000):
+            np.testing.assert_array_equal(spilled.window(i, fps), in_memory.window(i, fps))
+    np.testing.assert_array_equal(spilled.windows(25.0, 100, 7), in_memory.windows(25.0, 100, 7))
+    assert list((tmp_path / "scratch").iterdir()) == []  # the file has no name: nothing to clean up
