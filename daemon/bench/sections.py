@@ -17,6 +17,7 @@ from daemon.bench.core import BenchContext, Check, Section, SectionResult
 from daemon.bench.machine import wait_for_quiet
 from daemon.bench.modelonly import baseline_folder, measure_model, wav2lip_folder
 from daemon.bench.musetalk_section import musetalk_e2e_section, musetalk_memory_section, musetalk_section
+from daemon.bench.workers_section import workers_section
 from daemon.render.pipeline import RenderSettings
 
 DEMO = Path(__file__).resolve().parents[2] / "examples" / "demo"
@@ -229,6 +230,7 @@ SECTIONS: tuple[Section, ...] = (
     Section("memory", "Peak memory vs length", memory_section),
     Section("encoder", "x264 preset: speed vs file size", encoder_section),
     Section("model", "Model only", model_section),
+    Section("workers", "1 vs 2 render worker processes, two 1080p videos", workers_section),
     Section("musetalk", "MuseTalk 1.5 on this CPU (random weights)", musetalk_section),
     Section("musetalk-e2e", "MuseTalk end to end, 2 s of 1080p (full size)", musetalk_e2e_section),
     Section("musetalk-memory", "MuseTalk peak memory vs length (tiny networks)", musetalk_memory_section),

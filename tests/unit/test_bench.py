@@ -35,7 +35,7 @@ def test_quick_example_renders_the_bundled_demo_and_reports_it(tmp_path: Path) -
 
 
 def test_an_unknown_section_is_refused_by_name(tmp_path: Path) -> None:
-    choices = "e2e, encoder, example, memory, model, musetalk, musetalk-e2e, musetalk-memory"
+    choices = "e2e, encoder, example, memory, model, musetalk, musetalk-e2e, musetalk-memory, workers"
     with pytest.raises(ValueError, match=f"unknown bench section nope; choose from {choices}"):
         run_bench(BenchOptions(quick=True, only=("nope",), work_dir=tmp_path))
 
@@ -126,3 +126,16 @@ def test_quick_musetalk_imports_tiny_networks_and_reports_every_part(tmp_path: P
     assert "ONNX vs PyTorch max abs difference: audio_encoder.onnx" in section["notes"][0]
     assert (tmp_path / "models" / "musetalk-tiny" / "model.json").is_file()  # kept for the next run
     assert "c end to end" in format_table(results)
+
+
+def test_quick_workers_section_renders_one_job_with_one_and_two_worker_processes(tmp_path: Path) -> None:
+    """Real `lipsyncd render --slot N` processes on a fresh share: both runs render the two videos."""
+    results = run_bench(BenchOptions(quick=True, only=("workers",), work_dir=tmp_path, quiet_wait=0))
+    (section,) = results["sections"]
+    assert "error" not in section, section.get("error")
+    one, two = section["rows"]
+    assert (one["what"], two["what"]) == ("1 worker, 256x256, baseline", "2 workers, 256x256, baseline")
+    for row in (one, two):
+        assert row["frames"] == 2 * 25  # two videos of 1 s at 25 fps
+        assert row["per_s"] > 0
+        assert len(row["per_video_fps"]) == 2  # one video_rendered line per video
