@@ -92,6 +92,7 @@ def test_long_clips_are_copies_of_a_segment_back_to_back(tmp_path: Path) -> None
     assert frames[-1] == pytest.approx(frames[0] + 29 / 25)
 
 
+@pytest.mark.timeout(900)  # a tiny import, three sections, five renders: ~2 min alone, more on a busy box
 def test_quick_musetalk_imports_tiny_networks_and_reports_every_part(tmp_path: Path) -> None:
     only = ("musetalk", "musetalk-e2e", "musetalk-memory")
     results = run_bench(BenchOptions(quick=True, only=only, work_dir=tmp_path, quiet_wait=0))
