@@ -45,7 +45,7 @@ from tests.e2e.crash_checks import (
     store_rows,
     wait_all_done,
 )
-from tests.e2e.crash_probe import Sight, StoreView, frozen, look, py_spy, store_write_lock
+from tests.e2e.crash_probe import Sight, StoreView, frozen, look, py_spy, store_write_lock, wait_stopped
 from tests.e2e.harness import Daemon, Share
 
 MiB = 1 << 20
@@ -508,17 +508,9 @@ class CrashRun:
     def _pause(self, index: int, role: str, rng: random.Random) -> Pause:
         """Freeze a worker that holds a claim for longer than its lease (until another worker takes one of
         its claims over, or lease + 10 s), thaw it, and wait for its log to say the claim was lost."""
-        _wait(
-            lambda: bool(self._ready(role)) and bool(self.view.claim_owners(role)), self.settings.wait_s, 0.05
-        )
-        proc = self._target(role, rng)
-        name, lease = worker_name(role, proc.slot), self.settings.lease_s
-        logged = len(proc.daemon.events())
-        began = time.monotonic()
-        proc.daemon.proc.send_signal(signal.SIGSTOP)
+        proc, held, logged, began = self._freeze_holding(role, rng)
         try:
-            held = tuple(self.view.claims_of(name))
-            time.sleep(lease + 2.0)
+            time.sleep(self.settings.lease_s + 2.0)
             _wait(lambda: bool(self._taken(held)), 8.0, 0.05)
             taken = self._taken(held)
             seconds = time.monotonic() - began
@@ -537,6 +529,27 @@ class CrashRun:
             and any((e.get("job"), e.get("video")) == (job, video) for job, video, _ in taken)
         )
         return Pause(index, role, proc.slot, held, taken, round(seconds, 1), refused, late)
+
+    def _freeze_holding(
+        self, role: str, rng: random.Random
+    ) -> tuple[_Process, tuple[tuple[str, str, int], ...], int, float]:
+        """SIGSTOP a worker that holds a claim, read once it is frozen (a short upload may end between
+        the look and the signal: thaw and try again, for up to wait_s). Returns the frozen worker, its
+        claims, how many log lines it had written, and when it was frozen."""
+        deadline = time.monotonic() + self.settings.wait_s
+        holding = lambda: bool(self._ready(role) and self.view.claim_owners(role))  # noqa: E731
+        while True:
+            _wait(holding, self.settings.wait_s, 0.01)
+            proc = self._target(role, rng)
+            logged = len(proc.daemon.events())
+            began = time.monotonic()
+            proc.daemon.proc.send_signal(signal.SIGSTOP)
+            wait_stopped(proc.daemon.proc.pid, 2.0)
+            held = tuple(self.view.claims_of(worker_name(role, proc.slot)))
+            if held or time.monotonic() > deadline:
+                return proc, held, logged, began
+            proc.daemon.proc.send_signal(signal.SIGCONT)
+            time.sleep(rng.uniform(0.0, 0.05))
 
     def _taken(self, held: tuple[tuple[str, str, int], ...]) -> tuple[tuple[str, str, int], ...]:
         """The claims (job, video, epoch) whose row another claim has replaced since."""

@@ -89,14 +89,14 @@ def frozen(pid: int, timeout: float = 2.0) -> Iterator[None]:
     """Stop the process for the duration of the block; resume it after unless it is gone by then."""
     os.kill(pid, signal.SIGSTOP)
     try:
-        _wait_stopped(pid, timeout)
+        wait_stopped(pid, timeout)
         yield
     finally:
         with suppress(ProcessLookupError):
             os.kill(pid, signal.SIGCONT)
 
 
-def _wait_stopped(pid: int, timeout: float) -> None:
+def wait_stopped(pid: int, timeout: float) -> None:
     """SIGSTOP is asynchronous: wait until every thread is parked, so the stacks are where it stopped."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
