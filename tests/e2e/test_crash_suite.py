@@ -42,6 +42,7 @@ def assert_survived(report: CrashReport) -> None:
     assert any(p.taken for p in report.pauses), report.text() + "\n" + report.kills_text()
 
 
+@pytest.mark.timeout(480)  # 2-3 minutes; five worker processes on a busy 2-core box take longer
 def test_short_seeded_crash_run(
     tmp_path: Path, embedded_s3: EmbeddedS3, s3_bucket: str, s3_prefix: str
 ) -> None:
