@@ -320,13 +320,17 @@ class UploadWatcher:
     def _render_again_or_fail(self, job: Job, video: Video) -> None:
         gone = f"the rendered file {video.output} vanished from {self.outputs_dir / job.id} before upload"
         problem = self._cannot_render_again(job, video)
-        if problem:
-            self.store.fail_video(job.id, video.output, f"{gone}; {problem}")
-            self.metrics.failure("upload")
-            log.warning("video_failed", reason=f"{gone}; {problem}")
-            return
-        if self.store.render_again(job.id, video.output, f"{gone}; rendering it again"):
-            log.warning("rendered_file_vanished", reason=f"{gone}; rendering it again")
+        try:
+            if problem:
+                self.store.fail_video(job.id, video.output, f"{gone}; {problem}")
+                self.metrics.failure("upload")
+                log.warning("video_failed", reason=f"{gone}; {problem}")
+                return
+            if self.store.render_again(job.id, video.output, f"{gone}; rendering it again"):
+                log.warning("rendered_file_vanished", reason=f"{gone}; rendering it again")
+        except InvalidTransition:
+            # another upload worker uploaded it since the list was read, and removed the local copy
+            log.debug("vanished_video_moved_on")
 
     def _cannot_render_again(self, job: Job, video: Video) -> str | None:
         if job.state not in (JobState.RENDERED, JobState.QUEUED):

@@ -57,6 +57,8 @@ from daemon.store import (
     VideoState,
 )
 
+# how far back (by the job's last change) a restarted render worker looks for files of lost claims
+DEAD_CLAIM_SWEEP_S = 24 * 3600.0
 log = structlog.get_logger(__name__)
 
 _REMOVED_RETRIES = 3  # renders again after the output folder was deleted mid-render, then fail
@@ -164,7 +166,22 @@ class RenderService:
         active = self.store.jobs(JobState.RENDERING, JobState.QUEUED)
         for job in active:
             _remove_partials(self.paths.outputs_dir / job.id, older_than=time.time() - self.lease_s)
+        self._remove_dead_claims_files()
         self.reconciler.start_up()
+
+    def _remove_dead_claims_files(self) -> None:
+        """A worker thawed past its lease can start a file of its lost claim (`.eN.NAME`, its temp or
+        poster) after the new owner removed the earlier epochs' files, and be killed before it notices the
+        loss: nobody would remove that file, whatever the job's state. A claim's files live only while the
+        video is rendering under that epoch; all others go, in the jobs of the last day (age cannot tell:
+        the file may be seconds old). A file changed after the claims were read may be a new claim's."""
+        since = time.time() - DEAD_CLAIM_SWEEP_S
+        for job in self.store.jobs():
+            if job.updated >= since or job.state in (JobState.RENDERING, JobState.QUEUED):
+                read = time.time()
+                videos = self.store.videos(job.id)
+                live = {(v.output, v.epoch) for v in videos if v.state is VideoState.RENDERING}
+                _remove_dead_epochs(self.paths.outputs_dir / job.id, live, older_than=read)
 
     def next_job(self) -> Job | None:
         jobs = self.store.jobs(JobState.RENDERING, JobState.QUEUED)
@@ -588,6 +605,28 @@ def _inode(path: Path) -> int | None:
 def _discard(staged: Path) -> None:
     staged.unlink(missing_ok=True)
     poster_path(staged.parent, staged.name).unlink(missing_ok=True)
+
+
+def _remove_dead_epochs(folder: Path, live: set[tuple[str, int]], *, older_than: float) -> None:
+    """Every claim's file (`.eN.NAME`, `..eN.STEM.part.mp4`, its poster and their temps) in `folder`
+    whose (output, epoch) is not in `live`, unchanged since `older_than`."""
+    if not folder.is_dir():
+        return
+    for path in folder.iterdir():
+        mark, _, rest = path.name.lstrip(".").partition(".")
+        if not (path.name.startswith(".") and mark[:1] == "e" and mark[1:].isdigit()):
+            continue
+        epoch = int(mark[1:])
+        if not any(held == epoch and _of_output(rest, output) for output, held in live):
+            with suppress(FileNotFoundError):
+                if path.stat().st_mtime < older_than:
+                    path.unlink()
+
+
+def _of_output(rest: str, output: str) -> bool:
+    """`rest` (a claim file's name after `.eN.`) is the output, its render temp or its poster (temp)."""
+    stem = Path(output).stem
+    return rest in (output, f"{stem}.part.mp4") or rest.startswith(stem + POSTER_SUFFIX)
 
 
 def _remove_earlier_epochs(folder: Path, output: str, epoch: int) -> None:

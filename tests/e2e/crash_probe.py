@@ -89,14 +89,14 @@ def frozen(pid: int, timeout: float = 2.0) -> Iterator[None]:
     """Stop the process for the duration of the block; resume it after unless it is gone by then."""
     os.kill(pid, signal.SIGSTOP)
     try:
-        _wait_stopped(pid, timeout)
+        wait_stopped(pid, timeout)
         yield
     finally:
         with suppress(ProcessLookupError):
             os.kill(pid, signal.SIGCONT)
 
 
-def _wait_stopped(pid: int, timeout: float) -> None:
+def wait_stopped(pid: int, timeout: float) -> None:
     """SIGSTOP is asynchronous: wait until every thread is parked, so the stacks are where it stopped."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -224,11 +224,33 @@ class StoreView:
     def big_pending(self) -> bool:
         return bool(self.rows("SELECT 1 FROM videos WHERE output = 'big.mp4' AND state != 'ready' LIMIT 1"))
 
-    def ready_unevicted(self) -> list[tuple[str, str]]:
+    def ready_unevicted(self) -> list[tuple[str, str, str]]:
+        """(job, video, the upload worker that made it ready) of the ready videos still on disk."""
         return [
-            (r[0], r[1])
-            for r in self.rows("SELECT job_id, output FROM videos WHERE state = 'ready' AND evicted = 0")
+            (r[0], r[1], r[2] or "")
+            for r in self.rows(
+                "SELECT job_id, output, uploaded_by FROM videos WHERE state = 'ready' AND evicted = 0"
+            )
         ]
+
+    def claim_owners(self, role: str) -> list[tuple[str]]:
+        """The workers of the kind that hold a claim now (render: rendering, upload: uploading)."""
+        state = "rendering" if role == "render" else "uploading"
+        return [(r[0],) for r in self.rows("SELECT DISTINCT owner FROM videos WHERE state = ?", state)]
+
+    def claims_of(self, owner: str) -> list[tuple[str, str, int]]:
+        return [
+            (r[0], r[1], int(r[2]))
+            for r in self.rows(
+                "SELECT job_id, output, epoch FROM videos WHERE owner = ?"
+                " AND state IN ('rendering', 'uploading')",
+                owner,
+            )
+        ]
+
+    def epoch(self, job: str, output: str) -> int | None:
+        rows = self.rows("SELECT epoch FROM videos WHERE job_id = ? AND output = ?", job, output)
+        return int(rows[0][0]) if rows and rows[0][0] is not None else None
 
     def evicted(self, job: str, output: str) -> bool:
         rows = self.rows("SELECT evicted FROM videos WHERE job_id = ? AND output = ?", job, output)

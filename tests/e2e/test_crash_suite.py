@@ -1,5 +1,6 @@
-"""The crash suite: real render and upload processes killed with SIGKILL at seeded moments, restarted each
-time, and the invariants users rely on checked at the end (tests/e2e/crash.py has the driver).
+"""The crash suite: real render and upload worker processes (3 + 2, leases of 3 s) killed with SIGKILL at
+seeded moments, restarted each time, and now and then frozen past their lease and thawed (their late writes
+must be refused); the invariants users rely on checked at the end (tests/e2e/crash.py has the driver).
 
 The short run is part of the normal test command. The long run is behind a flag:
     pytest tests/e2e/test_crash_suite.py --crash-kills 300 [--crash-seed N] [--crash-storage embedded] -s
@@ -36,8 +37,12 @@ def assert_survived(report: CrashReport) -> None:
     for role, stages in REQUIRED.items():
         hit = {s for k in report.kills if k.role == role for s in k.stages}
         assert set(stages) <= hit, f"{role} kills never landed in {set(stages) - hit}\n{report.text()}"
+    # the pauses did their job: at least one claim was taken over from a frozen worker (and, checked
+    # above, refused to it after the thaw)
+    assert any(p.taken for p in report.pauses), report.text() + "\n" + report.kills_text()
 
 
+@pytest.mark.timeout(480)  # 2-3 minutes; five worker processes on a busy 2-core box take longer
 def test_short_seeded_crash_run(
     tmp_path: Path, embedded_s3: EmbeddedS3, s3_bucket: str, s3_prefix: str
 ) -> None:

@@ -106,3 +106,29 @@ def test_a_store_from_before_the_rerender_count_gains_it(tmp_path: Path) -> None
     job = store.job("promo")
     assert job is not None
     assert job.rerenders == 0
+
+
+@pytest.mark.parametrize("job_state", [JobState.RENDERED, JobState.DONE])
+def test_a_video_another_upload_worker_made_ready_meanwhile_is_left_alone(
+    store: JobStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, job_state: JobState
+) -> None:
+    """Two upload workers (seen in the long crash run): this one lists the video as rendered, the other
+    uploads it, makes it ready and removes the local copy; the file is then gone here. Neither a render
+    again nor a failure may follow, and the worker must not crash (it exited on InvalidTransition)."""
+    rendered(store, tmp_path)
+    listed = store.videos_in(VideoState.RENDERED)
+    set_video(store, "promo", "a.mp4", VideoState.UPLOADING)
+    set_video(store, "promo", "a.mp4", VideoState.READY, evicted=1)
+    if job_state == JobState.DONE:  # the other worker also finished the job: the fail path is taken
+        set_job(store, "promo", JobState.DONE)
+    monkeypatch.setattr(store, "videos_in", lambda *states: listed)  # the list read before the upload
+    upload = watcher(store, tmp_path)
+    try:
+        upload.step()
+    finally:
+        upload.shutdown()
+    job, video = store.job("promo"), store.video("promo", "a.mp4")
+    assert job is not None
+    assert video is not None
+    # its only video ready: the job is done (this step may finish it), never sent back nor failed
+    assert (job.state, job.rerenders, video.state, video.error) == (JobState.DONE, 0, VideoState.READY, None)
