@@ -33,7 +33,17 @@ from daemon.links import ViewChecker, file_signature, summary
 from daemon.linkspage import PAGE_NAME
 from daemon.ops.metrics import Metrics
 from daemon.reconcile import Eviction, Reconciler
-from daemon.store import Claim, InvalidTransition, Job, JobState, JobStore, LostClaim, Video, VideoState
+from daemon.store import (
+    Claim,
+    Effect,
+    InvalidTransition,
+    Job,
+    JobState,
+    JobStore,
+    LostClaim,
+    Video,
+    VideoState,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -397,11 +407,15 @@ class UploadWatcher:
         the video links it shows. Looks at a page only when its file changed since last published."""
         if not self.settings.upload_page:
             return
+        # a job whose views are still to be written may not have its last page on disk (its writer was busy):
+        # the page goes up once the view is settled, never a page behind the store
+        unsettled = {effect.job_id for effect in self.store.pending(Effect.VIEWS)}
         for job in self.store.jobs(JobState.DONE, JobState.PARTIAL):
             key = (job.id, PAGE_NAME)
             page = self.outputs_dir / job.id / PAGE_NAME
             if (
                 not job.distribute
+                or job.id in unsettled
                 or key in self._in_flight
                 or self._retry_at.get(key, 0.0) > time.monotonic()
             ):

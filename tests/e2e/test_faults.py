@@ -378,6 +378,8 @@ def stamp(daemon: Daemon, event: str, job_name: str) -> float | None:
 def upload_seconds(share: Share, name: str, render: Daemon, upload: Daemon) -> float:
     """From the render watcher's video_rendered to the upload watcher's video_ready, by their log times."""
     wait_for(lambda: statuses(share.links(name)) == ["ready"], 60, f"{name} ready", upload)
+    # the view is written as the change commits, the log line just after: wait for that line too
+    wait_for(lambda: stamp(upload, "video_ready", name), 10, f"{name}'s video_ready line", upload)
     rendered, ready = stamp(render, "video_rendered", name), stamp(upload, "video_ready", name)
     assert rendered is not None
     assert ready is not None
