@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -146,7 +147,7 @@ def _all_rendered(store: JobStore, count: int) -> bool:
     return len(videos) == count and all(v.state == VideoState.RENDERED for v in videos)
 
 
-def _wait(done: Any, timeout: float, what: str) -> None:
+def _wait(done: Callable[[], bool], timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not done():
         if time.monotonic() > deadline:

@@ -41,6 +41,17 @@ def uploading(store: JobStore, tmp_path: Path) -> None:
     store.applied(*store.pending())
 
 
+def started_from_the_inbox(store: JobStore, tmp_path: Path) -> tuple[Inbox, Path]:
+    """A job `promo` (one video, not distributed) whose manifest waits in inbox/.claimed/, rendering."""
+    inbox = Inbox(tmp_path / "inbox", settle_time=0.0)
+    inbox.make_folders()
+    claimed = inbox.claimed_dir / "promo.yaml"
+    claimed.write_text("name: promo\n")
+    store.add_job(manifest(tmp_path, "a.mp4", distribute=False), claimed_path=claimed, base_dir=tmp_path)
+    store.start_job("promo")
+    return inbox, claimed
+
+
 def test_a_refused_move_records_no_effect(store: JobStore, tmp_path: Path) -> None:
     uploading(store, tmp_path)
     store.cancel_job("promo", "cancelled")
@@ -156,12 +167,7 @@ def test_a_later_eviction_waits_for_its_hour_and_keep_drops_it(store: JobStore, 
 def test_a_finished_job_is_filed_once_by_the_process_that_owns_the_inbox(
     store: JobStore, tmp_path: Path
 ) -> None:
-    inbox = Inbox(tmp_path / "inbox", settle_time=0.0)
-    inbox.make_folders()
-    claimed = inbox.claimed_dir / "promo.yaml"
-    claimed.write_text("name: promo\n")
-    store.add_job(manifest(tmp_path, "a.mp4", distribute=False), claimed_path=claimed, base_dir=tmp_path)
-    store.start_job("promo")
+    inbox, claimed = started_from_the_inbox(store, tmp_path)
     store.claim_video("promo", "a.mp4")
     store.fail_video("promo", "a.mp4", "no face")
     upload_side = reconciler(store, tmp_path, eviction=lambda: Eviction("delete"))
@@ -205,12 +211,7 @@ def test_reconcile_from_two_threads_at_once_leaves_nothing_pending(store: JobSto
 def test_a_manifest_is_filed_only_once_links_json_shows_the_job_finished(
     store: JobStore, tmp_path: Path
 ) -> None:
-    inbox = Inbox(tmp_path / "inbox", settle_time=0.0)
-    inbox.make_folders()
-    claimed = inbox.claimed_dir / "promo.yaml"
-    claimed.write_text("name: promo\n")
-    store.add_job(manifest(tmp_path, "a.mp4", distribute=False), claimed_path=claimed, base_dir=tmp_path)
-    store.start_job("promo")
+    inbox, claimed = started_from_the_inbox(store, tmp_path)
     store.claim_video("promo", "a.mp4")
     store.video_rendered("promo", "a.mp4", Rendered(10, 0, 5, "ab" * 32, "m", 0.4, None))
     store.job_rendered("promo", finish=True)
@@ -230,12 +231,7 @@ def test_a_view_that_cannot_be_written_does_not_hold_back_the_filing(
 ) -> None:
     """The outputs disk full: links.json cannot be written at all, yet the failed job's manifest (on
     another disk) is filed with its reason; the view stays asked for, for when space is back."""
-    inbox = Inbox(tmp_path / "inbox", settle_time=0.0)
-    inbox.make_folders()
-    claimed = inbox.claimed_dir / "promo.yaml"
-    claimed.write_text("name: promo\n")
-    store.add_job(manifest(tmp_path, "a.mp4", distribute=False), claimed_path=claimed, base_dir=tmp_path)
-    store.start_job("promo")
+    inbox, claimed = started_from_the_inbox(store, tmp_path)
 
     def disk_full(*args: Any, **kwargs: Any) -> None:
         raise OSError(28, "No space left on device")
