@@ -22,6 +22,7 @@ filer waiting out a fixed 15 s gRPC drain on its own metadata subscription. Seaw
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import ipaddress
 import json
@@ -492,13 +493,22 @@ class EmbeddedS3:
             )
 
     def _end_stale_server(self) -> None:
-        """A daemon killed with -9 leaves its SeaweedFS running on our data; end it before starting."""
-        pid = _read_pid(self._paths.pid)
-        if pid is None or not _is_our_weed(pid, self._paths.data):
+        """A process killed with -9 leaves its SeaweedFS running on our data. We hold the owner lock, so
+        every `weed` on our data dir is such an orphan: end them all before starting. They are found in
+        /proc, not only through weed.pid: a kill between spawning the server and writing its pid file
+        leaves an orphan no pid file names, and it would hold the filer's database lock."""
+        orphans = set(_weeds_on(self._paths.data))
+        recorded = _read_pid(self._paths.pid)
+        if recorded is not None and _is_our_weed(recorded, self._paths.data):
+            orphans.add(recorded)
+        if not orphans:
             return
-        log.warning("embedded_s3_stale_server_killed", pid=pid)
-        os.kill(pid, signal.SIGKILL)
-        _wait_gone(pid, 10.0)
+        for pid in sorted(orphans):
+            log.warning("embedded_s3_stale_server_killed", pid=pid, recorded=pid == recorded)
+            with contextlib.suppress(ProcessLookupError):  # it may have ended meanwhile
+                os.kill(pid, signal.SIGKILL)
+        for pid in orphans:
+            _wait_gone(pid, 10.0)
         ports = _read_ports(self._paths.ports)
         if ports is not None:  # its threads may still be closing sockets: keep its ports, links use them
             _wait_ports_free(ports, 5.0)
@@ -671,6 +681,12 @@ def _is_our_weed(pid: int, data_dir: Path) -> bool:
     except OSError:
         return False
     return bool(argv) and argv[0].endswith(b"weed") and f"-dir={data_dir}".encode() in argv
+
+
+def _weeds_on(data_dir: Path) -> list[int]:
+    """Every live `weed` process serving data_dir (zombies are already gone)."""
+    pids = [int(entry.name) for entry in Path("/proc").iterdir() if entry.name.isdigit()]
+    return [pid for pid in pids if _is_our_weed(pid, data_dir) and not _is_zombie(pid)]
 
 
 def _wait_gone(pid: int, timeout_s: float) -> None:
