@@ -257,7 +257,7 @@ def _render(args: argparse.Namespace, config: Config) -> int:
 
     _as_worker("render", args.slot)
     with _hold(config, f"render@{args.slot or 0}"):
-        daemon = RenderDaemon.build(config, _runtime(config, "render", args.slot), slot=args.slot)
+        daemon = RenderDaemon.build(config, _runtime(config), slot=args.slot)
         if args.once:
             daemon.run_once()
             daemon.store.close()
@@ -285,7 +285,7 @@ def _upload(args: argparse.Namespace, config: Config) -> int:
     _announce_reach(config)
     worker = _as_worker("upload", args.slot)
     with _hold(config, f"upload@{args.slot or 0}"):
-        runtime = _runtime(config, "upload", args.slot)
+        runtime = _runtime(config)
         daemon = UploadDaemon.build(
             config, runtime, credentials_file=_systemd_credential("s3"), worker=worker
         )
@@ -349,14 +349,14 @@ def _storage(args: argparse.Namespace, config: Config) -> int:
         if "NOTIFY_SOCKET" not in os.environ:
             raise _UserError(nothing)
         # the lipsyncd-storage unit: started, found nothing to do, ended (READY first, so not a failure)
-        runtime = _runtime(config, "storage")
+        runtime = _runtime(config)
         runtime.ready(lambda: nothing)
         runtime.close()
         print(f"lipsyncd: {nothing}", file=sys.stderr)
         return EXIT_OK
     _announce_reach(config)
     with _hold(config, "storage"):
-        StorageDaemon.build(config, _runtime(config, "storage")).run_forever()
+        StorageDaemon.build(config, _runtime(config)).run_forever()
     return EXIT_OK
 
 
@@ -399,7 +399,7 @@ def _systemd_credential(name: str) -> Path | None:
     return path if path is not None and path.is_file() and path.stat().st_size > 0 else None
 
 
-def _runtime(config: Config, command: str, slot: int | None = None) -> ServiceRuntime:
+def _runtime(config: Config) -> ServiceRuntime:
     """Signals and the service manager: SIGTERM/SIGINT stop; NOTIFY_SOCKET is taken out of the environment
     so child processes (the embedded storage) cannot talk to systemd in our name."""
     from daemon.ops.runtime import ServiceRuntime
@@ -409,13 +409,12 @@ def _runtime(config: Config, command: str, slot: int | None = None) -> ServiceRu
     relay = _signals()
     for signum in (signal.SIGTERM, signal.SIGINT):
         relay.on(signum, stop.set)
-    from daemon.ops.metrics import Metrics
+    from daemon.ops.metrics import MetricsFile
 
     interval = watchdog_interval(os.environ)
     notifier = Notifier.from_environ(os.environ, unset=True)
-    name = f"lipsyncd-{command}" + (f"@{slot}" if slot else "")  # one metrics file per worker
     folder = config.service.metrics_dir
-    metrics = Metrics(folder / f"{name}.prom" if folder else None, command)
+    metrics = MetricsFile(folder) if folder else None  # one file: a view of the ledger's counters
     return ServiceRuntime(
         notifier, stop, watchdog_interval=interval, stall_after=config.service.stall_after, metrics=metrics
     )

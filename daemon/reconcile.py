@@ -1,11 +1,12 @@
 """The reconciler: applies what the job store's outbox says must follow its changes.
 
 Every change of the store records, in the same transaction, the effects it requires (rewrite the job's
-views, file its manifest, evict a local copy, send webhooks). Each process runs one Reconciler: right after
+views, file its manifest, evict a local copy, send webhooks, rewrite the metrics file). Each process runs one
+Reconciler: right after
 each of its own commits (the store's `after_commit` hook), in every pass of its loop and at start-up, so an
 effect left by a crash or a failure (a full disk) is applied by the next pass. Every effect is idempotent and
 its row is deleted only once it was applied. A process applies only the kinds it owns: the render process
-files manifests, the upload process evicts and sends webhooks, both write views.
+files manifests, the upload process evicts and sends webhooks, both write views and metrics.
 """
 
 from __future__ import annotations
@@ -21,12 +22,14 @@ import structlog
 
 from daemon.inbox import Inbox
 from daemon.links import LINKS_NAME, refresh_views, write_links
+from daemon.ops.metrics import MetricsFile
 from daemon.store import Effect, Job, JobState, JobStore, Pending, Video, VideoState
 
 log = structlog.get_logger(__name__)
 
 _FINISHED = (JobState.RENDERED, JobState.DONE, JobState.PARTIAL, JobState.FAILED, JobState.CANCELLED)
-_ORDER = (Effect.VIEWS, Effect.FILE, Effect.NOTIFY, Effect.EVICT)  # views first: eviction waits for them
+# views first: eviction waits for them
+_ORDER = (Effect.VIEWS, Effect.FILE, Effect.NOTIFY, Effect.EVICT, Effect.METRICS)
 
 
 @dataclass(frozen=True)
@@ -48,10 +51,11 @@ class Reconciler:
         inbox: Inbox | None = None,  # given: this process files manifests (render)
         eviction: Callable[[], Eviction] | None = None,  # given: this process evicts (upload)
         notify: Callable[[Job, list[Video], JobState], None] | None = None,  # given: sends webhooks
+        metrics: MetricsFile | None = None,  # given: the textfile to rewrite (None: no file is kept)
     ) -> None:
         self.store = store
         self.outputs_dir, self.locks_dir = outputs_dir, locks_dir
-        self.inbox, self.eviction, self.notify = inbox, eviction, notify
+        self.inbox, self.eviction, self.notify, self.metrics = inbox, eviction, notify, metrics
         self._running = threading.Lock()
         self._again = threading.Event()
         self._failing: set[tuple[str, str, str]] = set()  # effects whose failure was logged already
@@ -63,6 +67,7 @@ class Reconciler:
             Effect.FILE: self.inbox is not None,
             Effect.NOTIFY: self.notify is not None,
             Effect.EVICT: self.eviction is not None,
+            Effect.METRICS: True,  # any process: the file is the same view of the same counters
         }
         return tuple(kind for kind in _ORDER if owned[kind])
 
@@ -85,6 +90,12 @@ class Reconciler:
             return applied
         finally:
             self._running.release()
+
+    def final_pass(self) -> None:
+        """At a clean stop: everything pending, the metrics file too, however recently it was written."""
+        if self.metrics is not None:
+            self.metrics.hurry()
+        self.reconcile()
 
     def start_up(self) -> None:
         """At start: temp files of a killed writer removed, every view compared with the store, every
@@ -116,6 +127,7 @@ class Reconciler:
             Effect.FILE: self._file,
             Effect.NOTIFY: self._notify,
             Effect.EVICT: self._evict,
+            Effect.METRICS: self._metrics,
         }[effect.kind]
         name = (effect.kind.value, effect.job_id, effect.video)
         try:
@@ -173,6 +185,13 @@ class Reconciler:
             return True
         self.notify(job, self.store.videos(job.id), job.state)  # once: the job's notified flag says so
         return True
+
+    def _metrics(self, _effect: Pending) -> bool:
+        if self.metrics is None:
+            return True  # no file configured: nothing to write
+        if not self.metrics.due():
+            return False  # written moments ago: a later pass writes this change with others
+        return self.metrics.write(self.store.counters())
 
     def _evict(self, effect: Pending) -> bool:
         """A ready video's local copy goes only once links.json shows its link."""

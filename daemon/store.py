@@ -203,6 +203,7 @@ class Effect(StrEnum):
     EVICT = "evict"  # delete a ready video's local copy, once its link is shown
     NOTIFY = "notify"  # send the finished job's webhooks (upload process)
     FILE = "file"  # file the finished job's manifest in done/ or failed/ (render process)
+    METRICS = "metrics"  # rewrite the Prometheus textfile from the ledger's counters (job "")
 
 
 @dataclass(frozen=True)
@@ -256,6 +257,10 @@ CREATE TABLE IF NOT EXISTS parts (
     object_key TEXT NOT NULL REFERENCES uploads(object_key), part_number INTEGER NOT NULL,
     etag TEXT NOT NULL, size INTEGER NOT NULL, checksum TEXT NOT NULL,
     PRIMARY KEY (object_key, part_number)
+);
+CREATE TABLE IF NOT EXISTS counters (
+    name TEXT NOT NULL, label TEXT NOT NULL DEFAULT '', value INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (name, label)
 );
 CREATE TABLE IF NOT EXISTS outbox (
     kind TEXT NOT NULL, job_id TEXT NOT NULL, video TEXT NOT NULL DEFAULT '', created REAL NOT NULL,
@@ -327,6 +332,22 @@ class JobStore:
             (kind.value, job_id, video, time.time()),
         )
 
+    def _count(self, db: sqlite3.Connection, name: str, label: str = "", amount: int = 1) -> None:
+        """Add to a metric in the same transaction as the change it counts: a crash loses neither or
+        both, and every worker process counts into one ledger (daemon.ops.metrics writes the file)."""
+        db.execute(
+            "INSERT INTO counters (name, label, value) VALUES (?,?,?)"
+            " ON CONFLICT (name, label) DO UPDATE SET value = value + excluded.value",
+            (name, label, amount),
+        )
+        self._effect(db, Effect.METRICS, "")
+
+    def counters(self) -> dict[tuple[str, str], int]:
+        """Every metric counted so far, by (name, label)."""
+        with self._lock:
+            rows = self._db.execute("SELECT name, label, value FROM counters").fetchall()
+        return {(r[0], r[1]): r[2] for r in rows}
+
     def pending(self, *kinds: Effect) -> list[Pending]:
         """The effects not applied yet, oldest first (all kinds when none is named)."""
         query, args = "SELECT kind, job_id, video, seq, created FROM outbox", tuple[str, ...]()
@@ -393,6 +414,7 @@ class JobStore:
                     (job_id, output, position, str(ref.path), ref.written, VideoState.QUEUED.value, now),
                 )
             self._effect(db, Effect.VIEWS, job_id)
+            self._count(db, "lipsyncd_jobs_total", JobState.QUEUED.value)
         job = self.job(job_id)
         assert job is not None
         return job
@@ -465,6 +487,7 @@ class JobStore:
             (state.value, error, time.time(), job_id),
         )
         self._effect(db, Effect.VIEWS, job_id)
+        self._count(db, "lipsyncd_jobs_total", state.value)
         return row  # type: ignore[no-any-return]
 
     def set_page(self, job_id: str, url: str, expires_at: float, sha256: str) -> None:
@@ -519,6 +542,7 @@ class JobStore:
                 (JobState.CANCELLED.value, reason, now, job_id),
             )
             self._effect(db, Effect.VIEWS, job_id)
+            self._count(db, "lipsyncd_jobs_total", JobState.CANCELLED.value)
             rerenders = db.execute("SELECT rerenders FROM jobs WHERE id = ?", (job_id,)).fetchone()[0]
             if old != JobState.QUEUED and not rerenders:  # a queued one `lipsyncd cancel` files itself
                 self._effect(db, Effect.FILE, job_id)
@@ -556,6 +580,7 @@ class JobStore:
             )
             db.execute("DELETE FROM outbox WHERE job_id = ? AND kind = ?", (job_id, Effect.FILE.value))
             self._effect(db, Effect.VIEWS, job_id)
+            self._count(db, "lipsyncd_jobs_total", JobState.QUEUED.value)
         return old, again
 
     def finish_job(self, job_id: str) -> JobState:
@@ -691,6 +716,7 @@ class JobStore:
             f"(render.max_attempts is {max_attempts}). Check the render workers' logs, then `lipsyncd retry`"
         )
         self._set_video(db, video.job_id, video.output, VideoState.FAILED, error=reason, lease_until=None)
+        self._count(db, "lipsyncd_failures_total", "render")
         log.warning(
             "video_attempts_exhausted",
             job=video.job_id,
@@ -794,13 +820,20 @@ class JobStore:
                 lease_until=None,
                 worker=claim.owner if claim else None,
             )
+            self._count(db, "lipsyncd_frames_total", amount=result.frames)
             if publish is not None:
                 publish()
 
     def fail_video(self, job_id: str, output: str, reason: str, claim: Claim | None = None) -> None:
+        """A video that cannot be rendered, or whose rendered file cannot be shared (the stage counted)."""
         with self._change() as db:
             self._fence(db, job_id, output, claim)
+            before = db.execute(
+                "SELECT state FROM videos WHERE job_id = ? AND output = ?", (job_id, output)
+            ).fetchone()[0]
             self._set_video(db, job_id, output, VideoState.FAILED, error=reason, lease_until=None)
+            rendering = before in (VideoState.QUEUED.value, VideoState.RENDERING.value)
+            self._count(db, "lipsyncd_failures_total", "render" if rendering else "upload")
 
     def complete_job(self, job_id: str) -> JobState | None:
         """Once no video of a queued or rendering job waits to render, move it on in one transaction
@@ -896,6 +929,7 @@ class JobStore:
             self._set_video(
                 db, job_id, output, VideoState.RENDERED, error=reason, retry_at=retry_at, lease_until=None
             )
+            self._count(db, "lipsyncd_failures_total", "upload")
 
     def video_ready(
         self, job_id: str, output: str, url: str, expires_at: float, claim: Claim | None = None
@@ -917,6 +951,10 @@ class JobStore:
                 **by,
             )
             self._effect(db, Effect.EVICT, job_id, output)
+            size = db.execute(
+                "SELECT size FROM videos WHERE job_id = ? AND output = ?", (job_id, output)
+            ).fetchone()[0]
+            self._count(db, "lipsyncd_upload_bytes_total", amount=size or 0)
 
     def relink(self, job_id: str, output: str, url: str, expires_at: float) -> None:
         """A ready video's link signed again before it expires."""

@@ -31,7 +31,7 @@ from daemon.inbox import start_observer
 from daemon.lease import Heartbeat, worker_name
 from daemon.links import ViewChecker, file_signature, summary
 from daemon.linkspage import PAGE_NAME
-from daemon.ops.metrics import Metrics
+from daemon.ops.metrics import MetricsFile
 from daemon.reconcile import Eviction, Reconciler
 from daemon.store import (
     Claim,
@@ -78,7 +78,7 @@ class UploadWatcher:
         stop: threading.Event,
         notifier: Notifier | None = None,
         beat: Callable[[], None] = lambda: None,
-        metrics: Metrics | None = None,
+        metrics: MetricsFile | None = None,
         signer: Any = None,
         worker: str | None = None,
         lease_s: float = 60.0,
@@ -88,7 +88,6 @@ class UploadWatcher:
         self.lease_s = lease_s
         self._claims: dict[tuple[str, str], Claim] = {}  # the uploads this worker holds now
         self.signer = signer if signer is not None else client  # signs links for the public URL
-        self.metrics = metrics or Metrics(None, "upload")
         self.client = client
         self.settings = settings
         self.outputs_dir = outputs_dir
@@ -110,6 +109,7 @@ class UploadWatcher:
             locks_dir=locks_dir,
             eviction=lambda: Eviction(self.settings.eviction, self.settings.keep_hours),
             notify=self._notify,
+            metrics=metrics,
         )
         store.after_commit = self.reconciler.reconcile
 
@@ -151,6 +151,7 @@ class UploadWatcher:
     def shutdown(self) -> None:
         self.stop.set()
         self._pool.shutdown(wait=True)
+        self.reconciler.final_pass()
 
     def step(self) -> None:
         """One pass: reap finished uploads, start due ones, finish complete jobs, apply pending effects
@@ -263,7 +264,6 @@ class UploadWatcher:
         except InvalidTransition:  # cancelled while it went up: its link is never published
             log.info("upload_dropped", key=key, reason="the job was cancelled")
             return
-        self.metrics.upload_bytes(result.size)
         log.info("video_ready", key=key, bytes=result.size, resumed=result.parts > result.sent_parts)
 
     def _not_the_rendered_file(self, video: Video) -> str | None:
@@ -301,7 +301,6 @@ class UploadWatcher:
         said = str(exc) if isinstance(exc, (UploadError, OSError)) else f"{type(exc).__name__}: {exc}"
         reason = f"upload failed, will retry: {said}"
         retry_at = time.time() + RETRY_FAILED_AFTER
-        self.metrics.failure("upload")
         log.error("upload_failed", error=said, retry_in_s=RETRY_FAILED_AFTER)
         for attempt in range(3):  # a store busy for a moment must not leave the video uploading
             try:
@@ -333,7 +332,6 @@ class UploadWatcher:
         try:
             if problem:
                 self.store.fail_video(job.id, video.output, f"{gone}; {problem}")
-                self.metrics.failure("upload")
                 log.warning("video_failed", reason=f"{gone}; {problem}")
                 return
             if self.store.render_again(job.id, video.output, f"{gone}; rendering it again"):
@@ -382,7 +380,6 @@ class UploadWatcher:
                     state = self.store.finish_job(job.id)  # done, or partial: webhooks go out (reconcile)
                 except InvalidTransition:
                     continue  # another upload worker finished it (or it was cancelled) just now
-                self.metrics.job(state.value)
                 log.info(
                     "job_distributed",
                     job=job.id,
@@ -395,7 +392,6 @@ class UploadWatcher:
         """Every video failed after rendering (its file vanished and it could not be rendered again)."""
         reasons = "\n".join(f"  - {v.source_written}: {v.error}" for v in videos)
         self.store.fail_job(job.id, f"no video of this job could be shared:\n{reasons}")
-        self.metrics.job("failed")
         log.warning("job_failed", job=job.id, reason="no video of this job could be shared")
 
     # -- the links page in storage (links.upload_page) ---------------------------------------------------

@@ -7,7 +7,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from daemon.ops.metrics import Metrics
+from daemon.ops.metrics import MetricsFile
 from daemon.ops.systemd import HealthWatchdog, Heartbeat, Notifier
 
 STATUS_EVERY = 1.0  # seconds between STATUS= updates
@@ -19,7 +19,7 @@ class ServiceRuntime:
     stop: threading.Event
     watchdog_interval: float | None = None
     stall_after: float = 300.0
-    metrics: Metrics = field(default_factory=lambda: Metrics(None, "lipsyncd"))
+    metrics: MetricsFile | None = None  # the textfile the reconciler rewrites (service.metrics_dir)
     beats: dict[str, Heartbeat] = field(default_factory=dict)
     _threads: list[threading.Thread] = field(default_factory=list)
 
@@ -44,7 +44,6 @@ class ServiceRuntime:
     def _status_loop(self, describe: Callable[[], str]) -> None:
         last = ""
         while not self.stop.wait(STATUS_EVERY):
-            self.metrics.flush()
             text = describe()
             if text != last:
                 self.notifier.status(text)
@@ -57,4 +56,3 @@ class ServiceRuntime:
         self.stop.set()
         for thread in self._threads:
             thread.join(timeout=5)
-        self.metrics.close()

@@ -26,7 +26,7 @@ from daemon.files import file_sha256
 from daemon.inbox import Inbox
 from daemon.lease import Heartbeat, worker_name
 from daemon.links import POSTER_SUFFIX, UnsafeOutput, job_dir, poster_path
-from daemon.ops.metrics import Metrics
+from daemon.ops.metrics import MetricsFile
 from daemon.reconcile import Reconciler
 from daemon.render.avatar_cache import AvatarCache
 from daemon.render.detectors import detector_factories
@@ -112,7 +112,7 @@ class RenderService:
         stop: threading.Event,
         max_seconds: float = 3600.0,
         beat: Callable[[], None] = lambda: None,
-        metrics: Metrics | None = None,
+        metrics: MetricsFile | None = None,
         avatar_cache: AvatarCache | None = None,
         worker: str | None = None,
         lease_s: float = 60.0,
@@ -136,7 +136,6 @@ class RenderService:
         self.max_seconds = max_seconds
         self.stop = stop
         self.beat = beat
-        self.metrics = metrics or Metrics(None, "render")
         self.avatar_cache = avatar_cache  # detections and model inputs kept per presenter video
         self.progress = Progress()
         self.wake = threading.Event()
@@ -144,7 +143,7 @@ class RenderService:
         self._full_wait = 0.0  # the current wait while the state disk is full; 0 when it is not
         # what follows each change (views, the manifest filed) is applied right after it commits
         self.reconciler = Reconciler(
-            store, outputs_dir=paths.outputs_dir, locks_dir=paths.locks_dir, inbox=inbox
+            store, outputs_dir=paths.outputs_dir, locks_dir=paths.locks_dir, inbox=inbox, metrics=metrics
         )
         store.after_commit = self.reconciler.reconcile
 
@@ -214,6 +213,7 @@ class RenderService:
             self.beat()
             self.wake.wait(timeout=1.0)
             self.wake.clear()
+        self.reconciler.final_pass()
 
     def render_job(self, job: Job) -> None:
         """Render what waits, this job among it (its videos are claimed one by one like any other)."""
@@ -302,10 +302,8 @@ class RenderService:
         videos = self.store.videos(job_id)
         job = self.store.job(job_id)
         if state == JobState.FAILED:
-            self.metrics.job("failed")
             log.warning("job_failed", job=job_id, reason=job.error if job else None)
             return 1
-        self.metrics.job("rendered")
         failed = sum(v.state == VideoState.FAILED for v in videos)
         log.info("job_rendered", job=job_id, videos=len(videos), failed=failed, state=state.value)
         return 1
@@ -324,7 +322,6 @@ class RenderService:
 
     def _fail_job(self, job: Job, reason: str) -> None:
         self.store.fail_job(job.id, reason)  # its videos still to render say why too; manifest filed
-        self.metrics.job("failed")
         log.warning("job_failed", reason=reason)
 
     # -- one video -----------------------------------------------------------------------------------
@@ -420,7 +417,6 @@ class RenderService:
             _discard(out)
             log.warning("render_abandoned", reason="the claim was lost (its lease lapsed)")
             return
-        self.metrics.frames(result.frames)
         fps = result.frames / result.seconds if result.seconds else 0.0
         log.info(
             "video_rendered",
@@ -554,7 +550,6 @@ class RenderService:
             self._record(lambda: self.store.fail_video(job.id, video.output, reason, claim))
         except (LostClaim, InvalidTransition):
             return  # another worker has it now, or it was cancelled: its failure is not ours to record
-        self.metrics.failure("render")
         log.warning("video_failed", reason=reason)
 
 

@@ -86,12 +86,15 @@ def test_embedded_defaults_share_links_that_download_the_rendered_bytes(
         assert run.terminate(timeout=90) == 0
     leaked = [line for line in run.output().splitlines() if "X-Amz-Signature=" in line]
     assert leaked == [], "signed URLs must not appear in logs"
-    render_metrics = (tmp_path / "metrics" / "lipsyncd-render.prom").read_text()
-    upload_metrics = (tmp_path / "metrics" / "lipsyncd-upload.prom").read_text()
+    # one textfile for the render and upload processes: a view of the ledger's counters
+    assert [p.name for p in (tmp_path / "metrics").iterdir()] == ["lipsyncd.prom"]
+    metrics = (tmp_path / "metrics" / "lipsyncd.prom").read_text().splitlines()
     frames = sum(v["frames"] for doc in (shared, private, brief) for v in doc["videos"])
-    assert f'lipsyncd_frames_total{{daemon="render"}} {frames}' in render_metrics
+    assert f"lipsyncd_frames_total {frames}" in metrics
     sizes = sum(v["size"] for doc in (shared, brief) for v in doc["videos"])
-    assert f'lipsyncd_upload_bytes_total{{daemon="upload"}} {sizes}' in upload_metrics
+    assert f"lipsyncd_upload_bytes_total {sizes}" in metrics
+    finished = sum(doc["status"] == "done" for doc in (shared, private, brief))
+    assert f'lipsyncd_jobs_total{{state="done"}} {finished}' in metrics
 
 
 def _expires(links: dict[str, Any]) -> float:

@@ -84,7 +84,8 @@ def test_a_move_and_its_effects_commit_together_or_not_at_all(
     assert (video.state, video.url) == (VideoState.UPLOADING, None)
     monkeypatch.undo()
     store.video_ready("promo", "a.mp4", "https://x/a", 1e10)
-    assert {(e.kind, e.video) for e in store.pending()} == {(Effect.VIEWS, ""), (Effect.EVICT, "a.mp4")}
+    effects = {(Effect.VIEWS, ""), (Effect.EVICT, "a.mp4"), (Effect.METRICS, "")}  # the bytes counted
+    assert {(e.kind, e.video) for e in store.pending()} == effects
 
 
 def test_an_effect_asked_again_while_pending_is_one_row_not_deleted_by_the_older_applier(
