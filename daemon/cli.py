@@ -38,13 +38,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = load_config(config_path(args.config, os.environ), required=bool(args.config))
     except ConfigError as exc:
-        problems = str(exc).splitlines()
-        if len(problems) == 1:
-            print(f"lipsyncd: configuration error: {exc}", file=sys.stderr)
-        else:  # every problem at once: one fix-and-retry round, not one per mistake
-            lines = "\n".join(f"  - {problem}" for problem in problems)
-            print(f"lipsyncd: {len(problems)} configuration errors:\n{lines}", file=sys.stderr)
-        return EXIT_CONFIG
+        return _config_error(exc)
     from daemon.ops.logging import configure_logging
 
     configure_logging(config.logging.format, config.logging.level, identifier=f"lipsyncd-{args.command}")
@@ -58,6 +52,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         return int(args.handler(args, config) or EXIT_OK)
+    except ConfigError as exc:  # one only this process can see (its $CREDENTIALS_DIRECTORY)
+        return _config_error(exc)
     except AlreadyRunning as exc:
         print(f"lipsyncd: {exc}", file=sys.stderr)
         return EXIT_IN_USE
@@ -68,6 +64,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 class _UserError(Exception):
     pass
+
+
+def _config_error(exc: ConfigError) -> int:
+    problems = str(exc).splitlines()
+    if len(problems) == 1:
+        print(f"lipsyncd: configuration error: {exc}", file=sys.stderr)
+    else:  # every problem at once: one fix-and-retry round, not one per mistake
+        lines = "\n".join(f"  - {problem}" for problem in problems)
+        print(f"lipsyncd: {len(problems)} configuration errors:\n{lines}", file=sys.stderr)
+    return EXIT_CONFIG
 
 
 def _parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - one statement per option; split, the CLI scatters
@@ -281,7 +287,9 @@ def _announce_reach(config: Config) -> None:
 
 def _upload(args: argparse.Namespace, config: Config) -> int:
     from daemon.app import UploadDaemon
+    from daemon.config import with_credentials
 
+    config = with_credentials(config, os.environ)  # webhook files in this unit's $CREDENTIALS_DIRECTORY
     _announce_reach(config)
     worker = _as_worker("upload", args.slot)
     with _hold(config, f"upload@{args.slot or 0}"):
@@ -292,7 +300,7 @@ def _upload(args: argparse.Namespace, config: Config) -> int:
         if args.once:
             daemon.run_once()
             return EXIT_OK
-        _on_reload(args, daemon.reload)
+        _on_reload(args, lambda new: daemon.reload(with_credentials(new, os.environ)))
         daemon.run_forever()
     return EXIT_OK
 

@@ -267,7 +267,7 @@ class LifecycleConfig:
 class WebhookConfig:
     kind: str = _key("json", _choice("wecom", "dingtalk", "feishu", "json"))
     url: str = _key("")
-    url_file: Path | None = _key(None)
+    url_file: Path | None = _key(None)  # $CREDENTIALS_DIRECTORY/NAME: see with_credentials()
     secret_file: Path | None = _key(None)
 
 
@@ -475,3 +475,66 @@ def _check_paths(config: Config, path: Path, problems: list[str]) -> None:
             problems.append(f"{path}: webhook '{name}': give exactly one of 'url' or 'url_file'")
         if hook.url and not hook.url.startswith(("http://", "https://")):
             problems.append(f"{path}: key 'webhooks.{name}.url': expected an http(s) URL")
+        for key, value in _credential_keys(name, hook):
+            if "$" in str(value) and not _CREDENTIAL_REF.match(str(value)):
+                problems.append(
+                    f"{path}: key '{key}': only $CREDENTIALS_DIRECTORY/NAME (or "
+                    f"${{CREDENTIALS_DIRECTORY}}/NAME) is expanded in a path, got {str(value)!r}"
+                )
+
+
+# -- systemd credentials -----------------------------------------------------------------------------
+
+CREDENTIALS_VAR = "CREDENTIALS_DIRECTORY"
+# Only the whole variable at the start: a path that names one file in this process's credentials folder.
+_CREDENTIAL_REF = re.compile(r"^\$(?:CREDENTIALS_DIRECTORY|\{CREDENTIALS_DIRECTORY\})/([^/]+)$")
+
+
+def _credential_keys(name: str, hook: WebhookConfig) -> list[tuple[str, Path]]:
+    files = (("url_file", hook.url_file), ("secret_file", hook.secret_file))
+    return [(f"webhooks.{name}.{field}", value) for field, value in files if value is not None]
+
+
+def credential_path(value: Path, environ: typing.Mapping[str, str], key: str) -> Path:
+    """A webhook file written as $CREDENTIALS_DIRECTORY/NAME (or ${CREDENTIALS_DIRECTORY}/NAME): NAME in
+    the credentials folder systemd made for this very unit (LoadCredential=), which differs per unit
+    and per template instance (/run/credentials/lipsyncd-upload@1.service/). Any other path, relative
+    ones included, is used as written (relative: to the working directory, like every path here)."""
+    match = _CREDENTIAL_REF.match(str(value))
+    if match is None:
+        return value
+    folder = environ.get(CREDENTIALS_VAR)
+    if not folder:
+        raise ConfigError(
+            f"key '{key}' is {str(value)!r}, but ${CREDENTIALS_VAR} is not set: systemd sets it only for a "
+            "unit with LoadCredential= (lipsyncd-upload.service, lipsyncd-upload@N.service). Outside "
+            f"systemd, write the file's full path instead, or set {CREDENTIALS_VAR} to the folder holding "
+            f"{match.group(1)}"
+        )
+    return Path(folder) / match.group(1)
+
+
+def with_credentials(config: Config, environ: typing.Mapping[str, str]) -> Config:
+    """The configuration with every webhook file resolved for this process (see credential_path); a
+    ConfigError lists each key that names the variable when it is not set."""
+    problems: list[str] = []
+    where = f"{config.source}: " if config.source else ""
+
+    def resolve(key: str, value: Path | None) -> Path | None:
+        try:
+            return None if value is None else credential_path(value, environ, key)
+        except ConfigError as exc:
+            problems.append(f"{where}{exc}")
+            return value
+
+    hooks = {
+        name: dataclasses.replace(
+            hook,
+            url_file=resolve(f"webhooks.{name}.url_file", hook.url_file),
+            secret_file=resolve(f"webhooks.{name}.secret_file", hook.secret_file),
+        )
+        for name, hook in config.webhooks.items()
+    }
+    if problems:
+        raise ConfigError("\n".join(problems))
+    return dataclasses.replace(config, webhooks=hooks)

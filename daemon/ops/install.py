@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import yaml
+
 from daemon.config import parse_base_url
 from daemon.files import write_atomic
 
@@ -26,9 +28,12 @@ Runner = Callable[[Sequence[str]], None]
 UNIT_NAMES = (
     "lipsyncd-render@.service",  # a template: instance = render worker slot (lipsyncd-render@0 ...)
     "lipsyncd-storage.service",
-    "lipsyncd-upload.service",
+    "lipsyncd-upload.service",  # upload worker 0
+    "lipsyncd-upload@.service",  # a template: upload workers 1, 2 ... (lipsyncd-upload@1 ...)
     "lipsyncd.target",
 )
+UPLOAD_TEMPLATE = "lipsyncd-upload@.service"
+TARGET_WANTS = "lipsyncd.target.wants"  # where `systemctl enable` links units WantedBy=lipsyncd.target
 EMBEDDED_PORT = 8333  # SeaweedFS's usual S3 port: fixed, so the links' public URL can name it
 INSTALLED_BINARY = "/opt/lipsyncd/venv/bin/lipsyncd"
 DEFAULT_SHARE = Path("/srv/lipsyncd")
@@ -36,8 +41,9 @@ STATE_DIR = Path("/var/lib/lipsyncd")
 CONFIG_DIR = Path("/etc/lipsyncd")
 UNIT_DIR = Path("/etc/systemd/system")
 CREDENTIALS_README = """\
-Secrets for lipsyncd, read by systemd (as root) and handed to lipsyncd-upload.service through
-LoadCredential=; the service finds them in $CREDENTIALS_DIRECTORY (/run/credentials/lipsyncd-upload.service/).
+Secrets for lipsyncd, read by systemd (as root) and handed to each upload unit (lipsyncd-upload.service,
+lipsyncd-upload@N.service) through LoadCredential=; each finds them in its own $CREDENTIALS_DIRECTORY
+(/run/credentials/lipsyncd-upload.service/, /run/credentials/lipsyncd-upload@1.service/, ...).
 Keep this folder root-only (0700) and the files 0600. Never put secrets in lipsyncd.yaml or the units.
 
 s3          S3 access keys as KEY=VALUE lines:
@@ -45,8 +51,9 @@ s3          S3 access keys as KEY=VALUE lines:
                 aws_secret_access_key=...
             Leave it empty for the embedded storage (it makes its own keys) or boto3's usual chain.
 webhooks/   one file per webhook that signs its requests (DingTalk, Feishu), named like the webhook in
-            lipsyncd.yaml, holding only the secret. It reaches the service as credential webhook_NAME:
-                webhooks: {ops-ding: {secret_file: /run/credentials/lipsyncd-upload.service/webhook_ops-ding}}
+            lipsyncd.yaml, holding only the secret. It reaches the service as credential webhook_NAME;
+            name it with the variable, which every upload worker resolves to its own folder:
+                webhooks: {ops-ding: {secret_file: $CREDENTIALS_DIRECTORY/webhook_ops-ding}}
 """
 
 
@@ -147,6 +154,7 @@ def _install_steps(
         *_config_steps(layout, source, public_url),
         *_credential_steps(layout),
         *_unit_steps(layout, source, exec_start),
+        *_upload_worker_steps(layout, source, run),
         *_reload_steps(layout, run),
     ]
 
@@ -345,6 +353,72 @@ def _read(path: Path) -> str:
     return path.read_text(encoding="utf-8")
 
 
+def upload_workers(config_text: str) -> int:
+    """upload.workers in a configuration's text (1 when absent); ValueError when it is not a count."""
+    try:
+        data = yaml.safe_load(config_text) or {}
+    except yaml.YAMLError as exc:
+        raise ValueError(f"not valid YAML ({exc})") from None
+    section = data.get("upload") if isinstance(data, dict) else None
+    value = section.get("workers", 1) if isinstance(section, dict) else 1
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"upload.workers is not a whole number of at least 1 (got {value!r})")
+    return value
+
+
+def _upload_worker_steps(layout: Layout, source: Path, run: Runner) -> list[Step]:
+    """Enable upload workers 1 .. upload.workers-1 as instances of the template, as `systemctl enable`
+    does (a link in lipsyncd.target.wants, so the target starts them); disable the ones beyond. Worker 0
+    is lipsyncd-upload.service, which the target always starts."""
+    config = CONFIG_DIR / "lipsyncd.yaml"
+    existing = layout.at(config)
+    text = existing.read_text(encoding="utf-8") if existing.exists() else _example_config(source)
+    try:
+        count = upload_workers(text)
+    except ValueError as exc:
+        return [
+            Step(f"left the upload workers as they were: {config}: {exc}; fix it and install again", None)
+        ]
+    wants = UNIT_DIR / TARGET_WANTS
+    steps = [_enable_step(layout, wants / _upload_instance(slot)) for slot in range(1, count)]
+    for link in sorted(layout.at(wants).glob("lipsyncd-upload@*.service")):
+        slot = link.name.removeprefix("lipsyncd-upload@").removesuffix(".service")
+        if not (slot.isdigit() and 0 < int(slot) < count):
+            steps += _disable_steps(layout, wants / link.name, run, f"upload.workers is {count}")
+    return steps or [Step("upload.workers is 1: lipsyncd-upload.service is the only upload worker", None)]
+
+
+def _upload_instance(slot: int) -> str:
+    return UPLOAD_TEMPLATE.replace("@", f"@{slot}")
+
+
+def _enable_step(layout: Layout, link: Path) -> Step:
+    """The link `systemctl enable` makes, made here so a prefix install gets it too (absolute, as systemd
+    writes it: it names the template's installed path, not the prefix)."""
+    target = UNIT_DIR / UPLOAD_TEMPLATE
+
+    def enable() -> None:
+        path = layout.at(link)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.is_symlink() and os.readlink(path) == str(target):
+            return
+        temporary = path.with_name(f".{path.name}.tmp")
+        temporary.unlink(missing_ok=True)
+        os.symlink(target, temporary)
+        temporary.replace(path)  # atomic: the old link or the new one, never none
+
+    return Step(f"enable {link.name} (link {link} -> {target})", enable)
+
+
+def _disable_steps(layout: Layout, link: Path, run: Runner, why: str) -> list[Step]:
+    steps = [
+        Step(f"disable {link.name} ({why}): remove {link}", lambda: layout.at(link).unlink(missing_ok=True))
+    ]
+    if layout.live and systemd_running():
+        steps.append(Step(f"systemctl stop {link.name}", lambda: run(["systemctl", "stop", link.name])))
+    return steps
+
+
 def systemd_running() -> bool:
     """sd_booted(3): PID 1 is systemd exactly when /run/systemd/system/ exists."""
     return Path("/run/systemd/system").is_dir()
@@ -381,6 +455,8 @@ def _uninstall_steps(layout: Layout, run: Runner) -> list[Step]:
             Step("systemctl disable --now lipsyncd.target and its services", lambda: run(_disable()))
         )
     steps += [_remove_step(layout, UNIT_DIR / name) for name in UNIT_NAMES]
+    wants = UNIT_DIR / TARGET_WANTS
+    steps += [_remove_step(layout, wants / link.name) for link in sorted(layout.at(wants).glob("lipsyncd-*"))]
     steps += _reload_steps(layout, run)
     if not layout.live:
         return [*steps, Step(f"skipped removing user {layout.user}: installing under {layout.prefix}", None)]

@@ -27,7 +27,14 @@ from daemon.ops.install import (
 )
 
 REPO = Path(__file__).resolve().parents[2]
-UNITS = ("lipsyncd-render@.service", "lipsyncd-storage.service", "lipsyncd-upload.service", "lipsyncd.target")
+UNITS = (
+    "lipsyncd-render@.service",
+    "lipsyncd-storage.service",
+    "lipsyncd-upload.service",
+    "lipsyncd-upload@.service",
+    "lipsyncd.target",
+)
+WANTS = "etc/systemd/system/lipsyncd.target.wants"
 
 
 def mode(path: Path) -> int:
@@ -188,6 +195,84 @@ def test_on_the_live_system_the_account_is_planned_first() -> None:
     assert "would remove /etc/systemd/system/lipsyncd.target" in planned
 
 
+def _with_upload_workers(config: Path, count: object) -> None:
+    data = yaml.safe_load(config.read_text())
+    data["upload"]["workers"] = count
+    config.write_text(yaml.safe_dump(data))
+
+
+def _enabled(prefix: Path) -> dict[str, str]:
+    """The links in lipsyncd.target.wants: name -> what it points at."""
+    wants = prefix / WANTS
+    return {p.name: os.readlink(p) for p in wants.iterdir()} if wants.is_dir() else {}
+
+
+def test_upload_workers_beyond_the_first_are_enabled_as_template_instances(tmp_path: Path) -> None:
+    """upload.workers N: instances 1 .. N-1 linked into lipsyncd.target.wants as `systemctl enable`
+    would (worker 0 is lipsyncd-upload.service, which the target always wants); a smaller N later
+    disables the ones beyond, and uninstall removes them all."""
+    lines = install_systemd(tmp_path)
+    assert _enabled(tmp_path) == {}  # the example config's upload.workers: 1
+    assert "upload.workers is 1: lipsyncd-upload.service is the only upload worker" in lines
+    config = tmp_path / "etc/lipsyncd/lipsyncd.yaml"
+    _with_upload_workers(config, 3)
+    template = "/etc/systemd/system/lipsyncd-upload@.service"
+    assert any(
+        line.startswith("would enable lipsyncd-upload@2.service")
+        for line in install_systemd(tmp_path, dry_run=True)
+    )
+    assert _enabled(tmp_path) == {}  # a dry run links nothing
+    lines = install_systemd(tmp_path)
+    assert _enabled(tmp_path) == {
+        "lipsyncd-upload@1.service": template,
+        "lipsyncd-upload@2.service": template,
+    }
+    assert any(
+        line.startswith("enable lipsyncd-upload@1.service (link /etc/systemd/system/") for line in lines
+    )
+    assert (tmp_path / WANTS.rsplit("/", 1)[0] / "lipsyncd-upload@.service").is_file()  # what the links name
+    install_systemd(tmp_path)  # again: the same links, nothing left half-made
+    assert sorted(p.name for p in (tmp_path / WANTS).iterdir()) == sorted(_enabled(tmp_path))
+    _with_upload_workers(config, 2)
+    lines = install_systemd(tmp_path)
+    assert _enabled(tmp_path) == {"lipsyncd-upload@1.service": template}
+    assert any(line.startswith("disable lipsyncd-upload@2.service (upload.workers is 2)") for line in lines)
+    uninstall_systemd(tmp_path)
+    assert _enabled(tmp_path) == {}
+
+
+@pytest.mark.parametrize("value", [0, "two", True])
+def test_a_bad_upload_workers_value_leaves_the_enabled_workers_alone(tmp_path: Path, value: object) -> None:
+    install_systemd(tmp_path)
+    config = tmp_path / "etc/lipsyncd/lipsyncd.yaml"
+    _with_upload_workers(config, 2)
+    install_systemd(tmp_path)
+    _with_upload_workers(config, value)
+    lines = install_systemd(tmp_path)
+    assert _enabled(tmp_path) == {"lipsyncd-upload@1.service": "/etc/systemd/system/lipsyncd-upload@.service"}
+    note = next(line for line in lines if line.startswith("left the upload workers as they were"))
+    assert f"upload.workers is not a whole number of at least 1 (got {value!r})" in note
+    assert "/etc/lipsyncd/lipsyncd.yaml" in note
+
+
+def test_on_the_live_system_workers_beyond_the_count_are_stopped_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Dry run on "/" with systemd as PID 1 (pretended): an instance beyond upload.workers is unlinked
+    and stopped; nothing is executed."""
+    from daemon.ops import install
+
+    monkeypatch.setattr(install, "systemd_running", lambda: True)
+    layout = Layout(Path("/"), "lipsyncd", "lipsyncd", DEFAULT_SHARE)
+    link = Path("/etc/systemd/system/lipsyncd.target.wants/lipsyncd-upload@4.service")
+    run = Recorder()
+    steps = install._disable_steps(layout, link, run, "upload.workers is 2")
+    assert [s.description for s in steps] == [
+        f"disable lipsyncd-upload@4.service (upload.workers is 2): remove {link}",
+        "systemctl stop lipsyncd-upload@4.service",
+    ]
+    steps[1].action()  # type: ignore[misc]
+    assert run.commands == [["systemctl", "stop", "lipsyncd-upload@4.service"]]
+
+
 def test_service_config_without_an_example() -> None:
     text = service_config("logging:\n  level: info\n", Path("/s"))
     assert yaml.safe_load(text)["paths"]["inbox"] == "/s/inbox"
@@ -196,3 +281,15 @@ def test_service_config_without_an_example() -> None:
 def test_render_unit_leaves_shipped_text_alone_by_default() -> None:
     text = (REPO / "systemd/lipsyncd-render@.service").read_text()
     assert render_unit(text, Layout(Path("/"), "lipsyncd", "lipsyncd", DEFAULT_SHARE), None) == text
+
+
+def test_the_package_ships_every_unit_the_installer_writes() -> None:
+    """An installed package finds the units in share/lipsyncd/systemd (find_source): each one the
+    installer reads must be listed in setup.cfg's data_files."""
+    from setuptools.config.setupcfg import read_configuration
+
+    from daemon.ops.install import UNIT_NAMES
+
+    shipped = dict(read_configuration(REPO / "setup.cfg")["options"]["data_files"])["share/lipsyncd/systemd"]
+    assert sorted(Path(f).name for f in shipped if f.startswith("systemd/lipsyncd")) == sorted(UNIT_NAMES)
+    assert sorted(UNIT_NAMES) == sorted(p.name for p in (REPO / "systemd").glob("lipsyncd*"))

@@ -19,10 +19,11 @@ SANDBOX = Path(__file__).with_name("unit_sandbox.py")
 INSTALLED_BINARY = "/opt/lipsyncd/venv/bin/lipsyncd"
 THRESHOLDS = {
     "lipsyncd-upload.service": 3.0,
+    "lipsyncd-upload@.service": 3.0,
     "lipsyncd-render@.service": 4.0,
     "lipsyncd-storage.service": 3.0,
 }
-WATCHERS = ("lipsyncd-render@.service", "lipsyncd-upload.service")
+WATCHERS = ("lipsyncd-render@.service", "lipsyncd-upload.service", "lipsyncd-upload@.service")
 
 needs_systemd = pytest.mark.skipif(
     not shutil.which("systemd-analyze"), reason="systemd-analyze not installed"
@@ -57,6 +58,7 @@ def test_units_verify_clean(tmp_path: Path) -> None:
         "lipsyncd-render@.service",
         "lipsyncd-storage.service",
         "lipsyncd-upload.service",
+        "lipsyncd-upload@.service",
         "lipsyncd.target",
     ]
     result = subprocess.run(
@@ -131,10 +133,11 @@ def test_storage_is_a_unit_of_its_own_that_upload_restarts_leave_alone() -> None
 def test_no_secret_reaches_a_unit_through_its_environment() -> None:
     for unit in UNITS.glob("lipsyncd*"):
         assert not [k for k, _ in unit_lines(unit.name) if k.startswith("Environment")], unit.name
-    assert values("lipsyncd-upload.service", "LoadCredential") == [
-        "s3:/etc/lipsyncd/credentials/s3",
-        "webhook:/etc/lipsyncd/credentials/webhooks",
-    ]
+    for upload in ("lipsyncd-upload.service", "lipsyncd-upload@.service"):
+        assert values(upload, "LoadCredential") == [
+            "s3:/etc/lipsyncd/credentials/s3",
+            "webhook:/etc/lipsyncd/credentials/webhooks",
+        ]
     assert not values("lipsyncd-render@.service", "LoadCredential")
     assert not values("lipsyncd-storage.service", "LoadCredential")  # its keys are its own, in the state dir
 
@@ -279,3 +282,22 @@ def test_render_workers_are_instances_of_a_template() -> None:
     render = dict(unit_lines("lipsyncd-render@.service"))
     assert render["ExecStart"].endswith(" render --config /etc/lipsyncd/lipsyncd.yaml --slot %i")
     assert (render["WantedBy"], render["DefaultInstance"]) == ("lipsyncd.target", "0")
+
+
+def test_upload_workers_beyond_the_first_are_instances_of_a_template_hardened_like_it() -> None:
+    """lipsyncd-upload@N.service runs upload worker N (`%i` reaches the command) and differs from
+    lipsyncd-upload.service (worker 0) in nothing else: the same sandbox, credentials, ordering and
+    limits. It has no default instance, since worker 0 is the plain unit the target starts."""
+    plain, template = unit_lines("lipsyncd-upload.service"), unit_lines("lipsyncd-upload@.service")
+    assert [k for k, _ in template] == [k for k, _ in plain]  # same keys, same order (repeated ones too)
+    differ = {k: (a, b) for (k, a), (_, b) in zip(plain, template, strict=True) if a != b}
+    command = dict(plain)["ExecStart"]
+    assert differ == {
+        "Description": (
+            "lipsyncd upload watcher (outputs -> object storage and links)",
+            "lipsyncd upload worker %i (outputs -> object storage and links)",
+        ),
+        "ExecStart": (command, command + " --slot %i"),
+    }
+    assert dict(template)["WantedBy"] == "lipsyncd.target"
+    assert "DefaultInstance" not in dict(template)

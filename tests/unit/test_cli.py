@@ -163,3 +163,42 @@ def load_manifest_text(folder: Path, text: str) -> Manifest:
     path = folder / "promo.yaml"
     path.write_text(text)
     return load_manifest(path, base_dir=folder, shared=folder, webhooks=(), models=("baseline",))
+
+
+def test_upload_outside_systemd_refuses_a_credentials_path_naming_the_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """EX_CONFIG (78: the units do not restart-loop on it) before the worker takes its lock or storage."""
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
+    hook = {
+        "kind": "dingtalk",
+        "url": "https://robot.example/send",
+        "secret_file": "$CREDENTIALS_DIRECTORY/sec",
+    }
+    nowhere = {"endpoint_url": "http://127.0.0.1:9"}  # were the check missed: no server is started
+    config = config_file(tmp_path, webhooks={"ops": hook}, storage=nowhere)
+    assert main(["upload", "--once", "--slot", "1", "--config", str(config)]) == EXIT_CONFIG
+    err = capsys.readouterr().err
+    assert "configuration error" in err
+    assert "key 'webhooks.ops.secret_file' is '$CREDENTIALS_DIRECTORY/sec'" in err
+    assert not (tmp_path / "state" / "locks").exists()
+
+
+def test_each_upload_worker_reads_the_webhook_secret_from_its_own_credentials_folder(tmp_path: Path) -> None:
+    """The resolved path is the one the webhook sender reads (two folders, two secrets, one config)."""
+    from daemon.app import webhook_settings
+    from daemon.config import with_credentials
+    from daemon.distribute.notify import load_hook
+
+    hook = {
+        "kind": "dingtalk",
+        "url": "https://robot.example/send",
+        "secret_file": "$CREDENTIALS_DIRECTORY/sec",
+    }
+    config = load_config(config_file(tmp_path, webhooks={"ops": hook}))
+    for unit in ("lipsyncd-upload.service", "lipsyncd-upload@1.service"):
+        folder = tmp_path / "run" / unit
+        folder.mkdir(parents=True)
+        (folder / "sec").write_text(f"SEC-{unit}\n")
+        settings = webhook_settings(with_credentials(config, {"CREDENTIALS_DIRECTORY": str(folder)}))
+        assert load_hook(settings[0]).secret == f"SEC-{unit}"

@@ -13,9 +13,11 @@ from daemon.config import (
     ConfigError,
     WebhookConfig,
     config_path,
+    credential_path,
     load_config,
     parse_duration,
     parse_size,
+    with_credentials,
 )
 
 EXAMPLE = Path(__file__).parents[2] / "config" / "lipsyncd.example.yaml"
@@ -186,3 +188,67 @@ def test_worker_keys_parse(tmp_path: Path) -> None:
         write(tmp_path, "render:\n  workers: 2\n  lease_seconds: 3s\nupload:\n  workers: 2\n")
     )
     assert (config.render.workers, config.render.lease_seconds, config.upload.workers) == (2, 3.0, 2)
+
+
+# -- webhook files in systemd's per-unit credentials folder ------------------------------------------
+
+
+def hooks_config(tmp_path: Path, url_file: str, secret_file: str | None = None) -> Config:
+    hook = {"kind": "dingtalk", "url_file": url_file, **({"secret_file": secret_file} if secret_file else {})}
+    return load_config(write(tmp_path, yaml.safe_dump({"webhooks": {"ops": hook}})))
+
+
+@pytest.mark.parametrize(
+    "written", ["$CREDENTIALS_DIRECTORY/webhook_ops", "${CREDENTIALS_DIRECTORY}/webhook_ops"]
+)
+def test_a_credentials_path_resolves_against_this_units_folder(tmp_path: Path, written: str) -> None:
+    """Two upload workers with one config: each reads the file from its own credentials folder."""
+    config = hooks_config(tmp_path, written, secret_file=written.replace("webhook_ops", "webhook_ops-secret"))
+    assert config.webhooks["ops"].url_file == Path(written)  # kept as written until a process resolves it
+    for unit in ("lipsyncd-upload.service", "lipsyncd-upload@1.service"):
+        folder = f"/run/credentials/{unit}"
+        hook = with_credentials(config, {"CREDENTIALS_DIRECTORY": folder}).webhooks["ops"]
+        assert (hook.url_file, hook.secret_file) == (
+            Path(folder) / "webhook_ops",
+            Path(folder) / "webhook_ops-secret",
+        )
+
+
+def test_other_paths_are_used_as_written_even_with_the_variable_set(tmp_path: Path) -> None:
+    """A relative path stays relative to the working directory (as every path in the file), and an
+    absolute one (a config written for the single upload unit) is left alone."""
+    environ = {"CREDENTIALS_DIRECTORY": "/run/credentials/lipsyncd-upload@1.service"}
+    for written in ("secrets/webhook_ops", "/run/credentials/lipsyncd-upload.service/webhook_ops"):
+        config = hooks_config(tmp_path, written)
+        assert with_credentials(config, environ).webhooks["ops"].url_file == Path(written)
+    assert credential_path(Path("webhook_ops"), environ, "k") == Path("webhook_ops")
+
+
+def test_the_variable_unset_is_an_error_naming_each_key_and_what_to_do(tmp_path: Path) -> None:
+    config = hooks_config(tmp_path, "$CREDENTIALS_DIRECTORY/webhook_ops", "${CREDENTIALS_DIRECTORY}/sec")
+    for environ in ({}, {"CREDENTIALS_DIRECTORY": ""}):
+        with pytest.raises(ConfigError) as caught:
+            with_credentials(config, environ)
+        problems = str(caught.value).splitlines()
+        assert len(problems) == 2
+        assert problems[0].startswith(f"{tmp_path / 'lipsyncd.yaml'}: key 'webhooks.ops.url_file' is ")
+        assert "'webhooks.ops.secret_file'" in problems[1]
+        assert "$CREDENTIALS_DIRECTORY is not set" in problems[0]
+        assert "write the file's full path instead" in problems[0]
+        assert "the folder holding webhook_ops" in problems[0]
+    plain = hooks_config(tmp_path, "/etc/hook-url")
+    assert with_credentials(plain, {}) == plain  # nothing to resolve: no variable needed
+
+
+@pytest.mark.parametrize(
+    "written",
+    [
+        "$CREDENTIAL_DIRECTORY/webhook_ops",
+        "$HOME/hook",
+        "/x/$CREDENTIALS_DIRECTORY/a",
+        "$CREDENTIALS_DIRECTORY/",
+    ],
+)
+def test_any_other_variable_in_a_webhook_path_is_refused_by_the_check(tmp_path: Path, written: str) -> None:
+    with pytest.raises(ConfigError, match=r"key 'webhooks.ops.url_file': only \$CREDENTIALS_DIRECTORY/NAME"):
+        hooks_config(tmp_path, written)
