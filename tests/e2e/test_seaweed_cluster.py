@@ -17,9 +17,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import botocore.exceptions
 import pytest
 
-from daemon.distribute.s3 import ensure_bucket
+from daemon.distribute.s3 import ensure_bucket, make_client
 from daemon.distribute.uploader import MiB, SqliteJournal, UploadResult, UploadSettings, upload_file
 from daemon.samples import speech_like, write_audio, write_face_clip
 from tests.e2e.harness import Daemon, Share, wait_for
@@ -106,6 +107,27 @@ def test_objects_survive_one_volume_server_killed_and_writes_go_on(
     assert grown, "the new bucket got no volumes"
     assert all(len(servers) == 2 for servers in grown.values()), f"still two copies: {grown}"
     assert all(cluster.volume_url(victim) not in servers for servers in grown.values())
+
+
+def test_control_without_replication_the_same_stop_loses_objects(tmp_path: Path) -> None:
+    """The check above can fail: with replication 000 (one copy) the same stop makes objects unreadable."""
+    with SeaweedCluster(tmp_path / "single-copy", replication="000") as single:
+        once = dataclasses.replace(single.storage_settings(), max_attempts=1)  # a lost object: no retries
+        client = make_client(once, single.credentials)
+        keys = [f"control/{number}" for number in range(6)]
+        for key in keys:
+            client.put_object(Bucket=single.bucket, Key=key, Body=os.urandom(400_000))
+        victim, exposed = busiest_server(single, keys, single.bucket)
+        single.stop_volume(victim, signal.SIGKILL)
+        lost = []
+        for key in keys:
+            try:
+                client.get_object(Bucket=single.bucket, Key=key)["Body"].read()
+            except botocore.exceptions.ClientError:
+                lost.append(key)
+        single.stop(timeout_s=2.0)
+    assert exposed, "no object had its only copy on the stopped server"
+    assert lost == exposed, "exactly the objects whose only copy was on the stopped server are lost"
 
 
 class SlowedClient:
