@@ -15,6 +15,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from daemon.distribute.embedded import EmbeddedS3
 from tests.e2e.conftest import WebhookReceiver
 from tests.e2e.harness import Daemon, Share, statuses, wait_for
@@ -119,14 +121,28 @@ def await_first_part(state: Path) -> None:
         time.sleep(0.002)
 
 
+@pytest.mark.parametrize("resumer", ["the same worker", "another worker"])
 def test_kill_9_mid_multipart_upload_resumes_without_resending(
-    tmp_path: Path, media: dict[str, Path], embedded_s3: EmbeddedS3, s3_client: Any, external: dict[str, Any]
+    tmp_path: Path,
+    media: dict[str, Path],
+    embedded_s3: EmbeddedS3,
+    s3_client: Any,
+    external: dict[str, Any],
+    resumer: str,
 ) -> None:
+    """The upload's multipart state (its UploadId and the parts sent) lives in the ledger, so whoever
+    takes the video next continues it: the killed worker restarted, or another upload worker (on another
+    host, with a shared ledger) once the killed one's lease lapsed."""
     share = Share(
         tmp_path / "shared",
         {
             "storage": external,
-            "upload": {"multipart_threshold": "5MiB", "part_size": "5MiB", "part_workers": 1},
+            "upload": {
+                "multipart_threshold": "5MiB",
+                "part_size": "5MiB",
+                "part_workers": 1,
+                "lease_seconds": "3s",
+            },
             "render": {"crf": 0, "preset": "ultrafast"},  # lossless: a 3 s 720p render is ~20 MB, 4 parts
         },
     )
@@ -150,11 +166,13 @@ def test_kill_9_mid_multipart_upload_resumes_without_resending(
         os.kill(weed.pid, signal.SIGCONT)
     assert statuses(share.links("big")) == ["uploading"]
     assert (share.outputs / "big" / "big.mp4").exists(), "nothing may be evicted before verification"
-    upload = Daemon(share, "upload")
+    slot = "0" if resumer == "the same worker" else "1"
+    upload = Daemon(share, "upload", "--slot", slot)
     try:
         links = wait_for(lambda: done(share, "big"), 120, "upload resumed and finished", upload)
     finally:
         upload.terminate()
+    assert links["videos"][0]["uploaded_by"].endswith(f":upload@{slot}")
     finished = [e for e in upload.events() if e["event"] == "upload_done"]
     parts = finished[0]["parts"]
     assert len(finished) == 1
