@@ -516,11 +516,11 @@ def _status(args: argparse.Namespace, config: Config) -> int:
         if args.watch:
             watch(read)
         else:
-            print_json(documents) if args.json else print_table(documents, full=args.full)
-            if not args.json:
+            if not args.json:  # first: the links stay last, ready to copy
                 from daemon.hosts import read_views, summary
 
-                print(f"\n{summary(read_views(store, config))}")
+                print(f"{summary(read_views(store, config))}\n")
+            print_json(documents) if args.json else print_table(documents, full=args.full)
     finally:
         store.close()
     return EXIT_OK

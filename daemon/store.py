@@ -1097,16 +1097,16 @@ class JobStore:
             )
 
     def workers(self) -> list[WorkerRow]:
-        with self._tx() as db:
-            rows = db.execute(
+        with self._lock:  # a read, like the store's others: no write lock, so `status` never waits on one
+            rows = self._db.execute(
                 "SELECT name, host, kind, pid, started, last_beat, state FROM workers ORDER BY host, name"
             ).fetchall()
         return [WorkerRow(*row) for row in rows]
 
     def held_videos(self) -> list[Held]:
         """Videos under a live claim (a lease not yet released): what each worker holds now."""
-        with self._tx() as db:
-            rows = db.execute(
+        with self._lock:
+            rows = self._db.execute(
                 "SELECT owner, job_id, output, state, lease_until FROM videos"
                 " WHERE owner IS NOT NULL AND lease_until IS NOT NULL ORDER BY owner, job_id, position"
             ).fetchall()
