@@ -3,6 +3,7 @@ reads argv or the environment."""
 
 from __future__ import annotations
 
+import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,7 @@ from daemon.render.pipeline import Interrupted, RenderSettings
 from daemon.render.registry import ModelPool, available_models
 from daemon.render.service import RenderPaths, RenderService
 from daemon.store import JobState, JobStore, VideoState
+from daemon.workers import Presence
 
 log = structlog.get_logger(__name__)
 
@@ -177,6 +179,7 @@ class RenderDaemon:
             return 0
 
     def run_forever(self) -> None:
+        presence = Presence.start(self.store, self.service.worker, "render", self.config.render.lease_seconds)
         self.recover()
         thread = IntakeThread(
             self.intake,
@@ -204,6 +207,7 @@ class RenderDaemon:
             self.runtime.stop.set()
             if thread.is_alive():
                 thread.join(timeout=10)
+            presence.stop(clean=sys.exc_info()[0] is None)
             self.runtime.close()
             self.store.close()
 
@@ -306,6 +310,7 @@ class UploadDaemon:
             self.close()
 
     def run_forever(self) -> None:
+        presence = Presence.start(self.store, self.watcher.worker, "upload", self.config.upload.lease_seconds)
         try:
             self.recover()
             if self.storage.embedded is not None:
@@ -322,6 +327,7 @@ class UploadDaemon:
         finally:
             self.runtime.stopping("stopping: uploads in flight stay resumable")
             log.info("upload_stopping")
+            presence.stop(clean=sys.exc_info()[0] is None)
             self.close()
 
     def close(self) -> None:

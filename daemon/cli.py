@@ -42,6 +42,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from daemon.ops.logging import configure_logging
 
     configure_logging(config.logging.format, config.logging.level, identifier=f"lipsyncd-{args.command}")
+    _bind_host()
     if SUPERVISOR_ENV in os.environ:
         from daemon.ops.signals import die_with_parent
 
@@ -146,6 +147,9 @@ def _parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - one statement per o
         "--failed", action="store_true", help="only jobs with failures, and refused manifests"
     )
     status.add_argument("--since", help="only what changed since: 2h, 30m, 1d ago, or an ISO date/time")
+
+    hosts = command("hosts", _hosts, "show hosts and their workers: last heartbeat, what each holds")
+    hosts.add_argument("--json", action="store_true", help="machine-readable output")
 
     cancel = command(
         "cancel",
@@ -252,10 +256,20 @@ def _as_worker(kind: str, slot: int | None) -> str:
     import structlog
 
     from daemon.lease import worker_name
+    from daemon.ops.logging import bind_process
 
     name = worker_name(kind, slot or 0)
     structlog.contextvars.bind_contextvars(worker=name)
+    bind_process(worker=name)  # its other threads too (intake, uploads, the lease and presence beats)
     return name
+
+
+def _bind_host() -> None:
+    """Every log line of every process names its host (HOST=...): one journal for many hosts reads apart."""
+    from daemon.lease import host_name
+    from daemon.ops.logging import bind_process
+
+    bind_process(host=host_name())
 
 
 def _render(args: argparse.Namespace, config: Config) -> int:
@@ -281,7 +295,7 @@ def _announce_reach(config: Config) -> None:
 
     where = reach(config)
     structlog.get_logger("daemon.cli").info(
-        "links_reach", who=where.who, host=where.host, detail=where.sentence()
+        "links_reach", who=where.who, link_host=where.host, detail=where.sentence()
     )
 
 
@@ -502,9 +516,26 @@ def _status(args: argparse.Namespace, config: Config) -> int:
         if args.watch:
             watch(read)
         else:
+            if not args.json:  # first: the links stay last, ready to copy
+                from daemon.hosts import read_views, summary
+
+                print(f"{summary(read_views(store, config))}\n")
             print_json(documents) if args.json else print_table(documents, full=args.full)
     finally:
         store.close()
+    return EXIT_OK
+
+
+def _hosts(args: argparse.Namespace, config: Config) -> int:
+    from daemon.hosts import print_json, print_table, read_views
+    from daemon.store import JobStore
+
+    store = JobStore(config.state_dir, timeout=config.store.busy_timeout)
+    try:
+        views = read_views(store, config)
+    finally:
+        store.close()
+    print_json(views) if args.json else print_table(views)
     return EXIT_OK
 
 

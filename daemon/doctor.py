@@ -2,14 +2,33 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
+import secrets
 import shutil
+import sqlite3
 import subprocess
 from collections.abc import Callable
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 
 from daemon.config import Config
+
+# statfs(2) f_type of filesystems other machines write to as well: SQLite's locks and WAL fail there
+NETWORK_FILESYSTEMS = {
+    0x6969: "NFS",
+    0x517B: "SMB",
+    0xFF534D42: "SMB/CIFS",
+    0xFE534D42: "SMB2/3",
+    0x01021997: "9p",
+    0x00C36400: "Ceph",
+    0x5346414F: "AFS",
+    0x6B414653: "AFS",
+    0x0BD00BD0: "Lustre",
+    0x47504653: "GPFS",
+}
+FUSE = 0x65735546  # sshfs, s3fs, but also local ones (mergerfs, ntfs-3g): a warning, not a refusal
 
 
 @dataclass(frozen=True)
@@ -31,6 +50,10 @@ def run_checks(config: Config) -> list[Check]:
         _encoders,
         _models,
         _folders,
+        _state_local,
+        # the ledger: SQLite in the state directory today; the PostgreSQL checks (store.url reachable,
+        # schema version, clock skew against this host) join here as checks of their own
+        _store,
         _storage,
         _links,
     ]
@@ -113,7 +136,94 @@ def _writable(what: str, folder: Path) -> Check:
         return Check(what, True, f"{folder} will be created on first start")
     if not os.access(folder, os.W_OK | os.X_OK):
         return Check(what, False, f"{folder} is not writable by this user: fix its owner or mode")
+    problem = probe_writable(folder)
+    if problem:
+        return Check(what, False, f"{folder}: {problem}")
     return Check(what, True, str(folder))
+
+
+def probe_writable(folder: Path) -> str | None:
+    """Create, rename and delete a probe file there, as publishing does; what went wrong, or None.
+    Mode bits are not the whole answer: a read-only mount, a full disk, root squash on NFS or an SMB
+    share's own rules only show on a real try."""
+    name = f".lipsyncd-doctor-{os.getpid()}-{secrets.token_hex(4)}"
+    first, second = folder / f"{name}.tmp", folder / name
+    step = "create"
+    try:
+        fd = os.open(first, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.write(fd, b"lipsyncd doctor\n")
+        finally:
+            os.close(fd)
+        step = "rename"
+        os.rename(first, second)
+        step = "delete"
+        os.unlink(second)
+    except OSError as exc:
+        for left in (first, second):
+            with suppress(OSError):
+                left.unlink()
+        return f"could not {step} a probe file ({exc.strerror or exc}): lipsyncd writes there"
+    return None
+
+
+def _state_local(config: Config) -> list[Check]:
+    folder = config.state_dir
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent  # not made yet: it will live on its parent's filesystem
+    return [state_filesystem_check(config.state_dir, fs_type(folder))]
+
+
+def state_filesystem_check(state_dir: Path, f_type: int) -> Check:
+    """The state directory must be on this machine's own disk: the SQLite ledger lives there."""
+    name = NETWORK_FILESYSTEMS.get(f_type)
+    if name is not None:
+        return Check(
+            "state on local disk",
+            False,
+            f"{state_dir} is on {name}, a network filesystem: SQLite must not live there (its locks and "
+            "WAL do not work across machines, so the store can corrupt). Put paths.state on a local "
+            "disk of each host; only inbox and outputs belong on the shared folder",
+        )
+    if f_type == FUSE:
+        return Check(
+            "state on local disk",
+            True,
+            f"{state_dir} is on a FUSE filesystem: if that is sshfs or another network filesystem, move "
+            "paths.state to a local disk (SQLite's locks and WAL do not work there)",
+            warn=True,
+        )
+    return Check("state on local disk", True, f"{state_dir} (filesystem type {f_type:#x})")
+
+
+def fs_type(path: Path) -> int:
+    """statfs(2)'s f_type for path (Python's os.statvfs does not give it): the first word of the struct."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    buffer = ctypes.create_string_buffer(512)  # larger than struct statfs on every Linux architecture
+    if libc.statfs(os.fsencode(path), buffer) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), str(path))
+    return ctypes.c_long.from_buffer(buffer).value & 0xFFFFFFFF
+
+
+def _store(config: Config) -> list[Check]:
+    """The SQLite store opens (read-only: the doctor changes nothing) and answers."""
+    from daemon.store import DB_NAME
+
+    path = config.state_dir / DB_NAME
+    if not path.exists():
+        return [Check("store", True, f"{path} will be created on first start")]
+    try:
+        db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=5)
+        try:
+            jobs = db.execute("SELECT COUNT(*) FROM jobs").fetchone()[0]
+        finally:
+            db.close()
+    except sqlite3.Error as exc:
+        return [
+            Check("store", False, f"{path} does not answer ({exc}): check its owner, mode and free space")
+        ]
+    return [Check("store", True, f"SQLite {path}: {jobs} job(s)")]
 
 
 def _storage(config: Config) -> list[Check]:

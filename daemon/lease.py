@@ -13,7 +13,7 @@ from daemon.store import Claim, JobStore, Video
 
 log = structlog.get_logger(__name__)
 
-__all__ = ["Heartbeat", "worker_name"]
+__all__ = ["Heartbeat", "host_name", "worker_name"]
 
 
 class Heartbeat:
@@ -48,4 +48,9 @@ class Heartbeat:
 
 def worker_name(kind: str, slot: int | str) -> str:
     """host:kind@slot, the name a worker's claims, log lines and links.json carry."""
-    return f"{socket.gethostname()}:{kind}@{slot}"
+    return f"{host_name()}:{kind}@{slot}"
+
+
+def host_name() -> str:
+    """This host's name, as worker names, the worker registry and every log line (HOST) carry it."""
+    return socket.gethostname()

@@ -266,6 +266,10 @@ CREATE TABLE IF NOT EXISTS outbox (
     kind TEXT NOT NULL, job_id TEXT NOT NULL, video TEXT NOT NULL DEFAULT '', created REAL NOT NULL,
     seq INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (kind, job_id, video)
 );
+CREATE TABLE IF NOT EXISTS workers (
+    name TEXT PRIMARY KEY, host TEXT NOT NULL, kind TEXT NOT NULL, pid INTEGER NOT NULL,
+    started REAL NOT NULL, last_beat REAL NOT NULL, state TEXT NOT NULL
+);
 """
 
 
@@ -1066,6 +1070,48 @@ class JobStore:
         with self._lock:
             return {row[0] for row in self._db.execute("SELECT upload_id FROM uploads")}
 
+    # -- the worker registry (`lipsyncd hosts`): who runs where, and when each last beat ----------------
+
+    def register_worker(self, name: str, host: str, kind: str, pid: int) -> None:
+        """A worker process starting: its row (re)written as running; a restart replaces the old one."""
+        with self._tx() as db:
+            now = time.time()
+            db.execute(
+                "INSERT OR REPLACE INTO workers (name, host, kind, pid, started, last_beat, state)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (name, host, kind, pid, now, now, WORKER_RUNNING),
+            )
+
+    def worker_beat(self, name: str) -> None:
+        with self._tx() as db:
+            db.execute(
+                "UPDATE workers SET last_beat = ?, state = ? WHERE name = ?",
+                (time.time(), WORKER_RUNNING, name),
+            )
+
+    def worker_stopped(self, name: str) -> None:
+        with self._tx() as db:
+            db.execute(
+                "UPDATE workers SET last_beat = ?, state = ? WHERE name = ?",
+                (time.time(), WORKER_STOPPED, name),
+            )
+
+    def workers(self) -> list[WorkerRow]:
+        with self._lock:  # a read, like the store's others: no write lock, so `status` never waits on one
+            rows = self._db.execute(
+                "SELECT name, host, kind, pid, started, last_beat, state FROM workers ORDER BY host, name"
+            ).fetchall()
+        return [WorkerRow(*row) for row in rows]
+
+    def held_videos(self) -> list[Held]:
+        """Videos under a live claim (a lease not yet released): what each worker holds now."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT owner, job_id, output, state, lease_until FROM videos"
+                " WHERE owner IS NOT NULL AND lease_until IS NOT NULL ORDER BY owner, job_id, position"
+            ).fetchall()
+        return [Held(*row) for row in rows]
+
 
 def _prepare(db: sqlite3.Connection, timeout: float) -> None:
     """WAL mode and the schema. While the other watcher sets up a fresh database, SQLite may answer
@@ -1214,3 +1260,28 @@ def _video(row: sqlite3.Row) -> Video:
     data = dict(row)
     data.update(state=VideoState(data["state"]), evicted=bool(data["evicted"]))
     return Video(**data)
+
+
+# -- the worker registry's rows ----------------------------------------------------------------------
+
+WORKER_RUNNING, WORKER_STOPPED = "running", "stopped"
+
+
+@dataclass(frozen=True)
+class WorkerRow:
+    name: str  # host:kind@slot, the owner its claims carry
+    host: str
+    kind: str  # render | upload
+    pid: int
+    started: float  # epoch seconds, the writing host's clock
+    last_beat: float
+    state: str  # running | stopped (a crashed worker stays running with an old last_beat: stale)
+
+
+@dataclass(frozen=True)
+class Held:
+    owner: str
+    job_id: str
+    output: str
+    state: str
+    lease_until: float

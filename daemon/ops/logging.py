@@ -33,6 +33,8 @@ SIGNED_PARAM = re.compile(
     re.IGNORECASE,
 )
 FORMATS = ("auto", "journald", "console", "json")
+# fields every event of this process carries, from any thread (HOST, WORKER): set once at start-up
+_PROCESS_FIELDS: dict[str, str] = {}
 _PRIMITIVES = (bool, int, float, type(None))
 
 
@@ -95,10 +97,24 @@ def _isatty(stream: TextIO) -> bool:
         return False
 
 
+def bind_process(**fields: str) -> None:
+    """Fields for every event of this process, whichever thread logs it (context variables stay in the
+    thread that bound them; a worker's threads must still say which host and worker they belong to)."""
+    _PROCESS_FIELDS.update(fields)
+
+
+def add_process_fields(_logger: WrappedLogger, _name: str, event_dict: EventDict) -> EventDict:
+    """structlog processor: the process's fields, unless the event gives its own value."""
+    for key, value in _PROCESS_FIELDS.items():
+        event_dict.setdefault(key, value)
+    return event_dict
+
+
 def shared_processors() -> list[Processor]:
     """Everything before the renderer; the same for every sink so fields never differ by format."""
     return [
         structlog.contextvars.merge_contextvars,
+        add_process_fields,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         structlog.processors.StackInfoRenderer(),

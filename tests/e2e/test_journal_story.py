@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import socket
 import uuid
 from pathlib import Path
 
@@ -28,4 +29,7 @@ def test_one_jobs_story_in_the_journal(tmp_path: Path, media: dict[str, Path], j
     assert rendered["MODEL"] == "baseline"
     assert rendered["SYSLOG_IDENTIFIER"] == "lipsyncd-render"
     assert rendered["PRIORITY"] == "6"
+    host = socket.gethostname()  # one journal gathered from many hosts still reads apart
+    assert (rendered["HOST"], rendered["WORKER"]) == (host, f"{host}:render@0")
+    assert all(e["HOST"] == host for e in entries)
     assert "video_rendered" in str(rendered["MESSAGE"])

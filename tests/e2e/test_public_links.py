@@ -107,7 +107,7 @@ def test_links_signed_for_the_public_url_survive_upload_restarts(
         assert status == 200
         assert hashlib.sha256(body).hexdigest() == video["sha256"]
         first = upload.events()[0]
-        assert (first["event"], first["host"], first["who"]) == (
+        assert (first["event"], first["link_host"], first["who"]) == (
             "links_reach",
             "127.0.0.2",
             "only this machine",

@@ -9,13 +9,18 @@ from collections.abc import Iterator
 import pytest
 import structlog
 
+from daemon.ops.logging import _PROCESS_FIELDS
+
 
 @pytest.fixture(autouse=True)
 def _logging_restored() -> Iterator[None]:
     saved = structlog.get_config()
+    fields = dict(_PROCESS_FIELDS)  # main() binds HOST for the process
     root = logging.getLogger()
     handlers, level = list(root.handlers), root.level
     yield
     structlog.configure(**saved)
     root.handlers[:] = handlers
     root.setLevel(level)
+    _PROCESS_FIELDS.clear()
+    _PROCESS_FIELDS.update(fields)
