@@ -231,6 +231,31 @@ class Rendered:
     warning: str | None
 
 
+TAKE_LEASE_S = 60.0  # a rejected manifest's take: ample to file it; after a crash another intake may
+
+
+@dataclass(frozen=True)
+class Take:
+    """An intake's claim on a manifest in the job store: its claimed file name and content hash, unique
+    while the manifest is not filed; `taker` (host:pid) is for the logs."""
+
+    name: str
+    sha256: str
+    taker: str
+
+
+class ManifestTaken(Exception):
+    """Another intake holds this manifest (it makes the job and files the file); leave it alone."""
+
+    def __init__(self, name: str, job_id: str, taker: str) -> None:
+        super().__init__(f"{name} is taken by {taker}" + (f" as job {job_id}" if job_id else " (rejected)"))
+        self.job_id = job_id
+        self.taker = taker
+
+
+_TAKE_OVER = {JobState.DONE, JobState.PARTIAL, JobState.FAILED, JobState.CANCELLED}
+
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
     id TEXT PRIMARY KEY, manifest TEXT NOT NULL, claimed_path TEXT NOT NULL, base_dir TEXT NOT NULL,
@@ -265,6 +290,10 @@ CREATE TABLE IF NOT EXISTS counters (
 CREATE TABLE IF NOT EXISTS outbox (
     kind TEXT NOT NULL, job_id TEXT NOT NULL, video TEXT NOT NULL DEFAULT '', created REAL NOT NULL,
     seq INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (kind, job_id, video)
+);
+CREATE TABLE IF NOT EXISTS manifest_takes (
+    name TEXT NOT NULL, sha256 TEXT NOT NULL, job_id TEXT NOT NULL, taker TEXT NOT NULL, taken REAL NOT NULL,
+    PRIMARY KEY (name, sha256)
 );
 """
 
@@ -378,11 +407,16 @@ class JobStore:
 
     # -- jobs ----------------------------------------------------------------------------------------
 
-    def add_job(self, manifest: Manifest, *, claimed_path: Path, base_dir: Path) -> Job:
-        """Record a validated manifest as a new job with all its videos queued; picks a free job id."""
+    def add_job(
+        self, manifest: Manifest, *, claimed_path: Path, base_dir: Path, take: Take | None = None
+    ) -> Job:
+        """Record a validated manifest as a new job with all its videos queued; picks a free job id. With
+        `take`, ManifestTaken when another intake holds that manifest (nothing is recorded then)."""
         now = time.time()
         with self._change() as db:
             job_id = self._free_id(db, manifest.name)
+            if take is not None:  # in the same transaction: a crash leaves neither the take nor the job
+                self._take(db, take, job_id)
             db.execute(
                 # columns named: a store upgraded by ALTER TABLE may hold them in another order
                 "INSERT INTO jobs (id, manifest, claimed_path, base_dir, audio, audio_written, distribute,"
@@ -1065,6 +1099,70 @@ class JobStore:
         """Multipart uploads this store still owns (everything else under the prefix is an orphan)."""
         with self._lock:
             return {row[0] for row in self._db.execute("SELECT upload_id FROM uploads")}
+
+    # -- manifest takes (several intakes, on several hosts, watching one shared inbox) -----------------
+
+    def _take(self, db: sqlite3.Connection, take: Take, job_id: str) -> None:
+        """Hold (name, sha256) for `job_id` ("" for a rejection being filed), or ManifestTaken. The key is
+        unique: of several intakes that saw the same claimed manifest, one inserts and the others read
+        the holder. A holder that is over (its manifest filed) gives way, compare-and-set on its job."""
+        now = time.time()
+        cur = db.execute(
+            "INSERT INTO manifest_takes (name, sha256, job_id, taker, taken) VALUES (?,?,?,?,?)"
+            " ON CONFLICT (name, sha256) DO NOTHING",
+            (take.name, take.sha256, job_id, take.taker, now),
+        )
+        if cur.rowcount == 1:
+            return
+        row = db.execute(
+            "SELECT job_id, taker, taken FROM manifest_takes WHERE name = ? AND sha256 = ?",
+            (take.name, take.sha256),
+        ).fetchone()
+        if row is not None and self._take_held(db, row[0], row[2], now):
+            raise ManifestTaken(take.name, row[0], row[1])
+        cur = db.execute(
+            "UPDATE manifest_takes SET job_id = ?, taker = ?, taken = ? WHERE name = ? AND sha256 = ?"
+            " AND job_id = ? AND taken = ?",
+            (job_id, take.taker, now, take.name, take.sha256, row[0] if row else "", row[2] if row else 0),
+        )
+        if cur.rowcount != 1:  # another intake replaced the old holder first
+            raise ManifestTaken(take.name, "", "another intake")
+
+    @staticmethod
+    def _take_held(db: sqlite3.Connection, job_id: str, taken: float, now: float) -> bool:
+        """A job's take holds until its manifest is filed: the job finished and no filing is pending (the
+        finishing transaction asks for the filing; the reconciler removes the request once it filed). A
+        rejection's take ("" job) holds for TAKE_LEASE_S: its taker files it at once, or crashed."""
+        if not job_id:
+            return now - taken < TAKE_LEASE_S
+        row = db.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        if row is None:
+            return False
+        if JobState(row[0]) not in _TAKE_OVER:
+            return True
+        filing = db.execute(
+            "SELECT 1 FROM outbox WHERE kind = ? AND job_id = ?", (Effect.FILE.value, job_id)
+        ).fetchone()
+        return filing is not None
+
+    def take_rejection(self, take: Take) -> None:
+        """Hold a manifest that is to be filed under failed/ (ManifestTaken when another intake does)."""
+        with self._tx() as db:
+            self._take(db, take, "")
+
+    def rejection_filed(self, take: Take) -> None:
+        """The rejected manifest is under failed/: the same file dropped again is taken at once."""
+        with self._tx() as db:
+            db.execute(
+                "DELETE FROM manifest_takes WHERE name = ? AND sha256 = ? AND job_id = '' AND taker = ?",
+                (take.name, take.sha256, take.taker),
+            )
+
+    def takes(self) -> list[tuple[str, str, str]]:
+        """(name, job, taker) of every take recorded (`lipsyncd status` and tests)."""
+        with self._lock:
+            rows = self._db.execute("SELECT name, job_id, taker FROM manifest_takes ORDER BY taken")
+            return [(r[0], r[1], r[2]) for r in rows.fetchall()]
 
 
 def _prepare(db: sqlite3.Connection, timeout: float) -> None:
