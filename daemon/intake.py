@@ -21,7 +21,7 @@ import structlog
 from watchdog.observers.api import BaseObserver
 
 from daemon.inbox import Inbox, watch
-from daemon.manifest import ManifestError, error_report, load_manifest
+from daemon.manifest import ManifestError, error_report, load_manifest, manifest_bytes
 from daemon.store import Effect, JobState, JobStore, ManifestTaken, StateDiskFull, Take
 from daemon.submitted_media import sweep_media
 
@@ -145,9 +145,9 @@ class Intake:
 
     def _take_of(self, claimed: Path) -> Take:
         """The store's key for this manifest: its claimed name (unique in .claimed/) and its content."""
-        try:
-            digest = hashlib.sha256(claimed.read_bytes()).hexdigest()
-        except OSError:
+        try:  # never through a symlink out of the share, never blocked on a pipe
+            digest = hashlib.sha256(manifest_bytes(claimed)).hexdigest()
+        except ManifestError:
             digest = "unreadable"
         name = claimed.name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
         return Take(name, digest, self.taker)
