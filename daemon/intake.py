@@ -4,7 +4,7 @@ plain-words error file. Runs in its own thread so a long render never delays not
 Several intakes (processes, or hosts sharing the inbox folder) may see the same manifest: the rename into
 .claimed/ only narrows that (on a network share a retried rename can report failure after it happened,
 and every rescan retakes claimed manifests that have no job). The job store decides: the job is recorded
-together with a take unique on the claimed file's name and content, so one intake makes the job (and
+together with a take unique on the claimed file (name, content, inode), so one intake makes the job (and
 its reconciler files the manifest) and the others log one line and leave the file alone."""
 
 from __future__ import annotations
@@ -144,13 +144,17 @@ class Intake:
         self.on_job()
 
     def _take_of(self, claimed: Path) -> Take:
-        """The store's key for this manifest: its claimed name (unique in .claimed/) and its content."""
+        """The store's key for this manifest: its claimed name, its content and its inode number."""
         try:  # never through a symlink out of the share, never blocked on a pipe
             digest = hashlib.sha256(manifest_bytes(claimed)).hexdigest()
         except ManifestError:
             digest = "unreadable"
+        try:
+            file_id = str(os.lstat(claimed).st_ino)
+        except OSError:
+            file_id = ""
         name = claimed.name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-        return Take(name, digest, self.taker)
+        return Take(name, digest, file_id, self.taker)
 
     def _reject(self, claimed: Path, report: str) -> bool:
         """File under failed/ unless another intake is doing so; False (one line logged) if it is."""

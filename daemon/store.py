@@ -231,16 +231,18 @@ class Rendered:
     warning: str | None
 
 
-TAKE_LEASE_S = 60.0  # a rejected manifest's take: ample to file it; after a crash another intake may
+TAKE_LEASE_S = 60.0  # a take holds at least this long: ample for every intake that saw the file to try
 
 
 @dataclass(frozen=True)
 class Take:
-    """An intake's claim on a manifest in the job store: its claimed file name and content hash, unique
-    while the manifest is not filed; `taker` (host:pid) is for the logs."""
+    """An intake's claim on a manifest in the job store: its claimed file name, content hash and inode
+    number (the same on every client of a share; a manifest dropped again is a new file, so a new take);
+    `taker` (host:pid) is for the logs."""
 
     name: str
     sha256: str
+    file_id: str
     taker: str
 
 
@@ -292,8 +294,8 @@ CREATE TABLE IF NOT EXISTS outbox (
     seq INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (kind, job_id, video)
 );
 CREATE TABLE IF NOT EXISTS manifest_takes (
-    name TEXT NOT NULL, sha256 TEXT NOT NULL, job_id TEXT NOT NULL, taker TEXT NOT NULL, taken REAL NOT NULL,
-    PRIMARY KEY (name, sha256)
+    name TEXT NOT NULL, sha256 TEXT NOT NULL, file_id TEXT NOT NULL, job_id TEXT NOT NULL,
+    taker TEXT NOT NULL, taken REAL NOT NULL, PRIMARY KEY (name, sha256, file_id)
 );
 """
 
@@ -1103,47 +1105,41 @@ class JobStore:
     # -- manifest takes (several intakes, on several hosts, watching one shared inbox) -----------------
 
     def _take(self, db: sqlite3.Connection, take: Take, job_id: str) -> None:
-        """Hold (name, sha256) for `job_id` ("" for a rejection being filed), or ManifestTaken. The key is
+        """Hold the take's key for `job_id` ("" for a rejection being filed), or ManifestTaken. The key is
         unique: of several intakes that saw the same claimed manifest, one inserts and the others read
-        the holder. A holder that is over (its manifest filed) gives way, compare-and-set on its job."""
+        the holder. A holder that is over gives way, compare-and-set on its job and time."""
         now = time.time()
+        key = (take.name, take.sha256, take.file_id)
         cur = db.execute(
-            "INSERT INTO manifest_takes (name, sha256, job_id, taker, taken) VALUES (?,?,?,?,?)"
-            " ON CONFLICT (name, sha256) DO NOTHING",
-            (take.name, take.sha256, job_id, take.taker, now),
+            "INSERT INTO manifest_takes (name, sha256, file_id, job_id, taker, taken) VALUES (?,?,?,?,?,?)"
+            " ON CONFLICT (name, sha256, file_id) DO NOTHING",
+            (*key, job_id, take.taker, now),
         )
         if cur.rowcount == 1:
             return
         row = db.execute(
-            "SELECT job_id, taker, taken FROM manifest_takes WHERE name = ? AND sha256 = ?",
-            (take.name, take.sha256),
+            "SELECT job_id, taker, taken FROM manifest_takes WHERE name = ? AND sha256 = ? AND file_id = ?",
+            key,
         ).fetchone()
         if row is not None and self._take_held(db, row[0], row[2], now):
             raise ManifestTaken(take.name, row[0], row[1])
         cur = db.execute(
-            "UPDATE manifest_takes SET job_id = ?, taker = ?, taken = ? WHERE name = ? AND sha256 = ?"
-            " AND job_id = ? AND taken = ?",
-            (job_id, take.taker, now, take.name, take.sha256, row[0] if row else "", row[2] if row else 0),
+            "UPDATE manifest_takes SET job_id = ?, taker = ?, taken = ?"
+            " WHERE name = ? AND sha256 = ? AND file_id = ? AND job_id = ? AND taken = ?",
+            (job_id, take.taker, now, *key, row[0] if row else "", row[2] if row else 0),
         )
         if cur.rowcount != 1:  # another intake replaced the old holder first
             raise ManifestTaken(take.name, "", "another intake")
 
     @staticmethod
     def _take_held(db: sqlite3.Connection, job_id: str, taken: float, now: float) -> bool:
-        """A job's take holds until its manifest is filed: the job finished and no filing is pending (the
-        finishing transaction asks for the filing; the reconciler removes the request once it filed). A
-        rejection's take ("" job) holds for TAKE_LEASE_S: its taker files it at once, or crashed."""
-        if not job_id:
-            return now - taken < TAKE_LEASE_S
-        row = db.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()
-        if row is None:
-            return False
-        if JobState(row[0]) not in _TAKE_OVER:
+        """A job's take holds while the job runs (a late intake that read the file before the job was
+        recorded is still refused); a rejection's take ("" job) for TAKE_LEASE_S: its taker files it at
+        once, or crashed. A take whose file was filed needs no holding: a new drop is a new file."""
+        if now - taken < TAKE_LEASE_S:
             return True
-        filing = db.execute(
-            "SELECT 1 FROM outbox WHERE kind = ? AND job_id = ?", (Effect.FILE.value, job_id)
-        ).fetchone()
-        return filing is not None
+        row = db.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone() if job_id else None
+        return row is not None and JobState(row[0]) not in _TAKE_OVER
 
     def take_rejection(self, take: Take) -> None:
         """Hold a manifest that is to be filed under failed/ (ManifestTaken when another intake does)."""
@@ -1154,8 +1150,9 @@ class JobStore:
         """The rejected manifest is under failed/: the same file dropped again is taken at once."""
         with self._tx() as db:
             db.execute(
-                "DELETE FROM manifest_takes WHERE name = ? AND sha256 = ? AND job_id = '' AND taker = ?",
-                (take.name, take.sha256, take.taker),
+                "DELETE FROM manifest_takes WHERE name = ? AND sha256 = ? AND file_id = ? AND job_id = ''"
+                " AND taker = ?",
+                (take.name, take.sha256, take.file_id, take.taker),
             )
 
     def takes(self) -> list[tuple[str, str, str]]:

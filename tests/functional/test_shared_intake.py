@@ -233,30 +233,37 @@ def test_the_same_manifest_dropped_again_is_a_new_job_before_and_after_filing(sh
     assert store.job("again-2").claimed_path == store.job("again").claimed_path  # type: ignore[union-attr]
 
 
-def test_a_take_holds_until_its_manifest_is_filed(share: Share, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_take_holds_while_its_job_runs(share: Share, monkeypatch: pytest.MonkeyPatch) -> None:
     host = share.host("a")
-    store, key = host.store, Take("x.yaml", "abc", "a")
+    store = host.store
     claimed = share.inbox / ".claimed" / "x.yaml"
     claimed.write_text(VALID)
     manifest = _manifest(host, claimed)
-    store.add_job(manifest, claimed_path=claimed, base_dir=share.inbox, take=key)
-    with pytest.raises(ManifestTaken):  # running
-        store.add_job(manifest, claimed_path=claimed, base_dir=share.inbox, take=Take("x.yaml", "abc", "b"))
-    store.add_job(manifest, claimed_path=claimed, base_dir=share.inbox, take=Take("x.yaml", "other", "b"))
+
+    def add(sha256: str, file_id: str, taker: str) -> str:
+        take = Take("x.yaml", sha256, file_id, taker)
+        return store.add_job(manifest, claimed_path=claimed, base_dir=share.inbox, take=take).id
+
+    assert add("abc", "7", "a") == "x"
+    with pytest.raises(ManifestTaken) as lost:  # running: the same file is refused
+        add("abc", "7", "b")
+    assert (lost.value.job_id, lost.value.taker) == ("x", "a")
+    assert add("abc", "8", "b") == "x-2"  # the same name and content in another file: a new drop
+    assert add("other", "7", "b") == "x-3"  # the file was written again
     store.fail_job("x", "stopped")
-    with pytest.raises(ManifestTaken):  # finished, not filed yet
-        store.add_job(manifest, claimed_path=claimed, base_dir=share.inbox, take=Take("x.yaml", "abc", "b"))
-    store.applied(*store.pending(Effect.FILE))
-    job = store.add_job(manifest, claimed_path=claimed, base_dir=share.inbox, take=Take("x.yaml", "abc", "b"))
-    assert ("x.yaml", job.id, "b") in store.takes()
+    with pytest.raises(ManifestTaken):  # finished moments ago: a late intake is still refused
+        add("abc", "7", "b")
+    later = time.time() + TAKE_LEASE_S + 1
+    monkeypatch.setattr("daemon.store.time.time", lambda: later)
+    assert add("abc", "7", "b") == "x-4"  # finished and long over (an inode number used again)
+    with pytest.raises(ManifestTaken):  # x-2 still runs, however old its take
+        add("abc", "8", "c")
     # a rejection's take: held while its taker files it; a crashed taker's lapses
-    bad = Take("bad.yaml", "def", "a")
-    store.take_rejection(bad)
+    store.take_rejection(Take("bad.yaml", "def", "9", "a"))
     with pytest.raises(ManifestTaken):
-        store.take_rejection(Take("bad.yaml", "def", "b"))
-    now = time.time()
-    monkeypatch.setattr("daemon.store.time.time", lambda: now + TAKE_LEASE_S + 1)
-    store.take_rejection(Take("bad.yaml", "def", "b"))
+        store.take_rejection(Take("bad.yaml", "def", "9", "b"))
+    monkeypatch.setattr("daemon.store.time.time", lambda: later + TAKE_LEASE_S + 1)
+    store.take_rejection(Take("bad.yaml", "def", "9", "b"))
     monkeypatch.undo()
     assert ("bad.yaml", "", "b") in store.takes()
 
