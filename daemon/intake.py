@@ -165,7 +165,7 @@ class Intake:
             log.info("manifest_taken_elsewhere", manifest=take.name, job=None, taker=exc.taker)
             return False
         try:
-            if not claimed.exists():  # another intake filed it and let go of its take before ours
+            if not os.path.lexists(claimed):  # another intake filed it and let go of its take before ours
                 log.info("manifest_filed_elsewhere", manifest=take.name)
                 return False
             self.inbox.file_failed(claimed, claimed.name, report)

@@ -1156,7 +1156,7 @@ class JobStore:
             )
 
     def takes(self) -> list[tuple[str, str, str]]:
-        """(name, job, taker) of every take recorded (`lipsyncd status` and tests)."""
+        """(name, job, taker) of every take recorded, oldest first (for tests and diagnosis)."""
         with self._lock:
             rows = self._db.execute("SELECT name, job_id, taker FROM manifest_takes ORDER BY taken")
             return [(r[0], r[1], r[2]) for r in rows.fetchall()]

@@ -149,6 +149,15 @@ def test_a_bad_manifest_every_host_retakes_at_once_is_filed_once(share: Share) -
     assert share.stores[0].takes() == []  # let go once filed: the same file dropped again is filed again
 
 
+def test_a_dangling_symlink_as_manifest_is_still_filed(share: Share) -> None:
+    host = share.host("a")
+    (share.inbox / "gone.yaml").symlink_to(share.root / "nowhere.yaml")
+    host.inbox.note(share.inbox / "gone.yaml", moved=True)  # the watcher saw it
+    host.sweep(rescan=False)
+    assert share.listing("failed") == ["gone.error.txt", "gone.yaml"]
+    assert "symbolic link" in (share.inbox / "failed" / "gone.error.txt").read_text()
+
+
 def test_a_rename_that_reports_failure_after_it_happened_still_makes_the_job(
     share: Share, monkeypatch: pytest.MonkeyPatch
 ) -> None:
