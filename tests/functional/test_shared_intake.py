@@ -180,6 +180,57 @@ def test_a_rename_that_reports_failure_after_it_happened_still_makes_the_job(
     assert share.listing(".claimed") == ["nfs.yaml"]
 
 
+_HOST_PROCESS = """
+import sys, time
+from pathlib import Path
+from daemon.inbox import Inbox
+from daemon.intake import Intake
+from daemon.store import JobStore
+
+inbox, state, shared, meet, name, hosts = sys.argv[1:7]
+store = JobStore(Path(state))
+real = store.add_job
+
+def add_job_when_all_are_here(*args, **kwargs):
+    # every host has found the manifest without a job and read it: now all record it at once
+    (Path(meet) / name).touch()
+    deadline = time.monotonic() + 20
+    while len(list(Path(meet).iterdir())) < int(hosts) and time.monotonic() < deadline:
+        time.sleep(0.005)
+    return real(*args, **kwargs)
+
+store.add_job = add_job_when_all_are_here
+intake = Intake(Inbox(Path(inbox), settle_time=0.0), store, shared=Path(shared),
+                outputs_dir=Path(shared) / "out", locks_dir=Path(shared) / "locks", webhooks=(),
+                models=lambda: ["baseline"], taker=name)
+intake.sweep(rescan=True)
+"""
+
+
+def test_host_processes_retaking_a_claimed_manifest_at_once_make_one_job(share: Share) -> None:
+    """As above with real processes, each with its own SQLite connection and locks."""
+    share.host("setup")  # the folders and the store's schema exist before the hosts race to open them
+    (share.inbox / ".claimed" / "proc.yaml").write_text(VALID)
+    meet = share.root / "meet"
+    meet.mkdir()
+    args = [str(share.inbox), str(share.state), str(share.root / "share"), str(meet)]
+    hosts = [
+        subprocess.Popen(
+            [sys.executable, "-c", _HOST_PROCESS, *args, f"proc{i}", str(HOSTS)], stderr=subprocess.PIPE
+        )
+        for i in range(HOSTS)
+    ]
+    for host in hosts:
+        _, err = host.communicate(timeout=60)
+        assert host.returncode == 0, err.decode()
+    assert len(list(meet.iterdir())) == HOSTS  # every host did try to record it
+    store = share.stores[0]
+    assert [j.id for j in store.jobs()] == ["proc"]
+    assert [name for name, _, _ in store.takes()] == ["proc.yaml"]
+    assert share.listing(".claimed") == ["proc.yaml"]
+    assert share.listing("failed") == []
+
+
 _KILLED_IN_THE_TAKE = """
 import os, signal, sys
 from pathlib import Path
