@@ -186,6 +186,7 @@ class RenderDaemon:
             self.runtime.stop,
             rescan_interval=self.config.inbox.rescan_interval,
             polling=self.config.inbox.observer == "polling",
+            poll_interval=self.config.inbox.poll_interval,
             beat=self.runtime.heartbeat("intake"),
         )
         if self.takes_manifests:

@@ -172,6 +172,7 @@ class StoreConfig:
 @dataclass(frozen=True)
 class InboxConfig:
     observer: str = _key("native", _choice("native", "polling"))
+    poll_interval: float = _key(1.0, _positive_duration)  # observer: polling lists the inbox this often
     rescan_interval: float = _key(30.0, parse_duration)
     settle_time: float = _key(2.0, parse_duration)
     media_keep: float = _key(86400.0, parse_duration)  # submit's copies, after their job finished

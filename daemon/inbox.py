@@ -103,7 +103,9 @@ class Inbox:
         return seen.moved or now - seen.since >= self.settle_time
 
     def claim(self, path: Path) -> Path | None:
-        """Rename into .claimed/ (atomic): whoever renames first owns it; None if it is gone."""
+        """Rename into .claimed/ (atomic): None if it is gone. On a network share a retried rename can
+        report the file gone after it moved it, and two hosts may pick the same name: a target that is
+        there after a failed rename is returned too, and the job store decides who takes it."""
         if not self.claimed_dir.is_dir():  # the inbox was made again (tidied, or a share mounted over it)
             self.make_folders()
             log.warning("inbox_folders_recreated", folder=str(self.folder))
@@ -111,7 +113,7 @@ class Inbox:
         try:
             os.rename(path, target)
         except FileNotFoundError:
-            return None
+            return target if target.is_file() else None
         return target
 
     def make_folders(self) -> None:
@@ -210,15 +212,21 @@ class _Handler(FileSystemEventHandler):
 
 
 def start_observer(
-    folder: Path, handler: FileSystemEventHandler, *, polling: bool, recursive: bool = False
+    folder: Path,
+    handler: FileSystemEventHandler,
+    *,
+    polling: bool,
+    recursive: bool = False,
+    poll_interval: float = 1.0,
 ) -> BaseObserver:
-    """inotify (native) by default; polling for network shares where events never arrive."""
-    observer: BaseObserver = PollingObserver(timeout=1.0) if polling else Observer()
+    """inotify (native) by default; polling (a listing every `poll_interval`) for network shares, where
+    other clients' writes never reach this host's inotify."""
+    observer: BaseObserver = PollingObserver(timeout=poll_interval) if polling else Observer()
     observer.schedule(handler, str(folder), recursive=recursive)
     observer.daemon = True
     observer.start()
     return observer
 
 
-def watch(inbox: Inbox, wake: threading.Event, *, polling: bool) -> BaseObserver:
-    return start_observer(inbox.folder, _Handler(inbox, wake), polling=polling)
+def watch(inbox: Inbox, wake: threading.Event, *, polling: bool, poll_interval: float = 1.0) -> BaseObserver:
+    return start_observer(inbox.folder, _Handler(inbox, wake), polling=polling, poll_interval=poll_interval)

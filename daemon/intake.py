@@ -1,8 +1,17 @@
 """Intake: complete manifests in the inbox become queued jobs in the store, or land in failed/ with a
-plain-words error file. Runs in its own thread so a long render never delays noticing new work."""
+plain-words error file. Runs in its own thread so a long render never delays noticing new work.
+
+Several intakes (processes, or hosts sharing the inbox folder) may see the same manifest: the rename into
+.claimed/ only narrows that (on a network share a retried rename can report failure after it happened,
+and every rescan retakes claimed manifests that have no job). The job store decides: the job is recorded
+together with a take unique on the claimed file (name, content, inode), so one intake makes the job (and
+its reconciler files the manifest) and the others log one line and leave the file alone."""
 
 from __future__ import annotations
 
+import hashlib
+import os
+import socket
 import threading
 import time
 from collections.abc import Callable, Collection
@@ -12,8 +21,8 @@ import structlog
 from watchdog.observers.api import BaseObserver
 
 from daemon.inbox import Inbox, watch
-from daemon.manifest import ManifestError, error_report, load_manifest
-from daemon.store import Effect, JobState, JobStore, StateDiskFull
+from daemon.manifest import ManifestError, error_report, load_manifest, manifest_bytes
+from daemon.store import Effect, JobState, JobStore, ManifestTaken, StateDiskFull, Take
 from daemon.submitted_media import sweep_media
 
 log = structlog.get_logger(__name__)
@@ -32,6 +41,7 @@ class Intake:
         models: Callable[[], Collection[str]],
         on_job: Callable[[], None] = lambda: None,
         media_keep: float | None = None,  # None: submit's copies are left alone
+        taker: str | None = None,  # who takes manifests, in the store's takes: host:pid by default
     ) -> None:
         self.inbox = inbox
         self.store = store
@@ -42,6 +52,7 @@ class Intake:
         self.models = models
         self.on_job = on_job
         self.media_keep = media_keep
+        self.taker = taker or f"{socket.gethostname()}:{os.getpid()}"
 
     def recover(self) -> None:
         """At start: manifests claimed before a crash but never recorded as jobs are processed again;
@@ -97,8 +108,9 @@ class Intake:
                 "How to fix it: rename the manifest (letters, digits, - and _ are safe) and drop it into the "
                 "inbox again.\n"
             )
-            self.inbox.file_failed(claimed, claimed.name, report)
-            log.warning("manifest_rejected", manifest=repr(claimed.name), problems=["file name is not UTF-8"])
+            if self._reject(claimed, report):
+                problems = ["file name is not UTF-8"]
+                log.warning("manifest_rejected", manifest=repr(claimed.name), problems=problems)
             return
         try:
             manifest = load_manifest(
@@ -108,15 +120,20 @@ class Intake:
                 webhooks=self.webhooks,
                 models=self.models(),
             )
+            take = self._take_of(claimed)
         except ManifestError as exc:
-            self.inbox.file_failed(claimed, claimed.name, error_report(exc))
-            log.warning("manifest_rejected", manifest=claimed.name, problems=exc.problems)
+            if self._reject(claimed, error_report(exc)):
+                log.warning("manifest_rejected", manifest=claimed.name, problems=exc.problems)
             return
         except OSError as exc:
-            log.error("manifest_unreadable", manifest=claimed.name, error=str(exc))
-            self.inbox.file_failed(claimed, claimed.name, f"lipsyncd could not read {claimed.name}: {exc}\n")
+            if self._reject(claimed, f"lipsyncd could not read {claimed.name}: {exc}\n"):
+                log.error("manifest_unreadable", manifest=claimed.name, error=str(exc))
             return
-        job = self.store.add_job(manifest, claimed_path=claimed, base_dir=self.inbox.folder)  # + its view
+        try:  # the job and its take in one transaction (+ its view)
+            job = self.store.add_job(manifest, claimed_path=claimed, base_dir=self.inbox.folder, take=take)
+        except ManifestTaken as exc:
+            log.info("manifest_taken_elsewhere", manifest=claimed.name, job=exc.job_id, taker=exc.taker)
+            return
         log.info(
             "job_queued",
             job=job.id,
@@ -126,17 +143,48 @@ class Intake:
         )
         self.on_job()
 
+    def _take_of(self, claimed: Path) -> Take:
+        """The store's key for this manifest: its claimed name, its content and its inode number."""
+        try:  # never through a symlink out of the share, never blocked on a pipe
+            digest = hashlib.sha256(manifest_bytes(claimed)).hexdigest()
+        except ManifestError:
+            digest = "unreadable"
+        try:
+            file_id = str(os.lstat(claimed).st_ino)
+        except OSError:
+            file_id = ""
+        name = claimed.name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        return Take(name, digest, file_id, self.taker)
+
+    def _reject(self, claimed: Path, report: str) -> bool:
+        """File under failed/ unless another intake is doing so; False (one line logged) if it is."""
+        take = self._take_of(claimed)
+        try:
+            self.store.take_rejection(take)
+        except ManifestTaken as exc:
+            log.info("manifest_taken_elsewhere", manifest=take.name, job=None, taker=exc.taker)
+            return False
+        try:
+            if not os.path.lexists(claimed):  # another intake filed it and let go of its take before ours
+                log.info("manifest_filed_elsewhere", manifest=take.name)
+                return False
+            self.inbox.file_failed(claimed, claimed.name, report)
+            return True
+        finally:
+            self.store.rejection_filed(take)
+
 
 class IntakeThread(threading.Thread):
     """watchdog events + a periodic full rescan; every loop checks the one stop event."""
 
     def __init__(self, intake: Intake, stop: threading.Event, *, rescan_interval: float, polling: bool,
-                 beat: Callable[[], None] = lambda: None) -> None:  # fmt: skip
+                 beat: Callable[[], None] = lambda: None, poll_interval: float = 1.0) -> None:  # fmt: skip
         super().__init__(name="intake", daemon=True)
         self.intake = intake
         self.stop = stop
         self.rescan_interval = rescan_interval
         self.polling = polling
+        self.poll_interval = poll_interval
         self.beat = beat
         self.wake = threading.Event()
 
@@ -160,7 +208,7 @@ class IntakeThread(threading.Thread):
     def _observer(self) -> BaseObserver | None:
         """Events when the system gives them; without (inotify limits used up) the rescans still work."""
         try:
-            return watch(self.intake.inbox, self.wake, polling=self.polling)
+            return watch(self.intake.inbox, self.wake, polling=self.polling, poll_interval=self.poll_interval)
         except OSError as exc:
             log.warning(
                 "inbox_events_unavailable", error=str(exc), fallback=f"rescan every {self.rescan_interval}s"

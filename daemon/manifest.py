@@ -187,6 +187,11 @@ def _read_regular_file(path: Path, fail: Callable[[str], ManifestError]) -> byte
         return handle.read(MAX_MANIFEST_BYTES + 1)
 
 
+def manifest_bytes(path: Path) -> bytes:
+    """The file's bytes, read as safely as `load_manifest` reads them; ManifestError when it would refuse."""
+    return _read_regular_file(path, lambda problem: ManifestError(path, [problem]))
+
+
 def _parse(path: Path, text: str) -> Any:
     if path.suffix.lower() == ".json":
         return json.loads(text, object_pairs_hook=_no_duplicate_keys)

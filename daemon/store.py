@@ -231,6 +231,33 @@ class Rendered:
     warning: str | None
 
 
+TAKE_LEASE_S = 60.0  # a take holds at least this long: ample for every intake that saw the file to try
+
+
+@dataclass(frozen=True)
+class Take:
+    """An intake's claim on a manifest in the job store: its claimed file name, content hash and inode
+    number (the same on every client of a share; a manifest dropped again is a new file, so a new take);
+    `taker` (host:pid) is for the logs."""
+
+    name: str
+    sha256: str
+    file_id: str
+    taker: str
+
+
+class ManifestTaken(Exception):
+    """Another intake holds this manifest (it makes the job and files the file); leave it alone."""
+
+    def __init__(self, name: str, job_id: str, taker: str) -> None:
+        super().__init__(f"{name} is taken by {taker}" + (f" as job {job_id}" if job_id else " (rejected)"))
+        self.job_id = job_id
+        self.taker = taker
+
+
+_TAKE_OVER = {JobState.DONE, JobState.PARTIAL, JobState.FAILED, JobState.CANCELLED}
+
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
     id TEXT PRIMARY KEY, manifest TEXT NOT NULL, claimed_path TEXT NOT NULL, base_dir TEXT NOT NULL,
@@ -269,6 +296,10 @@ CREATE TABLE IF NOT EXISTS outbox (
 CREATE TABLE IF NOT EXISTS workers (
     name TEXT PRIMARY KEY, host TEXT NOT NULL, kind TEXT NOT NULL, pid INTEGER NOT NULL,
     started REAL NOT NULL, last_beat REAL NOT NULL, state TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS manifest_takes (
+    name TEXT NOT NULL, sha256 TEXT NOT NULL, file_id TEXT NOT NULL, job_id TEXT NOT NULL,
+    taker TEXT NOT NULL, taken REAL NOT NULL, PRIMARY KEY (name, sha256, file_id)
 );
 """
 
@@ -382,11 +413,16 @@ class JobStore:
 
     # -- jobs ----------------------------------------------------------------------------------------
 
-    def add_job(self, manifest: Manifest, *, claimed_path: Path, base_dir: Path) -> Job:
-        """Record a validated manifest as a new job with all its videos queued; picks a free job id."""
+    def add_job(
+        self, manifest: Manifest, *, claimed_path: Path, base_dir: Path, take: Take | None = None
+    ) -> Job:
+        """Record a validated manifest as a new job with all its videos queued; picks a free job id. With
+        `take`, ManifestTaken when another intake holds that manifest (nothing is recorded then)."""
         now = time.time()
         with self._change() as db:
             job_id = self._free_id(db, manifest.name)
+            if take is not None:  # in the same transaction: a crash leaves neither the take nor the job
+                self._take(db, take, job_id)
             db.execute(
                 # columns named: a store upgraded by ALTER TABLE may hold them in another order
                 "INSERT INTO jobs (id, manifest, claimed_path, base_dir, audio, audio_written, distribute,"
@@ -1111,6 +1147,65 @@ class JobStore:
                 " WHERE owner IS NOT NULL AND lease_until IS NOT NULL ORDER BY owner, job_id, position"
             ).fetchall()
         return [Held(*row) for row in rows]
+
+    # -- manifest takes (several intakes, on several hosts, watching one shared inbox) -----------------
+
+    def _take(self, db: sqlite3.Connection, take: Take, job_id: str) -> None:
+        """Hold the take's key for `job_id` ("" for a rejection being filed), or ManifestTaken. The key is
+        unique: of several intakes that saw the same claimed manifest, one inserts and the others read
+        the holder. A holder that is over gives way, compare-and-set on its job and time."""
+        now = time.time()
+        key = (take.name, take.sha256, take.file_id)
+        cur = db.execute(
+            "INSERT INTO manifest_takes (name, sha256, file_id, job_id, taker, taken) VALUES (?,?,?,?,?,?)"
+            " ON CONFLICT (name, sha256, file_id) DO NOTHING",
+            (*key, job_id, take.taker, now),
+        )
+        if cur.rowcount == 1:
+            return
+        row = db.execute(
+            "SELECT job_id, taker, taken FROM manifest_takes WHERE name = ? AND sha256 = ? AND file_id = ?",
+            key,
+        ).fetchone()
+        if row is not None and self._take_held(db, row[0], row[2], now):
+            raise ManifestTaken(take.name, row[0], row[1])
+        cur = db.execute(
+            "UPDATE manifest_takes SET job_id = ?, taker = ?, taken = ?"
+            " WHERE name = ? AND sha256 = ? AND file_id = ? AND job_id = ? AND taken = ?",
+            (job_id, take.taker, now, *key, row[0] if row else "", row[2] if row else 0),
+        )
+        if cur.rowcount != 1:  # another intake replaced the old holder first
+            raise ManifestTaken(take.name, "", "another intake")
+
+    @staticmethod
+    def _take_held(db: sqlite3.Connection, job_id: str, taken: float, now: float) -> bool:
+        """A job's take holds while the job runs (a late intake that read the file before the job was
+        recorded is still refused); a rejection's take ("" job) for TAKE_LEASE_S: its taker files it at
+        once, or crashed. A take whose file was filed needs no holding: a new drop is a new file."""
+        if now - taken < TAKE_LEASE_S:
+            return True
+        row = db.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone() if job_id else None
+        return row is not None and JobState(row[0]) not in _TAKE_OVER
+
+    def take_rejection(self, take: Take) -> None:
+        """Hold a manifest that is to be filed under failed/ (ManifestTaken when another intake does)."""
+        with self._tx() as db:
+            self._take(db, take, "")
+
+    def rejection_filed(self, take: Take) -> None:
+        """The rejected manifest is under failed/: the same file dropped again is taken at once."""
+        with self._tx() as db:
+            db.execute(
+                "DELETE FROM manifest_takes WHERE name = ? AND sha256 = ? AND file_id = ? AND job_id = ''"
+                " AND taker = ?",
+                (take.name, take.sha256, take.file_id, take.taker),
+            )
+
+    def takes(self) -> list[tuple[str, str, str]]:
+        """(name, job, taker) of every take recorded, oldest first (for tests and diagnosis)."""
+        with self._lock:
+            rows = self._db.execute("SELECT name, job_id, taker FROM manifest_takes ORDER BY taken")
+            return [(r[0], r[1], r[2]) for r in rows.fetchall()]
 
 
 def _prepare(db: sqlite3.Connection, timeout: float) -> None:
