@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import sqlite3
 import threading
@@ -16,8 +17,9 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, fields
 from enum import Enum, StrEnum
+from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import structlog
 
@@ -272,11 +274,17 @@ CREATE TABLE IF NOT EXISTS outbox (
 class JobStore:
     """Thread-safe access to the store. Open one per process; pass it to whoever needs it."""
 
-    def __init__(self, state_dir: Path, *, timeout: float = 30.0) -> None:
+    def __init__(self, state_dir: Path, *, timeout: float = 30.0, url: str | None = None) -> None:
         self.path = state_dir / DB_NAME
+        self.url = url  # store.url: a PostgreSQL ledger shared by hosts; None: SQLite in the state dir
         # called after each commit that recorded effects: the process's reconciler applies them at once
         self.after_commit: Callable[[], object] | None = None
         self._lock = threading.RLock()
+        # claims skip rows another worker's claim holds locked (PostgreSQL; SQLite has one writer anyway)
+        self._skip_locked = "" if url is None else " FOR UPDATE OF v SKIP LOCKED"
+        if url is not None:
+            self._open_postgres(state_dir, url, timeout)
+            return
         try:
             _private_dir(state_dir)
             _private_files(self.path)
@@ -290,6 +298,28 @@ class JobStore:
                 f"cannot open the job store {self.path}: {exc}. Check that the state directory exists, "
                 "is writable by this user, and that no other program holds the database locked."
             ) from exc
+
+    def _open_postgres(self, state_dir: Path, url: str, timeout: float) -> None:
+        import psycopg
+
+        try:
+            _private_dir(state_dir)
+            self._db = cast(sqlite3.Connection, _Postgres(url, timeout))  # answers the calls made on one
+            _prepare_postgres(self._db)
+        except (psycopg.Error, OSError) as exc:
+            raise StoreError(
+                f"cannot open the job store at store.url ({_without_password(url)}): {exc}. Check that the "
+                "PostgreSQL server is up and reachable from this host, that the database exists, and that "
+                "this user's password is where libpq looks (PGPASSFILE, PGPASSWORD, or the pgpass "
+                "systemd credential)."
+            ) from exc
+
+    def _now(self, db: sqlite3.Connection) -> float:
+        """The clock leases are read against: the database server's on PostgreSQL (every host shares
+        it), this host's on SQLite (every worker shares the host)."""
+        if self.url is None:
+            return time.time()
+        return float(db.execute("SELECT extract(epoch FROM clock_timestamp())::float8").fetchone()[0])
 
     def close(self) -> None:
         with self._lock:
@@ -328,7 +358,7 @@ class JobStore:
         """One pending effect per (kind, job, video): asked again, it stays one row with a higher seq."""
         db.execute(
             "INSERT INTO outbox (kind, job_id, video, created) VALUES (?,?,?,?)"
-            " ON CONFLICT (kind, job_id, video) DO UPDATE SET seq = seq + 1",
+            " ON CONFLICT (kind, job_id, video) DO UPDATE SET seq = outbox.seq + 1",
             (kind.value, job_id, video, time.time()),
         )
 
@@ -337,7 +367,7 @@ class JobStore:
         both, and every worker process counts into one ledger (daemon.ops.metrics writes the file)."""
         db.execute(
             "INSERT INTO counters (name, label, value) VALUES (?,?,?)"
-            " ON CONFLICT (name, label) DO UPDATE SET value = value + excluded.value",
+            " ON CONFLICT (name, label) DO UPDATE SET value = counters.value + excluded.value",
             (name, label, amount),
         )
         self._effect(db, Effect.METRICS, "")
@@ -646,6 +676,7 @@ class JobStore:
     # -- claims with leases --------------------------------------------------------------------------
     # One clock: SQLite has no server clock, so leases are this host's time.time(), read inside the
     # transaction. Every worker shares the host (the store is a local file by design), so they agree.
+    # On PostgreSQL every host reads the database server's clock (self._now), never its own.
 
     def claim_next_video(
         self, owner: str, lease_s: float, *, max_attempts: int = DEFAULT_MAX_ATTEMPTS
@@ -657,11 +688,11 @@ class JobStore:
         The job moves to rendering with its first claimed video."""
         with self._change() as db:
             while True:
-                now = time.time()
+                now = self._now(db)
                 row = db.execute(
                     "SELECT v.* FROM videos v JOIN jobs j ON j.id = v.job_id WHERE j.state IN (?,?)"
                     " AND (v.state = ? OR (v.state = ? AND COALESCE(v.lease_until, 0) < ?))"
-                    " ORDER BY j.created, j.id, v.position LIMIT 1",
+                    " ORDER BY j.created, j.id, v.position LIMIT 1" + self._skip_locked,
                     (
                         JobState.QUEUED.value,
                         JobState.RENDERING.value,
@@ -732,7 +763,7 @@ class JobStore:
                 "UPDATE videos SET lease_until = ? WHERE job_id = ? AND output = ? AND owner = ?"
                 " AND epoch = ? AND state IN (?,?)",
                 (
-                    time.time() + lease_s,
+                    self._now(db) + lease_s,
                     job_id,
                     output,
                     claim.owner,
@@ -780,7 +811,8 @@ class JobStore:
             self._set_video(db, job_id, output, VideoState.QUEUED, progress=0.0, lease_until=None)
             if claim is not None:
                 db.execute(
-                    "UPDATE videos SET attempts = MAX(attempts - 1, 0) WHERE job_id = ? AND output = ?",
+                    "UPDATE videos SET attempts = CASE WHEN attempts > 0 THEN attempts - 1 ELSE 0 END"
+                    " WHERE job_id = ? AND output = ?",
                     (job_id, output),
                 )
 
@@ -887,7 +919,7 @@ class JobStore:
                 "SELECT state, epoch, lease_until FROM videos WHERE job_id = ? AND output = ?",
                 (job_id, output),
             ).fetchone()
-            now = time.time()
+            now = self._now(db)
             if owner is not None and row[0] == VideoState.UPLOADING.value and (row[2] or 0) >= now:
                 return None
             claim = Claim(owner, row[1] + 1) if owner is not None else None
@@ -909,7 +941,7 @@ class JobStore:
         with self._lock:
             rows = self._db.execute(
                 "SELECT * FROM videos WHERE state = ? AND lease_until IS NOT NULL AND lease_until < ?",
-                (VideoState.UPLOADING.value, time.time()),
+                (VideoState.UPLOADING.value, self._now(self._db)),
             ).fetchall()
         return [_video(row) for row in rows]
 
@@ -1021,10 +1053,10 @@ class JobStore:
         looks again at views whose job changed or whose file did."""
         with self._lock:
             rows = self._db.execute(
-                "SELECT j.id, MAX(j.updated, COALESCE((SELECT MAX(v.updated) FROM videos v"
-                " WHERE v.job_id = j.id), 0)) FROM jobs j"
+                "SELECT j.id, j.updated, COALESCE((SELECT MAX(v.updated) FROM videos v"
+                " WHERE v.job_id = j.id), 0) FROM jobs j"
             ).fetchall()
-        return {row[0]: row[1] for row in rows}
+        return {row[0]: max(row[1], row[2]) for row in rows}
 
     # -- multipart upload journal (the uploader's UploadJournal protocol) ------------------------------
 
@@ -1047,13 +1079,17 @@ class JobStore:
         with self._tx() as db:
             db.execute("DELETE FROM parts WHERE object_key = ?", (key,))
             db.execute(
-                "INSERT OR REPLACE INTO uploads VALUES (?,?,?,?)", (key, upload_id, part_size, time.time())
+                "INSERT INTO uploads VALUES (?,?,?,?) ON CONFLICT (object_key) DO UPDATE SET"
+                " upload_id = excluded.upload_id, part_size = excluded.part_size, started = excluded.started",
+                (key, upload_id, part_size, time.time()),
             )
 
     def part_done(self, key: str, part_number: int, etag: str, size: int, checksum: str) -> None:
         with self._tx() as db:
             db.execute(
-                "INSERT OR REPLACE INTO parts VALUES (?,?,?,?,?)", (key, part_number, etag, size, checksum)
+                "INSERT INTO parts VALUES (?,?,?,?,?) ON CONFLICT (object_key, part_number) DO UPDATE SET"
+                " etag = excluded.etag, size = excluded.size, checksum = excluded.checksum",
+                (key, part_number, etag, size, checksum),
             )
 
     def finish(self, key: str) -> None:
@@ -1112,6 +1148,134 @@ def _add_missing_columns(db: sqlite3.Connection) -> None:
             except sqlite3.OperationalError as exc:
                 if "duplicate column" not in str(exc):
                     raise
+
+
+# -- PostgreSQL: the same SQL, through a facade with sqlite3's few calls ---------------------------------
+
+# every write transaction takes this lock first, as SQLite's BEGIN IMMEDIATE takes its write lock: the
+# intents stay written as straight-line reads and writes, and run one at a time across every host
+_WRITE_LOCK = 0x6C697073  # "lips"
+_MIGRATE_LOCK = _WRITE_LOCK + 1
+
+
+class _Row(tuple):  # type: ignore[type-arg]
+    """A row read by index or by column name, and dict(row), as sqlite3.Row allows."""
+
+    names: tuple[str, ...]
+
+    def __new__(cls, values: Any, names: tuple[str, ...]) -> _Row:
+        row = super().__new__(cls, values)
+        row.names = names
+        return row
+
+    def keys(self) -> list[str]:
+        return list(self.names)
+
+    def __getitem__(self, key: Any) -> Any:
+        if isinstance(key, str):
+            return super().__getitem__(self.names.index(key))
+        return super().__getitem__(key)
+
+
+class _Rows:
+    """A statement's result, read at once (the cursor goes with the next statement)."""
+
+    def __init__(self, rows: list[Any], rowcount: int) -> None:
+        self._rows, self.rowcount = rows, rowcount
+
+    def fetchone(self) -> Any:
+        return self._rows[0] if self._rows else None
+
+    def fetchall(self) -> list[Any]:
+        return self._rows
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self._rows)
+
+
+def _row_factory(cursor: Any) -> Callable[[Any], _Row]:
+    names = tuple(c.name for c in cursor.description or ())
+    return lambda values: _Row(values, names)
+
+
+@lru_cache(maxsize=512)
+def _pg_sql(sql: str) -> str:
+    """SQLite's `?` placeholders as psycopg's `%s` (a literal % doubled first)."""
+    return sql.replace("%", "%%").replace("?", "%s")
+
+
+def _pg_schema(schema: str) -> str:
+    """SQLite's column types in PostgreSQL's words: REAL is 4 bytes there, INTEGER 4 (sizes need 8)."""
+    return re.sub(r"\bINTEGER\b", "BIGINT", re.sub(r"\bREAL\b", "DOUBLE PRECISION", schema))
+
+
+class _Postgres:
+    """One autocommit connection, used under the store's lock as the SQLite one is: `BEGIN IMMEDIATE`
+    opens a short transaction holding the write lock, anything else is one statement. A connection
+    found broken between transactions is opened again."""
+
+    def __init__(self, url: str, timeout: float) -> None:
+        self.url, self._timeout = url, timeout
+        self._conn: Any = None
+        self._connection()
+
+    def _connection(self) -> Any:
+        import psycopg
+
+        if self._conn is None or self._conn.closed or self._conn.broken:
+            self._conn = psycopg.connect(
+                self.url,
+                autocommit=True,
+                row_factory=_row_factory,
+                connect_timeout=max(1, round(self._timeout)),
+                # a write waiting for the write lock longer than the busy timeout fails, as in SQLite
+                options=f"-c lock_timeout={round(self._timeout * 1000)}",
+            )
+        return self._conn
+
+    @property
+    def in_transaction(self) -> bool:
+        import psycopg
+
+        status = psycopg.pq.TransactionStatus
+        return bool(self._conn.info.transaction_status in (status.INTRANS, status.INERROR))
+
+    def execute(self, sql: str, args: Any = ()) -> _Rows:
+        if sql == "BEGIN IMMEDIATE":
+            conn = self._connection()
+            conn.execute("BEGIN")
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_WRITE_LOCK,))
+            return _Rows([], -1)
+        conn = self._conn if self.in_transaction else self._connection()
+        # SQLite stores True as 1 in INTEGER columns; PostgreSQL wants the number said
+        values = [int(a) if isinstance(a, bool) else a for a in args]
+        cur = conn.execute(_pg_sql(sql), values)
+        return _Rows(cur.fetchall() if cur.description else [], cur.rowcount)
+
+    def executescript(self, script: str) -> None:
+        self._connection().execute(script)
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+
+
+def _prepare_postgres(db: sqlite3.Connection) -> None:
+    """The schema, made by one host at a time (the migration lock) in one transaction."""
+    db.execute("BEGIN")
+    try:
+        db.execute("SELECT pg_advisory_xact_lock(?)", (_MIGRATE_LOCK,))
+        db.executescript(_pg_schema(_SCHEMA))
+        # columns SQLite stores gain in _add_missing_columns and _SCHEMA does not list yet
+        db.executescript("ALTER TABLE videos ADD COLUMN IF NOT EXISTS retry_at DOUBLE PRECISION")
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+
+
+def _without_password(url: str) -> str:
+    return re.sub(r"//([^:/@]*):[^@/]*@", r"//\1:***@", url)
 
 
 def _log_lost(job_id: str, output: str, claim: Claim, now: Any, what: str) -> None:

@@ -38,8 +38,8 @@ def manifest(tmp_path: Path, *videos: str, name: str = "promo", distribute: bool
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> JobStore:
-    return JobStore(tmp_path / "state")
+def store(tmp_path: Path, ledger_url: str | None) -> JobStore:
+    return JobStore(tmp_path / "state", url=ledger_url)
 
 
 def test_job_ids_never_collide(store: JobStore, tmp_path: Path) -> None:
@@ -72,7 +72,7 @@ def test_state_survives_reopening(store: JobStore, tmp_path: Path) -> None:
     store.add_job(manifest(tmp_path, "a.mp4"), claimed_path=tmp_path / "1", base_dir=tmp_path)
     set_video(store, "promo", "a.mp4", VideoState.RENDERING, progress=0.5)
     store.close()
-    again = JobStore(tmp_path / "state")
+    again = JobStore(tmp_path / "state", url=store.url)
     video = again.video("promo", "a.mp4")
     assert video is not None
     assert video.state == VideoState.RENDERING
