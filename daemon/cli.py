@@ -489,7 +489,7 @@ def _status(args: argparse.Namespace, config: Config) -> int:
         only = Filter(args.job, args.failed, parse_since(args.since) if args.since else None)
     except ValueError as exc:
         raise _UserError(str(exc)) from exc
-    store = JobStore(config.state_dir, timeout=config.store.busy_timeout)
+    store = JobStore(config.state_dir, timeout=config.store.busy_timeout, url=config.store.url)
 
     def read() -> list[dict[str, Any]]:
         refused = [] if args.job else refused_documents(config.inbox_dir / "failed")
@@ -528,7 +528,7 @@ def _control(config: Config, change: Callable[[Any, Any], str]) -> int:
     from daemon.inbox import Inbox
     from daemon.store import JobStore
 
-    store = JobStore(config.state_dir, timeout=config.store.busy_timeout)
+    store = JobStore(config.state_dir, timeout=config.store.busy_timeout, url=config.store.url)
     try:
         print(change(store, Inbox(config.inbox_dir, settle_time=config.inbox.settle_time)))
     except ControlError as exc:

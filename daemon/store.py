@@ -1225,6 +1225,7 @@ class _Postgres:
         if self._conn is None or self._conn.closed or self._conn.broken:
             self._conn = psycopg.connect(
                 self.url,
+                **_passfile(os.environ),
                 autocommit=True,
                 row_factory=_row_factory,
                 connect_timeout=max(1, round(self._timeout)),
@@ -1272,6 +1273,15 @@ def _prepare_postgres(db: sqlite3.Connection) -> None:
     except BaseException:
         db.execute("ROLLBACK")
         raise
+
+
+def _passfile(environ: Any) -> dict[str, str]:
+    """The password of store.url as a systemd credential (LoadCredential=pgpass:...): that file, in
+    pgpass format, is libpq's passfile, unless PGPASSFILE names one already."""
+    folder = environ.get("CREDENTIALS_DIRECTORY")
+    if environ.get("PGPASSFILE") or not folder or not (Path(folder) / "pgpass").is_file():
+        return {}
+    return {"passfile": str(Path(folder) / "pgpass")}
 
 
 def _without_password(url: str) -> str:
