@@ -1275,7 +1275,7 @@ def _prepare_postgres(db: sqlite3.Connection) -> None:
         raise
 
 
-def _passfile(environ: Any) -> dict[str, str]:
+def _passfile(environ: Any) -> dict[str, Any]:
     """The password of store.url as a systemd credential (LoadCredential=pgpass:...): that file, in
     pgpass format, is libpq's passfile, unless PGPASSFILE names one already."""
     folder = environ.get("CREDENTIALS_DIRECTORY")
