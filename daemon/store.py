@@ -28,6 +28,8 @@ from daemon.upload_journal import PartRecord, UploadState
 
 DB_NAME = "lipsyncd.db"
 DEFAULT_MAX_ATTEMPTS = 3
+# The schema version this code writes (the table schema_version holds the store's): see _MIGRATIONS.
+SCHEMA_VERSION = 1
 
 log = structlog.get_logger(__name__)
 
@@ -292,7 +294,9 @@ class JobStore:
                 self.path, timeout=timeout, check_same_thread=False, isolation_level=None
             )
             self._db.row_factory = sqlite3.Row
-            _prepare(self._db, timeout)
+            self.schema_found = _prepare(
+                self._db, timeout, str(self.path)
+            )  # the version it had before this start
         except (sqlite3.Error, OSError) as exc:
             raise StoreError(
                 f"cannot open the job store {self.path}: {exc}. Check that the state directory exists, "
@@ -305,7 +309,7 @@ class JobStore:
         try:
             _private_dir(state_dir)
             self._db = cast(sqlite3.Connection, _Postgres(url, timeout))  # answers the calls made on one
-            _prepare_postgres(self._db)
+            self.schema_found = _migrate(self._db, "postgresql", f"at store.url ({_without_password(url)})")
         except (psycopg.Error, OSError) as exc:
             raise StoreError(
                 f"cannot open the job store at store.url ({_without_password(url)}): {exc}. Check that the "
@@ -1103,7 +1107,7 @@ class JobStore:
             return {row[0] for row in self._db.execute("SELECT upload_id FROM uploads")}
 
 
-def _prepare(db: sqlite3.Connection, timeout: float) -> None:
+def _prepare(db: sqlite3.Connection, timeout: float, where: str) -> int:
     """WAL mode and the schema. While the other watcher sets up a fresh database, SQLite may answer
     "database is locked" at once instead of waiting its busy timeout: try again until the timeout."""
     deadline = time.monotonic() + timeout
@@ -1112,12 +1116,22 @@ def _prepare(db: sqlite3.Connection, timeout: float) -> None:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
             db.executescript(_SCHEMA)
-            _add_missing_columns(db)
-            return
+            return _migrate(db, "sqlite", where)
         except sqlite3.OperationalError as exc:
             if "locked" not in str(exc) or time.monotonic() >= deadline:
                 raise
             time.sleep(0.05)
+
+
+# -- versioned migrations -------------------------------------------------------------------------------
+# _SCHEMA creates what is missing at every start (new tables need nothing more). A change to an existing
+# table is a numbered step per backend, _MIGRATIONS[backend][N - 1] taking a store to version N. Steps run
+# in one transaction with the version they reach, on fresh stores too, so each must be idempotent.
+
+
+def _pg_retry_at(db: sqlite3.Connection) -> None:
+    # the one column SQLite stores gain in _add_missing_columns that _SCHEMA does not list
+    db.execute("ALTER TABLE videos ADD COLUMN IF NOT EXISTS retry_at DOUBLE PRECISION")
 
 
 def _add_missing_columns(db: sqlite3.Connection) -> None:
@@ -1261,20 +1275,6 @@ class _Postgres:
             self._conn.close()
 
 
-def _prepare_postgres(db: sqlite3.Connection) -> None:
-    """The schema, made by one host at a time (the migration lock) in one transaction."""
-    db.execute("BEGIN")
-    try:
-        db.execute("SELECT pg_advisory_xact_lock(?)", (_MIGRATE_LOCK,))
-        db.executescript(_pg_schema(_SCHEMA))
-        # columns SQLite stores gain in _add_missing_columns and _SCHEMA does not list yet
-        db.executescript("ALTER TABLE videos ADD COLUMN IF NOT EXISTS retry_at DOUBLE PRECISION")
-        db.execute("COMMIT")
-    except BaseException:
-        db.execute("ROLLBACK")
-        raise
-
-
 def _passfile(environ: Any) -> dict[str, Any]:
     """The password of store.url as a systemd credential (LoadCredential=pgpass:...): that file, in
     pgpass format, is libpq's passfile, unless PGPASSFILE names one already."""
@@ -1286,6 +1286,44 @@ def _passfile(environ: Any) -> dict[str, Any]:
 
 def _without_password(url: str) -> str:
     return re.sub(r"//([^:/@]*):[^@/]*@", r"//\1:***@", url)
+
+
+_MIGRATIONS: dict[str, list[Callable[[sqlite3.Connection], None]]] = {
+    "sqlite": [_add_missing_columns],  # 1: every column added before versions were recorded
+    "postgresql": [_pg_retry_at],  # 1: the schema as SQLite stores had it then
+}
+
+
+def _migrate(db: sqlite3.Connection, backend: str, where: str) -> int:
+    """Apply the steps the store lacks and record its new version, in one transaction (SQLite's write
+    lock, or PostgreSQL's migration lock: one process or host at a time; on PostgreSQL the tables are
+    created under that lock too). Returns the version found. A store newer than this code is refused."""
+    db.execute("BEGIN IMMEDIATE" if backend == "sqlite" else "BEGIN")
+    try:
+        if backend == "postgresql":
+            db.execute("SELECT pg_advisory_xact_lock(?)", (_MIGRATE_LOCK,))
+        db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+        found = db.execute("SELECT MAX(version) FROM schema_version").fetchone()[0] or 0
+        if found > SCHEMA_VERSION:
+            raise StoreError(
+                f"the job store {where} is at schema version {found}, but this lipsyncd knows versions up to "
+                f"{SCHEMA_VERSION}: a newer lipsyncd has upgraded it. Run that newer version here too (every "
+                "host sharing store.url must run the same one); nothing was changed."
+            )
+        if backend == "postgresql":
+            db.executescript(_pg_schema(_SCHEMA))
+        for version, step in enumerate(_MIGRATIONS[backend][found:], start=found + 1):
+            step(db)
+            log.info("store_migrated", backend=backend, version=version)
+        if found < SCHEMA_VERSION:
+            db.execute("DELETE FROM schema_version")
+            db.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
+        db.execute("COMMIT")
+    except BaseException:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        raise
+    return int(found)
 
 
 def _log_lost(job_id: str, output: str, claim: Claim, now: Any, what: str) -> None:
