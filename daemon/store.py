@@ -289,6 +289,7 @@ class JobStore:
             return
         try:
             _private_dir(state_dir)
+            _refuse_network_fs(state_dir)
             _private_files(self.path)
             self._db = sqlite3.connect(
                 self.path, timeout=timeout, check_same_thread=False, isolation_level=None
@@ -1324,6 +1325,49 @@ def _migrate(db: sqlite3.Connection, backend: str, where: str) -> int:
             db.execute("ROLLBACK")
         raise
     return int(found)
+
+
+# -- SQLite stays on a local disk ----------------------------------------------------------------------
+
+MOUNTINFO = Path("/proc/self/mountinfo")
+# file systems another host can write to: SQLite's locks and WAL index do not work across them
+_NETWORK_FS = {"nfs", "nfs4", "cifs", "smb3", "smbfs", "ncpfs", "afs", "9p", "ceph", "glusterfs", "lustre"}
+_NETWORK_FUSE = {"sshfs", "glusterfs", "cephfs", "s3fs", "rclone", "davfs", "gcsfuse", "smbnetfs"}
+
+
+def mount_type(path: Path, mountinfo: str) -> str:
+    """The file system type of the mount holding `path` (resolved), from /proc/self/mountinfo's text:
+    the longest mount point that contains it."""
+    best, kind = "", ""
+    for line in mountinfo.splitlines():
+        fields_, _, after = line.partition(" - ")
+        parts = fields_.split()
+        if len(parts) < 5 or not after:
+            continue
+        point = parts[4].replace("\\040", " ")
+        inside = str(path) == point or str(path).startswith(point.rstrip("/") + "/")
+        if inside and len(point) >= len(best):
+            best, kind = point, after.split()[0]
+    return kind
+
+
+def is_network_fs(kind: str) -> bool:
+    main, _, sub = kind.partition(".")
+    return kind in _NETWORK_FS or (main == "fuse" and sub in _NETWORK_FUSE)
+
+
+def _refuse_network_fs(state_dir: Path) -> None:
+    try:
+        kind = mount_type(state_dir.resolve(), MOUNTINFO.read_text())
+    except OSError:  # no /proc: nothing to tell
+        return
+    if is_network_fs(kind):
+        raise StoreError(
+            f"the state directory {state_dir} is on a network file system ({kind}), and the job store is "
+            "SQLite there: its locks and write-ahead log do not work across hosts, so the ledger would be "
+            "corrupted. Move paths.state to a local disk, or set store.url to a PostgreSQL database to "
+            "share the ledger between hosts."
+        )
 
 
 def _log_lost(job_id: str, output: str, claim: Claim, now: Any, what: str) -> None:

@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+import daemon.store
 from daemon.cli import EXIT_FAILED, EXIT_OK, main
-from daemon.store import SCHEMA_VERSION, JobStore, StoreError, _passfile
+from daemon.store import SCHEMA_VERSION, JobStore, StoreError, _passfile, is_network_fs, mount_type
 from tests.unit.test_store_links import manifest
 
 
@@ -118,3 +119,47 @@ def test_hosts_starting_at_once_on_a_new_database_migrate_it_once(pg_url: str, t
         t.join()
     assert errors == []
     assert sorted(found) == [0, 1, 1, 1]
+
+
+# -- SQLite on a network file system ------------------------------------------------------------------
+
+MOUNTS = """\
+22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw
+40 22 0:35 / /srv/share rw,relatime shared:20 - nfs4 files:/export rw,vers=4.2
+41 40 8:2 / /srv/share/local rw shared:21 - xfs /dev/sdb1 rw
+42 22 0:36 / /mnt/my\\040box rw - fuse.sshfs me@box:/ rw
+43 22 0:37 / /mnt/usb rw - fuse.ntfs-3g /dev/sdc1 rw
+"""
+
+
+@pytest.mark.parametrize(
+    ("path", "kind", "network"),
+    [
+        ("/srv/share/state", "nfs4", True),
+        ("/srv/share", "nfs4", True),
+        ("/srv/share/local/state", "xfs", False),  # a local disk mounted inside the share
+        ("/srv/shared", "ext4", False),  # a sibling whose name only starts like the mount point
+        ("/mnt/my box/state", "fuse.sshfs", True),
+        ("/mnt/usb/state", "fuse.ntfs-3g", False),
+    ],
+)
+def test_the_state_dirs_file_system_is_read_from_mountinfo(path: str, kind: str, network: bool) -> None:
+    assert mount_type(Path(path), MOUNTS) == kind
+    assert is_network_fs(kind) is network
+
+
+def test_sqlite_on_a_network_file_system_is_refused_in_plain_words(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    state = (tmp_path / "state").resolve()
+    fake = tmp_path / "mountinfo"
+    fake.write_text(f"22 1 8:1 / / rw - ext4 /dev/sda1 rw\n40 22 0:35 / {state} rw - cifs //nas/x rw\n")
+    monkeypatch.setattr(daemon.store, "MOUNTINFO", fake)
+    with pytest.raises(StoreError) as refused:
+        JobStore(state)
+    words = str(refused.value)
+    assert f"the state directory {state} is on a network file system (cifs)" in words
+    assert "set store.url to a PostgreSQL database" in words
+    assert not (state / "lipsyncd.db").exists()
+    fake.write_text("22 1 8:1 / / rw - ext4 /dev/sda1 rw\n")  # the same folder on a local disk: fine
+    JobStore(state).close()
