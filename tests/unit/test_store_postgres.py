@@ -4,8 +4,12 @@ database's clock."""
 
 from __future__ import annotations
 
+import json
 import sqlite3
+import subprocess
+import sys
 import threading
+import time
 from contextlib import closing
 from pathlib import Path
 
@@ -14,7 +18,18 @@ import yaml
 
 import daemon.store
 from daemon.cli import EXIT_FAILED, EXIT_OK, main
-from daemon.store import SCHEMA_VERSION, JobStore, StoreError, _passfile, is_network_fs, mount_type
+from daemon.store import (
+    SCHEMA_VERSION,
+    Claim,
+    JobStore,
+    LostClaim,
+    Rendered,
+    StoreError,
+    VideoState,
+    _passfile,
+    is_network_fs,
+    mount_type,
+)
 from tests.unit.test_store_links import manifest
 
 
@@ -163,3 +178,111 @@ def test_sqlite_on_a_network_file_system_is_refused_in_plain_words(
     assert not (state / "lipsyncd.db").exists()
     fake.write_text("22 1 8:1 / / rw - ext4 /dev/sda1 rw\n")  # the same folder on a local disk: fine
     JobStore(state).close()
+
+
+# -- claims and leases on one PostgreSQL ledger -------------------------------------------------------
+
+CLAIMER = """
+import json, sys, time
+from pathlib import Path
+from daemon.store import JobStore
+url, state, go, name = sys.argv[1:]
+store = JobStore(Path(state), url=url)
+while not Path(go).exists():
+    time.sleep(0.005)
+got = []
+while (claimed := store.claim_next_video(name, 60.0)) is not None:
+    got.append([claimed[0].job_id, claimed[0].output, claimed[1].epoch])
+store.close()
+print(json.dumps(got))
+"""
+
+
+def test_threads_and_processes_claiming_at_once_each_get_different_videos(
+    pg_url: str, tmp_path: Path
+) -> None:
+    """Four threads (each its own connection) and two processes claim from one ledger at the same moment:
+    every video is claimed exactly once, each with epoch 1, and then nothing is left."""
+    setup = JobStore(tmp_path / "setup", url=pg_url)
+    for n in range(3):
+        videos = [f"v{i}.mp4" for i in range(12)]
+        setup.add_job(
+            manifest(tmp_path, *videos, name=f"job{n}"), claimed_path=tmp_path / f"{n}", base_dir=tmp_path
+        )
+    expected = {(v.job_id, v.output) for n in range(3) for v in setup.videos(f"job{n}")}
+    go = tmp_path / "go"
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-c", CLAIMER, pg_url, str(tmp_path / f"p{n}"), str(go), f"proc{n}"],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for n in range(2)
+    ]
+    stores = [JobStore(tmp_path / f"t{n}", url=pg_url) for n in range(4)]
+    got: list[tuple[str, str, int]] = []
+    start = threading.Barrier(len(stores))
+
+    def claim_all(store: JobStore, name: str) -> None:
+        start.wait()
+        go.touch()
+        while (claimed := store.claim_next_video(name, 60.0)) is not None:
+            got.append((claimed[0].job_id, claimed[0].output, claimed[1].epoch))
+
+    threads = [threading.Thread(target=claim_all, args=(s, f"thread{n}")) for n, s in enumerate(stores)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for p in processes:
+        out, _ = p.communicate(timeout=60)
+        assert p.returncode == 0
+        got.extend(tuple(item) for item in json.loads(out))
+    assert len(got) == len(expected)  # none claimed twice
+    assert {(job, output) for job, output, _ in got} == expected
+    assert {epoch for _, _, epoch in got} == {1}
+    assert all(v.owner and v.state == VideoState.RENDERING for n in range(3) for v in setup.videos(f"job{n}"))
+    for s in [setup, *stores]:
+        s.close()
+
+
+def db_now(store: JobStore) -> float:
+    return store._now(store._db)
+
+
+def test_leases_run_on_the_database_clock(
+    pg_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A host whose clock runs an hour ahead takes over no live lease; a renewed lease outlives its first
+    term; once it lapses (by the database's clock) another host takes the video and the fence refuses
+    the old owner's late write."""
+    one, two = JobStore(tmp_path / "one", url=pg_url), JobStore(tmp_path / "two", url=pg_url)
+    one.add_job(manifest(tmp_path, "a.mp4"), claimed_path=tmp_path / "p.yaml", base_dir=tmp_path)
+    claimed = one.claim_next_video("host1", 1.0)
+    assert claimed is not None
+    video, claim = claimed
+    real = time.time
+    with monkeypatch.context() as m:
+        m.setattr(time, "time", lambda: real() + 3600)
+        assert two.claim_next_video("host2", 60.0) is None
+    assert one.renew("promo", "a.mp4", claim, 60.0)
+    first_term = video.lease_until
+    assert first_term is not None
+    deadline = real() + 10
+    while db_now(one) <= first_term + 0.1:  # the first term is over, by the server's clock
+        assert real() < deadline
+        time.sleep(0.05)
+    assert two.claim_next_video("host2", 60.0) is None  # renewed: still held
+    with one._tx() as db:  # the lease lapses (its worker paused past it)
+        db.execute("UPDATE videos SET lease_until = ? WHERE output = ?", (db_now(one) - 1, "a.mp4"))
+    taken = two.claim_next_video("host2", 60.0)
+    assert taken is not None
+    assert taken[1] == Claim("host2", 2)
+    assert not one.renew("promo", "a.mp4", claim, 60.0)
+    with pytest.raises(LostClaim):
+        one.video_rendered("promo", "a.mp4", Rendered(10, 0, 5, "ab" * 32, "m", 0.4, None), claim)
+    after = two.video("promo", "a.mp4")
+    assert after is not None
+    assert (after.owner, after.epoch, after.state) == ("host2", 2, VideoState.RENDERING)
+    one.close()
+    two.close()
