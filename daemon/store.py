@@ -319,6 +319,23 @@ class JobStore:
                 "systemd credential)."
             ) from exc
 
+    def _work_appeared(self, db: sqlite3.Connection) -> None:
+        """A video became claimable (to render or to upload): on PostgreSQL, idle workers on every host
+        are woken when this transaction commits (NOTIFY; a rolled-back one sends nothing). Polling stays
+        the fallback, and SQLite's workers share one host and poll."""
+        if self.url is not None:
+            db.execute(f"NOTIFY {WAKE_CHANNEL}")
+
+    def wake_on_work(self, wake: threading.Event) -> Callable[[], None]:
+        """Set `wake` whenever another process or host made work claimable (PostgreSQL: a thread
+        LISTENing on its own connection). Returns the function that stops it; on SQLite nothing runs."""
+        if self.url is None:
+            return lambda: None
+        listener = _Listener(self.url, wake)
+        listener.start()
+        listener.listening.wait(LISTEN_RETRY_S)  # not yet (the server is away): polling finds the work
+        return listener.stop
+
     def _now(self, db: sqlite3.Connection) -> float:
         """The clock leases are read against: the database server's on PostgreSQL (every host shares
         it), this host's on SQLite (every worker shares the host)."""
@@ -450,6 +467,7 @@ class JobStore:
                 )
             self._effect(db, Effect.VIEWS, job_id)
             self._count(db, "lipsyncd_jobs_total", JobState.QUEUED.value)
+            self._work_appeared(db)
         job = self.job(job_id)
         assert job is not None
         return job
@@ -615,6 +633,7 @@ class JobStore:
             )
             db.execute("DELETE FROM outbox WHERE job_id = ? AND kind = ?", (job_id, Effect.FILE.value))
             self._effect(db, Effect.VIEWS, job_id)
+            self._work_appeared(db)
             self._count(db, "lipsyncd_jobs_total", JobState.QUEUED.value)
         return old, again
 
@@ -1020,6 +1039,8 @@ class JobStore:
             row = db.execute("SELECT state FROM videos WHERE job_id = ? AND output = ?", (job_id, output))
             check_move(VideoState(row.fetchone()[0]), state)
             values["state"] = state.value
+            if state in (VideoState.QUEUED, VideoState.RENDERED):  # to render, or to upload
+                self._work_appeared(db)
         values["updated"] = time.time()
         sets = ", ".join(f"{key} = ?" for key in values)
         db.execute(
@@ -1051,6 +1072,7 @@ class JobStore:
                     (JobState.QUEUED.value, now, job_id),
                 )
             self._effect(db, Effect.VIEWS, job_id)
+            self._work_appeared(db)
         return True
 
     def view_stamps(self) -> dict[str, float]:
@@ -1274,6 +1296,41 @@ class _Postgres:
     def close(self) -> None:
         if self._conn is not None:
             self._conn.close()
+
+
+WAKE_CHANNEL = "lipsyncd_work"
+LISTEN_RETRY_S = 5.0
+
+
+class _Listener(threading.Thread):
+    """LISTEN on a connection of its own; each notification sets the wake event. A lost connection is
+    opened again after a pause (the workers poll meanwhile)."""
+
+    def __init__(self, url: str, wake: threading.Event) -> None:
+        super().__init__(name="ledger-listener", daemon=True)
+        self.url, self.wake, self._done = url, wake, threading.Event()
+        self.listening = threading.Event()  # set once LISTEN ran: no notification is missed after it
+
+    def stop(self) -> None:
+        self._done.set()
+        self.join()
+
+    def run(self) -> None:
+        import psycopg
+
+        while not self._done.is_set():
+            try:
+                with psycopg.connect(
+                    self.url, autocommit=True, connect_timeout=5, **_passfile(os.environ)
+                ) as conn:
+                    conn.execute(f"LISTEN {WAKE_CHANNEL}")
+                    self.listening.set()
+                    while not self._done.is_set():
+                        for _ in conn.notifies(timeout=0.5, stop_after=1):
+                            self.wake.set()
+            except psycopg.Error as exc:
+                log.warning("ledger_listen_lost", error=str(exc), retry_in=LISTEN_RETRY_S)
+                self._done.wait(LISTEN_RETRY_S)
 
 
 def _passfile(environ: Any) -> dict[str, Any]:

@@ -286,3 +286,33 @@ def test_leases_run_on_the_database_clock(
     assert (after.owner, after.epoch, after.state) == ("host2", 2, VideoState.RENDERING)
     one.close()
     two.close()
+
+
+def work_rolled_back(store: JobStore) -> None:
+    with store._tx() as db:
+        store._work_appeared(db)
+        raise RuntimeError("rolled back")
+
+
+def test_idle_workers_are_woken_when_work_appears_elsewhere(pg_url: str, tmp_path: Path) -> None:
+    """LISTEN/NOTIFY: a job queued or a video rendered by another process wakes a listening worker at
+    once; a change rolled back wakes nobody. (Polling stays the fallback.)"""
+    worker, other = JobStore(tmp_path / "w", url=pg_url), JobStore(tmp_path / "o", url=pg_url)
+    wake = threading.Event()
+    stop = worker.wake_on_work(wake)
+    try:
+        with pytest.raises(RuntimeError):
+            work_rolled_back(other)
+        assert not wake.wait(1.0)
+        other.add_job(manifest(tmp_path, "a.mp4"), claimed_path=tmp_path / "p.yaml", base_dir=tmp_path)
+        assert wake.wait(10.0)
+        wake.clear()
+        claimed = other.claim_next_video("host2", 60.0)  # claiming is no new work: nobody is woken
+        assert claimed is not None
+        assert not wake.wait(1.0)
+        other.video_rendered("promo", "a.mp4", Rendered(10, 0, 5, "ab" * 32, "m", 0.4, None), claimed[1])
+        assert wake.wait(10.0)  # the upload workers' turn
+    finally:
+        stop()
+    worker.close()
+    other.close()
