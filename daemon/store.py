@@ -2,6 +2,7 @@
 
 Both watchers (render and upload, separate processes) open the same file; WAL mode lets them read while
 the other writes. Every state change is one short transaction, so a `kill -9` loses nothing committed.
+With store.url the same ledger lives on PostgreSQL, shared by several hosts (see _Postgres).
 """
 
 from __future__ import annotations

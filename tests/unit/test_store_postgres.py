@@ -316,3 +316,26 @@ def test_idle_workers_are_woken_when_work_appears_elsewhere(pg_url: str, tmp_pat
         stop()
     worker.close()
     other.close()
+
+
+def test_the_multipart_upload_journal_works_on_both_backends(tmp_path: Path, ledger_url: str | None) -> None:
+    """Its upserts were SQLite's INSERT OR REPLACE: a restarted upload or a part sent again replaces."""
+    store = JobStore(tmp_path / "state", url=ledger_url)
+    store.start("k/a.mp4", "up-1", 5 * 2**20)
+    store.part_done("k/a.mp4", 1, "e1", 10, "c1")
+    store.part_done("k/a.mp4", 1, "e1b", 11, "c1b")  # sent again after a timeout
+    store.part_done("k/a.mp4", 2, "e2", 12, "c2")
+    state = store.load("k/a.mp4")
+    assert state is not None
+    assert (state.upload_id, [(p.part_number, p.etag) for p in state.parts]) == (
+        "up-1",
+        [(1, "e1b"), (2, "e2")],
+    )
+    store.start("k/a.mp4", "up-2", 5 * 2**20)  # started over: the old parts are gone
+    again = store.load("k/a.mp4")
+    assert again is not None
+    assert (again.upload_id, again.parts) == ("up-2", ())
+    assert store.upload_ids() == {"up-2"}
+    store.finish("k/a.mp4")
+    assert store.load("k/a.mp4") is None
+    store.close()
