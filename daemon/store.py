@@ -1280,12 +1280,28 @@ class _Postgres:
         return bool(self._conn.info.transaction_status in (status.INTRANS, status.INERROR))
 
     def execute(self, sql: str, args: Any = ()) -> _Rows:
+        if self.in_transaction:
+            return self._run(self._conn, sql, args)
+        try:
+            return self._outside(sql, args)
+        except Exception:
+            if not self._conn.broken:
+                raise
+        # the server restarted or dropped us since the last statement: nothing of this one ran, and it
+        # starts a transaction or only reads, so it is safe to send again on a new connection
+        log.warning("ledger_reconnected", url=_without_password(self.url))
+        return self._outside(sql, args)
+
+    def _outside(self, sql: str, args: Any) -> _Rows:
+        conn = self._connection()
         if sql == "BEGIN IMMEDIATE":
-            conn = self._connection()
             conn.execute("BEGIN")
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (_WRITE_LOCK,))
             return _Rows([], -1)
-        conn = self._conn if self.in_transaction else self._connection()
+        return self._run(conn, sql, args)
+
+    @staticmethod
+    def _run(conn: Any, sql: str, args: Any) -> _Rows:
         # SQLite stores True as 1 in INTEGER columns; PostgreSQL wants the number said
         values = [int(a) if isinstance(a, bool) else a for a in args]
         cur = conn.execute(_pg_sql(sql), values)

@@ -339,3 +339,23 @@ def test_the_multipart_upload_journal_works_on_both_backends(tmp_path: Path, led
     store.finish("k/a.mp4")
     assert store.load("k/a.mp4") is None
     store.close()
+
+
+def test_a_dropped_connection_is_opened_again_between_transactions(pg_url: str, tmp_path: Path) -> None:
+    """The server restarted or an administrator ended the session: the next read or change goes through on
+    a new connection (a transaction cut midway fails instead: it may have been half sent)."""
+    store, admin = JobStore(tmp_path / "a", url=pg_url), JobStore(tmp_path / "b", url=pg_url)
+    store.add_job(manifest(tmp_path, "a.mp4"), claimed_path=tmp_path / "p.yaml", base_dir=tmp_path)
+
+    def cut() -> None:
+        pid = store._db.execute("SELECT pg_backend_pid()").fetchone()[0]
+        admin._db.execute("SELECT pg_terminate_backend(?)", (pid,))
+
+    cut()
+    assert [j.id for j in store.jobs()] == ["promo"]
+    cut()
+    claimed = store.claim_next_video("w1", 60.0)
+    assert claimed is not None
+    assert claimed[1].epoch == 1
+    store.close()
+    admin.close()
