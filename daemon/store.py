@@ -7,6 +7,7 @@ With store.url the same ledger lives on PostgreSQL, shared by several hosts (see
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -14,6 +15,7 @@ import shutil
 import sqlite3
 import threading
 import time
+import typing
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, fields
@@ -274,6 +276,30 @@ CREATE TABLE IF NOT EXISTS outbox (
 """
 
 
+CLAIM_RETRIES = 5
+
+
+_Method = typing.TypeVar("_Method", bound=Callable[..., Any])
+
+
+def _retried(method: _Method) -> _Method:
+    """Claims running side by side may deadlock on a shared row (the job's view in the outbox, a
+    counter): PostgreSQL rolls one back, which simply claims again."""
+
+    @functools.wraps(method)
+    def run(self: JobStore, *args: Any, **kwargs: Any) -> Any:
+        for attempt in range(CLAIM_RETRIES):
+            try:
+                return method(self, *args, **kwargs)
+            except Exception as exc:
+                if attempt + 1 == CLAIM_RETRIES or getattr(exc, "sqlstate", None) not in ("40001", "40P01"):
+                    raise
+                log.info("claim_retried", reason=type(exc).__name__, attempt=attempt + 1)
+        raise AssertionError("unreachable")
+
+    return cast(_Method, run)
+
+
 class JobStore:
     """Thread-safe access to the store. Open one per process; pass it to whoever needs it."""
 
@@ -283,8 +309,11 @@ class JobStore:
         # called after each commit that recorded effects: the process's reconciler applies them at once
         self.after_commit: Callable[[], object] | None = None
         self._lock = threading.RLock()
-        # claims skip rows another worker's claim holds locked (PostgreSQL; SQLite has one writer anyway)
+        # PostgreSQL: claims run side by side (each skips the rows other claims hold locked), other writes
+        # one at a time; SQLite has one writer anyway
         self._skip_locked = "" if url is None else " FOR UPDATE OF v SKIP LOCKED"
+        self._for_update = "" if url is None else " FOR UPDATE"
+        self._claim_begin = "BEGIN IMMEDIATE" if url is None else _BEGIN_CLAIM
         if url is not None:
             self._open_postgres(state_dir, url, timeout)
             return
@@ -349,10 +378,10 @@ class JobStore:
             self._db.close()
 
     @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
+    def _tx(self, begin: str = "BEGIN IMMEDIATE") -> Iterator[sqlite3.Connection]:
         with self._lock:
             try:
-                self._db.execute("BEGIN IMMEDIATE")
+                self._db.execute(begin)
                 try:
                     yield self._db
                     self._db.execute("COMMIT")
@@ -366,10 +395,10 @@ class JobStore:
                 raise
 
     @contextmanager
-    def _change(self) -> Iterator[sqlite3.Connection]:
+    def _change(self, begin: str = "BEGIN IMMEDIATE") -> Iterator[sqlite3.Connection]:
         """A transaction that records effects: once it committed, the process's reconciler runs (outside
         the store's lock); a rolled-back one leaves neither the change nor its effects."""
-        with self._tx() as db:
+        with self._tx(begin) as db:
             yield db
         if self.after_commit is not None:
             self.after_commit()
@@ -703,6 +732,7 @@ class JobStore:
     # transaction. Every worker shares the host (the store is a local file by design), so they agree.
     # On PostgreSQL every host reads the database server's clock (self._now), never its own.
 
+    @_retried
     def claim_next_video(
         self, owner: str, lease_s: float, *, max_attempts: int = DEFAULT_MAX_ATTEMPTS
     ) -> tuple[Video, Claim] | None:
@@ -711,7 +741,7 @@ class JobStore:
         epoch rises and the attempt is counted; a video claimed `max_attempts` times before (each try
         lost: a crash, a worker cut off) fails with the reason instead, and the next one is looked at.
         The job moves to rendering with its first claimed video."""
-        with self._change() as db:
+        with self._change(self._claim_begin) as db:
             while True:
                 now = self._now(db)
                 row = db.execute(
@@ -746,7 +776,9 @@ class JobStore:
                         video.output,
                     ),
                 )
-                job = db.execute("SELECT state FROM jobs WHERE id = ?", (video.job_id,)).fetchone()
+                job = db.execute(  # locked: two claims of one job move it once
+                    "SELECT state FROM jobs WHERE id = ?" + self._for_update, (video.job_id,)
+                ).fetchone()
                 if job[0] == JobState.QUEUED.value:
                     self._move_job(db, video.job_id, JobState.RENDERING)
                 self._effect(db, Effect.VIEWS, video.job_id)
@@ -1191,9 +1223,12 @@ def _add_missing_columns(db: sqlite3.Connection) -> None:
 # -- PostgreSQL: the same SQL, through a facade with sqlite3's few calls ---------------------------------
 
 # every write transaction takes this lock first, as SQLite's BEGIN IMMEDIATE takes its write lock: the
-# intents stay written as straight-line reads and writes, and run one at a time across every host
+# intents stay written as straight-line reads and writes, and run one at a time across every host. Claims
+# take it shared: they run side by side, and safely so, since each locks its rows (FOR UPDATE, SKIP LOCKED
+# for the video); any other write waits for them and they for it.
 _WRITE_LOCK = 0x6C697073  # "lips"
 _MIGRATE_LOCK = _WRITE_LOCK + 1
+_BEGIN_CLAIM = "BEGIN CLAIM"  # the facade's word for a claim's transaction
 
 
 class _Row(tuple):  # type: ignore[type-arg]
@@ -1294,9 +1329,10 @@ class _Postgres:
 
     def _outside(self, sql: str, args: Any) -> _Rows:
         conn = self._connection()
-        if sql == "BEGIN IMMEDIATE":
+        if sql in ("BEGIN IMMEDIATE", _BEGIN_CLAIM):
             conn.execute("BEGIN")
-            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_WRITE_LOCK,))
+            shared = "_shared" if sql == _BEGIN_CLAIM else ""
+            conn.execute(f"SELECT pg_advisory_xact_lock{shared}(%s)", (_WRITE_LOCK,))
             return _Rows([], -1)
         return self._run(conn, sql, args)
 

@@ -201,8 +201,9 @@ print(json.dumps(got))
 def test_threads_and_processes_claiming_at_once_each_get_different_videos(
     pg_url: str, tmp_path: Path
 ) -> None:
-    """Four threads (each its own connection) and two processes claim from one ledger at the same moment:
-    every video is claimed exactly once, each with epoch 1, and then nothing is left."""
+    """Four threads (each its own connection) and two processes claim from one ledger at the same moment
+    (claims run side by side on PostgreSQL, each skipping the rows others hold locked): every video is
+    claimed exactly once, each with epoch 1, each job moves to rendering once, and nothing is left."""
     setup = JobStore(tmp_path / "setup", url=pg_url)
     for n in range(3):
         videos = [f"v{i}.mp4" for i in range(12)]
@@ -241,6 +242,7 @@ def test_threads_and_processes_claiming_at_once_each_get_different_videos(
     assert len(got) == len(expected)  # none claimed twice
     assert {(job, output) for job, output, _ in got} == expected
     assert {epoch for _, _, epoch in got} == {1}
+    assert setup.counters()[("lipsyncd_jobs_total", "rendering")] == 3, "each job moved to rendering once"
     assert all(v.owner and v.state == VideoState.RENDERING for n in range(3) for v in setup.videos(f"job{n}"))
     for s in [setup, *stores]:
         s.close()
