@@ -12,6 +12,7 @@ import threading
 import time
 from contextlib import closing
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -185,6 +186,7 @@ def test_sqlite_on_a_network_file_system_is_refused_in_plain_words(
 CLAIMER = """
 import json, sys, time
 from pathlib import Path
+from typing import Any
 from daemon.store import JobStore
 url, state, go, name = sys.argv[1:]
 store = JobStore(Path(state), url=url)
@@ -361,3 +363,29 @@ def test_a_dropped_connection_is_opened_again_between_transactions(pg_url: str, 
     assert claimed[1].epoch == 1
     store.close()
     admin.close()
+
+
+def test_a_claim_rolled_back_for_a_deadlock_claims_again(
+    pg_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PostgreSQL picks one of two deadlocked claims and rolls it back: that worker simply claims again
+    (other errors still reach the caller)."""
+    import psycopg
+
+    store = JobStore(tmp_path / "state", url=pg_url)
+    store.add_job(manifest(tmp_path, "a.mp4"), claimed_path=tmp_path / "p.yaml", base_dir=tmp_path)
+    real_now, failures = store._now, [psycopg.errors.DeadlockDetected("deadlock detected")]
+
+    def now_once_deadlocked(db: Any) -> float:
+        if failures:
+            raise failures.pop()
+        return real_now(db)
+
+    monkeypatch.setattr(store, "_now", now_once_deadlocked)
+    claimed = store.claim_next_video("w1", 60.0)
+    assert claimed is not None
+    assert claimed[1].epoch == 1  # the rolled-back try left nothing behind
+    failures.append(psycopg.errors.UndefinedTable("no such table"))
+    with pytest.raises(psycopg.errors.UndefinedTable):
+        store.claim_next_video("w2", 60.0)
+    store.close()
