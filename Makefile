@@ -23,8 +23,9 @@ setup-test: $(BIN)/.installed-test
 setup: setup-test
 
 # Debian packages the tests drive for real: a headless browser for the links page, a reverse proxy in
-# front of the storage. Installed only when missing (apt-get as root, else through sudo).
-TEST_DEB_PACKAGES := chromium nginx-light
+# front of the storage, PostgreSQL for the shared ledger (tests/postgres.py starts a throwaway cluster).
+# Installed only when missing (apt-get as root, else through sudo).
+TEST_DEB_PACKAGES := chromium nginx-light postgresql
 system-packages:
 	@missing=$$(for p in $(TEST_DEB_PACKAGES); do \
 	  dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \

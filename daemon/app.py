@@ -117,7 +117,7 @@ class RenderDaemon:
 
     @classmethod
     def build(cls, config: Config, runtime: ServiceRuntime, *, slot: int | None = None) -> RenderDaemon:
-        store = JobStore(config.state_dir, timeout=config.store.busy_timeout)
+        store = JobStore(config.state_dir, timeout=config.store.busy_timeout, url=config.store.url)
         inbox = Inbox(config.inbox_dir, settle_time=config.inbox.settle_time)
         models = model_pools(config, slot)
         paths = RenderPaths(
@@ -280,7 +280,7 @@ class UploadDaemon:
         worker: str | None = None,
         slot: int = 0,
     ) -> UploadDaemon:
-        store = JobStore(config.state_dir, timeout=config.store.busy_timeout)
+        store = JobStore(config.state_dir, timeout=config.store.busy_timeout, url=config.store.url)
         storage = open_storage(config, role="upload", credentials_file=credentials_file)
         notifier = Notifier(webhook_settings(config))
         watcher = UploadWatcher(

@@ -194,6 +194,14 @@ def _parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - one statement per o
         "list", help="models and detectors in the models directory", parents=[anywhere]
     ).set_defaults(handler=_model_list)
 
+    store = sub.add_parser("store", help="job store (ledger) maintenance", parents=[anywhere])
+    store_sub = store.add_subparsers(title="store commands", metavar="ACTION", dest="action")
+    store_sub.add_parser(
+        "migrate",
+        help="bring the job store's schema up to this version (each process also does it as it starts)",
+        parents=[anywhere],
+    ).set_defaults(handler=_store_migrate)
+
     bench = command("bench", _bench, "measure speed and memory; print a table (see bench/README.md)")
     bench.add_argument("--quick", action="store_true", help="tiny inputs: checks the command works")
     bench.add_argument(
@@ -503,7 +511,7 @@ def _status(args: argparse.Namespace, config: Config) -> int:
         only = Filter(args.job, args.failed, parse_since(args.since) if args.since else None)
     except ValueError as exc:
         raise _UserError(str(exc)) from exc
-    store = JobStore(config.state_dir, timeout=config.store.busy_timeout)
+    store = JobStore(config.state_dir, timeout=config.store.busy_timeout, url=config.store.url)
 
     def read() -> list[dict[str, Any]]:
         refused = [] if args.job else refused_documents(config.inbox_dir / "failed")
@@ -559,7 +567,7 @@ def _control(config: Config, change: Callable[[Any, Any], str]) -> int:
     from daemon.inbox import Inbox
     from daemon.store import JobStore
 
-    store = JobStore(config.state_dir, timeout=config.store.busy_timeout)
+    store = JobStore(config.state_dir, timeout=config.store.busy_timeout, url=config.store.url)
     try:
         print(change(store, Inbox(config.inbox_dir, settle_time=config.inbox.settle_time)))
     except ControlError as exc:
@@ -584,6 +592,19 @@ def _model_import(args: argparse.Namespace, config: Config) -> int:
     except ModelImportError as exc:
         raise _UserError(str(exc)) from exc
     print("\n".join(report.lines()))
+    return EXIT_OK
+
+
+def _store_migrate(args: argparse.Namespace, config: Config) -> int:
+    from daemon.store import SCHEMA_VERSION, JobStore
+
+    store = JobStore(config.state_dir, timeout=config.store.busy_timeout, url=config.store.url)
+    store.close()
+    where = "on PostgreSQL (store.url)" if config.store.url else f"in {store.path}"
+    if store.schema_found == SCHEMA_VERSION:
+        print(f"the job store {where} is at schema version {SCHEMA_VERSION}, this lipsyncd's: nothing to do")
+    else:
+        print(f"the job store {where} went from schema version {store.schema_found} to {SCHEMA_VERSION}")
     return EXIT_OK
 
 

@@ -163,10 +163,29 @@ class PathsConfig:
     models: Path = _key(Path("models"))
 
 
+def parse_store_url(value: Any) -> str:
+    """postgresql://[user@]host[:port]/database[?options], never with a password: the YAML is readable
+    by operators and lands in backups; libpq finds the password in its usual places."""
+    text = value if isinstance(value, str) else ""
+    parts = urlsplit(text)
+    if parts.scheme not in ("postgresql", "postgres"):
+        raise ValueError(f"expected a URL like postgresql://lipsyncd@db.example.com/lipsyncd, got {value!r}")
+    if parts.password is not None or "password=" in parts.query:
+        raise ValueError(
+            "the URL holds a password, which must not sit in this file: leave it out, and put it in a "
+            "pgpass file named by PGPASSFILE, in the PGPASSWORD environment variable, or in a systemd "
+            "credential named pgpass (LoadCredential=pgpass:/etc/lipsyncd/pgpass), which lipsyncd reads "
+            "as its pgpass file"
+        )
+    return text
+
+
 @dataclass(frozen=True)
 class StoreConfig:
     # how long a write waits for another holder of the job store (a backup tool, `lipsyncd status`)
     busy_timeout: float = _key(30.0, _positive_duration)
+    # a PostgreSQL ledger shared by several hosts; None: SQLite in paths.state (one host)
+    url: str | None = _key(None, _opt(parse_store_url))
 
 
 @dataclass(frozen=True)

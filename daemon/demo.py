@@ -41,7 +41,7 @@ def step(args: list[str]) -> None:
 
 
 def last_job(config: Config) -> dict[str, Any]:
-    store = JobStore(config.state_dir, timeout=config.store.busy_timeout)
+    store = JobStore(config.state_dir, timeout=config.store.busy_timeout, url=config.store.url)
     job = store.jobs()[-1]  # the one just processed (a second `make demo` makes demo-2, and so on)
     store.close()
     links: dict[str, Any] = json.loads(

@@ -5,7 +5,6 @@ silent for more than three lease periods (killed, frozen, or cut off from the st
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -77,7 +76,7 @@ def _view(row: WorkerRow, held: list[Held], lease_s: float, now: float) -> Worke
 
 def read_views(store: JobStore, config: Config, now: float | None = None) -> list[WorkerView]:
     leases = {kind: lease_of(config, kind) for kind in ("render", "upload")}
-    return worker_views(store.workers(), store.held_videos(), leases, time.time() if now is None else now)
+    return worker_views(store.workers(), store.held_videos(), leases, store.clock() if now is None else now)
 
 
 def hosts_document(views: list[WorkerView]) -> dict[str, Any]:

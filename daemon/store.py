@@ -2,22 +2,27 @@
 
 Both watchers (render and upload, separate processes) open the same file; WAL mode lets them read while
 the other writes. Every state change is one short transaction, so a `kill -9` loses nothing committed.
+With store.url the same ledger lives on PostgreSQL, shared by several hosts (see _Postgres).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+import re
 import shutil
 import sqlite3
 import threading
 import time
+import typing
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, fields
 from enum import Enum, StrEnum
+from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import structlog
 
@@ -26,6 +31,8 @@ from daemon.upload_journal import PartRecord, UploadState
 
 DB_NAME = "lipsyncd.db"
 DEFAULT_MAX_ATTEMPTS = 3
+# The schema version this code writes (the table schema_version holds the store's): see _MIGRATIONS.
+SCHEMA_VERSION = 1
 
 log = structlog.get_logger(__name__)
 
@@ -304,37 +311,112 @@ CREATE TABLE IF NOT EXISTS manifest_takes (
 """
 
 
+CLAIM_RETRIES = 5
+
+
+_Method = typing.TypeVar("_Method", bound=Callable[..., Any])
+
+
+def _retried(method: _Method) -> _Method:
+    """Claims running side by side may deadlock on a shared row (the job's view in the outbox, a
+    counter): PostgreSQL rolls one back, which simply claims again."""
+
+    @functools.wraps(method)
+    def run(self: JobStore, *args: Any, **kwargs: Any) -> Any:
+        for attempt in range(CLAIM_RETRIES):
+            try:
+                return method(self, *args, **kwargs)
+            except Exception as exc:
+                if attempt + 1 == CLAIM_RETRIES or getattr(exc, "sqlstate", None) not in ("40001", "40P01"):
+                    raise
+                log.info("claim_retried", reason=type(exc).__name__, attempt=attempt + 1)
+        raise AssertionError("unreachable")
+
+    return cast(_Method, run)
+
+
 class JobStore:
     """Thread-safe access to the store. Open one per process; pass it to whoever needs it."""
 
-    def __init__(self, state_dir: Path, *, timeout: float = 30.0) -> None:
+    def __init__(self, state_dir: Path, *, timeout: float = 30.0, url: str | None = None) -> None:
         self.path = state_dir / DB_NAME
+        self.url = url  # store.url: a PostgreSQL ledger shared by hosts; None: SQLite in the state dir
         # called after each commit that recorded effects: the process's reconciler applies them at once
         self.after_commit: Callable[[], object] | None = None
         self._lock = threading.RLock()
+        # PostgreSQL: claims run side by side (each skips the rows other claims hold locked), other writes
+        # one at a time; SQLite has one writer anyway
+        self._skip_locked = "" if url is None else " FOR UPDATE OF v SKIP LOCKED"
+        self._for_update = "" if url is None else " FOR UPDATE"
+        self._claim_begin = "BEGIN IMMEDIATE" if url is None else _BEGIN_CLAIM
+        if url is not None:
+            self._open_postgres(state_dir, url, timeout)
+            return
         try:
             _private_dir(state_dir)
+            _refuse_network_fs(state_dir)
             _private_files(self.path)
             self._db = sqlite3.connect(
                 self.path, timeout=timeout, check_same_thread=False, isolation_level=None
             )
             self._db.row_factory = sqlite3.Row
-            _prepare(self._db, timeout)
+            self.schema_found = _prepare(
+                self._db, timeout, str(self.path)
+            )  # the version it had before this start
         except (sqlite3.Error, OSError) as exc:
             raise StoreError(
                 f"cannot open the job store {self.path}: {exc}. Check that the state directory exists, "
                 "is writable by this user, and that no other program holds the database locked."
             ) from exc
 
+    def _open_postgres(self, state_dir: Path, url: str, timeout: float) -> None:
+        import psycopg
+
+        try:
+            _private_dir(state_dir)
+            self._db = cast(sqlite3.Connection, _Postgres(url, timeout))  # answers the calls made on one
+            self.schema_found = _migrate(self._db, "postgresql", f"at store.url ({_without_password(url)})")
+        except (psycopg.Error, OSError) as exc:
+            raise StoreError(
+                f"cannot open the job store at store.url ({_without_password(url)}): {exc}. Check that the "
+                "PostgreSQL server is up and reachable from this host, that the database exists, and that "
+                "this user's password is where libpq looks (PGPASSFILE, PGPASSWORD, or the pgpass "
+                "systemd credential)."
+            ) from exc
+
+    def _work_appeared(self, db: sqlite3.Connection) -> None:
+        """A video became claimable (to render or to upload): on PostgreSQL, idle workers on every host
+        are woken when this transaction commits (NOTIFY; a rolled-back one sends nothing). Polling stays
+        the fallback, and SQLite's workers share one host and poll."""
+        if self.url is not None:
+            db.execute(f"NOTIFY {WAKE_CHANNEL}")
+
+    def wake_on_work(self, wake: threading.Event) -> Callable[[], None]:
+        """Set `wake` whenever another process or host made work claimable (PostgreSQL: a thread
+        LISTENing on its own connection). Returns the function that stops it; on SQLite nothing runs."""
+        if self.url is None:
+            return lambda: None
+        listener = _Listener(self.url, wake)
+        listener.start()
+        listener.listening.wait(LISTEN_RETRY_S)  # not yet (the server is away): polling finds the work
+        return listener.stop
+
+    def _now(self, db: sqlite3.Connection) -> float:
+        """The clock leases are read against: the database server's on PostgreSQL (every host shares
+        it), this host's on SQLite (every worker shares the host)."""
+        if self.url is None:
+            return time.time()
+        return float(db.execute("SELECT extract(epoch FROM clock_timestamp())::float8").fetchone()[0])
+
     def close(self) -> None:
         with self._lock:
             self._db.close()
 
     @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
+    def _tx(self, begin: str = "BEGIN IMMEDIATE") -> Iterator[sqlite3.Connection]:
         with self._lock:
             try:
-                self._db.execute("BEGIN IMMEDIATE")
+                self._db.execute(begin)
                 try:
                     yield self._db
                     self._db.execute("COMMIT")
@@ -348,10 +430,10 @@ class JobStore:
                 raise
 
     @contextmanager
-    def _change(self) -> Iterator[sqlite3.Connection]:
+    def _change(self, begin: str = "BEGIN IMMEDIATE") -> Iterator[sqlite3.Connection]:
         """A transaction that records effects: once it committed, the process's reconciler runs (outside
         the store's lock); a rolled-back one leaves neither the change nor its effects."""
-        with self._tx() as db:
+        with self._tx(begin) as db:
             yield db
         if self.after_commit is not None:
             self.after_commit()
@@ -363,7 +445,7 @@ class JobStore:
         """One pending effect per (kind, job, video): asked again, it stays one row with a higher seq."""
         db.execute(
             "INSERT INTO outbox (kind, job_id, video, created) VALUES (?,?,?,?)"
-            " ON CONFLICT (kind, job_id, video) DO UPDATE SET seq = seq + 1",
+            " ON CONFLICT (kind, job_id, video) DO UPDATE SET seq = outbox.seq + 1",
             (kind.value, job_id, video, time.time()),
         )
 
@@ -372,7 +454,7 @@ class JobStore:
         both, and every worker process counts into one ledger (daemon.ops.metrics writes the file)."""
         db.execute(
             "INSERT INTO counters (name, label, value) VALUES (?,?,?)"
-            " ON CONFLICT (name, label) DO UPDATE SET value = value + excluded.value",
+            " ON CONFLICT (name, label) DO UPDATE SET value = counters.value + excluded.value",
             (name, label, amount),
         )
         self._effect(db, Effect.METRICS, "")
@@ -455,6 +537,7 @@ class JobStore:
                 )
             self._effect(db, Effect.VIEWS, job_id)
             self._count(db, "lipsyncd_jobs_total", JobState.QUEUED.value)
+            self._work_appeared(db)
         job = self.job(job_id)
         assert job is not None
         return job
@@ -620,6 +703,7 @@ class JobStore:
             )
             db.execute("DELETE FROM outbox WHERE job_id = ? AND kind = ?", (job_id, Effect.FILE.value))
             self._effect(db, Effect.VIEWS, job_id)
+            self._work_appeared(db)
             self._count(db, "lipsyncd_jobs_total", JobState.QUEUED.value)
         return old, again
 
@@ -686,7 +770,9 @@ class JobStore:
     # -- claims with leases --------------------------------------------------------------------------
     # One clock: SQLite has no server clock, so leases are this host's time.time(), read inside the
     # transaction. Every worker shares the host (the store is a local file by design), so they agree.
+    # On PostgreSQL every host reads the database server's clock (self._now), never its own.
 
+    @_retried
     def claim_next_video(
         self, owner: str, lease_s: float, *, max_attempts: int = DEFAULT_MAX_ATTEMPTS
     ) -> tuple[Video, Claim] | None:
@@ -695,13 +781,13 @@ class JobStore:
         epoch rises and the attempt is counted; a video claimed `max_attempts` times before (each try
         lost: a crash, a worker cut off) fails with the reason instead, and the next one is looked at.
         The job moves to rendering with its first claimed video."""
-        with self._change() as db:
+        with self._change(self._claim_begin) as db:
             while True:
-                now = time.time()
+                now = self._now(db)
                 row = db.execute(
                     "SELECT v.* FROM videos v JOIN jobs j ON j.id = v.job_id WHERE j.state IN (?,?)"
                     " AND (v.state = ? OR (v.state = ? AND COALESCE(v.lease_until, 0) < ?))"
-                    " ORDER BY j.created, j.id, v.position LIMIT 1",
+                    " ORDER BY j.created, j.id, v.position LIMIT 1" + self._skip_locked,
                     (
                         JobState.QUEUED.value,
                         JobState.RENDERING.value,
@@ -730,7 +816,9 @@ class JobStore:
                         video.output,
                     ),
                 )
-                job = db.execute("SELECT state FROM jobs WHERE id = ?", (video.job_id,)).fetchone()
+                job = db.execute(  # locked: two claims of one job move it once
+                    "SELECT state FROM jobs WHERE id = ?" + self._for_update, (video.job_id,)
+                ).fetchone()
                 if job[0] == JobState.QUEUED.value:
                     self._move_job(db, video.job_id, JobState.RENDERING)
                 self._effect(db, Effect.VIEWS, video.job_id)
@@ -772,7 +860,7 @@ class JobStore:
                 "UPDATE videos SET lease_until = ? WHERE job_id = ? AND output = ? AND owner = ?"
                 " AND epoch = ? AND state IN (?,?)",
                 (
-                    time.time() + lease_s,
+                    self._now(db) + lease_s,
                     job_id,
                     output,
                     claim.owner,
@@ -820,7 +908,8 @@ class JobStore:
             self._set_video(db, job_id, output, VideoState.QUEUED, progress=0.0, lease_until=None)
             if claim is not None:
                 db.execute(
-                    "UPDATE videos SET attempts = MAX(attempts - 1, 0) WHERE job_id = ? AND output = ?",
+                    "UPDATE videos SET attempts = CASE WHEN attempts > 0 THEN attempts - 1 ELSE 0 END"
+                    " WHERE job_id = ? AND output = ?",
                     (job_id, output),
                 )
 
@@ -927,7 +1016,7 @@ class JobStore:
                 "SELECT state, epoch, lease_until FROM videos WHERE job_id = ? AND output = ?",
                 (job_id, output),
             ).fetchone()
-            now = time.time()
+            now = self._now(db)
             if owner is not None and row[0] == VideoState.UPLOADING.value and (row[2] or 0) >= now:
                 return None
             claim = Claim(owner, row[1] + 1) if owner is not None else None
@@ -949,7 +1038,7 @@ class JobStore:
         with self._lock:
             rows = self._db.execute(
                 "SELECT * FROM videos WHERE state = ? AND lease_until IS NOT NULL AND lease_until < ?",
-                (VideoState.UPLOADING.value, time.time()),
+                (VideoState.UPLOADING.value, self._now(self._db)),
             ).fetchall()
         return [_video(row) for row in rows]
 
@@ -1023,6 +1112,8 @@ class JobStore:
             row = db.execute("SELECT state FROM videos WHERE job_id = ? AND output = ?", (job_id, output))
             check_move(VideoState(row.fetchone()[0]), state)
             values["state"] = state.value
+            if state in (VideoState.QUEUED, VideoState.RENDERED):  # to render, or to upload
+                self._work_appeared(db)
         values["updated"] = time.time()
         sets = ", ".join(f"{key} = ?" for key in values)
         db.execute(
@@ -1054,6 +1145,7 @@ class JobStore:
                     (JobState.QUEUED.value, now, job_id),
                 )
             self._effect(db, Effect.VIEWS, job_id)
+            self._work_appeared(db)
         return True
 
     def view_stamps(self) -> dict[str, float]:
@@ -1061,10 +1153,10 @@ class JobStore:
         looks again at views whose job changed or whose file did."""
         with self._lock:
             rows = self._db.execute(
-                "SELECT j.id, MAX(j.updated, COALESCE((SELECT MAX(v.updated) FROM videos v"
-                " WHERE v.job_id = j.id), 0)) FROM jobs j"
+                "SELECT j.id, j.updated, COALESCE((SELECT MAX(v.updated) FROM videos v"
+                " WHERE v.job_id = j.id), 0) FROM jobs j"
             ).fetchall()
-        return {row[0]: row[1] for row in rows}
+        return {row[0]: max(row[1], row[2]) for row in rows}
 
     # -- multipart upload journal (the uploader's UploadJournal protocol) ------------------------------
 
@@ -1087,13 +1179,17 @@ class JobStore:
         with self._tx() as db:
             db.execute("DELETE FROM parts WHERE object_key = ?", (key,))
             db.execute(
-                "INSERT OR REPLACE INTO uploads VALUES (?,?,?,?)", (key, upload_id, part_size, time.time())
+                "INSERT INTO uploads VALUES (?,?,?,?) ON CONFLICT (object_key) DO UPDATE SET"
+                " upload_id = excluded.upload_id, part_size = excluded.part_size, started = excluded.started",
+                (key, upload_id, part_size, time.time()),
             )
 
     def part_done(self, key: str, part_number: int, etag: str, size: int, checksum: str) -> None:
         with self._tx() as db:
             db.execute(
-                "INSERT OR REPLACE INTO parts VALUES (?,?,?,?,?)", (key, part_number, etag, size, checksum)
+                "INSERT INTO parts VALUES (?,?,?,?,?) ON CONFLICT (object_key, part_number) DO UPDATE SET"
+                " etag = excluded.etag, size = excluded.size, checksum = excluded.checksum",
+                (key, part_number, etag, size, checksum),
             )
 
     def finish(self, key: str) -> None:
@@ -1111,10 +1207,12 @@ class JobStore:
     def register_worker(self, name: str, host: str, kind: str, pid: int) -> None:
         """A worker process starting: its row (re)written as running; a restart replaces the old one."""
         with self._tx() as db:
-            now = time.time()
+            now = self._now(db)
             db.execute(
-                "INSERT OR REPLACE INTO workers (name, host, kind, pid, started, last_beat, state)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO workers (name, host, kind, pid, started, last_beat, state)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET host = excluded.host,"
+                " kind = excluded.kind, pid = excluded.pid, started = excluded.started,"
+                " last_beat = excluded.last_beat, state = excluded.state",
                 (name, host, kind, pid, now, now, WORKER_RUNNING),
             )
 
@@ -1122,15 +1220,20 @@ class JobStore:
         with self._tx() as db:
             db.execute(
                 "UPDATE workers SET last_beat = ?, state = ? WHERE name = ?",
-                (time.time(), WORKER_RUNNING, name),
+                (self._now(db), WORKER_RUNNING, name),
             )
 
     def worker_stopped(self, name: str) -> None:
         with self._tx() as db:
             db.execute(
                 "UPDATE workers SET last_beat = ?, state = ? WHERE name = ?",
-                (time.time(), WORKER_STOPPED, name),
+                (self._now(db), WORKER_STOPPED, name),
             )
+
+    def clock(self) -> float:
+        """The ledger's clock (PostgreSQL's on a shared ledger): beats and leases are compared to it."""
+        with self._lock:
+            return self._now(self._db)
 
     def workers(self) -> list[WorkerRow]:
         with self._lock:  # a read, like the store's others: no write lock, so `status` never waits on one
@@ -1154,7 +1257,7 @@ class JobStore:
         """Hold the take's key for `job_id` ("" for a rejection being filed), or ManifestTaken. The key is
         unique: of several intakes that saw the same claimed manifest, one inserts and the others read
         the holder. A holder that is over gives way, compare-and-set on its job and time."""
-        now = time.time()
+        now = self._now(db)
         key = (take.name, take.sha256, take.file_id)
         cur = db.execute(
             "INSERT INTO manifest_takes (name, sha256, file_id, job_id, taker, taken) VALUES (?,?,?,?,?,?)"
@@ -1208,7 +1311,7 @@ class JobStore:
             return [(r[0], r[1], r[2]) for r in rows.fetchall()]
 
 
-def _prepare(db: sqlite3.Connection, timeout: float) -> None:
+def _prepare(db: sqlite3.Connection, timeout: float, where: str) -> int:
     """WAL mode and the schema. While the other watcher sets up a fresh database, SQLite may answer
     "database is locked" at once instead of waiting its busy timeout: try again until the timeout."""
     deadline = time.monotonic() + timeout
@@ -1217,12 +1320,22 @@ def _prepare(db: sqlite3.Connection, timeout: float) -> None:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
             db.executescript(_SCHEMA)
-            _add_missing_columns(db)
-            return
+            return _migrate(db, "sqlite", where)
         except sqlite3.OperationalError as exc:
             if "locked" not in str(exc) or time.monotonic() >= deadline:
                 raise
             time.sleep(0.05)
+
+
+# -- versioned migrations -------------------------------------------------------------------------------
+# _SCHEMA creates what is missing at every start (new tables need nothing more). A change to an existing
+# table is a numbered step per backend, _MIGRATIONS[backend][N - 1] taking a store to version N. Steps run
+# in one transaction with the version they reach, on fresh stores too, so each must be idempotent.
+
+
+def _pg_retry_at(db: sqlite3.Connection) -> None:
+    # the one column SQLite stores gain in _add_missing_columns that _SCHEMA does not list
+    db.execute("ALTER TABLE videos ADD COLUMN IF NOT EXISTS retry_at DOUBLE PRECISION")
 
 
 def _add_missing_columns(db: sqlite3.Connection) -> None:
@@ -1253,6 +1366,266 @@ def _add_missing_columns(db: sqlite3.Connection) -> None:
             except sqlite3.OperationalError as exc:
                 if "duplicate column" not in str(exc):
                     raise
+
+
+# -- PostgreSQL: the same SQL, through a facade with sqlite3's few calls ---------------------------------
+
+# every write transaction takes this lock first, as SQLite's BEGIN IMMEDIATE takes its write lock: the
+# intents stay written as straight-line reads and writes, and run one at a time across every host. Claims
+# take it shared: they run side by side, and safely so, since each locks its rows (FOR UPDATE, SKIP LOCKED
+# for the video); any other write waits for them and they for it.
+_WRITE_LOCK = 0x6C697073  # "lips"
+_MIGRATE_LOCK = _WRITE_LOCK + 1
+_BEGIN_CLAIM = "BEGIN CLAIM"  # the facade's word for a claim's transaction
+
+
+class _Row(tuple):  # type: ignore[type-arg]
+    """A row read by index or by column name, and dict(row), as sqlite3.Row allows."""
+
+    names: tuple[str, ...]
+
+    def __new__(cls, values: Any, names: tuple[str, ...]) -> _Row:
+        row = super().__new__(cls, values)
+        row.names = names
+        return row
+
+    def keys(self) -> list[str]:
+        return list(self.names)
+
+    def __getitem__(self, key: Any) -> Any:
+        if isinstance(key, str):
+            return super().__getitem__(self.names.index(key))
+        return super().__getitem__(key)
+
+
+class _Rows:
+    """A statement's result, read at once (the cursor goes with the next statement)."""
+
+    def __init__(self, rows: list[Any], rowcount: int) -> None:
+        self._rows, self.rowcount = rows, rowcount
+
+    def fetchone(self) -> Any:
+        return self._rows[0] if self._rows else None
+
+    def fetchall(self) -> list[Any]:
+        return self._rows
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self._rows)
+
+
+def _row_factory(cursor: Any) -> Callable[[Any], _Row]:
+    names = tuple(c.name for c in cursor.description or ())
+    return lambda values: _Row(values, names)
+
+
+@lru_cache(maxsize=512)
+def _pg_sql(sql: str) -> str:
+    """SQLite's `?` placeholders as psycopg's `%s` (a literal % doubled first)."""
+    return sql.replace("%", "%%").replace("?", "%s")
+
+
+def _pg_schema(schema: str) -> str:
+    """SQLite's column types in PostgreSQL's words: REAL is 4 bytes there, INTEGER 4 (sizes need 8)."""
+    return re.sub(r"\bINTEGER\b", "BIGINT", re.sub(r"\bREAL\b", "DOUBLE PRECISION", schema))
+
+
+class _Postgres:
+    """One autocommit connection, used under the store's lock as the SQLite one is: `BEGIN IMMEDIATE`
+    opens a short transaction holding the write lock, anything else is one statement. A connection
+    found broken between transactions is opened again."""
+
+    def __init__(self, url: str, timeout: float) -> None:
+        self.url, self._timeout = url, timeout
+        self._conn: Any = None
+        self._connection()
+
+    def _connection(self) -> Any:
+        import psycopg
+
+        if self._conn is None or self._conn.closed or self._conn.broken:
+            self._conn = psycopg.connect(
+                self.url,
+                **_passfile(os.environ),
+                autocommit=True,
+                row_factory=_row_factory,
+                connect_timeout=max(1, round(self._timeout)),
+                # a write waiting for the write lock longer than the busy timeout fails, as in SQLite
+                options=f"-c lock_timeout={round(self._timeout * 1000)}",
+            )
+        return self._conn
+
+    @property
+    def in_transaction(self) -> bool:
+        import psycopg
+
+        status = psycopg.pq.TransactionStatus
+        return bool(self._conn.info.transaction_status in (status.INTRANS, status.INERROR))
+
+    def execute(self, sql: str, args: Any = ()) -> _Rows:
+        if self.in_transaction:
+            return self._run(self._conn, sql, args)
+        try:
+            return self._outside(sql, args)
+        except Exception:
+            if not self._conn.broken:
+                raise
+        # the server restarted or dropped us since the last statement: nothing of this one ran, and it
+        # starts a transaction or only reads, so it is safe to send again on a new connection
+        log.warning("ledger_reconnected", url=_without_password(self.url))
+        return self._outside(sql, args)
+
+    def _outside(self, sql: str, args: Any) -> _Rows:
+        conn = self._connection()
+        if sql in ("BEGIN IMMEDIATE", _BEGIN_CLAIM):
+            conn.execute("BEGIN")
+            shared = "_shared" if sql == _BEGIN_CLAIM else ""
+            conn.execute(f"SELECT pg_advisory_xact_lock{shared}(%s)", (_WRITE_LOCK,))
+            return _Rows([], -1)
+        return self._run(conn, sql, args)
+
+    @staticmethod
+    def _run(conn: Any, sql: str, args: Any) -> _Rows:
+        # SQLite stores True as 1 in INTEGER columns; PostgreSQL wants the number said
+        values = [int(a) if isinstance(a, bool) else a for a in args]
+        cur = conn.execute(_pg_sql(sql), values)
+        return _Rows(cur.fetchall() if cur.description else [], cur.rowcount)
+
+    def executescript(self, script: str) -> None:
+        self._connection().execute(script)
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+
+
+WAKE_CHANNEL = "lipsyncd_work"
+LISTEN_RETRY_S = 5.0
+
+
+class _Listener(threading.Thread):
+    """LISTEN on a connection of its own; each notification sets the wake event. A lost connection is
+    opened again after a pause (the workers poll meanwhile)."""
+
+    def __init__(self, url: str, wake: threading.Event) -> None:
+        super().__init__(name="ledger-listener", daemon=True)
+        self.url, self.wake, self._done = url, wake, threading.Event()
+        self.listening = threading.Event()  # set once LISTEN ran: no notification is missed after it
+
+    def stop(self) -> None:
+        self._done.set()
+        self.join()
+
+    def run(self) -> None:
+        import psycopg
+
+        while not self._done.is_set():
+            try:
+                with psycopg.connect(
+                    self.url, autocommit=True, connect_timeout=5, **_passfile(os.environ)
+                ) as conn:
+                    conn.execute(f"LISTEN {WAKE_CHANNEL}")
+                    self.listening.set()
+                    while not self._done.is_set():
+                        for _ in conn.notifies(timeout=0.5, stop_after=1):
+                            self.wake.set()
+            except psycopg.Error as exc:
+                log.warning("ledger_listen_lost", error=str(exc), retry_in=LISTEN_RETRY_S)
+                self._done.wait(LISTEN_RETRY_S)
+
+
+def _passfile(environ: Any) -> dict[str, Any]:
+    """The password of store.url as a systemd credential (LoadCredential=pgpass:...): that file, in
+    pgpass format, is libpq's passfile, unless PGPASSFILE names one already."""
+    folder = environ.get("CREDENTIALS_DIRECTORY")
+    if environ.get("PGPASSFILE") or not folder or not (Path(folder) / "pgpass").is_file():
+        return {}
+    return {"passfile": str(Path(folder) / "pgpass")}
+
+
+def _without_password(url: str) -> str:
+    return re.sub(r"//([^:/@]*):[^@/]*@", r"//\1:***@", url)
+
+
+_MIGRATIONS: dict[str, list[Callable[[sqlite3.Connection], None]]] = {
+    "sqlite": [_add_missing_columns],  # 1: every column added before versions were recorded
+    "postgresql": [_pg_retry_at],  # 1: the schema as SQLite stores had it then
+}
+
+
+def _migrate(db: sqlite3.Connection, backend: str, where: str) -> int:
+    """Apply the steps the store lacks and record its new version, in one transaction (SQLite's write
+    lock, or PostgreSQL's migration lock: one process or host at a time; on PostgreSQL the tables are
+    created under that lock too). Returns the version found. A store newer than this code is refused."""
+    db.execute("BEGIN IMMEDIATE" if backend == "sqlite" else "BEGIN")
+    try:
+        if backend == "postgresql":
+            db.execute("SELECT pg_advisory_xact_lock(?)", (_MIGRATE_LOCK,))
+        db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+        found = db.execute("SELECT MAX(version) FROM schema_version").fetchone()[0] or 0
+        if found > SCHEMA_VERSION:
+            raise StoreError(
+                f"the job store {where} is at schema version {found}, but this lipsyncd knows versions up to "
+                f"{SCHEMA_VERSION}: a newer lipsyncd has upgraded it. Run that newer version here too (every "
+                "host sharing store.url must run the same one); nothing was changed."
+            )
+        if backend == "postgresql":
+            db.executescript(_pg_schema(_SCHEMA))
+        for version, step in enumerate(_MIGRATIONS[backend][found:], start=found + 1):
+            step(db)
+            log.info("store_migrated", backend=backend, version=version)
+        if found < SCHEMA_VERSION:
+            db.execute("DELETE FROM schema_version")
+            db.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
+        db.execute("COMMIT")
+    except BaseException:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        raise
+    return int(found)
+
+
+# -- SQLite stays on a local disk ----------------------------------------------------------------------
+
+MOUNTINFO = Path("/proc/self/mountinfo")
+# file systems another host can write to: SQLite's locks and WAL index do not work across them
+_NETWORK_FS = {"nfs", "nfs4", "cifs", "smb3", "smbfs", "ncpfs", "afs", "9p", "ceph", "glusterfs", "lustre"}
+_NETWORK_FUSE = {"sshfs", "glusterfs", "cephfs", "s3fs", "rclone", "davfs", "gcsfuse", "smbnetfs"}
+
+
+def mount_type(path: Path, mountinfo: str) -> str:
+    """The file system type of the mount holding `path` (resolved), from /proc/self/mountinfo's text:
+    the longest mount point that contains it."""
+    best, kind = "", ""
+    for line in mountinfo.splitlines():
+        fields_, _, after = line.partition(" - ")
+        parts = fields_.split()
+        if len(parts) < 5 or not after:
+            continue
+        point = parts[4].replace("\\040", " ")
+        inside = str(path) == point or str(path).startswith(point.rstrip("/") + "/")
+        if inside and len(point) >= len(best):
+            best, kind = point, after.split()[0]
+    return kind
+
+
+def is_network_fs(kind: str) -> bool:
+    main, _, sub = kind.partition(".")
+    return kind in _NETWORK_FS or (main == "fuse" and sub in _NETWORK_FUSE)
+
+
+def _refuse_network_fs(state_dir: Path) -> None:
+    try:
+        kind = mount_type(state_dir.resolve(), MOUNTINFO.read_text())
+    except OSError:  # no /proc: nothing to tell
+        return
+    if is_network_fs(kind):
+        raise StoreError(
+            f"the state directory {state_dir} is on a network file system ({kind}), and the job store is "
+            "SQLite there: its locks and write-ahead log do not work across hosts, so the ledger would be "
+            "corrupted. Move paths.state to a local disk, or set store.url to a PostgreSQL database to "
+            "share the ledger between hosts."
+        )
 
 
 def _log_lost(job_id: str, output: str, claim: Claim, now: Any, what: str) -> None:

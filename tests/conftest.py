@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-pytest_plugins = ["tests.conftest_s3"]
+pytest_plugins = ["tests.conftest_s3", "tests.conftest_pg"]
 
 # a thread told to stop may still be finishing its last poll or request
 LEAK_GRACE_S = 5.0

@@ -29,7 +29,7 @@ def ready_videos(store: JobStore, job_id: str | None) -> list[Video]:
 
 
 def refresh_links(config: Config, job_id: str | None, *, credentials_file: Path | None = None) -> int:
-    store = JobStore(config.state_dir, timeout=config.store.busy_timeout)
+    store = JobStore(config.state_dir, timeout=config.store.busy_timeout, url=config.store.url)
     # the views of the links signed again are written as each is recorded
     store.after_commit = Reconciler(
         store, outputs_dir=config.outputs_dir, locks_dir=config.state_dir / "locks"
@@ -55,7 +55,7 @@ def print_links(config: Config, job_id: str | None) -> int:
     """The links, one per line (job/video, expiry, URL: for scripts), then each failed video and why on
     stderr, so a missing link is never silent. 0, or 1 for a job that does not exist (as `lipsyncd status
     JOB` answers)."""
-    store = JobStore(config.state_dir, timeout=config.store.busy_timeout)
+    store = JobStore(config.state_dir, timeout=config.store.busy_timeout, url=config.store.url)
     known = job_id is None or store.job(job_id) is not None
     videos = ready_videos(store, job_id)
     failed = [v for v in store.videos_in(VideoState.FAILED) if job_id in (None, v.job_id)]

@@ -129,6 +129,7 @@ class UploadWatcher:
         """Events from the outputs only make it react sooner: the store is checked every poll interval."""
         self.outputs_dir.mkdir(parents=True, exist_ok=True)
         observer = start_observer(self.outputs_dir, _Wake(self.wake), polling=False, recursive=True)
+        stop_listening = self.store.wake_on_work(self.wake)  # a render on another host finished
         try:
             while not self.stop.is_set():
                 self.step()
@@ -136,6 +137,7 @@ class UploadWatcher:
                 self.wake.wait(timeout=self.settings.poll_interval)
                 self.wake.clear()
         finally:
+            stop_listening()
             observer.stop()
             self.shutdown()
 

@@ -207,12 +207,16 @@ class RenderService:
         return done
 
     def run_forever(self) -> None:
-        while not self.stop.is_set():
-            self.reconciler.reconcile()
-            self.run_pending()
-            self.beat()
-            self.wake.wait(timeout=1.0)
-            self.wake.clear()
+        stop_listening = self.store.wake_on_work(self.wake)  # another host queued work: claim at once
+        try:
+            while not self.stop.is_set():
+                self.reconciler.reconcile()
+                self.run_pending()
+                self.beat()
+                self.wake.wait(timeout=1.0)
+                self.wake.clear()
+        finally:
+            stop_listening()
         self.reconciler.final_pass()
 
     def render_job(self, job: Job) -> None:

@@ -17,7 +17,7 @@ from daemon.samples import speech_like, write_audio, write_face_clip
 from daemon.store import JobState, JobStore, VideoState
 
 
-def test_videos_of_a_job_spread_over_all_workers(tmp_path: Path) -> None:
+def test_videos_of_a_job_spread_over_all_workers(tmp_path: Path, ledger_url: str | None) -> None:
     share = tmp_path / "share"
     media = share / "inbox" / "media"
     media.mkdir(parents=True)
@@ -31,7 +31,7 @@ def test_videos_of_a_job_spread_over_all_workers(tmp_path: Path) -> None:
     inbox = Inbox(share / "inbox", settle_time=0)
     claimed = inbox.claim(manifest_path)
     assert claimed is not None
-    store = JobStore(tmp_path / "state")
+    store = JobStore(tmp_path / "state", url=ledger_url)
     job = store.add_job(
         load_manifest(claimed, base_dir=inbox.folder, shared=share),
         claimed_path=claimed,

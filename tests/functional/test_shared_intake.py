@@ -26,8 +26,8 @@ VALID = "audio: s.wav\nvideos: [f.mp4]\n"
 
 
 class Share:
-    def __init__(self, root: Path) -> None:
-        self.root = root
+    def __init__(self, root: Path, url: str | None = None) -> None:
+        self.root, self.url = root, url  # url: a PostgreSQL ledger shared by the hosts; None: SQLite
         self.inbox = root / "share" / "inbox"
         self.state = root / "state"
         self.inbox.mkdir(parents=True)
@@ -36,7 +36,7 @@ class Share:
         self.stores: list[JobStore] = []
 
     def host(self, name: str) -> Intake:
-        store = JobStore(self.state)
+        store = JobStore(self.state, url=self.url)
         self.stores.append(store)
         return Intake(
             Inbox(self.inbox, settle_time=0.0),
@@ -60,8 +60,8 @@ class Share:
 
 
 @pytest.fixture
-def share(tmp_path: Path) -> Iterator[Share]:
-    s = Share(tmp_path)
+def share(tmp_path: Path, ledger_url: str | None) -> Iterator[Share]:
+    s = Share(tmp_path, ledger_url)
     yield s
     for store in s.stores:
         store.close()
@@ -187,8 +187,8 @@ from daemon.inbox import Inbox
 from daemon.intake import Intake
 from daemon.store import JobStore
 
-inbox, state, shared, meet, name, hosts = sys.argv[1:7]
-store = JobStore(Path(state))
+inbox, state, shared, meet, name, hosts, url = sys.argv[1:8]
+store = JobStore(Path(state), url=url or None)
 real = store.add_job
 
 def add_job_when_all_are_here(*args, **kwargs):
@@ -208,7 +208,7 @@ intake.sweep(rescan=True)
 
 
 def test_host_processes_retaking_a_claimed_manifest_at_once_make_one_job(share: Share) -> None:
-    """As above with real processes, each with its own SQLite connection and locks."""
+    """As above with real processes, each with its own connection to the ledger and its own locks."""
     share.host("setup")  # the folders and the store's schema exist before the hosts race to open them
     (share.inbox / ".claimed" / "proc.yaml").write_text(VALID)
     meet = share.root / "meet"
@@ -216,7 +216,8 @@ def test_host_processes_retaking_a_claimed_manifest_at_once_make_one_job(share: 
     args = [str(share.inbox), str(share.state), str(share.root / "share"), str(meet)]
     hosts = [
         subprocess.Popen(
-            [sys.executable, "-c", _HOST_PROCESS, *args, f"proc{i}", str(HOSTS)], stderr=subprocess.PIPE
+            [sys.executable, "-c", _HOST_PROCESS, *args, f"proc{i}", str(HOSTS), share.url or ""],
+            stderr=subprocess.PIPE,
         )
         for i in range(HOSTS)
     ]
@@ -239,7 +240,7 @@ from daemon.intake import Intake
 from daemon.store import JobStore
 
 inbox, state, shared = map(Path, sys.argv[1:4])
-store = JobStore(state)
+store = JobStore(state, url=sys.argv[4] or None)
 real = store._take
 
 def take_then_die(db, take, job_id):
@@ -257,7 +258,7 @@ sys.exit("the take never ran")
 
 def test_a_kill_between_take_and_job_loses_nothing(share: Share) -> None:
     share.drop("late.yaml")
-    args = [str(share.inbox), str(share.state), str(share.root / "share")]
+    args = [str(share.inbox), str(share.state), str(share.root / "share"), share.url or ""]
     child = subprocess.run(
         [sys.executable, "-c", _KILLED_IN_THE_TAKE, *args], capture_output=True, text=True, timeout=60
     )
@@ -313,8 +314,8 @@ def test_a_take_holds_while_its_job_runs(share: Share, monkeypatch: pytest.Monke
     store.fail_job("x", "stopped")
     with pytest.raises(ManifestTaken):  # finished moments ago: a late intake is still refused
         add("abc", "7", "b")
-    later = time.time() + TAKE_LEASE_S + 1
-    monkeypatch.setattr("daemon.store.time.time", lambda: later)
+    later = store.clock() + TAKE_LEASE_S + 1  # the ledger's clock: PostgreSQL's on a shared ledger
+    monkeypatch.setattr(store, "_now", lambda _db: later)
     assert add("abc", "7", "b") == "x-4"  # finished and long over (an inode number used again)
     with pytest.raises(ManifestTaken):  # x-2 still runs, however old its take
         add("abc", "8", "c")
@@ -322,7 +323,7 @@ def test_a_take_holds_while_its_job_runs(share: Share, monkeypatch: pytest.Monke
     store.take_rejection(Take("bad.yaml", "def", "9", "a"))
     with pytest.raises(ManifestTaken):
         store.take_rejection(Take("bad.yaml", "def", "9", "b"))
-    monkeypatch.setattr("daemon.store.time.time", lambda: later + TAKE_LEASE_S + 1)
+    monkeypatch.setattr(store, "_now", lambda _db: later + TAKE_LEASE_S + 1)
     store.take_rejection(Take("bad.yaml", "def", "9", "b"))
     monkeypatch.undo()
     assert ("bad.yaml", "", "b") in store.takes()

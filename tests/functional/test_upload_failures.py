@@ -74,9 +74,10 @@ def test_an_upload_error_sends_the_video_back_with_a_retry_time_and_it_is_retrie
     s3_bucket: str,
     s3_prefix: str,
     monkeypatch: pytest.MonkeyPatch,
+    ledger_url: str | None,
 ) -> None:
     monkeypatch.setattr(daemon.distribute.watcher, "RETRY_FAILED_AFTER", 1.0)
-    store = JobStore(tmp_path / "state")
+    store = JobStore(tmp_path / "state", url=ledger_url)
     local = rendered_job(store, tmp_path)
     client = Broken(s3_client)
     client.broken = cause == "no credentials"

@@ -21,8 +21,8 @@ def inbox(tmp_path: Path) -> Inbox:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> JobStore:
-    return JobStore(tmp_path / "state")
+def store(tmp_path: Path, ledger_url: str | None) -> JobStore:
+    return JobStore(tmp_path / "state", url=ledger_url)
 
 
 def _job(

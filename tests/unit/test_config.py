@@ -83,6 +83,9 @@ def test_missing_default_file_means_defaults(tmp_path: Path) -> None:
         ("storage:\n  public_url: http://h:port\n", "key 'storage.public_url': the port"),
         ("store:\n  busy_timeout: 0s\n", "key 'store.busy_timeout': expected a duration above zero"),
         ("store:\n  busy_timeout: forever\n", "key 'store.busy_timeout': expected a duration"),
+        ("store:\n  url: mysql://db/x\n", "key 'store.url': expected a URL like postgresql://"),
+        ("store:\n  url: postgresql://u:hunter2@db/x\n", "key 'store.url': the URL holds a password"),
+        ("store:\n  url: postgresql://db/x?password=hunter2\n", "PGPASSFILE, in the PGPASSWORD"),
     ],
 )
 def test_errors_name_file_and_key(tmp_path: Path, text: str, words: str) -> None:
@@ -98,6 +101,9 @@ def test_values_are_parsed(tmp_path: Path) -> None:
     assert config.inbox.settle_time == 0.5
     assert Config().store.busy_timeout == 30.0
     assert load_config(write(tmp_path, "store: {busy_timeout: 2s}\n")).store.busy_timeout == 2.0
+    assert Config().store.url is None
+    url = "postgresql://lipsyncd@db.lan:5432/ledger?sslmode=require"
+    assert load_config(write(tmp_path, f"store: {{url: '{url}'}}\n")).store.url == url
     assert config.upload.part_size == 16 * 2**20
     assert config.webhooks["ops"].kind == "dingtalk"
     assert Config().render.avatar_cache_size == 2 * 10**9

@@ -21,8 +21,8 @@ RESULT = Rendered(10, 0, 5, "ab" * 32, "m", 0.4, None)
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> JobStore:
-    s = JobStore(tmp_path / "state")
+def store(tmp_path: Path, ledger_url: str | None) -> JobStore:
+    s = JobStore(tmp_path / "state", url=ledger_url)
     s.add_job(
         manifest(tmp_path, "a.mp4", "b.mp4", "c.mp4"), claimed_path=tmp_path / "p.yaml", base_dir=tmp_path
     )
@@ -38,7 +38,7 @@ def lapse(store: JobStore, output: str) -> None:
 def test_two_claimers_never_get_the_same_video(tmp_path: Path, store: JobStore) -> None:
     """Two processes' connections (two JobStore objects) claim at once from threads: every video goes to
     exactly one of them, and then nothing is left."""
-    other = JobStore(tmp_path / "state")
+    other = JobStore(tmp_path / "state", url=store.url)
     got: list[tuple[str, str]] = []
     start = threading.Barrier(2)
 

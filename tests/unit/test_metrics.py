@@ -40,8 +40,8 @@ def samples(path: Path) -> dict[tuple[str, str], float]:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> JobStore:
-    return JobStore(tmp_path / "state")
+def store(tmp_path: Path, ledger_url: str | None) -> JobStore:
+    return JobStore(tmp_path / "state", url=ledger_url)
 
 
 def reconciler(store: JobStore, tmp_path: Path, metrics: MetricsFile | None) -> Reconciler:
@@ -92,12 +92,12 @@ def test_every_change_is_counted_in_the_ledger_and_written_as_one_textfile(
 def test_counts_survive_a_restart_and_add_up_across_processes(store: JobStore, tmp_path: Path) -> None:
     """Two store handles stand for two worker processes (or a process before and after a restart)."""
     one_job_through(store, tmp_path)
-    other = JobStore(tmp_path / "state")
+    other = JobStore(tmp_path / "state", url=store.url)
     other.add_job(
         manifest(tmp_path, "c.mp4", name="next"), claimed_path=tmp_path / "n.yaml", base_dir=tmp_path
     )
     store.close()
-    again = JobStore(tmp_path / "state")
+    again = JobStore(tmp_path / "state", url=store.url)
     assert again.counters()[("lipsyncd_jobs_total", "queued")] == 2
     assert again.counters()[("lipsyncd_frames_total", "")] == 96
 

@@ -38,8 +38,8 @@ def manifest(tmp_path: Path, *videos: str, name: str = "promo", distribute: bool
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> JobStore:
-    return JobStore(tmp_path / "state")
+def store(tmp_path: Path, ledger_url: str | None) -> JobStore:
+    return JobStore(tmp_path / "state", url=ledger_url)
 
 
 def test_job_ids_never_collide(store: JobStore, tmp_path: Path) -> None:
@@ -72,7 +72,7 @@ def test_state_survives_reopening(store: JobStore, tmp_path: Path) -> None:
     store.add_job(manifest(tmp_path, "a.mp4"), claimed_path=tmp_path / "1", base_dir=tmp_path)
     set_video(store, "promo", "a.mp4", VideoState.RENDERING, progress=0.5)
     store.close()
-    again = JobStore(tmp_path / "state")
+    again = JobStore(tmp_path / "state", url=store.url)
     video = again.video("promo", "a.mp4")
     assert video is not None
     assert video.state == VideoState.RENDERING
@@ -203,6 +203,7 @@ def test_a_store_from_before_the_page_and_duration_columns_gains_them(tmp_path: 
     with sqlite3.connect(state / "lipsyncd.db") as db:
         for table, column in [("videos", "duration"), *(("jobs", c) for c in ("page_url", "page_sha256"))]:
             db.execute(f"ALTER TABLE {table} DROP COLUMN {column}")
+        db.execute("DROP TABLE schema_version")  # such a store predates versions too
     store = JobStore(state)
     store.add_job(manifest(tmp_path, "a.mp4"), claimed_path=tmp_path / "1", base_dir=tmp_path)
     set_video(store, "promo", "a.mp4", duration=2.5)
@@ -307,6 +308,7 @@ def test_a_store_from_before_warnings_gets_the_column(tmp_path: Path) -> None:
     JobStore(tmp_path / "state").close()
     with sqlite3.connect(tmp_path / "state" / DB_NAME) as db:
         db.execute("ALTER TABLE videos DROP COLUMN warning")
+        db.execute("DROP TABLE schema_version")  # such a store predates versions too
     store = JobStore(tmp_path / "state")
     store.add_job(manifest(tmp_path, "a.mp4"), claimed_path=tmp_path / "1", base_dir=tmp_path)
     set_video(store, "promo", "a.mp4", warning="careful")

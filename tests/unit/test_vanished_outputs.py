@@ -16,8 +16,8 @@ from tests.unit.test_store_links import manifest
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> JobStore:
-    return JobStore(tmp_path / "state")
+def store(tmp_path: Path, ledger_url: str | None) -> JobStore:
+    return JobStore(tmp_path / "state", url=ledger_url)
 
 
 def rendered(store: JobStore, tmp_path: Path, *, job_state: JobState = JobState.RENDERED) -> None:

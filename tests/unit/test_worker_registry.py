@@ -29,8 +29,8 @@ def wait(predicate, timeout: float = 10.0):  # type: ignore[no-untyped-def]
     raise AssertionError("timed out")
 
 
-def test_register_beat_and_clean_stop(tmp_path: Path) -> None:
-    store = JobStore(tmp_path)
+def test_register_beat_and_clean_stop(tmp_path: Path, ledger_url: str | None) -> None:
+    store = JobStore(tmp_path, url=ledger_url)
     presence = Presence.start(store, "h:render@0", "render", lease_s=0.3)  # beats every 0.1 s
     [row] = store.workers()
     assert (row.name, row.host, row.kind, row.pid, row.state) == (
@@ -51,14 +51,14 @@ def test_register_beat_and_clean_stop(tmp_path: Path) -> None:
     assert store.workers() == [stopped], "no beat after the stop"
 
 
-def test_a_failed_stop_leaves_the_row_running_to_turn_stale(tmp_path: Path) -> None:
-    store = JobStore(tmp_path)
+def test_a_failed_stop_leaves_the_row_running_to_turn_stale(tmp_path: Path, ledger_url: str | None) -> None:
+    store = JobStore(tmp_path, url=ledger_url)
     Presence.start(store, "h:upload@1", "upload", lease_s=30).stop(clean=False)
     assert [r.state for r in store.workers()] == ["running"]
 
 
-def test_a_restart_replaces_the_row(tmp_path: Path) -> None:
-    store = JobStore(tmp_path)
+def test_a_restart_replaces_the_row(tmp_path: Path, ledger_url: str | None) -> None:
+    store = JobStore(tmp_path, url=ledger_url)
     store.register_worker("h:render@0", "h", "render", 111)
     store.worker_stopped("h:render@0")
     store.register_worker("h:render@0", "h", "render", 222)
