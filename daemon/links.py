@@ -41,6 +41,7 @@ def job_view(job: Job, videos: list[Video], folder: Path | None = None) -> dict[
     only shows a local copy whose file is there. The unit tests check it field by field."""
     return {
         "version": FORMAT_VERSION,
+        "revision": job.revision,  # rises with each change of the job: the newer of two views is the higher
         "job": job.id,
         "manifest": job.manifest,
         "status": job.state.value,

@@ -158,12 +158,24 @@ class Reconciler:
 
     def _views(self, effect: Pending) -> bool:
         try:  # never wait on another process's lock: it may be stopped; the next pass tries again
-            write_links(self.store, effect.job_id, self.outputs_dir, self.locks_dir, wait=False)
+            path = write_links(self.store, effect.job_id, self.outputs_dir, self.locks_dir, wait=False)
         except BlockingIOError:
             return False
         except KeyError:
-            pass  # the job is gone: no view to write
-        return True
+            return True  # the job is gone: no view to write
+        return self._view_current(effect.job_id, path)
+
+    def _view_current(self, job_id: str, path: Path) -> bool:
+        """Hosts sharing the ledger write one job's views without a shared lock: an older view renamed
+        after a newer one would stay. The last writer to rename sees its file behind the store's
+        revision and asks for the view again, so the newest view always ends up on disk."""
+        job = self.store.job(job_id)
+        if job is None or _revision(path) >= job.revision:
+            return True
+        log.debug("links_behind_ledger", job=job_id, on_disk=_revision(path), ledger=job.revision)
+        self.store.ask(Effect.VIEWS, job_id)
+        self._again.set()  # this reconcile runs another pass and writes the newest view
+        return False
 
     def _file(self, effect: Pending) -> bool:
         assert self.inbox is not None
@@ -211,6 +223,13 @@ class Reconciler:
         self._again.set()  # its view changed (no local copy): another pass writes it
         log.info("local_copy_evicted", job=video.job_id, video=video.output)
         return True
+
+
+def _revision(links: Path) -> int:
+    try:
+        return int(json.loads(links.read_text(encoding="utf-8")).get("revision", -1))
+    except (OSError, ValueError, TypeError, AttributeError):
+        return -1
 
 
 def link_shown(links: Path, video: Video) -> bool:

@@ -32,7 +32,7 @@ from daemon.upload_journal import PartRecord, UploadState
 DB_NAME = "lipsyncd.db"
 DEFAULT_MAX_ATTEMPTS = 3
 # The schema version this code writes (the table schema_version holds the store's): see _MIGRATIONS.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 log = structlog.get_logger(__name__)
 
@@ -146,6 +146,7 @@ class Job:
     page_url: str | None = None  # links.html uploaded beside the videos (links.upload_page), signed
     page_expires_at: float | None = None
     page_sha256: str | None = None  # of the links.html bytes uploaded last
+    revision: int = 0  # rises with every change its views must show: orders links.json writers
 
 
 @dataclass(frozen=True)
@@ -271,7 +272,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     audio TEXT NOT NULL, audio_written TEXT NOT NULL, distribute INTEGER NOT NULL, link_ttl REAL,
     notify TEXT NOT NULL, model TEXT, state TEXT NOT NULL, error TEXT,
     created REAL NOT NULL, updated REAL NOT NULL, notified INTEGER NOT NULL DEFAULT 0,
-    rerenders INTEGER NOT NULL DEFAULT 0, page_url TEXT, page_expires_at REAL, page_sha256 TEXT
+    rerenders INTEGER NOT NULL DEFAULT 0, page_url TEXT, page_expires_at REAL, page_sha256 TEXT,
+    revision INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS videos (
     job_id TEXT NOT NULL REFERENCES jobs(id), output TEXT NOT NULL, position INTEGER NOT NULL,
@@ -442,12 +444,17 @@ class JobStore:
 
     @staticmethod
     def _effect(db: sqlite3.Connection, kind: Effect, job_id: str, video: str = "") -> None:
-        """One pending effect per (kind, job, video): asked again, it stays one row with a higher seq."""
+        """One pending effect per (kind, job, video): asked again, it stays one row with a higher seq. A
+        view asked for raises the job's revision, which links.json carries: hosts write views without a
+        shared lock, so a writer whose file shows less than the store's revision after its own rename
+        knows an older view won the race, and asks again (daemon.reconcile)."""
         db.execute(
             "INSERT INTO outbox (kind, job_id, video, created) VALUES (?,?,?,?)"
             " ON CONFLICT (kind, job_id, video) DO UPDATE SET seq = outbox.seq + 1",
             (kind.value, job_id, video, time.time()),
         )
+        if kind == Effect.VIEWS:
+            db.execute("UPDATE jobs SET revision = revision + 1 WHERE id = ?", (job_id,))
 
     def _count(self, db: sqlite3.Connection, name: str, label: str = "", amount: int = 1) -> None:
         """Add to a metric in the same transaction as the change it counts: a crash loses neither or
@@ -1547,9 +1554,20 @@ def _without_password(url: str) -> str:
     return re.sub(r"//([^:/@]*):[^@/]*@", r"//\1:***@", url)
 
 
+def _sqlite_revision(db: sqlite3.Connection) -> None:
+    if "revision" not in {row[1] for row in db.execute("PRAGMA table_info(jobs)")}:
+        db.execute("ALTER TABLE jobs ADD COLUMN revision INTEGER NOT NULL DEFAULT 0")
+
+
+def _pg_revision(db: sqlite3.Connection) -> None:
+    db.execute("ALTER TABLE jobs ADD COLUMN IF NOT EXISTS revision BIGINT NOT NULL DEFAULT 0")
+
+
 _MIGRATIONS: dict[str, list[Callable[[sqlite3.Connection], None]]] = {
-    "sqlite": [_add_missing_columns],  # 1: every column added before versions were recorded
-    "postgresql": [_pg_retry_at],  # 1: the schema as SQLite stores had it then
+    # 1: every column added before versions were recorded; 2: jobs.revision (links.json's order)
+    "sqlite": [_add_missing_columns, _sqlite_revision],
+    # 1: the schema as SQLite stores had it then; 2: jobs.revision
+    "postgresql": [_pg_retry_at, _pg_revision],
 }
 
 

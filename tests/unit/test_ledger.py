@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
+import daemon.links
 import daemon.reconcile
 from daemon.inbox import Inbox
 from daemon.links import LINKS_NAME, job_lock, job_view
@@ -243,3 +244,38 @@ def test_a_view_that_cannot_be_written_does_not_hold_back_the_filing(
     assert (inbox.failed_dir / "promo.yaml").exists()
     assert not claimed.exists()
     assert [e.kind for e in store.pending()] == [Effect.VIEWS]
+
+
+def test_hosts_without_a_shared_lock_end_with_the_newest_view(
+    store: JobStore, tmp_path: Path, ledger_url: str | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two hosts share the ledger and the outputs folder but not their lock folders. Host A reads the job's
+    view, host B writes a newer one, then A's rename lands last with the older view: A sees its file behind
+    the ledger's revision, asks for the view again, and the next pass leaves the newest view on disk."""
+    uploading(store, tmp_path)
+    other = JobStore(tmp_path / "state", url=ledger_url)  # host B's own connection
+    outputs = tmp_path / "outputs"
+    host_a = Reconciler(store, outputs_dir=outputs, locks_dir=tmp_path / "locks-a")
+    host_b = Reconciler(other, outputs_dir=outputs, locks_dir=tmp_path / "locks-b")
+    real_write = daemon.links.write_view_files
+    raced: list[int] = []
+
+    def a_slow_writer(folder: Path, document: dict[str, Any]) -> Path:
+        if not raced:  # A holds its (older) view while B changes the job and writes the newer one
+            raced.append(document["revision"])
+            other.set_progress("promo", "a.mp4", 0.5)
+            assert host_b.reconcile() > 0
+            assert json.loads((folder / LINKS_NAME).read_text())["revision"] > document["revision"]
+        return real_write(folder, document)
+
+    monkeypatch.setattr(daemon.links, "write_view_files", a_slow_writer)
+    store.set_progress("promo", "a.mp4", 0.4)
+    host_a.reconcile()
+    job = store.job("promo")
+    assert job is not None
+    shown = json.loads((outputs / "promo" / LINKS_NAME).read_text())
+    assert raced
+    assert shown["revision"] == job.revision, "the older view that renamed last must not stay"
+    assert shown == job_view(job, store.videos("promo"), outputs / "promo")
+    assert store.pending(Effect.VIEWS) == []
+    other.close()

@@ -91,7 +91,7 @@ def test_a_store_newer_than_the_code_is_refused_and_left_alone(
         JobStore(tmp_path / "state", url=ledger_url)
 
 
-def test_an_sqlite_store_from_before_versions_is_migrated_to_version_1(tmp_path: Path) -> None:
+def test_an_sqlite_store_from_before_versions_is_migrated_to_this_version(tmp_path: Path) -> None:
     state = tmp_path / "state"
     state.mkdir()
     with closing(sqlite3.connect(state / "lipsyncd.db")) as db:  # an early store: no lease columns
@@ -110,7 +110,28 @@ def test_an_sqlite_store_from_before_versions_is_migrated_to_version_1(tmp_path:
     assert claimed is not None
     assert claimed[1].epoch == 1
     store.close()
-    assert JobStore(state).schema_found == 1
+    assert JobStore(state).schema_found == SCHEMA_VERSION
+
+
+def test_a_version_1_store_gains_the_jobs_revision(tmp_path: Path, ledger_url: str | None) -> None:
+    """Version 2 added jobs.revision (links.json's order between hosts): a store at 1 gets it, its jobs
+    start at 0 and rise with each change."""
+    store = JobStore(tmp_path / "state", url=ledger_url)
+    store.add_job(manifest(tmp_path, "a.mp4"), claimed_path=tmp_path / "p.yaml", base_dir=tmp_path)
+    with store._tx() as db:  # back to how version 1 left it
+        db.execute("ALTER TABLE jobs DROP COLUMN revision")
+        db.execute("UPDATE schema_version SET version = 1")
+    store.close()
+    again = JobStore(tmp_path / "state", url=ledger_url)
+    assert again.schema_found == 1
+    job = again.job("promo")
+    assert job is not None
+    assert job.revision == 0
+    again.start_job("promo")
+    moved = again.job("promo")
+    assert moved is not None
+    assert moved.revision == 1
+    again.close()
 
 
 def test_hosts_starting_at_once_on_a_new_database_migrate_it_once(pg_url: str, tmp_path: Path) -> None:
@@ -134,7 +155,7 @@ def test_hosts_starting_at_once_on_a_new_database_migrate_it_once(pg_url: str, t
     for t in threads:
         t.join()
     assert errors == []
-    assert sorted(found) == [0, 1, 1, 1]
+    assert sorted(found) == [0, SCHEMA_VERSION, SCHEMA_VERSION, SCHEMA_VERSION]
 
 
 # -- SQLite on a network file system ------------------------------------------------------------------
