@@ -8,10 +8,12 @@ import secrets
 import shutil
 import sqlite3
 import subprocess
+import time
 from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from daemon.config import Config
 
@@ -51,9 +53,7 @@ def run_checks(config: Config) -> list[Check]:
         _models,
         _folders,
         _state_local,
-        # the ledger: SQLite in the state directory today; the PostgreSQL checks (store.url reachable,
-        # schema version, clock skew against this host) join here as checks of their own
-        _store,
+        _store,  # the ledger: SQLite in the state directory, or PostgreSQL at store.url
         _storage,
         _links,
     ]
@@ -210,6 +210,9 @@ def _store(config: Config) -> list[Check]:
     """The SQLite store opens (read-only: the doctor changes nothing) and answers."""
     from daemon.store import DB_NAME
 
+    if config.store.url is not None:
+        return ledger_checks(config.store.url)
+
     path = config.state_dir / DB_NAME
     if not path.exists():
         return [Check("store", True, f"{path} will be created on first start")]
@@ -224,6 +227,87 @@ def _store(config: Config) -> list[Check]:
             Check("store", False, f"{path} does not answer ({exc}): check its owner, mode and free space")
         ]
     return [Check("store", True, f"SQLite {path}: {jobs} job(s)")]
+
+
+MAX_SKEW_S = 1.0  # leases use the database's clock; job times and log lines use each host's
+
+
+def ledger_checks(url: str) -> list[Check]:
+    """The PostgreSQL ledger: reachable with this host's password file, at this code's schema version,
+    and its clock close to this host's. Read-only: the doctor changes nothing."""
+    import psycopg
+
+    from daemon.store import SCHEMA_VERSION, _passfile, _without_password
+
+    where = _without_password(url)
+    try:
+        with psycopg.connect(url, connect_timeout=5, autocommit=True, **_passfile(os.environ)) as db:
+            before = time.time()
+            server = float(_one(db, "SELECT extract(epoch FROM clock_timestamp())::float8"))
+            after = time.time()
+            version = _schema_version(db)
+            jobs = _count_jobs(db) if version else 0
+    except psycopg.Error as exc:
+        return [
+            Check(
+                "ledger",
+                False,
+                f"PostgreSQL at {where} does not answer ({str(exc).strip()}): check store.url, that the "
+                "server runs and lets this host in (pg_hba.conf), and the password file (PGPASSFILE, or "
+                "the pgpass systemd credential)",
+            )
+        ]
+    return [
+        Check("ledger", True, f"PostgreSQL at {where}: {jobs} job(s)"),
+        schema_check(version, SCHEMA_VERSION),
+        skew_check(server - (before + after) / 2, after - before),
+    ]
+
+
+def _one(db: Any, query: str) -> Any:
+    return db.execute(query).fetchone()[0]
+
+
+def _schema_version(db: Any) -> int:
+    exists = _one(db, "SELECT to_regclass('schema_version') IS NOT NULL")
+    return int(_one(db, "SELECT MAX(version) FROM schema_version") or 0) if exists else 0
+
+
+def _count_jobs(db: Any) -> int:
+    return int(_one(db, "SELECT COUNT(*) FROM jobs"))
+
+
+def schema_check(found: int, known: int) -> Check:
+    if found == known:
+        return Check("ledger schema", True, f"version {found}, this lipsyncd's")
+    if found < known:
+        return Check(
+            "ledger schema",
+            True,
+            f"version {found}, this lipsyncd writes {known}: the first worker to start migrates it (or run "
+            "`lipsyncd store migrate`); every host sharing store.url must run the same version",
+            warn=True,
+        )
+    return Check(
+        "ledger schema",
+        False,
+        f"version {found}, newer than this lipsyncd's {known}: another host runs a newer lipsyncd. Upgrade "
+        "this host to the same version before starting it",
+    )
+
+
+def skew_check(skew_s: float, round_trip_s: float) -> Check:
+    """This host's clock against the database's, to within the query's round trip."""
+    said = f"{skew_s:+.3f} s (measured to within {round_trip_s * 1000:.0f} ms)"
+    if abs(skew_s) <= MAX_SKEW_S + round_trip_s:
+        return Check("clock skew", True, f"this host's clock is {said} off the database's")
+    return Check(
+        "clock skew",
+        True,
+        f"this host's clock is {said} off the database's: leases use the database's clock, but job times "
+        "and log lines use this host's. Keep every host in time (chrony or systemd-timesyncd)",
+        warn=True,
+    )
 
 
 def _storage(config: Config) -> list[Check]:
