@@ -286,7 +286,7 @@ def _start_host(root: Path, number: int, url: str, plan: Plan, model: Path) -> H
         "inbox": {"settle_time": "100ms"},
         "render": {"model": model.name, "workers": 1, "providers": "cpu", "lease_seconds": plan.lease_s},
     }
-    config = root / f"{name}.yaml"
+    config = root.resolve() / f"{name}.yaml"  # the host runs in root: a relative path would miss
     write_atomic(config, yaml.safe_dump(settings))
     slot = 0 if as_root else number
     argv = [
