@@ -209,7 +209,8 @@ def _parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - one statement per o
         nargs="+",
         default=[],
         metavar="SECTION",
-        help="example, e2e, memory, encoder, model, workers, musetalk, musetalk-e2e, musetalk-memory",
+        help="example, e2e, memory, encoder, model, workers, cluster, musetalk, musetalk-e2e, "
+        "musetalk-memory",
     )
     bench.add_argument("--json", type=Path, help="also write the results here")
     bench.add_argument(

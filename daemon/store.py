@@ -12,6 +12,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import sqlite3
 import threading
 import time
@@ -1454,6 +1455,7 @@ class _Postgres:
             self._conn = psycopg.connect(
                 self.url,
                 **_passfile(os.environ),
+                fallback_application_name=_application_name(),
                 autocommit=True,
                 row_factory=_row_factory,
                 connect_timeout=max(1, round(self._timeout)),
@@ -1529,7 +1531,11 @@ class _Listener(threading.Thread):
         while not self._done.is_set():
             try:
                 with psycopg.connect(
-                    self.url, autocommit=True, connect_timeout=5, **_passfile(os.environ)
+                    self.url,
+                    autocommit=True,
+                    connect_timeout=5,
+                    fallback_application_name=_application_name(),
+                    **_passfile(os.environ),
                 ) as conn:
                     conn.execute(f"LISTEN {WAKE_CHANNEL}")
                     self.listening.set()
@@ -1548,6 +1554,12 @@ def _passfile(environ: Any) -> dict[str, Any]:
     if environ.get("PGPASSFILE") or not folder or not (Path(folder) / "pgpass").is_file():
         return {}
     return {"passfile": str(Path(folder) / "pgpass")}
+
+
+def _application_name() -> str:
+    """What pg_stat_activity shows for this host's connections (unless store.url sets application_name):
+    the database's operator sees which host holds how many."""
+    return f"lipsyncd {socket.gethostname()}"[:63]  # PostgreSQL keeps 63 bytes
 
 
 def _without_password(url: str) -> str:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from daemon.bench.child import RenderJob, RenderRun, measure_render
+from daemon.bench.cluster_section import cluster_section
 from daemon.bench.core import BenchContext, Check, Section, SectionResult
 from daemon.bench.machine import wait_for_quiet
 from daemon.bench.modelonly import baseline_folder, measure_model, wav2lip_folder
@@ -231,6 +232,7 @@ SECTIONS: tuple[Section, ...] = (
     Section("encoder", "x264 preset: speed vs file size", encoder_section),
     Section("model", "Model only", model_section),
     Section("workers", "1 vs 2 render worker processes, two 1080p videos", workers_section),
+    Section("cluster", "Render hosts on one PostgreSQL ledger, fixed-cost stand-in render", cluster_section),
     Section("musetalk", "MuseTalk 1.5 on this CPU (random weights)", musetalk_section),
     Section("musetalk-e2e", "MuseTalk end to end, 2 s of 1080p (full size)", musetalk_e2e_section),
     Section("musetalk-memory", "MuseTalk peak memory vs length (tiny networks)", musetalk_memory_section),

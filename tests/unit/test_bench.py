@@ -35,7 +35,9 @@ def test_quick_example_renders_the_bundled_demo_and_reports_it(tmp_path: Path) -
 
 
 def test_an_unknown_section_is_refused_by_name(tmp_path: Path) -> None:
-    choices = "e2e, encoder, example, memory, model, musetalk, musetalk-e2e, musetalk-memory, workers"
+    choices = (
+        "cluster, e2e, encoder, example, memory, model, musetalk, musetalk-e2e, musetalk-memory, workers"
+    )
     with pytest.raises(ValueError, match=f"unknown bench section nope; choose from {choices}"):
         run_bench(BenchOptions(quick=True, only=("nope",), work_dir=tmp_path))
 
