@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import socket
 import threading
 import time
 from collections.abc import Callable, Collection
@@ -21,6 +20,7 @@ import structlog
 from watchdog.observers.api import BaseObserver
 
 from daemon.inbox import Inbox, watch
+from daemon.lease import host_name
 from daemon.manifest import ManifestError, error_report, load_manifest, manifest_bytes
 from daemon.store import Effect, JobState, JobStore, ManifestTaken, StateDiskFull, Take
 from daemon.submitted_media import sweep_media
@@ -52,7 +52,7 @@ class Intake:
         self.models = models
         self.on_job = on_job
         self.media_keep = media_keep
-        self.taker = taker or f"{socket.gethostname()}:{os.getpid()}"
+        self.taker = taker or f"{host_name()}:{os.getpid()}"
 
     def recover(self) -> None:
         """At start: manifests claimed before a crash but never recorded as jobs are processed again;
