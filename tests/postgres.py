@@ -68,6 +68,22 @@ class Cluster:
             conn.execute(f"CREATE DATABASE {name}")
         return self.url(name)
 
+    def restart(self) -> None:
+        """pg_ctl restart -m fast: every session is ended, and the server is back on the same port with
+        the options it started with (pg_ctl keeps them in postmaster.opts)."""
+        data = self.root / "data"
+        self._run(
+            str(self.bin_dir / "pg_ctl"),
+            "-D",
+            str(data),
+            "-m",
+            "fast",
+            "-l",
+            str(self.root / "log"),
+            "-w",
+            "restart",
+        )
+
     def stop(self) -> None:
         self._run(
             str(self.bin_dir / "pg_ctl"), "-D", str(self.root / "data"), "-m", "immediate", "-w", "stop"
