@@ -40,6 +40,7 @@ from daemon.store import (
     Job,
     JobState,
     JobStore,
+    LedgerUnreachable,
     LostClaim,
     Video,
     VideoState,
@@ -132,7 +133,10 @@ class UploadWatcher:
         stop_listening = self.store.wake_on_work(self.wake)  # a render on another host finished
         try:
             while not self.stop.is_set():
-                self.step()
+                try:
+                    self.step()
+                except LedgerUnreachable as exc:  # PostgreSQL restarting or cut off: the next pass retries
+                    log.warning("ledger_unreachable", reason=str(exc), retry_in_s=self.settings.poll_interval)
                 self.beat()
                 self.wake.wait(timeout=self.settings.poll_interval)
                 self.wake.clear()

@@ -374,7 +374,6 @@ def test_a_host_paused_past_its_lease_has_every_late_write_refused(fleet: Fleet)
     fleet.ready_once(job)
 
 
-@pytest.mark.skip(reason="needs the daemon to wait for an unreachable ledger")
 def test_a_host_cut_off_from_postgresql_comes_back_and_its_late_writes_are_refused(fleet: Fleet) -> None:
     """Cut render-3's road to PostgreSQL (the relay drops its connections and refuses new ones) while it
     renders: its lease lapses, another host renders the video; restored, render-3 reconnects (its
@@ -419,7 +418,6 @@ def test_a_host_cut_off_from_postgresql_comes_back_and_its_late_writes_are_refus
     fleet.ready_once(job)
 
 
-@pytest.mark.skip(reason="needs the daemon to wait for an unreachable ledger")
 def test_postgresql_restarted_mid_run_loses_and_doubles_nothing(fleet: Fleet) -> None:
     """Restart PostgreSQL (pg_ctl restart -m fast: every connection dropped) while renders run: every host
     reconnects (beats the registry again), and every video is rendered, uploaded and ready once."""
