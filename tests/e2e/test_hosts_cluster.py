@@ -419,18 +419,34 @@ def test_a_host_cut_off_from_postgresql_comes_back_and_its_late_writes_are_refus
 
 
 def test_postgresql_restarted_mid_run_loses_and_doubles_nothing(fleet: Fleet) -> None:
-    """Restart PostgreSQL (pg_ctl restart -m fast: every connection dropped) while renders run: every host
-    reconnects (beats the registry again), and every video is rendered, uploaded and ready once."""
+    """Stop PostgreSQL (-m fast: every connection dropped) while renders run, keep it down 2 s (connections
+    refused: longer than a worker's loop, its beats and a progress write), start it again: every host waits
+    and reconnects (beats the registry again), no render is failed for it, and every video is rendered,
+    uploaded and ready once."""
     fleet.up()
     job = fleet.drop("restart", "media/long.wav", ["media/a.mp4", "media/b.mp4"])
-    wait_for(lambda: fleet.rendering(job), 60, "renders running")
+    wait_for(lambda: len(fleet.rendering(job)) == 2, 60, "both videos rendering, on two hosts")
+    logged = {name: len(host.events()) for name, host in fleet.hosts.items()}
     began = time.monotonic()
-    fleet.pg.restart()
+    fleet.pg.restart(down_s=2.0)
     restarted_at = fleet.db_now()
     down = time.monotonic() - began
     links = fleet.done(job, 180)
     wait_for(lambda: all(fleet.beats_since(restarted_at).values()), 30, "every worker beating again")
     assert [v["status"] for v in links["videos"]] == ["ready", "ready"]
+    failures = ("render_crashed", "job_crashed", "video_failed", "upload_failed", "upload_worker_crashed")
+    said = [
+        f"{name}: {e['event']}"
+        for name, host in fleet.hosts.items()
+        for e in host.events()[logged[name] :]
+        if e.get("event") in failures
+    ]
+    assert not said, said
+    waited = [
+        name
+        for name, h in fleet.hosts.items()
+        if any("ledger" in e.get("event", "") for e in h.events()[logged[name] :])
+    ]
     fleet.assert_invariants()
     fleet.ready_once(job)
-    print(f"PostgreSQL restarted in {down:.1f} s")
+    print(f"PostgreSQL down and up again in {down:.1f} s; hosts that saw it: {waited}")
