@@ -418,7 +418,8 @@ def test_an_upload_host_paused_past_its_lease_has_its_late_writes_refused(fleet:
     )
     assert (lost[0]["job"], lost[0]["worker"], lost[0]["epoch"]) == (job, owner, epoch)
     time.sleep(LEASE_S)  # what it does once thawed (its upload finds the local copy gone) is done by now
-    assert not [e for e in after() if e.get("event") == "video_ready"]
+    # its upload may go on and find the local copy evicted by the new owner: abandoned, not a failure
+    assert not [e for e in after() if e.get("event") in ("video_ready", "upload_failed")], after()
     (other,) = [h for h in uploads if h is not paused]
     assert links["videos"][0]["uploaded_by"] == other.worker
     assert rows[0][4] == other.worker
