@@ -42,7 +42,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from daemon.ops.logging import configure_logging
 
     configure_logging(config.logging.format, config.logging.level, identifier=f"lipsyncd-{args.command}")
-    _bind_host()
+    _bind_host(config)
     if SUPERVISOR_ENV in os.environ:
         from daemon.ops.signals import die_with_parent
 
@@ -273,11 +273,13 @@ def _as_worker(kind: str, slot: int | None) -> str:
     return name
 
 
-def _bind_host() -> None:
-    """Every log line of every process names its host (HOST=...): one journal for many hosts reads apart."""
-    from daemon.lease import host_name
+def _bind_host(config: Config) -> None:
+    """Every log line of every process names its host (HOST=...): one journal for many hosts reads apart.
+    service.host_name names it when several hosts share a machine's hostname (containers, tests)."""
+    from daemon.lease import host_name, set_host_name
     from daemon.ops.logging import bind_process
 
+    set_host_name(config.service.host_name)
     bind_process(host=host_name())
 
 

@@ -139,6 +139,14 @@ def _lease(value: Any) -> float:
     return seconds
 
 
+def parse_host_name(value: Any) -> str:
+    """A name for worker names (HOST:render@0) and log lines: no `:` or `@`, which split those names."""
+    text = value.strip() if isinstance(value, str) else ""
+    if not text or any(c in text for c in ":@/") or any(c.isspace() for c in text):
+        raise ValueError(f"expected a host name such as render-2 (no spaces, ':', '@' or '/'), got {value!r}")
+    return text
+
+
 def _opt(parse: Callable[[Any], Any]) -> Callable[[Any], Any]:
     return lambda value: None if value is None else parse(value)
 
@@ -295,6 +303,7 @@ class WebhookConfig:
 class ServiceConfig:
     stall_after: float = _key(300.0, parse_duration)
     metrics_dir: Path | None = _key(None)
+    host_name: str | None = _key(None, _opt(parse_host_name))  # None: the machine's hostname
 
 
 @dataclass(frozen=True)

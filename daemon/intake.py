@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import socket
 import threading
 import time
 from collections.abc import Callable, Collection
@@ -21,8 +20,9 @@ import structlog
 from watchdog.observers.api import BaseObserver
 
 from daemon.inbox import Inbox, watch
+from daemon.lease import host_name
 from daemon.manifest import ManifestError, error_report, load_manifest, manifest_bytes
-from daemon.store import Effect, JobState, JobStore, ManifestTaken, StateDiskFull, Take
+from daemon.store import Effect, JobState, JobStore, LedgerUnreachable, ManifestTaken, StateDiskFull, Take
 from daemon.submitted_media import sweep_media
 
 log = structlog.get_logger(__name__)
@@ -52,7 +52,7 @@ class Intake:
         self.models = models
         self.on_job = on_job
         self.media_keep = media_keep
-        self.taker = taker or f"{socket.gethostname()}:{os.getpid()}"
+        self.taker = taker or f"{host_name()}:{os.getpid()}"
 
     def recover(self) -> None:
         """At start: manifests claimed before a crash but never recorded as jobs are processed again;
@@ -220,6 +220,8 @@ class IntakeThread(threading.Thread):
             self.intake.sweep(rescan=rescan)
         except StateDiskFull as exc:  # one plain line; the claimed manifest is taken on a later rescan
             log.warning("intake_waits_for_space", reason=str(exc))
+        except LedgerUnreachable as exc:  # the same: a claimed manifest is taken on a later rescan
+            log.warning("intake_waits_for_ledger", reason=str(exc))
         except Exception:  # one bad file must not stop the intake; the next sweep tries again
             log.exception("intake_error")
 

@@ -13,7 +13,9 @@ from daemon.store import Claim, JobStore, Video
 
 log = structlog.get_logger(__name__)
 
-__all__ = ["Heartbeat", "host_name", "worker_name"]
+__all__ = ["Heartbeat", "host_name", "set_host_name", "worker_name"]
+
+_host: str | None = None  # service.host_name, set once at process start
 
 
 class Heartbeat:
@@ -52,5 +54,12 @@ def worker_name(kind: str, slot: int | str) -> str:
 
 
 def host_name() -> str:
-    """This host's name, as worker names, the worker registry and every log line (HOST) carry it."""
-    return socket.gethostname()
+    """This host's name, as worker names, the worker registry and every log line (HOST) carry it:
+    service.host_name, else the machine's hostname."""
+    return _host or socket.gethostname()
+
+
+def set_host_name(name: str | None) -> None:
+    """Called once at process start with service.host_name (None: the machine's hostname)."""
+    global _host
+    _host = name

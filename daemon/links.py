@@ -10,8 +10,9 @@ from __future__ import annotations
 import errno
 import fcntl
 import json
+import os
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -136,25 +137,50 @@ def _write_view(store: JobStore, job_id: str, folder: Path) -> Path:
     job = store.job(job_id)
     if job is None:
         raise KeyError(job_id)
-    document = job_view(job, store.videos(job_id), folder)
+    videos = store.videos(job_id)
+    document = job_view(job, videos, folder)
     path = folder / LINKS_NAME
     if _current(path) == document and (folder / PAGE_NAME).exists():
         return path
-    return write_view_files(folder, document)
+    return write_view_files(folder, document, _unchanged_since(store, job))
 
 
-def write_view_files(folder: Path, document: dict[str, Any]) -> Path:
+def _unchanged_since(store: JobStore, job: Job) -> Callable[[], bool]:
+    """Whether the store still says what this view was made from (no newer revision): asked just before
+    each rename. The job lock is each host's own, so a view made on one host before a pause (SIGSTOP, a
+    stalled VM) must not land over the newer one another host wrote meanwhile: the newer change's writer
+    has its own. What slips between this question and the rename, the reconciler's check after the
+    rename catches (daemon.reconcile)."""
+    return lambda: store.revision(job.id) <= job.revision
+
+
+def write_view_files(
+    folder: Path, document: dict[str, Any], still_current: Callable[[], bool] | None = None
+) -> Path:
     """links.html, then links.json, from the same view: the page can never show an older view than the
     JSON that readers poll (the JSON going last also makes an unchanged JSON mean an up-to-date page).
     links.json matters more: when the page cannot be written (a full disk: the page is the bigger file),
     the old page is removed rather than left behind the JSON, and the view check puts it back later."""
+    place = None if still_current is None else _place_if(still_current)
     page = folder / PAGE_NAME
     try:
-        write_text_atomic(page, render_page(document, _posters(folder, document)))
+        write_text_atomic(page, render_page(document, _posters(folder, document)), place=place)
     except OSError as exc:
         page.unlink(missing_ok=True)
         log.warning("links_page_write_failed", job=document.get("job"), error=str(exc))
-    return write_json_atomic(folder / LINKS_NAME, document)
+    return write_json_atomic(folder / LINKS_NAME, document, place=place)
+
+
+def _place_if(still_current: Callable[[], bool]) -> Callable[[Path, Path], Path]:
+    def place(tmp: Path, path: Path) -> Path:
+        if not still_current():  # the store moved on since this view was made: it is left unwritten
+            tmp.unlink(missing_ok=True)
+            log.debug("links_view_superseded", job=path.parent.name, file=path.name)
+            return path
+        os.replace(tmp, path)
+        return path
+
+    return place
 
 
 def poster_path(folder: Path, output: str) -> Path:
@@ -247,7 +273,8 @@ class ViewChecker:
         job = self.store.job(job_id)
         if job is None:
             return None
-        document = job_view(job, self.store.videos(job_id), path.parent)
+        videos = self.store.videos(job_id)
+        document = job_view(job, videos, path.parent)
         try:
             current = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
@@ -260,7 +287,7 @@ class ViewChecker:
             if fresh:
                 return "busy"  # its writer committed just now and is about to write it
             was = "without its links.html" if current == document else "different from the job store"
-        write_view_files(path.parent, document)
+        write_view_files(path.parent, document, _unchanged_since(self.store, job))
         return was
 
 
@@ -272,12 +299,14 @@ def file_signature(path: Path) -> tuple[int, int, int] | None:
     return (info.st_ino, info.st_mtime_ns, info.st_size)
 
 
-def write_json_atomic(path: Path, document: dict[str, Any]) -> Path:
-    return write_text_atomic(path, json.dumps(document, ensure_ascii=False, indent=2) + "\n")
+def write_json_atomic(
+    path: Path, document: dict[str, Any], place: Callable[[Path, Path], Path] | None = None
+) -> Path:
+    return write_text_atomic(path, json.dumps(document, ensure_ascii=False, indent=2) + "\n", place=place)
 
 
-def write_text_atomic(path: Path, text: str) -> Path:
-    return write_atomic(path, text, mode=0o644, fsync=True)  # readers (nginx, users) see it whole
+def write_text_atomic(path: Path, text: str, place: Callable[[Path, Path], Path] | None = None) -> Path:
+    return write_atomic(path, text, mode=0o644, fsync=True, place=place)  # readers see it whole
 
 
 @contextmanager

@@ -23,7 +23,7 @@ import structlog
 from daemon.inbox import Inbox
 from daemon.links import LINKS_NAME, refresh_views, write_links
 from daemon.ops.metrics import MetricsFile
-from daemon.store import Effect, Job, JobState, JobStore, Pending, Video, VideoState
+from daemon.store import Effect, Job, JobState, JobStore, LedgerUnreachable, Pending, Video, VideoState
 
 log = structlog.get_logger(__name__)
 
@@ -85,6 +85,9 @@ class Reconciler:
                 applied += self._pass()
                 if not self._again.is_set():
                     return applied
+        except LedgerUnreachable as exc:  # PostgreSQL away for a moment: one plain line, not a traceback
+            log.warning("reconcile_failed", reason=str(exc))
+            return applied
         except Exception:  # the store itself cannot be read now: the next pass tries again
             log.exception("reconcile_failed")
             return applied

@@ -55,6 +55,19 @@ class StateDiskFull(StoreError, sqlite3.OperationalError):
         )
 
 
+class LedgerUnreachable(StoreError):
+    """The PostgreSQL ledger cannot be reached now (the server restarting, the network cut): nothing of
+    the statement was recorded. Passing, not fatal: workers wait and try again, and the fencing refuses
+    whatever a lease that lapsed meanwhile would have written."""
+
+    def __init__(self, url: str, cause: BaseException) -> None:
+        super().__init__(
+            f"the job store at store.url ({_without_password(url)}) cannot be reached: "
+            f"{str(cause).splitlines()[0] if str(cause) else type(cause).__name__}. lipsyncd tries again by "
+            "itself; check that PostgreSQL is up and that this host can reach it."
+        )
+
+
 class VideoState(StrEnum):
     QUEUED = "queued"
     RENDERING = "rendering"
@@ -1156,6 +1169,12 @@ class JobStore:
             self._work_appeared(db)
         return True
 
+    def revision(self, job_id: str) -> int:
+        """The job's revision now (-1: no such job): a view made at a lower one is out of date."""
+        with self._lock:
+            row = self._db.execute("SELECT revision FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return int(row[0]) if row else -1
+
     def view_stamps(self) -> dict[str, float]:
         """Each job's last change (its row or any of its videos'): the periodic links.json check only
         looks again at views whose job changed or whose file did."""
@@ -1472,6 +1491,16 @@ class _Postgres:
         return bool(self._conn.info.transaction_status in (status.INTRANS, status.INERROR))
 
     def execute(self, sql: str, args: Any = ()) -> _Rows:
+        import psycopg
+
+        try:
+            return self._execute(sql, args)
+        except psycopg.OperationalError as exc:
+            if self._conn is not None and not self._conn.closed and not self._conn.broken:
+                raise  # the statement's own failure (a lock timeout, say), on a connection still up
+            raise LedgerUnreachable(self.url, exc) from exc
+
+    def _execute(self, sql: str, args: Any) -> _Rows:
         if self.in_transaction:
             return self._run(self._conn, sql, args)
         try:
@@ -1481,8 +1510,9 @@ class _Postgres:
                 raise
         # the server restarted or dropped us since the last statement: nothing of this one ran, and it
         # starts a transaction or only reads, so it is safe to send again on a new connection
-        log.warning("ledger_reconnected", url=_without_password(self.url))
-        return self._outside(sql, args)
+        rows = self._outside(sql, args)
+        log.warning("ledger_reconnected", url=_without_password(self.url))  # once it worked
+        return rows
 
     def _outside(self, sql: str, args: Any) -> _Rows:
         conn = self._connection()

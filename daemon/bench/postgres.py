@@ -14,6 +14,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,6 +54,7 @@ class Cluster:
     user: str
     bin_dir: Path
     _names: itertools.count[int]
+    options: str = ""  # the server's command-line options (pg_ctl -o)
 
     def _run(self, *argv: str) -> None:
         as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
@@ -68,6 +70,14 @@ class Cluster:
         with psycopg.connect(self.url(), autocommit=True) as conn:
             conn.execute(f"CREATE DATABASE {name}")
         return self.url(name)
+
+    def restart(self, down_s: float = 0.0) -> None:
+        """Stop (-m fast: every session is ended), stay down `down_s` seconds (connections are refused),
+        and start again on the same port with the same options."""
+        pg_ctl, data, log = str(self.bin_dir / "pg_ctl"), str(self.root / "data"), str(self.root / "log")
+        self._run(pg_ctl, "-D", data, "-m", "fast", "-w", "stop")
+        time.sleep(down_s)
+        self._run(pg_ctl, "-D", data, "-o", self.options, "-l", log, "-w", "start")
 
     def stop(self) -> None:
         self._run(
@@ -90,11 +100,19 @@ def start() -> Cluster:
     cluster._run(
         str(bin_dir / "initdb"), "-D", str(data), "-U", user, "--auth=trust", "-E", "UTF8", "--no-sync"
     )
-    options = (
+    cluster.options = (
         f"-p {cluster.port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off"
         " -c synchronous_commit=off -c full_page_writes=off -c max_connections=200"
     )
     cluster._run(
-        str(bin_dir / "pg_ctl"), "-D", str(data), "-o", options, "-l", str(root / "log"), "-w", "start"
+        str(bin_dir / "pg_ctl"),
+        "-D",
+        str(data),
+        "-o",
+        cluster.options,
+        "-l",
+        str(root / "log"),
+        "-w",
+        "start",
     )
     return cluster

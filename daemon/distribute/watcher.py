@@ -40,6 +40,7 @@ from daemon.store import (
     Job,
     JobState,
     JobStore,
+    LedgerUnreachable,
     LostClaim,
     Video,
     VideoState,
@@ -132,7 +133,10 @@ class UploadWatcher:
         stop_listening = self.store.wake_on_work(self.wake)  # a render on another host finished
         try:
             while not self.stop.is_set():
-                self.step()
+                try:
+                    self.step()
+                except LedgerUnreachable as exc:  # PostgreSQL restarting or cut off: the next pass retries
+                    log.warning("ledger_unreachable", reason=str(exc), retry_in_s=self.settings.poll_interval)
                 self.beat()
                 self.wake.wait(timeout=self.settings.poll_interval)
                 self.wake.clear()
@@ -303,16 +307,26 @@ class UploadWatcher:
         said = str(exc) if isinstance(exc, (UploadError, OSError)) else f"{type(exc).__name__}: {exc}"
         reason = f"upload failed, will retry: {said}"
         retry_at = time.time() + RETRY_FAILED_AFTER
-        log.error("upload_failed", error=said, retry_in_s=RETRY_FAILED_AFTER)
+        said_failed = False
         for attempt in range(3):  # a store busy for a moment must not leave the video uploading
             try:
                 self.store.upload_failed(video.job_id, video.output, reason, retry_at, claim)
+            except LostClaim:  # paused or cut off past its lease: the failure (its copy evicted, say) is
+                # the new owner's doing, not one to report or retry
+                log.warning("upload_abandoned", reason="the claim was lost (its lease lapsed)", error=said)
                 return
-            except (InvalidTransition, LostClaim):
-                return  # cancelled meanwhile, or another worker has it now: nothing to retry here
+            except InvalidTransition:
+                log.error("upload_failed", error=said, retry_in_s=RETRY_FAILED_AFTER)
+                return  # cancelled meanwhile: nothing to retry here
             except Exception as store_exc:  # noqa: BLE001 - the store itself: say so, try again shortly
+                if not said_failed:
+                    log.error("upload_failed", error=said, retry_in_s=RETRY_FAILED_AFTER)
+                    said_failed = True
                 log.error("upload_failure_unrecorded", error=f"{type(store_exc).__name__}: {store_exc}")
                 self.stop.wait(0.5 * (attempt + 1))
+            else:
+                log.error("upload_failed", error=said, retry_in_s=RETRY_FAILED_AFTER)
+                return
 
     # -- rendered files that vanished before their upload --------------------------------------------
 

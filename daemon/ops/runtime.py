@@ -44,7 +44,10 @@ class ServiceRuntime:
     def _status_loop(self, describe: Callable[[], str]) -> None:
         last = ""
         while not self.stop.wait(STATUS_EVERY):
-            text = describe()
+            try:
+                text = describe()
+            except Exception:  # noqa: BLE001, S112 - the store out of reach for a moment: the line waits
+                continue
             if text != last:
                 self.notifier.status(text)
                 last = text

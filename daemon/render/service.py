@@ -50,6 +50,7 @@ from daemon.store import (
     Job,
     JobState,
     JobStore,
+    LedgerUnreachable,
     LostClaim,
     Rendered,
     StateDiskFull,
@@ -211,7 +212,11 @@ class RenderService:
         try:
             while not self.stop.is_set():
                 self.reconciler.reconcile()
-                self.run_pending()
+                try:
+                    self.run_pending()
+                except LedgerUnreachable as exc:  # PostgreSQL restarting or cut off: wait, then claim again
+                    log.warning("ledger_unreachable", reason=str(exc), retry_in_s=LEDGER_RETRY_S)
+                    self.stop.wait(LEDGER_RETRY_S)
                 self.beat()
                 self.wake.wait(timeout=1.0)
                 self.wake.clear()
@@ -249,6 +254,8 @@ class RenderService:
                     with suppress(Exception):  # still full: its lease lapses and it is claimed again
                         self.store.requeue_video(job.id, video.output, claim)
                     continue
+                except LedgerUnreachable:  # nothing failed: its lease lapses and it is claimed again
+                    raise
                 except Interrupted:
                     raise
                 except (
@@ -359,7 +366,7 @@ class RenderService:
         job, video, claim = task.job, task.video, task.claim
         try:
             return self._render_again_if_removed(task)
-        except StateDiskFull:
+        except (StateDiskFull, LedgerUnreachable):
             raise
         except Interrupted:
             if task.lease.lost.is_set():  # paused or cut off past its lease: another worker has it now
@@ -455,7 +462,7 @@ class RenderService:
                     self.store.set_progress(job.id, video.output, fraction, claim)
                 except LostClaim:
                     lease.lost.set()  # the render stops at its next look at its stop event
-                except StateDiskFull as exc:  # progress is only shown: render on, say so once
+                except (StateDiskFull, LedgerUnreachable) as exc:  # only shown: render on, say so once
                     if not unrecorded[0]:
                         log.warning("progress_not_recorded", reason=str(exc))
                     unrecorded[0] = True
@@ -514,8 +521,10 @@ class RenderService:
         }
 
     def _record(self, write: Callable[[], None]) -> None:
-        """A store write that must not be lost: while the state disk is full, wait for room and write
-        again. On a stop it is left unwritten (Interrupted): the video renders again after the restart."""
+        """A store write that must not be lost: while the state disk is full or the ledger out of reach,
+        wait and write again (fenced: refused if the lease lapsed and another worker took the video
+        meanwhile). On a stop it is left unwritten (Interrupted): the video renders again after the
+        restart."""
         while True:
             try:
                 write()
@@ -523,6 +532,13 @@ class RenderService:
                 if self.stop.is_set():
                     raise Interrupted from exc
                 self._wait_for_space(exc)
+                continue
+            except LedgerUnreachable as exc:
+                if self.stop.is_set():
+                    raise Interrupted from exc
+                log.warning("ledger_unreachable", reason=str(exc), retry_in_s=LEDGER_RETRY_S)
+                self.beat()
+                self.stop.wait(LEDGER_RETRY_S)
                 continue
             self._space_back()
             return
@@ -557,6 +573,9 @@ class RenderService:
         log.warning("video_failed", reason=reason)
 
 
+LEDGER_RETRY_S = 1.0  # how often a worker tries an unreachable ledger again
+
+
 class _Halt(threading.Event):
     """What a render stops on: the daemon stopping, or its video cancelled with `lipsyncd cancel` (another
     process: the store is asked at most every _CANCEL_POLL seconds). The pipeline only calls is_set()."""
@@ -571,7 +590,8 @@ class _Halt(threading.Event):
             return True
         if time.monotonic() >= self._next:
             self._next = time.monotonic() + _CANCEL_POLL
-            self._cancelled = self._ask()
+            with suppress(LedgerUnreachable):  # asked again at the next poll; the render goes on
+                self._cancelled = self._ask()
         return self._cancelled
 
 

@@ -116,11 +116,24 @@ class LinksReader(threading.Thread):
 # -- the end -----------------------------------------------------------------------------------------
 
 
-def store_rows(state: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def store_rows(state: Path, url: str | None = None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Every job and video row: from the SQLite ledger in `state`, or from PostgreSQL at `url`."""
+    if url is not None:
+        return _pg_rows(url)
     with sqlite3.connect(state / "lipsyncd.db", timeout=30) as db:
         db.row_factory = sqlite3.Row
         jobs = [dict(r) for r in db.execute("SELECT * FROM jobs ORDER BY id")]
         videos = [dict(r) for r in db.execute("SELECT * FROM videos ORDER BY job_id, position")]
+    return jobs, videos
+
+
+def _pg_rows(url: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    import psycopg
+    from psycopg.rows import dict_row
+
+    with psycopg.connect(url, row_factory=dict_row) as db:
+        jobs = db.execute("SELECT * FROM jobs ORDER BY id").fetchall()
+        videos = db.execute("SELECT * FROM videos ORDER BY job_id, position").fetchall()
     return jobs, videos
 
 

@@ -124,3 +124,48 @@ def test_an_upload_error_sends_the_video_back_with_a_retry_time_and_it_is_retrie
     finally:
         watcher.shutdown()
         store.close()
+
+
+def test_a_failure_after_the_claim_was_taken_over_is_abandoned_not_recorded(
+    tmp_path: Path, s3_client: Any, s3_bucket: str, s3_prefix: str
+) -> None:
+    """A worker thawed after its lease lapsed finds its upload failing (the new owner evicted the local
+    copy, say): the failure is refused by the fence and said as upload_abandoned, not as an upload_failed
+    that would promise a retry; the new owner's upload stands."""
+    from structlog.testing import capture_logs
+
+    from daemon.distribute.uploader import UploadError
+
+    store = JobStore(tmp_path / "state")
+    rendered_job(store, tmp_path)
+    stale = store.start_upload("promo", "a.mp4", "k/a.mp4", "host-a:upload@0", lease_s=0.05)
+    time.sleep(0.1)
+    fresh = store.start_upload("promo", "a.mp4", "k/a.mp4", "host-b:upload@0", lease_s=60.0)
+    assert stale is not None
+    assert fresh is not None
+    watcher = UploadWatcher(
+        store,
+        s3_client,
+        DistributeSettings(bucket=s3_bucket, prefix=s3_prefix),
+        outputs_dir=tmp_path / "outputs",
+        locks_dir=tmp_path / "locks",
+        stop=threading.Event(),
+        signer=s3_client,
+    )
+    video = store.video("promo", "a.mp4")
+    assert video is not None
+    try:
+        with capture_logs() as logs:
+            watcher._upload_failed(video, UploadError("a.mp4 is gone from the outputs"), stale)
+    finally:
+        watcher.shutdown()
+    assert [e["event"] for e in logs if e["event"].startswith("upload_")] == ["upload_abandoned"]
+    after = store.video("promo", "a.mp4")
+    assert after is not None
+    assert (after.state, after.owner, after.epoch, after.error) == (
+        VideoState.UPLOADING,
+        "host-b:upload@0",
+        fresh.epoch,
+        None,
+    )
+    store.close()

@@ -86,6 +86,8 @@ def test_missing_default_file_means_defaults(tmp_path: Path) -> None:
         ("store:\n  url: mysql://db/x\n", "key 'store.url': expected a URL like postgresql://"),
         ("store:\n  url: postgresql://u:hunter2@db/x\n", "key 'store.url': the URL holds a password"),
         ("store:\n  url: postgresql://db/x?password=hunter2\n", "PGPASSFILE, in the PGPASSWORD"),
+        ("service:\n  host_name: 'a:b'\n", "key 'service.host_name': expected a host name"),
+        ("service:\n  host_name: ''\n", "key 'service.host_name': expected a host name"),
     ],
 )
 def test_errors_name_file_and_key(tmp_path: Path, text: str, words: str) -> None:

@@ -263,3 +263,15 @@ def test_a_job_is_finished_by_one_upload_worker_only(store: JobStore) -> None:
     assert store.finish_job("promo") == JobState.PARTIAL
     with pytest.raises(InvalidTransition):
         store.finish_job("promo")
+
+
+def test_worker_names_carry_the_configured_host_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    """service.host_name names the host (two containers with one hostname); unset, the hostname does."""
+    import socket
+
+    from daemon import lease
+
+    monkeypatch.setattr(lease, "_host", None)
+    assert lease.worker_name("render", 1) == f"{socket.gethostname()}:render@1"
+    lease.set_host_name("box-2")
+    assert (lease.host_name(), lease.worker_name("upload", 0)) == ("box-2", "box-2:upload@0")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -249,9 +250,10 @@ def test_a_view_that_cannot_be_written_does_not_hold_back_the_filing(
 def test_hosts_without_a_shared_lock_end_with_the_newest_view(
     store: JobStore, tmp_path: Path, ledger_url: str | None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Two hosts share the ledger and the outputs folder but not their lock folders. Host A reads the job's
-    view, host B writes a newer one, then A's rename lands last with the older view: A sees its file behind
-    the ledger's revision, asks for the view again, and the next pass leaves the newest view on disk."""
+    """Two hosts share the ledger and the outputs folder but not their lock folders. Host A makes the job's
+    view and finds the ledger unchanged just before its rename; host B's change and newer view land in
+    between, so A's older view is renamed last: A sees its file behind the ledger's revision, asks for the
+    view again, and the next pass leaves the newest view on disk."""
     uploading(store, tmp_path)
     other = JobStore(tmp_path / "state", url=ledger_url)  # host B's own connection
     outputs = tmp_path / "outputs"
@@ -260,13 +262,24 @@ def test_hosts_without_a_shared_lock_end_with_the_newest_view(
     real_write = daemon.links.write_view_files
     raced: list[int] = []
 
-    def a_slow_writer(folder: Path, document: dict[str, Any]) -> Path:
-        if not raced:  # A holds its (older) view while B changes the job and writes the newer one
-            raced.append(document["revision"])
-            other.set_progress("promo", "a.mp4", 0.5)
-            assert host_b.reconcile() > 0
-            assert json.loads((folder / LINKS_NAME).read_text())["revision"] > document["revision"]
-        return real_write(folder, document)
+    def a_slow_writer(
+        folder: Path, document: dict[str, Any], still_current: Callable[[], bool] | None = None
+    ) -> Path:
+        """B's change and view land between A's last look at the ledger and A's rename."""
+
+        asked: list[bool] = []
+
+        def then_b_writes() -> bool:  # asked before links.html's rename, then before links.json's
+            current = still_current() if still_current else True
+            asked.append(current)
+            if len(asked) == 2 and not raced:
+                raced.append(document["revision"])
+                other.set_progress("promo", "a.mp4", 0.5)
+                assert host_b.reconcile() > 0
+                assert json.loads((folder / LINKS_NAME).read_text())["revision"] > document["revision"]
+            return current
+
+        return real_write(folder, document, then_b_writes)
 
     monkeypatch.setattr(daemon.links, "write_view_files", a_slow_writer)
     store.set_progress("promo", "a.mp4", 0.4)

@@ -313,3 +313,33 @@ def test_a_store_from_before_warnings_gets_the_column(tmp_path: Path) -> None:
     store.add_job(manifest(tmp_path, "a.mp4"), claimed_path=tmp_path / "1", base_dir=tmp_path)
     set_video(store, "promo", "a.mp4", warning="careful")
     assert store.videos("promo")[0].warning == "careful"
+
+
+def test_a_view_made_before_a_newer_change_never_lands_over_the_newer_view(
+    store: JobStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Host A reads the store for its view, then pauses (SIGSTOP, a stalled VM); host B, whose job lock is
+    its own, commits a change and writes the newer view. A, going on, must not rename its older view over
+    B's: readers would see a ready video go back to uploading."""
+    store.add_job(manifest(tmp_path, "a.mp4"), claimed_path=tmp_path / "1", base_dir=tmp_path)
+    for state in (VideoState.RENDERING, VideoState.RENDERED, VideoState.UPLOADING):
+        set_video(store, "promo", "a.mp4", state)
+    outputs = tmp_path / "out"
+    other = JobStore(tmp_path / "state", url=store.url)  # host B: the same ledger, locks of its own
+    real_videos = store.videos
+    written: list[bytes] = []
+
+    def read_then_paused(job_id: str) -> Any:
+        rows = real_videos(job_id)
+        set_video(other, "promo", "a.mp4", VideoState.READY, url="https://x/a.mp4")  # B's change...
+        write_links(other, "promo", outputs, tmp_path / "locks-b")  # ...and B's view
+        written.append((outputs / "promo" / PAGE_NAME).read_bytes())
+        return rows
+
+    monkeypatch.setattr(store, "videos", read_then_paused)
+    write_links(store, "promo", outputs, tmp_path / "locks-a")
+    shown = json.loads((outputs / "promo" / LINKS_NAME).read_text())
+    assert shown["videos"][0]["status"] == "ready"
+    assert (outputs / "promo" / PAGE_NAME).read_bytes() == written[0]  # the page is B's too
+    assert sorted(p.name for p in (outputs / "promo").iterdir()) == [PAGE_NAME, LINKS_NAME]  # no temps
+    other.close()

@@ -411,3 +411,33 @@ def test_a_claim_rolled_back_for_a_deadlock_claims_again(
     with pytest.raises(psycopg.errors.UndefinedTable):
         store.claim_next_video("w2", 60.0)
     store.close()
+
+
+def test_an_unreachable_ledger_is_said_in_plain_words_and_used_again_once_back(
+    pg_url: str, tmp_path: Path
+) -> None:
+    """Cut off from PostgreSQL (a relay the test cuts): reads and changes raise LedgerUnreachable, a
+    StoreError naming store.url; restored, the same store claims again."""
+    from urllib.parse import urlsplit
+
+    from daemon.store import LedgerUnreachable
+    from tests.tcp_relay import Relay
+
+    server = urlsplit(pg_url)
+    relay = Relay((server.hostname or "127.0.0.1", server.port or 5432)).start()
+    url = pg_url.replace(server.netloc.split("@")[-1], f"{relay.address[0]}:{relay.port}")
+    store = JobStore(tmp_path / "a", url=url)
+    try:
+        store.add_job(manifest(tmp_path, "a.mp4"), claimed_path=tmp_path / "p.yaml", base_dir=tmp_path)
+        relay.cut()
+        with pytest.raises(LedgerUnreachable, match=rf"store.url \(postgresql://.*:{relay.port}/"):
+            store.jobs()
+        with pytest.raises(LedgerUnreachable):
+            store.claim_next_video("w1", 60.0)
+        relay.restore()
+        claimed = store.claim_next_video("w1", 60.0)
+        assert claimed is not None
+        assert claimed[1].epoch == 1
+    finally:
+        store.close()
+        relay.close()
