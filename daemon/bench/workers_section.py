@@ -88,6 +88,7 @@ def run_workers(
     root: Path, count: int, model: Path, videos: list[Path], audio: Path, threads: int
 ) -> WorkersRun:
     """`count` render workers on a fresh share; one job of `videos` against `audio`; the timing."""
+    root = root.resolve()  # the workers run inside it: a relative work dir (bench/out) would not resolve
     shutil.rmtree(root, ignore_errors=True)
     (root / "inbox" / "media").mkdir(parents=True)
     for n, video in enumerate(videos):
@@ -100,7 +101,7 @@ def run_workers(
             "inbox": "inbox",
             "outputs": "outputs",
             "state": "state",
-            "models": str(model.parent),
+            "models": str(model.parent.resolve()),
         },
         "render": {"model": model.name, "workers": count, "threads": threads, "providers": "cpu"},
     }
