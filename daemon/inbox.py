@@ -166,7 +166,11 @@ class Inbox:
                 break
             n += 1
         write_atomic(error_file, report)
-        os.replace(claimed, target)
+        try:
+            os.replace(claimed, target)
+        except FileNotFoundError:  # another host filed it first: no report without its manifest
+            error_file.unlink(missing_ok=True)
+            raise
         return target
 
 

@@ -190,7 +190,12 @@ class Reconciler:
         claimants = [j for j in self.store.jobs() if j.claimed_path == job.claimed_path]
         if max(claimants, key=lambda j: (j.created, j.id)).id != job.id:
             return True  # its claimed name belongs to a newer job now: that one is not ours to file
-        self.inbox.file_job(job, self.store.videos(job.id))
+        try:
+            self.inbox.file_job(job, self.store.videos(job.id))
+        except FileNotFoundError:
+            if Path(job.claimed_path).exists():
+                raise
+            log.debug("manifest_filed_elsewhere", job=job.id)  # hosts sharing the inbox: one rename wins
         return True
 
     def _notify(self, effect: Pending) -> bool:

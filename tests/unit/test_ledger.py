@@ -292,3 +292,30 @@ def test_hosts_without_a_shared_lock_end_with_the_newest_view(
     assert shown == job_view(job, store.videos("promo"), outputs / "promo")
     assert store.pending(Effect.VIEWS) == []
     other.close()
+
+
+def test_two_hosts_filing_one_manifest_at_once_file_it_once_and_leave_no_stray_report(
+    store: JobStore, tmp_path: Path
+) -> None:
+    """Hosts sharing an inbox and a ledger both apply the job's filing: both saw the claimed manifest, the
+    first rename wins, and the second neither fails nor leaves an error report without its manifest."""
+    inbox, claimed = started_from_the_inbox(store, tmp_path)
+    store.claim_video("promo", "a.mp4")
+    store.fail_video("promo", "a.mp4", "no face")
+    store.job_rendered("promo", finish=True)
+    host_a = reconciler(store, tmp_path, inbox=Inbox(inbox.folder, settle_time=0.0))
+    slow_inbox = Inbox(inbox.folder, settle_time=0.0)
+    real_file_job = slow_inbox.file_job
+
+    def after_host_a(job: Any, videos: Any) -> Path:  # B found the manifest, then A filed it first
+        host_a.reconcile()
+        return real_file_job(job, videos)
+
+    slow_inbox.file_job = after_host_a  # type: ignore[method-assign]
+    host_b = reconciler(store, tmp_path, inbox=slow_inbox)
+    with capture_logs() as logs:
+        host_b.reconcile()
+    assert [e for e in logs if e["event"] == "effect_failed"] == []
+    assert not claimed.exists()
+    assert sorted(p.name for p in inbox.failed_dir.iterdir()) == ["promo.error.txt", "promo.yaml"]
+    assert store.pending(Effect.FILE) == []
