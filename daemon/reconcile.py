@@ -182,7 +182,9 @@ class Reconciler:
 
     def _file(self, effect: Pending) -> bool:
         assert self.inbox is not None
-        if effect.job_id in self._unseen:
+        if effect.job_id in self._unseen and not _shows_finished(
+            self.outputs_dir / effect.job_id / LINKS_NAME
+        ):
             return False  # filed once links.json shows the job finished, as readers expect
         job = self.store.job(effect.job_id)
         if job is None or job.state not in _FINISHED or not Path(job.claimed_path).exists():
@@ -231,6 +233,16 @@ class Reconciler:
         self._again.set()  # its view changed (no local copy): another pass writes it
         log.info("local_copy_evicted", job=video.job_id, video=video.output)
         return True
+
+
+def _shows_finished(links: Path) -> bool:
+    """Whether links.json on disk already shows the job finished (another process wrote that view while
+    this one's write was locked out): then its manifest can be filed now, not a pass later."""
+    try:
+        status = json.loads(links.read_text(encoding="utf-8")).get("status")
+    except (OSError, ValueError, AttributeError):
+        return False
+    return status in {state.value for state in _FINISHED}
 
 
 def _revision(links: Path) -> int:

@@ -47,8 +47,8 @@ def test_short_seeded_crash_run(
     tmp_path: Path, embedded_s3: EmbeddedS3, s3_bucket: str, s3_prefix: str
 ) -> None:
     storage = external_storage(tmp_path, embedded_s3, s3_bucket, s3_prefix)
-    report = run_and_report(tmp_path, storage, CrashSettings(seed=6, kills=26))
-    assert len(report.kills) >= 25
+    report = run_and_report(tmp_path, storage, CrashSettings(seed=6, kills=18))
+    assert len(report.kills) >= 17
     assert_survived(report)
 
 
