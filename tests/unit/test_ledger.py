@@ -319,3 +319,23 @@ def test_two_hosts_filing_one_manifest_at_once_file_it_once_and_leave_no_stray_r
     assert not claimed.exists()
     assert sorted(p.name for p in inbox.failed_dir.iterdir()) == ["promo.error.txt", "promo.yaml"]
     assert store.pending(Effect.FILE) == []
+
+
+def test_a_manifest_is_filed_at_once_when_another_process_wrote_the_finished_view(
+    store: JobStore, tmp_path: Path
+) -> None:
+    """The render side's own view write is locked out (the upload side is writing the job's view), but
+    links.json on disk already shows the job finished: its manifest is filed in this pass, not the next."""
+    inbox, claimed = started_from_the_inbox(store, tmp_path)
+    store.claim_video("promo", "a.mp4")
+    store.fail_video("promo", "a.mp4", "no face")
+    store.job_rendered("promo", finish=True)
+    reconciler(store, tmp_path).reconcile()  # the other process's view: links.json shows it failed
+    assert json.loads((tmp_path / "outputs" / "promo" / LINKS_NAME).read_text())["status"] == "failed"
+    store.ask(Effect.VIEWS, "promo")
+    render_side = reconciler(store, tmp_path, inbox=inbox)
+    with job_lock(tmp_path / "locks", "promo"):  # held by the other process while it writes
+        render_side.reconcile()
+    assert not claimed.exists(), "filed in the same pass: links.json already showed the job finished"
+    assert (inbox.failed_dir / "promo.yaml").exists()
+    assert [e.kind for e in store.pending()] == [Effect.VIEWS]  # its own view waits for the lock
