@@ -52,9 +52,20 @@ class Timing:
 
 def make_model(models_dir: Path) -> dict[str, object]:
     """Import a random checkpoint with both variants; returns the import's measured errors."""
+    from daemon.modelimport import import_checkpoint
+
+    checkpoint = write_checkpoint(models_dir / "random_wav2lip.pth")
+    report = import_checkpoint(checkpoint, models_dir, name="bench", fp16=True, int8=True)
+    print("\n".join(report.lines()))
+    errors: dict[str, object] = {"onnx_vs_torch": report.onnx_vs_torch}
+    errors.update({v.precision: v.max_abs_error for v in report.variants})
+    return errors
+
+
+def write_checkpoint(path: Path) -> Path:
+    """A full-size Wav2Lip checkpoint with random weights, laid out as the released .pth files are."""
     import torch
 
-    from daemon.modelimport import import_checkpoint
     from daemon.modelimport.wav2lip_arch import Wav2Lip
 
     torch.manual_seed(0)
@@ -62,14 +73,9 @@ def make_model(models_dir: Path) -> dict[str, object]:
     model.train()
     with torch.no_grad():  # BatchNorm statistics from data, so int8 calibration sees sane ranges
         model(torch.rand(8, 1, 80, 16) * 8 - 4, torch.rand(8, 6, 96, 96))
-    checkpoint = models_dir / "random_wav2lip.pth"
     state = {"module." + k: v for k, v in model.eval().state_dict().items()}
-    torch.save({"state_dict": state}, checkpoint, _use_new_zipfile_serialization=False)
-    report = import_checkpoint(checkpoint, models_dir, name="bench", fp16=True, int8=True)
-    print("\n".join(report.lines()))
-    errors: dict[str, object] = {"onnx_vs_torch": report.onnx_vs_torch}
-    errors.update({v.precision: v.max_abs_error for v in report.variants})
-    return errors
+    torch.save({"state_dict": state}, path, _use_new_zipfile_serialization=False)
+    return path
 
 
 def session_for(path: Path, providers: list[str], threads: int) -> ort.InferenceSession:

@@ -210,7 +210,12 @@ def _parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - one statement per o
         default=[],
         metavar="SECTION",
         help="example, e2e, memory, encoder, model, workers, cluster, musetalk, musetalk-e2e, "
-        "musetalk-memory",
+        "musetalk-memory, paired",
+    )
+    bench.add_argument(
+        "--against",
+        metavar="COMMIT",
+        help="the commit the `paired` section measures this checkout against (default: its own)",
     )
     bench.add_argument("--json", type=Path, help="also write the results here")
     bench.add_argument(
@@ -656,7 +661,10 @@ def _bench(args: argparse.Namespace, config: Config) -> int:
     from daemon.bench import BenchOptions, format_table, run_bench, write_json
 
     try:
-        results = run_bench(BenchOptions(quick=args.quick, only=tuple(args.only), repeats=args.repeats))
+        options = BenchOptions(
+            quick=args.quick, only=tuple(args.only), repeats=args.repeats, against=args.against
+        )
+        results = run_bench(options)
     except ValueError as exc:
         raise _UserError(str(exc)) from exc
     print(format_table(results))

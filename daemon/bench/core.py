@@ -32,6 +32,7 @@ class BenchOptions:
     threads: int = 0  # onnxruntime intra-op threads, as render.threads (0: its choice)
     quiet_wait: float = 60.0  # seconds to wait for other processes to leave the CPU before each run
     repeats: int = 1  # speed runs per figure; the fastest counts (the one least disturbed by others)
+    against: str | None = None  # the `paired` section's reference commit (None: its built-in one)
 
 
 @dataclass(frozen=True)

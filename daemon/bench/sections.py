@@ -18,6 +18,7 @@ from daemon.bench.core import BenchContext, Check, Section, SectionResult
 from daemon.bench.machine import wait_for_quiet
 from daemon.bench.modelonly import baseline_folder, measure_model, wav2lip_folder
 from daemon.bench.musetalk_section import musetalk_e2e_section, musetalk_memory_section, musetalk_section
+from daemon.bench.paired_section import paired_section
 from daemon.bench.workers_section import workers_section
 from daemon.render.pipeline import RenderSettings
 
@@ -236,4 +237,5 @@ SECTIONS: tuple[Section, ...] = (
     Section("musetalk", "MuseTalk 1.5 on this CPU (random weights)", musetalk_section),
     Section("musetalk-e2e", "MuseTalk end to end, 2 s of 1080p (full size)", musetalk_e2e_section),
     Section("musetalk-memory", "MuseTalk peak memory vs length (tiny networks)", musetalk_memory_section),
+    Section("paired", "Today's commit against this checkout, alternating runs", paired_section),
 )

@@ -4,6 +4,7 @@ section choice and failure handling, the table, the JSON, and the long-clip gene
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import av
@@ -12,6 +13,7 @@ import pytest
 from daemon.bench import BenchOptions, Check, Section, SectionResult, format_table, run_bench, write_json
 from daemon.bench.core import BenchContext
 from daemon.bench.inputs import concat_copies
+from daemon.bench.paired_section import REPO, export_tree
 from daemon.samples import write_face_clip
 
 
@@ -36,7 +38,8 @@ def test_quick_example_renders_the_bundled_demo_and_reports_it(tmp_path: Path) -
 
 def test_an_unknown_section_is_refused_by_name(tmp_path: Path) -> None:
     choices = (
-        "cluster, e2e, encoder, example, memory, model, musetalk, musetalk-e2e, musetalk-memory, workers"
+        "cluster, e2e, encoder, example, memory, model, musetalk, musetalk-e2e, musetalk-memory, "
+        "paired, workers"
     )
     with pytest.raises(ValueError, match=f"unknown bench section nope; choose from {choices}"):
         run_bench(BenchOptions(quick=True, only=("nope",), work_dir=tmp_path))
@@ -142,3 +145,16 @@ def test_quick_workers_section_renders_one_job_with_one_and_two_worker_processes
         assert row["frames"] == 2 * 25  # two videos of 1 s at 25 fps
         assert row["per_s"] > 0
         assert len(row["per_video_fps"]) == 2  # one video_rendered line per video
+
+
+def test_the_paired_section_runs_a_commit_as_its_own_tree(tmp_path: Path) -> None:
+    """The reference side is the commit's own files (exported once), not this checkout's."""
+    tree = export_tree("HEAD", tmp_path / "trees")
+    assert tree.label == "reference" and tree.root == tmp_path / "trees" / tree.commit
+    assert (tree.root / "daemon" / "cli.py").read_bytes() == subprocess.run(
+        ["git", "show", f"{tree.commit}:daemon/cli.py"], capture_output=True, check=True, cwd=REPO
+    ).stdout
+    assert not [p for p in (tmp_path / "trees").iterdir() if p.name.startswith(".")]  # no temp left
+    assert export_tree("HEAD", tmp_path / "trees") == tree  # made once
+    with pytest.raises(ValueError, match="--against no-such-commit: not a commit of this repository"):
+        export_tree("no-such-commit", tmp_path / "trees")
