@@ -220,8 +220,8 @@ class IntakeThread(threading.Thread):
             self.intake.sweep(rescan=rescan)
         except StateDiskFull as exc:  # one plain line; the claimed manifest is taken on a later rescan
             log.warning("intake_waits_for_space", reason=str(exc))
-        except LedgerUnreachable as exc:  # the same: a claimed manifest is taken on a later rescan
-            log.warning("intake_waits_for_ledger", reason=str(exc))
+        except LedgerUnreachable:  # the store said so once; a claimed manifest is taken on a later rescan
+            pass
         except Exception:  # one bad file must not stop the intake; the next sweep tries again
             log.exception("intake_error")
 

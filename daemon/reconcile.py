@@ -85,8 +85,7 @@ class Reconciler:
                 applied += self._pass()
                 if not self._again.is_set():
                     return applied
-        except LedgerUnreachable as exc:  # PostgreSQL away for a moment: one plain line, not a traceback
-            log.warning("reconcile_failed", reason=str(exc))
+        except LedgerUnreachable:  # PostgreSQL away for a moment: the store said so; the next pass retries
             return applied
         except Exception:  # the store itself cannot be read now: the next pass tries again
             log.exception("reconcile_failed")

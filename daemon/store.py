@@ -1465,6 +1465,7 @@ class _Postgres:
     def __init__(self, url: str, timeout: float) -> None:
         self.url, self._timeout = url, timeout
         self._conn: Any = None
+        self._down_since: float | None = None  # monotonic start of an outage this process is in
         self._connection()
 
     def _connection(self) -> Any:
@@ -1494,11 +1495,25 @@ class _Postgres:
         import psycopg
 
         try:
-            return self._execute(sql, args)
+            rows = self._execute(sql, args)
         except psycopg.OperationalError as exc:
             if self._conn is not None and not self._conn.closed and not self._conn.broken:
                 raise  # the statement's own failure (a lock timeout, say), on a connection still up
+            self._outage_began(exc)
             raise LedgerUnreachable(self.url, exc) from exc
+        if self._down_since is not None:
+            down_s = round(time.monotonic() - self._down_since, 1)
+            self._down_since = None
+            log.warning("ledger_reachable", url=_without_password(self.url), down_s=down_s)
+        return rows
+
+    def _outage_began(self, exc: Exception) -> None:
+        """One line when an outage starts and one when it ends (`ledger_reachable`), however often the
+        workers retry in between: an hour of PostgreSQL maintenance is two lines, not thousands."""
+        if self._down_since is None:
+            self._down_since = time.monotonic()
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            log.warning("ledger_unreachable", url=_without_password(self.url), reason=reason)
 
     def _execute(self, sql: str, args: Any) -> _Rows:
         if self.in_transaction:

@@ -133,10 +133,9 @@ class UploadWatcher:
         stop_listening = self.store.wake_on_work(self.wake)  # a render on another host finished
         try:
             while not self.stop.is_set():
-                try:
+                # PostgreSQL away (the store said so once): the next pass retries
+                with suppress(LedgerUnreachable):
                     self.step()
-                except LedgerUnreachable as exc:  # PostgreSQL restarting or cut off: the next pass retries
-                    log.warning("ledger_unreachable", reason=str(exc), retry_in_s=self.settings.poll_interval)
                 self.beat()
                 self.wake.wait(timeout=self.settings.poll_interval)
                 self.wake.clear()

@@ -214,8 +214,7 @@ class RenderService:
                 self.reconciler.reconcile()
                 try:
                     self.run_pending()
-                except LedgerUnreachable as exc:  # PostgreSQL restarting or cut off: wait, then claim again
-                    log.warning("ledger_unreachable", reason=str(exc), retry_in_s=LEDGER_RETRY_S)
+                except LedgerUnreachable:  # PostgreSQL restarting or cut off (the store said so): wait
                     self.stop.wait(LEDGER_RETRY_S)
                 self.beat()
                 self.wake.wait(timeout=1.0)
@@ -533,10 +532,9 @@ class RenderService:
                     raise Interrupted from exc
                 self._wait_for_space(exc)
                 continue
-            except LedgerUnreachable as exc:
+            except LedgerUnreachable as exc:  # the store logs the outage's start and end once each
                 if self.stop.is_set():
                     raise Interrupted from exc
-                log.warning("ledger_unreachable", reason=str(exc), retry_in_s=LEDGER_RETRY_S)
                 self.beat()
                 self.stop.wait(LEDGER_RETRY_S)
                 continue

@@ -150,7 +150,8 @@ def test_quick_workers_section_renders_one_job_with_one_and_two_worker_processes
 def test_the_paired_section_runs_a_commit_as_its_own_tree(tmp_path: Path) -> None:
     """The reference side is the commit's own files (exported once), not this checkout's."""
     tree = export_tree("HEAD", tmp_path / "trees")
-    assert tree.label == "reference" and tree.root == tmp_path / "trees" / tree.commit
+    assert tree.label == "reference"
+    assert tree.root == tmp_path / "trees" / tree.commit
     assert (tree.root / "daemon" / "cli.py").read_bytes() == subprocess.run(
         ["git", "show", f"{tree.commit}:daemon/cli.py"], capture_output=True, check=True, cwd=REPO
     ).stdout

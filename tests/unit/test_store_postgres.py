@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 import yaml
+from structlog.testing import capture_logs
 
 import daemon.store
 from daemon.cli import EXIT_FAILED, EXIT_OK, main
@@ -417,7 +418,8 @@ def test_an_unreachable_ledger_is_said_in_plain_words_and_used_again_once_back(
     pg_url: str, tmp_path: Path
 ) -> None:
     """Cut off from PostgreSQL (a relay the test cuts): reads and changes raise LedgerUnreachable, a
-    StoreError naming store.url; restored, the same store claims again."""
+    StoreError naming store.url; restored, the same store claims again. The log says the outage once
+    when it starts and once when it ends, however many calls failed in between."""
     from urllib.parse import urlsplit
 
     from daemon.store import LedgerUnreachable
@@ -430,14 +432,22 @@ def test_an_unreachable_ledger_is_said_in_plain_words_and_used_again_once_back(
     try:
         store.add_job(manifest(tmp_path, "a.mp4"), claimed_path=tmp_path / "p.yaml", base_dir=tmp_path)
         relay.cut()
-        with pytest.raises(LedgerUnreachable, match=rf"store.url \(postgresql://.*:{relay.port}/"):
+        with capture_logs() as logs:
+            with pytest.raises(LedgerUnreachable, match=rf"store.url \(postgresql://.*:{relay.port}/"):
+                store.jobs()
+            for _ in range(3):
+                with pytest.raises(LedgerUnreachable):
+                    store.claim_next_video("w1", 60.0)
+            relay.restore()
+            claimed = store.claim_next_video("w1", 60.0)
             store.jobs()
-        with pytest.raises(LedgerUnreachable):
-            store.claim_next_video("w1", 60.0)
-        relay.restore()
-        claimed = store.claim_next_video("w1", 60.0)
         assert claimed is not None
         assert claimed[1].epoch == 1
+        outage = [e for e in logs if e["event"] in ("ledger_unreachable", "ledger_reachable")]
+        assert [e["event"] for e in outage] == ["ledger_unreachable", "ledger_reachable"]
+        assert f":{relay.port}/" in outage[0]["url"]
+        assert outage[0]["reason"]
+        assert outage[1]["down_s"] >= 0
     finally:
         store.close()
         relay.close()
