@@ -1292,6 +1292,7 @@ class JobStore:
             (*key, job_id, take.taker, now),
         )
         if cur.rowcount == 1:
+            self._forget_takes_over(db, now)
             return
         row = db.execute(
             "SELECT job_id, taker, taken FROM manifest_takes WHERE name = ? AND sha256 = ? AND file_id = ?",
@@ -1316,6 +1317,18 @@ class JobStore:
             return True
         row = db.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone() if job_id else None
         return row is not None and JobState(row[0]) not in _TAKE_OVER
+
+    @staticmethod
+    def _forget_takes_over(db: sqlite3.Connection, now: float) -> None:
+        """Takes that no longer hold anything (see `_take_held`: past the lease, and their job finished or
+        gone, or a rejection whose taker crashed) are deleted as new ones come, so the table stays the
+        size of what is in flight, not of every manifest ever dropped."""
+        finished = ", ".join("?" * len(_TAKE_OVER))
+        db.execute(
+            "DELETE FROM manifest_takes WHERE taken < ? AND (job_id = '' OR NOT EXISTS (SELECT 1 FROM jobs"
+            f" WHERE jobs.id = manifest_takes.job_id AND jobs.state NOT IN ({finished})))",
+            (now - TAKE_LEASE_S, *sorted(state.value for state in _TAKE_OVER)),
+        )
 
     def take_rejection(self, take: Take) -> None:
         """Hold a manifest that is to be filed under failed/ (ManifestTaken when another intake does)."""

@@ -329,6 +329,31 @@ def test_a_take_holds_while_its_job_runs(share: Share, monkeypatch: pytest.Monke
     assert ("bad.yaml", "", "b") in store.takes()
 
 
+def test_takes_that_hold_nothing_are_forgotten_as_new_ones_come(
+    share: Share, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The takes table keeps what is in flight, not every manifest ever dropped: a finished job's take and
+    a crashed taker's rejection go once past the lease; a running job's and recent ones stay."""
+    host = share.host("a")
+    store = host.store
+    claimed = share.inbox / ".claimed" / "x.yaml"
+    claimed.write_text(VALID)
+    manifest = _manifest(host, claimed)
+
+    def add(file_id: str) -> str:
+        take = Take("x.yaml", "abc", file_id, "a")
+        return store.add_job(manifest, claimed_path=claimed, base_dir=share.inbox, take=take).id
+
+    add("1")
+    add("2")
+    store.fail_job("x", "stopped")  # finished: its take holds nothing once past the lease
+    store.take_rejection(Take("bad.yaml", "def", "9", "a"))  # its taker crashed before filing it
+    later = store.clock() + TAKE_LEASE_S + 1
+    monkeypatch.setattr(store, "_now", lambda _db: later)
+    add("3")
+    assert sorted(job for _, job, _ in store.takes()) == ["x-2", "x-3"]
+
+
 def _manifest(host: Intake, path: Path) -> Any:
     from daemon.manifest import load_manifest
 
