@@ -50,7 +50,7 @@ lint: setup-test
 unit: setup-test
 	$(BIN)/pytest -q tests/unit
 
-bench: setup-test
+bench: setup-test system-packages
 	$(BIN)/lipsyncd bench
 
 clean-demo:
