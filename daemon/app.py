@@ -42,6 +42,7 @@ def render_settings(config: Config) -> RenderSettings:
         audio_longer=r.audio_longer,
         video_longer=r.video_longer,
         encoder=encoder,
+        decoder=r.decoder,
         crf=r.crf,
         preset=r.preset,
         faceless_videos=r.faceless_videos,

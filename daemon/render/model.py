@@ -77,6 +77,7 @@ class LipSyncModel:
     ) -> None:
         self.session = session
         self.spec = spec
+        self.device_id = device_id  # the GPU the session runs on: NVDEC decodes there too
         self.provider: str = session.get_providers()[0]
         self._mel = _port(session, spec.mel_input)
         self._face = _port(session, spec.face_input)
