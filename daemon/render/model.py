@@ -246,10 +246,17 @@ def _trt_build(spec: ModelSpec, path: Path, precision: str | None, root: Path) -
     final = accel.cache_folder(root, spec.name, chosen, path)
     accel.sweep_stale_builds(final.parent)
     dims = {spec.mel_input: MEL_SHAPE, spec.face_input: FACE_SHAPE}
-    profile = None if spec.batch else accel.batch_profile(dims, TRT_USUAL_BATCH, TRT_LARGEST_BATCH)
+    dynamic = not spec.batch and _file_batch(path, spec.mel_input) is None
+    profile = accel.batch_profile(dims, TRT_USUAL_BATCH, TRT_LARGEST_BATCH) if dynamic else None
     ready = accel.is_ready(final)
     folder = final if ready else accel.build_folder(final)
     return _TrtBuild(accel.TrtPlan(folder, chosen == "fp16", profile), final, None if ready else folder)
+
+
+def _file_batch(path: Path, name: str) -> int | None:
+    """The file's fixed batch, read through a CPU session (a second or so; TensorRT's build takes minutes):
+    TensorRT takes a batch profile for a dynamic batch only."""
+    return _fixed_batch(ort.InferenceSession(str(path), providers=[CPU]), name)
 
 
 def _port(session: ort.InferenceSession, name: str) -> _Port:

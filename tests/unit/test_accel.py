@@ -3,6 +3,7 @@ and IO binding giving the same outputs as session.run."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -99,6 +100,11 @@ def test_trt_build_uses_a_published_folder_else_its_own(tmp_path: Path) -> None:
     assert first.plan.fp16
     assert first.plan.profile is not None  # a dynamic batch gets one profile up to the largest batch
     assert accel.publish(first.building, first.final)
+    fixed = tmp_path / "fixed"
+    write_dummy(fixed, 4)
+    fixed_spec = ModelSpec.load(fixed)
+    fixed_spec = dataclasses.replace(fixed_spec, batch=None)  # only the file says its batch
+    assert _trt_build(fixed_spec, fixed_spec.onnx_path(fixed), "fp32", tmp_path / "trt").plan.profile is None
     again = _trt_build(spec, path, "fp16", tmp_path / "trt")
     assert again.building is None
     assert again.plan.cache_dir == first.final
