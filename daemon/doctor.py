@@ -132,7 +132,8 @@ def trt_cache_check(folder: Path, providers: str) -> Check:
         return Check(
             "TensorRT engine cache", True, f"{folder}: used when render.providers is tensorrt; {kept}"
         )
-    problem = probe_writable(folder) if folder.exists() else probe_writable(folder.parent)
+    nearest = next(p for p in (folder, *folder.parents) if p.exists())  # made on first use, like the state
+    problem = probe_writable(nearest)
     detail = (
         f"{folder}: {kept}" if problem is None else f"{folder} is not writable ({problem}): fix its owner"
     )
@@ -146,9 +147,8 @@ def nvdec_check(config: Config, unusable: Callable[[int], str | None]) -> Check:
         return Check("decoder NVDEC", True, "not asked (render.decoder: cpu): decoding on the CPU")
     if reason is None:
         return Check("decoder NVDEC", True, f"usable on GPU {gpu} (render.decoder: {config.render.decoder})")
-    return Check(
-        "decoder NVDEC", config.render.decoder != "nvdec", reason, warn=config.render.decoder == "nvdec"
-    )
+    # asked for by name and not usable: renders still work (CPU decoding), so a warning, not a failure
+    return Check("decoder NVDEC", True, reason, warn=config.render.decoder == "nvdec")
 
 
 def _models(config: Config) -> list[Check]:

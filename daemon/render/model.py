@@ -5,6 +5,7 @@ No torch here: the model is an ONNX file described by its model.json (modelspec.
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -231,6 +232,11 @@ class _TrtBuild:
     building: Path | None  # None: the published folder was found
 
     def finish(self, model: LipSyncModel) -> None:
+        if model.provider != TENSORRT:  # the provider did not load (no TensorRT libraries): nothing was built
+            if self.building is not None:
+                shutil.rmtree(self.building, ignore_errors=True)
+            model.largest_batch = None
+            return
         if self.building is None:
             log.info("trt_engine_cache", folder=str(self.final), state="loaded")
             return

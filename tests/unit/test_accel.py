@@ -167,3 +167,18 @@ def test_workers_per_gpu_is_workers_times_gpus(gpus: list[int], slots: int, devi
 
 def test_pid_of_this_process_is_alive() -> None:
     assert accel._alive(os.getpid())
+
+
+@pytest.mark.filterwarnings("ignore:Specified provider 'TensorrtExecutionProvider':UserWarning")
+def test_tensorrt_asked_but_not_loaded_publishes_nothing(tmp_path: Path) -> None:
+    """This onnxruntime has no TensorRT: the session runs on the CPU and no empty folder is marked READY
+    (a later real TensorRT session would then write its engine into a published folder)."""
+    if TENSORRT in ort.get_available_providers():
+        pytest.skip("TensorRT is available here")
+    write_dummy(tmp_path / "m", "batch")
+    model = LipSyncModel.open(tmp_path / "m", providers=[TENSORRT, CPU], trt_cache=tmp_path / "trt")
+    assert model.provider == CPU
+    assert model.largest_batch is None
+    assert [p for p in (tmp_path / "trt").rglob("*") if p.is_dir() and p.parent != tmp_path / "trt"] == []
+    mel, face = random_inputs(3)
+    np.testing.assert_allclose(model.infer(mel, face), dummy_expected(mel, face), atol=1e-5)

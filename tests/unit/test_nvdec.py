@@ -83,9 +83,11 @@ def test_doctor_nvdec_line() -> None:
 
     auto = nvdec_check(Config(), gone)
     assert auto.ok
+    assert not auto.warn
     assert "no CUDA device" in auto.detail
     asked = nvdec_check(Config(render=RenderConfig(decoder="nvdec")), gone)
-    assert not asked.ok
+    assert asked.ok  # renders still work, on the CPU decoder ...
+    assert asked.warn  # ... but not as asked
     works = nvdec_check(Config(render=RenderConfig(gpus=[2])), lambda device: None)
     assert works.ok
     assert "GPU 2" in works.detail
@@ -101,4 +103,7 @@ def test_doctor_trt_cache_line(tmp_path: Path) -> None:
     assert check.ok
     assert "1 built (w2l/fp16-abc)" in check.detail
     assert "used when render.providers is tensorrt" in trt_cache_check(folder, "auto").detail
+    fresh = trt_cache_check(tmp_path / "new-state" / "trt-cache", "tensorrt")  # nothing made yet
+    assert fresh.ok
+    assert "none built yet" in fresh.detail
     assert Config(paths=PathsConfig(state=tmp_path)).state_dir == tmp_path.resolve()
