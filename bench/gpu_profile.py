@@ -146,7 +146,9 @@ def device_step(model: LipSyncModel, mel: np.ndarray, face: np.ndarray) -> Calla
 # ---------------------------------------------------------------- each stage alone
 
 
-def stage_rows(clip: Path, folder: Path, chain: list[str], precision: str, batch: int) -> dict[str, Any]:
+def stage_rows(
+    clip: Path, folder: Path, state: Path, chain: list[str], precision: str, batch: int
+) -> dict[str, Any]:
     """Wall and CPU (all threads of this process) milliseconds a frame for each stage, one after another.
     CPU ms a frame is what limits many workers on one box: cores x 1000 / the sum is the ceiling."""
     from daemon.render.blend import paste_back
@@ -180,7 +182,7 @@ def stage_rows(clip: Path, folder: Path, chain: list[str], precision: str, batch
     clock("track_haar_every5", lambda: tracked.extend(track_faces(iter(frames), HaarDetector())))
     boxes = [crop.box for _, crop in tracked]
     pairs = [(f, b) for f, b in zip(frames, boxes, strict=True) if b is not None]
-    model = LipSyncModel.open(folder, providers=chain, precision=precision)
+    model = LipSyncModel.open(folder, providers=chain, precision=precision, trt_cache=state / "trt-cache")
     crops: list[np.ndarray] = []
     clock("crop", lambda: crops.extend(model.prepare(f, b) for f, b in pairs), max(len(pairs), 1))
     inputs: list[np.ndarray] = []
@@ -346,7 +348,7 @@ def main(argv: list[str] | None = None) -> int:
         "providers": best,
     }
     result["model"] = model_rows(folder, state, args)
-    result["stages"] = stage_rows(clip, folder, best, args.precisions[0], max(args.model_batches))
+    result["stages"] = stage_rows(clip, folder, state, best, args.precisions[0], max(args.model_batches))
     shared = {
         "work": str(work),
         "folder": str(folder),
