@@ -42,6 +42,7 @@ def render_settings(config: Config) -> RenderSettings:
         audio_longer=r.audio_longer,
         video_longer=r.video_longer,
         encoder=encoder,
+        decoder=r.decoder,
         crf=r.crf,
         preset=r.preset,
         faceless_videos=r.faceless_videos,
@@ -59,15 +60,16 @@ def model_pools(config: Config, slot: int | None = None) -> list[ModelPool]:
     """One inference worker per configured GPU when CUDA is in use; a single worker on the CPU (it already
     uses every core). A render worker started for a slot (`--slot N`) uses one GPU: gpus[N % len(gpus)]."""
     r = config.render
+    trt_cache = trt_cache_dir(config)
     if slot is not None:
-        gpu = r.gpus[slot % len(r.gpus)] if r.gpus else 0
         return [
             ModelPool(
                 config.models_dir,
                 providers=r.providers,
                 precision=r.precision,
                 threads=r.threads,
-                device_id=gpu,
+                device_id=gpu_for_slot(r.gpus, slot),
+                trt_cache=trt_cache,
             )
         ]
     first = ModelPool(
@@ -76,17 +78,34 @@ def model_pools(config: Config, slot: int | None = None) -> list[ModelPool]:
         precision=r.precision,
         threads=r.threads,
         device_id=r.gpus[0] if r.gpus else 0,
+        trt_cache=trt_cache,
     )
     if first.providers[0] not in ("CUDAExecutionProvider", "TensorrtExecutionProvider"):
         return [first]
     rest = [
         ModelPool(
-            config.models_dir, providers=r.providers, precision=r.precision, threads=r.threads, device_id=gpu
+            config.models_dir,
+            providers=r.providers,
+            precision=r.precision,
+            threads=r.threads,
+            device_id=gpu,
+            trt_cache=trt_cache,
         )
         for gpu in r.gpus[1:]
     ]
     log.info("render_workers", gpus=r.gpus, provider=first.providers[0])
     return [first, *rest]
+
+
+def gpu_for_slot(gpus: list[int], slot: int) -> int:
+    """Render worker `slot`'s GPU: round robin over render.gpus, so render.workers = k x len(gpus) puts k
+    workers on every GPU (slots 0..3 on gpus [0, 1]: 0, 1, 0, 1)."""
+    return gpus[slot % len(gpus)] if gpus else 0
+
+
+def trt_cache_dir(config: Config) -> Path:
+    """Where TensorRT engines are kept between starts (render/accel.py: how a build is published)."""
+    return config.state_dir / "trt-cache"
 
 
 def render_workers(config: Config) -> int:

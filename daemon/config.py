@@ -232,6 +232,7 @@ class RenderConfig:
     audio_longer: str = _key("pingpong", _choice("pingpong", "loop", "freeze"))
     video_longer: str = _key("cut", _choice("cut", "keep"))
     encoder: str = _key("auto", _choice("auto", "libx264", "h264_nvenc"))
+    decoder: str = _key("auto", _choice("auto", "cpu", "nvdec"))  # nvdec: FFmpeg's CUDA hwaccel via PyAV
     crf: int = _key(20, _non_negative_int)
     preset: str = _key("veryfast", _choice(*X264_PRESETS))
     max_video_seconds: float = _key(3600.0, parse_duration)

@@ -50,6 +50,7 @@ def run_checks(config: Config) -> list[Check]:
         _gpus,
         _providers,
         _encoders,
+        _gpu_choices,
         _models,
         _folders,
         _state_local,
@@ -107,6 +108,47 @@ def _encoders(config: Config) -> list[Check]:
     note = "NVENC usable" if nvenc else "NVENC not usable here (no NVIDIA encoder unit; H100/H200 have none)"
     checks.append(Check("encoder h264_nvenc", nvenc or config.render.encoder != "h264_nvenc", note))
     return checks
+
+
+def _gpu_choices(config: Config) -> list[Check]:
+    """The GPU-side choices, one line each: where TensorRT keeps its engines, and whether NVDEC decodes."""
+    from daemon.app import trt_cache_dir
+    from daemon.render.media import nvdec_unusable
+
+    return [
+        trt_cache_check(trt_cache_dir(config), config.render.providers),
+        nvdec_check(config, nvdec_unusable),
+    ]
+
+
+def trt_cache_check(folder: Path, providers: str) -> Check:
+    built = sorted(p.parent.name + "/" + p.name for p in folder.glob("*/*") if (p / "READY").is_file())
+    kept = (
+        f"{len(built)} built ({', '.join(built)})"
+        if built
+        else "none built yet (the first start builds them)"
+    )
+    if providers != "tensorrt":
+        return Check(
+            "TensorRT engine cache", True, f"{folder}: used when render.providers is tensorrt; {kept}"
+        )
+    nearest = next(p for p in (folder, *folder.parents) if p.exists())  # made on first use, like the state
+    problem = probe_writable(nearest)
+    detail = (
+        f"{folder}: {kept}" if problem is None else f"{folder} is not writable ({problem}): fix its owner"
+    )
+    return Check("TensorRT engine cache", problem is None, detail)
+
+
+def nvdec_check(config: Config, unusable: Callable[[int], str | None]) -> Check:
+    gpu = config.render.gpus[0] if config.render.gpus else 0
+    reason = unusable(gpu) if config.render.decoder != "cpu" else None
+    if config.render.decoder == "cpu":
+        return Check("decoder NVDEC", True, "not asked (render.decoder: cpu): decoding on the CPU")
+    if reason is None:
+        return Check("decoder NVDEC", True, f"usable on GPU {gpu} (render.decoder: {config.render.decoder})")
+    # asked for by name and not usable: renders still work (CPU decoding), so a warning, not a failure
+    return Check("decoder NVDEC", True, reason, warn=config.render.decoder == "nvdec")
 
 
 def _models(config: Config) -> list[Check]:

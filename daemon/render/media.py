@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import hashlib
+import io
 import math
 import os
 from collections.abc import Iterable, Iterator
@@ -22,6 +24,7 @@ from types import TracebackType
 import av
 import numpy as np
 import structlog
+from av.codec.hwaccel import HWAccel, hwdevices_available
 from av.video.reformatter import Interpolation
 
 from daemon.render.audio import SAMPLE_RATE
@@ -52,12 +55,13 @@ class OutputRemoved(OSError):
 
 
 @contextlib.contextmanager
-def _opened(path: Path, what: str) -> Iterator[av.container.InputContainer]:
-    """Open `path` for reading; FFmpeg errors inside the block become plain-words MediaErrors."""
+def _opened(path: Path, what: str, hwaccel: HWAccel | None = None) -> Iterator[av.container.InputContainer]:
+    """Open `path` for reading; FFmpeg errors inside the block become plain-words MediaErrors.
+    With `hwaccel` (see `video_decoder`) video is decoded on the GPU and the frames come back to memory."""
     _check_file(path, what)
     try:
         # tags are only shown, never used: a camera that wrote them in Latin-1 must not make the file unusable
-        with av.open(os.fspath(path), "r", metadata_errors="replace") as container:
+        with av.open(os.fspath(path), "r", metadata_errors="replace", hwaccel=hwaccel) as container:
             yield container
     except av.FFmpegError as exc:
         raise _unreadable(path, what, exc) from exc
@@ -238,14 +242,69 @@ def _duration(container: av.container.InputContainer, stream: av.video.stream.Vi
 
 # ---------------------------------------------------------------- decoding
 
+DECODERS = ("auto", "cpu", "nvdec")
 
-def iter_frames(path: Path, info: VideoInfo) -> Iterator[np.ndarray]:
+
+def video_decoder(setting: str, device: int = 0) -> HWAccel | None:
+    """render.decoder: NVDEC (FFmpeg's CUDA hwaccel through PyAV) for "nvdec" and "auto" where it opens
+    on this machine, else None (the CPU decoder), logged once per process with the reason. A stream NVDEC
+    cannot take (a profile it lacks) falls back to the CPU decoder inside FFmpeg."""
+    if setting not in DECODERS:
+        raise ValueError(f"unknown render.decoder {setting!r}; choose one of {', '.join(DECODERS)}")
+    if setting == "cpu":
+        return None
+    reason = nvdec_unusable(device)
+    if reason is None:
+        return HWAccel("cuda", device=str(device), allow_software_fallback=True)
+    _log_cpu_decoder(setting, reason)
+    return None
+
+
+@functools.cache
+def _log_cpu_decoder(setting: str, reason: str) -> None:
+    (log.warning if setting == "nvdec" else log.info)("decoder_cpu", requested=setting, reason=reason)
+
+
+@functools.cache
+def nvdec_unusable(device: int = 0) -> str | None:
+    """Why NVDEC cannot decode here (None: it can), found once per process by decoding a tiny H.264
+    clip with the CUDA hwaccel: the build must have it and a CUDA device with its driver must open."""
+    if "cuda" not in hwdevices_available():
+        return "this PyAV's FFmpeg has no CUDA hwaccel (NVDEC); decoding on the CPU"
+    try:
+        with av.open(io.BytesIO(_tiny_h264()), "r", hwaccel=HWAccel("cuda", device=str(device))) as container:
+            stream = container.streams.video[0]
+            next(container.decode(stream))
+            on_gpu = stream.codec_context.is_hwaccel
+    except (av.FFmpegError, OSError, StopIteration) as exc:
+        detail = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+        return f"no CUDA device for NVDEC on GPU {device} ({detail}); decoding on the CPU"
+    return (
+        None if on_gpu else f"FFmpeg's CUDA hwaccel did not take H.264 on GPU {device}; decoding on the CPU"
+    )
+
+
+def _tiny_h264() -> bytes:
+    """Two 64x64 H.264 frames in an MP4, in memory: what the NVDEC probe decodes."""
+    buffer = io.BytesIO()
+    with av.open(buffer, "w", format="mp4") as out:
+        stream = out.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 64, 64, "yuv420p"
+        for _ in range(2):
+            out.mux(
+                stream.encode(av.VideoFrame.from_ndarray(np.zeros((64, 64, 3), np.uint8), format="bgr24"))
+            )
+        out.mux(stream.encode())
+    return buffer.getvalue()
+
+
+def iter_frames(path: Path, info: VideoInfo, hwaccel: HWAccel | None = None) -> Iterator[np.ndarray]:
     """Upright BGR uint8 frames at the constant rate `info.fps`, streamed (one source frame held).
 
     Frames are placed by presentation time: a variable frame rate source has frames repeated or dropped
     (each output instant shows the nearest source frame). A still image yields its one frame.
     """
-    with _opened(path, "a video") as container:
+    with _opened(path, "a video", hwaccel) as container:
         stream = _video_stream(container, path)
         stream.thread_type = "AUTO"
         timed = _timed(_decoded(container, stream, path), info.fps)

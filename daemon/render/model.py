@@ -5,6 +5,7 @@ No torch here: the model is an ONNX file described by its model.json (modelspec.
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +14,7 @@ import numpy as np
 import onnxruntime as ort
 import structlog
 
+from daemon.render import accel
 from daemon.render import audio as audio_features
 from daemon.render.blend import paste_back
 from daemon.render.faces import crop_face
@@ -66,13 +68,24 @@ class _Port:
 class LipSyncModel:
     """An open ONNX session that maps (mel, face) batches to (B, 3, 96, 96) float32 images in [0, 1]."""
 
-    def __init__(self, session: ort.InferenceSession, spec: ModelSpec) -> None:
+    def __init__(
+        self,
+        session: ort.InferenceSession,
+        spec: ModelSpec,
+        *,
+        device_id: int = 0,
+        io_binding: bool | None = None,
+    ) -> None:
         self.session = session
         self.spec = spec
+        self.device_id = device_id  # the GPU the session runs on: NVDEC decodes there too
         self.provider: str = session.get_providers()[0]
         self._mel = _port(session, spec.mel_input)
         self._face = _port(session, spec.face_input)
         self.batch: int | None = spec.batch or _fixed_batch(session, spec.mel_input)
+        self.largest_batch: int | None = None  # a dynamic batch is cut to this (TensorRT's profile) when set
+        bind = accel.binds_io(self.provider) if io_binding is None else io_binding
+        self._bound = accel.BoundRunner(session, spec.output, device_id) if bind else None
 
     @classmethod
     def open(
@@ -83,16 +96,25 @@ class LipSyncModel:
         precision: str | None = None,
         threads: int = 0,
         device_id: int = 0,
+        trt_cache: Path | None = None,
     ) -> LipSyncModel:
         spec = _load_spec(folder)
         path = _onnx_file(spec, folder, precision)
+        build = (
+            _trt_build(spec, path, precision, trt_cache) if providers[0] == TENSORRT and trt_cache else None
+        )
         session = ort.InferenceSession(
             str(path),
             sess_options=_session_options(threads),
             providers=providers,
-            provider_options=[_provider_options(p, device_id) for p in providers],
+            provider_options=[
+                accel.provider_options(p, device_id, build.plan if build else None) for p in providers
+            ],
         )
-        model = cls(session, spec)
+        model = cls(session, spec, device_id=device_id)
+        if build is not None:
+            model.largest_batch = TRT_LARGEST_BATCH if build.plan.profile else None
+            build.finish(model)
         log.info(
             "execution_provider",
             provider=model.provider,
@@ -133,7 +155,7 @@ class LipSyncModel:
     def infer(self, mel: np.ndarray, face: np.ndarray) -> np.ndarray:
         """(B,1,80,16) and (B,6,96,96) float32 -> (B,3,96,96) float32; chunks and pads for a fixed batch."""
         count = _check_inputs(mel, face)
-        step = self.batch or max(count, 1)
+        step = self.batch or min(max(count, 1), self.largest_batch or max(count, 1))
         parts = [self._run(mel[i : i + step], face[i : i + step]) for i in range(0, count, step)]
         if not parts:
             return np.zeros((0, 3, 96, 96), np.float32)
@@ -144,6 +166,8 @@ class LipSyncModel:
         if self.batch and real < self.batch:
             mel, face = _pad(mel, self.batch), _pad(face, self.batch)
         feeds = {self._mel.name: mel.astype(self._mel.dtype), self._face.name: face.astype(self._face.dtype)}
+        if self._bound is not None:
+            return np.asarray(self._bound.run(feeds)[:real], dtype=np.float32)
         (out,) = self.session.run([self.spec.output], feeds)
         return np.asarray(out[:real], dtype=np.float32)
 
@@ -192,7 +216,53 @@ def _session_options(threads: int) -> ort.SessionOptions:
 
 
 def _provider_options(provider: str, device_id: int) -> dict[str, str]:
-    return {"device_id": str(device_id)} if provider in (CUDA, TENSORRT) else {}
+    return accel.provider_options(provider, device_id)
+
+
+TRT_USUAL_BATCH = 64  # TensorRT tunes its kernels for this batch (the GPU bench's batch) ...
+TRT_LARGEST_BATCH = 256  # ... and the engine takes any batch up to this one; bigger inputs are cut
+
+
+@dataclass
+class _TrtBuild:
+    """A TensorRT session's cache: a published folder to load, or this process's build to publish."""
+
+    plan: accel.TrtPlan
+    final: Path
+    building: Path | None  # None: the published folder was found
+
+    def finish(self, model: LipSyncModel) -> None:
+        if model.provider != TENSORRT:  # the provider did not load (no TensorRT libraries): nothing was built
+            if self.building is not None:
+                shutil.rmtree(self.building, ignore_errors=True)
+            model.largest_batch = None
+            return
+        if self.building is None:
+            log.info("trt_engine_cache", folder=str(self.final), state="loaded")
+            return
+        # one batch at each end of the profile: TensorRT builds the engine on the first run at the latest
+        for count in {1, model.batch or TRT_LARGEST_BATCH}:
+            model.infer(np.zeros((count, *MEL_SHAPE), np.float32), np.zeros((count, *FACE_SHAPE), np.float32))
+        published = accel.publish(self.building, self.final)
+        log.info("trt_engine_cache", folder=str(self.final), state="published" if published else "kept_other")
+
+
+def _trt_build(spec: ModelSpec, path: Path, precision: str | None, root: Path) -> _TrtBuild:
+    chosen = precision or spec.precision
+    final = accel.cache_folder(root, spec.name, chosen, path)
+    accel.sweep_stale_builds(final.parent)
+    dims = {spec.mel_input: MEL_SHAPE, spec.face_input: FACE_SHAPE}
+    dynamic = not spec.batch and _file_batch(path, spec.mel_input) is None
+    profile = accel.batch_profile(dims, TRT_USUAL_BATCH, TRT_LARGEST_BATCH) if dynamic else None
+    ready = accel.is_ready(final)
+    folder = final if ready else accel.build_folder(final)
+    return _TrtBuild(accel.TrtPlan(folder, chosen == "fp16", profile), final, None if ready else folder)
+
+
+def _file_batch(path: Path, name: str) -> int | None:
+    """The file's fixed batch, read through a CPU session (a second or so; TensorRT's build takes minutes):
+    TensorRT takes a batch profile for a dynamic batch only."""
+    return _fixed_batch(ort.InferenceSession(str(path), providers=[CPU]), name)
 
 
 def _port(session: ort.InferenceSession, name: str) -> _Port:

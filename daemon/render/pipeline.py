@@ -31,12 +31,13 @@ from typing import Any
 
 import numpy as np
 import structlog
+from av.codec.hwaccel import HWAccel
 
 from daemon.render import audio as audio_features
 from daemon.render.avatar_cache import AvatarCache, AvatarInputs, InputKey
 from daemon.render.faces import FaceTracker, TrackStats
 from daemon.render.family import AudioFeatures, LipSyncFamily
-from daemon.render.media import VideoEncoder, iter_frames, load_audio, probe_video
+from daemon.render.media import VideoEncoder, iter_frames, load_audio, probe_video, video_decoder
 from daemon.render.timeline import TimelineFrame, timeline
 from daemon.render.types import FaceDetector, VideoInfo
 
@@ -56,6 +57,7 @@ class RenderSettings:
     audio_longer: str = "pingpong"
     video_longer: str = "cut"
     encoder: str = "libx264"
+    decoder: str = "cpu"  # render.decoder: "auto" and "nvdec" decode on the GPU where NVDEC opens (media.py)
     crf: int = 20
     preset: str = "veryfast"
     # batches waiting between two stages: the memory bound. 1 is enough on CPU and GPU alike (the model
@@ -239,6 +241,10 @@ class VideoRender:
 
     # -- stage 1: decode and track faces ---------------------------------------------------------------
 
+    def _hwaccel(self) -> HWAccel | None:
+        """NVDEC on the model's GPU when render.decoder allows and it opens there (else the CPU decoder)."""
+        return video_decoder(self.settings.decoder, getattr(self.model, "device_id", 0))
+
     def _decode(self, info: VideoInfo, total: int, out: queue.Queue[Any], halted: Callable[[], bool]) -> None:
         clock = self._clocks["decode"].start()
         memo = self.cache.track(self.source, self.detector, info) if self.cache else None
@@ -248,7 +254,7 @@ class VideoRender:
         keep = self.settings.video_longer == "keep"
         try:
             for item in timeline(
-                tracker.track(iter_frames(self.source, info)),
+                tracker.track(iter_frames(self.source, info, self._hwaccel())),
                 total,
                 policy=self.settings.audio_longer,
                 spill_dir=spill_dir,

@@ -76,7 +76,14 @@ class ModelPool:
     """Opens each model once, on first use. The baseline is (re)generated if missing or out of date."""
 
     def __init__(
-        self, models_dir: Path, *, providers: str, precision: str | None, threads: int, device_id: int = 0
+        self,
+        models_dir: Path,
+        *,
+        providers: str,
+        precision: str | None,
+        threads: int,
+        device_id: int = 0,
+        trt_cache: Path | None = None,
     ):
         self.models_dir = models_dir
         self.providers, self.provider_reason = choose_providers(providers)
@@ -85,6 +92,7 @@ class ModelPool:
         self.precision = precision
         self.threads = threads
         self.device_id = device_id
+        self.trt_cache = trt_cache  # <paths.state>/trt-cache: TensorRT engines built once, kept across starts
         self._open: dict[str, LipSyncFamily] = {}
         self._lock = threading.Lock()
 
@@ -102,12 +110,15 @@ class ModelPool:
             raise LookupError(f"no model named {name!r} in {self.models_dir}; see `lipsyncd model list`")
         opener = OPENERS[_renderable_kind(name, folder)]
         precision = self.precision if name != BASELINE else None
+        # the engine cache is wired for the one-graph families; MuseTalk's four graphs build at each start
+        cache = {"trt_cache": self.trt_cache} if opener is LipSyncModel.open and self.trt_cache else {}
         model: LipSyncFamily = opener(
             folder,
             providers=self.providers,
             precision=precision,
             threads=self.threads,
             device_id=self.device_id,
+            **cache,
         )
         log.info("model_loaded", model=name, provider=model.provider, reason=self.provider_reason)
         return model
