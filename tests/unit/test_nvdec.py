@@ -62,8 +62,14 @@ def test_cpu_asks_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_a_usable_nvdec_is_a_cuda_hwaccel_on_the_models_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
     made: list[tuple[tuple[object, ...], dict[str, object]]] = []
     monkeypatch.setattr(media, "nvdec_unusable", lambda device=0: None)
-    monkeypatch.setattr(media, "HWAccel", lambda *a, **k: made.append((a, k)) or "accel")
-    assert video_decoder("auto", 3) == "accel"
+    accel = object()
+
+    def hwaccel(*args: object, **kwargs: object) -> object:
+        made.append((args, kwargs))
+        return accel
+
+    monkeypatch.setattr(media, "HWAccel", hwaccel)
+    assert video_decoder("auto", 3) is accel
     # a stream NVDEC cannot take (a profile it lacks) still decodes, in software
     assert made == [(("cuda",), {"device": "3", "allow_software_fallback": True})]
 
