@@ -15,7 +15,9 @@ from daemon.render.modelspec import BASELINE, ModelSpec
 # (values in [0, 1]) on held-out inputs, measured at import. One 8-bit level: within it the variant's
 # faces differ from fp32's by less than the 8-bit frame's own rounding. A sound int8 measures 0.0008 on
 # the tests' tiny model and 0.0005 on a full-size random-weight Wav2Lip; the tiny model quantised with a
-# broken calibration (faces 20x too dark: 0.025; all zeros: 0.41) is refused.
+# broken calibration (faces 20x too dark: 0.025; all zeros: 0.41) is refused. (Random full-size weights
+# cannot show a broken one: their output spans only [0.45, 0.53], so even an all-zeros calibration gives
+# 0.0012 there; real weights use the whole range.)
 MAX_MEAN_ABS_ERROR = 1 / 255
 
 # Tests only: a comma- or space-separated flag list that replaces /proc/cpuinfo's, so a test of the
