@@ -11,12 +11,14 @@ import json
 from pathlib import Path
 
 import pytest
+import structlog
 from structlog.testing import capture_logs
 
+from daemon.cli import EXIT_OK, main
 from daemon.config import Config, PathsConfig, RenderConfig
 from daemon.doctor import _precisions
 from daemon.modelimport import import_model
-from daemon.render.modelspec import SPEC_NAME
+from daemon.render.modelspec import SPEC_NAME, ModelSpec
 from daemon.render.precision import CPU_FLAGS_ENV
 from daemon.render.registry import ModelPool
 from tests.functional.test_onnx_import import dummy_wav2lip
@@ -93,3 +95,25 @@ def test_a_plain_import_without_vnni_makes_none(tmp_path: Path, monkeypatch: pyt
     report = import_model(dummy_wav2lip(tmp_path / "plain.onnx", out_name="image"), tmp_path / "models")
     assert report.spec.variants == {}
     assert report.variants == ()
+
+
+@pytest.mark.parametrize(
+    ("flags", "options", "made"),
+    [
+        ("avx512_vnni", ["--no-variants"], {}),  # skipped although auto would pick int8 here
+        ("sse2 avx2", ["--int8"], {"int8": "model.int8.onnx"}),  # forced although auto would not pick it
+    ],
+)
+def test_cli_flags_skip_or_force_variants(
+    flags: str, options: list[str], made: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(CPU_FLAGS_ENV, flags)
+    src = dummy_wav2lip(tmp_path / "tiny.onnx", batch=4, out_name="image")
+    config = tmp_path / "lipsyncd.yaml"
+    paths = {"models": str(tmp_path / "models"), "state": str(tmp_path / "state")}
+    config.write_text(json.dumps({"paths": paths}))  # JSON is YAML
+    try:
+        assert main(["model", "import", str(src), *options, "--config", str(config)]) == EXIT_OK
+    finally:
+        structlog.reset_defaults()  # main() pointed structlog at pytest's captured stderr
+    assert ModelSpec.load(tmp_path / "models" / "tiny").variants == made
