@@ -187,8 +187,11 @@ def _parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - one statement per o
     imp.set_defaults(handler=_model_import)
     imp.add_argument("path", type=Path, help="a file, or a MuseTalk folder (musetalkV15/, sd-vae/, whisper/)")
     imp.add_argument("--name", help="model name (default: from the file name)")
-    imp.add_argument("--fp16", action="store_true", help="also make a half-precision variant (GPUs)")
-    imp.add_argument("--int8", action="store_true", help="also make a statically quantised int8 variant")
+    # without flags: the variants render.precision: auto may pick on this machine (int8 on VNNI/AMX CPUs,
+    # fp16 with a GPU provider); these force one, or skip them for a faster import
+    imp.add_argument("--fp16", action="store_true", default=None, help="make a half-precision variant (GPUs)")
+    imp.add_argument("--int8", action="store_true", default=None, help="make a static int8 variant (CPUs)")
+    imp.add_argument("--no-variants", action="store_true", help="make no fp16/int8 variant (faster import)")
     imp.add_argument("--overwrite", action="store_true", help="replace a model of the same name")
     model_sub.add_parser(
         "list", help="models and detectors in the models directory", parents=[anywhere]
@@ -593,8 +596,8 @@ def _model_import(args: argparse.Namespace, config: Config) -> int:
             args.path,
             config.models_dir,
             name=args.name,
-            fp16=args.fp16,
-            int8=args.int8,
+            fp16=False if args.no_variants else args.fp16,
+            int8=False if args.no_variants else args.int8,
             overwrite=args.overwrite,
         )
     except ModelImportError as exc:

@@ -223,7 +223,7 @@ X264_PRESETS = (
 class RenderConfig:
     model: str = _key("baseline")
     providers: str = _key("auto", _choice("auto", "cuda", "tensorrt", "cpu"))
-    precision: str | None = _key(None, _opt(_choice("fp32", "fp16", "int8")))
+    precision: str | None = _key("auto", _opt(_choice("auto", "fp32", "fp16", "int8")))
     gpus: list[int] = _key([0])
     batch_size: int = _key(16, _positive_int)
     threads: int = _key(0, _non_negative_int)

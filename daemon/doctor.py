@@ -52,6 +52,7 @@ def run_checks(config: Config) -> list[Check]:
         _encoders,
         _gpu_choices,
         _models,
+        _precisions,
         _folders,
         _state_local,
         _store,  # the ledger: SQLite in the state directory, or PostgreSQL at store.url
@@ -161,6 +162,30 @@ def _models(config: Config) -> list[Check]:
     if not ok:
         detail += " is missing: run `lipsyncd model import` or change render.model"
     return [Check("models", ok, detail)]
+
+
+def _precisions(config: Config) -> list[Check]:
+    """One line per imported model: the precision it renders in here, and why (auto's reason)."""
+    from daemon.render.model import choose_providers
+    from daemon.render.modelspec import BASELINE, SPEC_NAME, ModelSpec
+    from daemon.render.precision import choose, cpu_flags
+
+    provider, flags = choose_providers(config.render.providers)[0][0], cpu_flags()
+    folders = sorted(config.models_dir.glob(f"*/{SPEC_NAME}")) if config.models_dir.is_dir() else []
+    checks = []
+    for spec_file in folders:
+        try:
+            spec = ModelSpec.load(spec_file.parent)
+        except (OSError, ValueError, TypeError):
+            continue  # the models line already leaves an unreadable spec out (and the log says why)
+        if spec.kind == BASELINE:
+            continue
+        choice = choose(spec, provider, flags)
+        detail = f"auto picks {choice.reason}"
+        if config.render.precision != "auto":
+            detail = f"render.precision is {config.render.precision or 'null'} ({detail})"
+        checks.append(Check(f"precision {spec.name}", True, detail))
+    return checks
 
 
 def _folders(config: Config) -> list[Check]:

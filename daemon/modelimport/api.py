@@ -6,6 +6,7 @@ Importing this module does not import torch; only a PyTorch checkpoint import do
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import TypeVar
 
@@ -14,6 +15,7 @@ import structlog
 
 from daemon.modelimport.detector_import import import_s3fd, import_yunet
 from daemon.modelimport.errors import ModelImportError
+from daemon.modelimport.machine import Wanted, wanted_variants
 from daemon.modelimport.onnx_contract import ports
 from daemon.modelimport.onnx_import import import_onnx, read_onnx
 from daemon.modelimport.report import ImportReport
@@ -73,28 +75,40 @@ def import_model(
     models_dir: Path,
     *,
     name: str | None = None,
-    fp16: bool = False,
-    int8: bool = False,
+    fp16: bool | None = None,
+    int8: bool | None = None,
     overwrite: bool = False,
 ) -> ImportReport:
     """Import whatever `path` holds: Wav2Lip checkpoint or ONNX, S3FD checkpoint, or YuNet ONNX.
 
     Detectors have fixed names (s3fd, yunet) and no variants; `name`, `fp16` and `int8` apply to
     lip-sync models only. A folder is a MuseTalk release (musetalkV15/, sd-vae/, whisper/).
+    `fp16` / `int8`: True makes the variant, False does not, None (the default) makes it when
+    `render.precision: auto` may pick it on this machine (modelimport.machine).
     """
     if path.is_dir():
         return _import_folder(path, models_dir, name=name, fp16=fp16, int8=int8, overwrite=overwrite)
     if file_kind(path) == "torch":
         if _is_s3fd_checkpoint(path):
             return import_s3fd(path, models_dir, overwrite=overwrite)
-        return import_checkpoint(path, models_dir, name=name, fp16=fp16, int8=int8, overwrite=overwrite)
+        wanted = wanted_variants(fp16, int8)
+        report = import_checkpoint(
+            path, models_dir, name=name, fp16=wanted.fp16, int8=wanted.int8, overwrite=overwrite
+        )
+        return _noted(report, wanted)
     if _is_yunet(path):
         return import_yunet(path, models_dir, overwrite=overwrite)
-    return import_onnx(path, models_dir, name=name, fp16=fp16, int8=int8, overwrite=overwrite)
+    wanted = wanted_variants(fp16, int8)
+    report = import_onnx(path, models_dir, name=name, fp16=wanted.fp16, int8=wanted.int8, overwrite=overwrite)
+    return _noted(report, wanted)
+
+
+def _noted(report: ImportReport, wanted: Wanted) -> ImportReport:
+    return replace(report, notes=report.notes + wanted.notes)
 
 
 def _import_folder(
-    path: Path, models_dir: Path, *, name: str | None, fp16: bool, int8: bool, overwrite: bool
+    path: Path, models_dir: Path, *, name: str | None, fp16: bool | None, int8: bool | None, overwrite: bool
 ) -> ImportReport:
     from daemon.modelimport.musetalk_files import is_musetalk_folder
 
@@ -104,10 +118,15 @@ def _import_folder(
             "import a single file, or a folder laid out as MuseTalk's download script leaves it"
         )
     if int8:
-        raise ModelImportError("--int8 is not offered for MuseTalk models; use --fp16 (GPUs) or neither")
+        raise ModelImportError(
+            "--int8 is not offered for MuseTalk models: the importer calibrates and checks int8 only for "
+            "one-graph Wav2Lip-style models (image out in [0, 1]); MuseTalk's four graphs, with a UNet over "
+            "2 GB, are not quantised. Use --fp16 (GPUs) or neither"
+        )
     from daemon.modelimport.musetalk_import import import_musetalk  # torch, diffusers, transformers
 
-    return import_musetalk(path, models_dir, name=name, fp16=fp16, overwrite=overwrite)
+    wanted = wanted_variants(fp16, False, int8_offered=False)
+    return _noted(import_musetalk(path, models_dir, name=name, fp16=wanted.fp16, overwrite=overwrite), wanted)
 
 
 def _is_s3fd_checkpoint(path: Path) -> bool:

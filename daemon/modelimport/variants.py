@@ -112,4 +112,7 @@ def build_variants(
             )
         checks.append(VariantCheck(precision, target.name, *compare(fp32, target, held_out)))
     variants = {**spec.variants, **{c.precision: c.file for c in checks}}
-    return replace(spec, variants=variants), tuple(checks)
+    errors = {
+        c.precision: {"max_abs_error": c.max_abs_error, "mean_abs_error": c.mean_abs_error} for c in checks
+    }
+    return replace(spec, variants=variants, checks={**spec.checks, **errors}), tuple(checks)

@@ -41,6 +41,10 @@ class ModelSpec:
     # precision -> onnx file, e.g. {"fp16": "model.fp16.onnx"}
     variants: dict[str, str] = field(default_factory=dict)
     notes: str = ""
+    # precision -> its error against fp32 measured at import on held-out inputs, e.g.
+    # {"int8": {"max_abs_error": 0.0014, "mean_abs_error": 0.0005}}; `render.precision: auto` reads it.
+    # Empty in specs written before it existed: auto then keeps such a model in fp32.
+    checks: dict[str, dict[str, float]] = field(default_factory=dict)
     # kind "musetalk" only: its four graphs, role -> precision -> file, e.g. {"unet": {"fp32": "unet.onnx"}};
     # onnx_file and variants then name the UNet's files
     graphs: dict[str, dict[str, str]] = field(default_factory=dict)

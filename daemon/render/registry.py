@@ -15,6 +15,7 @@ from daemon.render.model import LipSyncModel, choose_providers
 from daemon.render.modelspec import BASELINE, SPEC_NAME, ModelSpec
 from daemon.render.modelspec import available_models as available_models  # where it was before
 from daemon.render.musetalk import MuseTalkModel
+from daemon.render.precision import choose, cpu_flags
 
 log = structlog.get_logger(__name__)
 
@@ -109,7 +110,7 @@ class ModelPool:
         if not (folder / SPEC_NAME).exists():
             raise LookupError(f"no model named {name!r} in {self.models_dir}; see `lipsyncd model list`")
         opener = OPENERS[_renderable_kind(name, folder)]
-        precision = self.precision if name != BASELINE else None
+        precision, why = self._precision(name, folder)
         # the engine cache is wired for the one-graph families; MuseTalk's four graphs build at each start
         cache = {"trt_cache": self.trt_cache} if opener is LipSyncModel.open and self.trt_cache else {}
         model: LipSyncFamily = opener(
@@ -120,8 +121,24 @@ class ModelPool:
             device_id=self.device_id,
             **cache,
         )
-        log.info("model_loaded", model=name, provider=model.provider, reason=self.provider_reason)
+        log.info(
+            "model_loaded",
+            model=name,
+            provider=model.provider,
+            reason=self.provider_reason,
+            precision=precision or "model's own",
+            precision_reason=why,
+        )
         return model
+
+    def _precision(self, name: str, folder: Path) -> tuple[str | None, str]:
+        """The variant to open (None: the spec's own) and why: render.precision, or auto's choice."""
+        if name == BASELINE:
+            return None, "the built-in baseline has one precision"
+        if self.precision != "auto":
+            return self.precision, f"render.precision is {self.precision or 'null (as imported)'}"
+        choice = choose(ModelSpec.load(folder), self.providers[0], cpu_flags())
+        return choice.precision, choice.reason
 
 
 def _renderable_kind(name: str, folder: Path) -> str:

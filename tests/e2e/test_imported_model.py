@@ -14,7 +14,10 @@ from tests.functional.test_model_import import realistic_random_wav2lip, save_li
 def test_imported_checkpoint_renders_a_job(tmp_path: Path, media: dict[str, Path]) -> None:
     share = Share(tmp_path / "shared", {"render": {"batch_size": 8}})
     checkpoint = save_like_public(realistic_random_wav2lip(seed=3).state_dict(), tmp_path / "wav2lip_gan.pth")
-    imported = share.lipsyncd("model", "import", str(checkpoint), "--name", "wav2lip_gan", timeout=600)
+    # --no-variants: no int8 calibration (about 20 s); tests/functional/test_precision_auto.py covers auto
+    imported = share.lipsyncd(
+        "model", "import", str(checkpoint), "--name", "wav2lip_gan", "--no-variants", timeout=600
+    )
     assert imported.returncode == 0, imported.stderr
     assert "wav2lip_gan" in share.lipsyncd("model", "list").stdout
     for name in ("face_b", "speech"):

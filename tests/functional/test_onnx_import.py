@@ -8,6 +8,7 @@ onnxruntime runs it, which these exercise with real onnxruntime sessions.
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -21,6 +22,7 @@ from onnx import TensorProto, helper
 
 from daemon.modelimport import ModelImportError, file_kind, import_model, import_onnx, inspect_wav2lip_onnx
 from daemon.render.modelspec import ModelSpec
+from daemon.render.precision import CPU_FLAGS_ENV
 
 Dims = list[int | str | None]
 MEL: Dims = ["B", 1, 80, 16]
@@ -183,15 +185,20 @@ def test_not_an_onnx_file(tmp_path: Path) -> None:
 
 
 def test_plain_import_needs_no_scikit_image(tmp_path: Path) -> None:
-    """scikit-image (the calibration photo) is a test/bench extra: only --fp16/--int8 may need it."""
+    """scikit-image (the calibration photo) is an import extra: only --fp16/--int8 need it; a plain import
+    on a VNNI CPU (which would make int8) without it says so and imports fp32 only."""
     src = dummy_wav2lip(tmp_path / "plain.onnx")
     code = (
         "import sys; sys.modules['skimage'] = None\n"
         "from pathlib import Path\n"
         "from daemon.modelimport import import_model\n"
-        f"import_model(Path({str(src)!r}), Path({str(tmp_path / 'models')!r}))\n"
+        f"print(import_model(Path({str(src)!r}), Path({str(tmp_path / 'models')!r})).notes)\n"
     )
     root = Path(__file__).resolve().parents[2]
-    done = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=False)
+    env = {**os.environ, CPU_FLAGS_ENV: "avx512_vnni"}
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=False, env=env
+    )
     assert done.returncode == 0, done.stderr
-    assert (tmp_path / "models" / "plain" / "model.json").is_file()
+    assert "scikit-image is not installed" in done.stdout
+    assert ModelSpec.load(tmp_path / "models" / "plain").variants == {}

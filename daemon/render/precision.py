@@ -1,0 +1,104 @@
+"""`render.precision: auto`: which imported variant a model runs in on this machine, and why, in plain words.
+
+Pure: the caller passes the provider, the CPU's flags and the spec; `cpu_flags` reads /proc/cpuinfo.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from daemon.render.modelspec import BASELINE, ModelSpec
+
+# The one bound on a variant's error against fp32: the mean absolute difference of the output image
+# (values in [0, 1]) on held-out inputs, measured at import. One 8-bit level: within it the variant's
+# faces differ from fp32's by less than the 8-bit frame's own rounding. A sound int8 measures 0.0008 on
+# the tests' tiny model and 0.0005 on a full-size random-weight Wav2Lip; the tiny model quantised with a
+# broken calibration (faces 20x too dark: 0.025; all zeros: 0.41) is refused. (Random full-size weights
+# cannot show a broken one: their output spans only [0.45, 0.53], so even an all-zeros calibration gives
+# 0.0012 there; real weights use the whole range.)
+MAX_MEAN_ABS_ERROR = 1 / 255
+
+# Tests only: a comma- or space-separated flag list that replaces /proc/cpuinfo's, so a test of the
+# choice passes on any CPU (e.g. LIPSYNCD_CPU_FLAGS=avx512_vnni). Read here and nowhere else.
+CPU_FLAGS_ENV = "LIPSYNCD_CPU_FLAGS"
+CPUINFO = Path("/proc/cpuinfo")
+
+# int8 convolutions are only faster than fp32 with the dot-product instructions (VNNI) or AMX
+INT8_FLAGS = ("amx_int8", "avx512_vnni", "avx_vnni")
+GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
+_MUSETALK_CPU = "fp32: int8 is not offered for MuseTalk models (its graphs are not quantised)"
+_MUSETALK_GPU = (
+    "fp32: MuseTalk's fp16 graphs have no error against fp32 on the final image stored; "
+    "set render.precision: fp16 to use them"
+)
+
+
+@dataclass(frozen=True)
+class Choice:
+    precision: str | None  # None: the model's own (the weightless baseline)
+    reason: str
+
+
+def cpu_flags(cpuinfo: Path = CPUINFO) -> frozenset[str]:
+    """The CPU's feature flags (first processor's), or those in LIPSYNCD_CPU_FLAGS when it is set."""
+    forced = os.environ.get(CPU_FLAGS_ENV)
+    if forced is not None:
+        return frozenset(forced.replace(",", " ").split())
+    try:
+        lines = cpuinfo.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return frozenset()
+    line = next((line for line in lines if line.split(":", 1)[0].strip() == "flags"), "")
+    return frozenset(line.split(":", 1)[1].split()) if ":" in line else frozenset()
+
+
+def int8_flags(flags: frozenset[str]) -> list[str]:
+    return [flag for flag in INT8_FLAGS if flag in flags]
+
+
+def choose(
+    spec: ModelSpec, provider: str, flags: frozenset[str], bound: float = MAX_MEAN_ABS_ERROR
+) -> Choice:
+    """The precision `auto` runs SPEC in under PROVIDER (the session's first) on a CPU with FLAGS."""
+    if spec.kind == BASELINE:
+        return Choice(None, "the built-in baseline has one precision")
+    if spec.kind == "musetalk":
+        return Choice("fp32", _MUSETALK_GPU if provider in GPU_PROVIDERS else _MUSETALK_CPU)
+    if provider in GPU_PROVIDERS:
+        return _pick(spec, "fp16", f"{provider} runs half precision", bound)
+    have = int8_flags(flags)
+    if not have:
+        return Choice(
+            "fp32", f"fp32: this CPU has none of {', '.join(INT8_FLAGS)}, without which int8 is not faster"
+        )
+    return _pick(spec, "int8", f"this CPU has {have[0]}", bound)
+
+
+def _pick(spec: ModelSpec, precision: str, why: str, bound: float) -> Choice:
+    """PRECISION if the spec has it and its stored error is within the bound; else fp32, saying why."""
+    if precision != spec.precision and precision not in spec.variants:
+        return Choice(
+            "fp32",
+            f"fp32: {why} but model '{spec.name}' has no {precision} variant "
+            "(import it again on this machine, or with --fp16 / --int8)",
+        )
+    check = spec.checks.get(precision)
+    if check is None:
+        return Choice(
+            "fp32",
+            f"fp32: {why} but the {precision} variant's error against fp32 was not stored "
+            f"(imported by an older lipsyncd): import the model again with --overwrite",
+        )
+    error = check["mean_abs_error"]
+    if error > bound:
+        return Choice(
+            "fp32",
+            f"fp32: {why} but the {precision} variant's mean error against fp32 is {error:.4f} > {bound:.4f}",
+        )
+    return Choice(
+        precision,
+        f"{precision}: {why} and the {precision} variant's mean error against fp32 "
+        f"is {error:.4f} <= {bound:.4f}",
+    )

@@ -1,0 +1,122 @@
+"""`render.precision: auto` end to end on a tiny Wav2Lip-style ONNX file: a plain import makes the int8
+variant on a VNNI CPU and stores its error; opening with auto picks it and the model_loaded line says why;
+an error over the bound keeps fp32; doctor says the same, one line per model.
+
+The CPU flags are injected (LIPSYNCD_CPU_FLAGS), so these pass on any CPU.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import MutableMapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+import structlog
+from structlog.testing import capture_logs
+
+from daemon.cli import EXIT_OK, main
+from daemon.config import Config, PathsConfig, RenderConfig
+from daemon.doctor import _precisions
+from daemon.modelimport import import_model
+from daemon.render.modelspec import SPEC_NAME, ModelSpec
+from daemon.render.precision import CPU_FLAGS_ENV
+from daemon.render.registry import ModelPool
+from tests.functional.test_onnx_import import dummy_wav2lip
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """models/tiny, imported without flags on a CPU that says it has avx512_vnni (and no CUDA)."""
+    root = tmp_path_factory.mktemp("auto")
+    src = dummy_wav2lip(root / "tiny.onnx", batch=4, out_name="image")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(CPU_FLAGS_ENV, "sse2 avx2 avx512_vnni")
+        import_model(src, root / "models")
+    return root / "models"
+
+
+def loaded(models: Path, flags: str, monkeypatch: pytest.MonkeyPatch) -> MutableMapping[str, Any]:
+    monkeypatch.setenv(CPU_FLAGS_ENV, flags)
+    pool = ModelPool(models, providers="cpu", precision="auto", threads=1)
+    with capture_logs() as logs:
+        pool.get("tiny")
+    return next(line for line in logs if line["event"] == "model_loaded")
+
+
+def test_a_plain_import_on_a_vnni_cpu_makes_int8_and_stores_its_error(models: Path) -> None:
+    spec = json.loads((models / "tiny" / SPEC_NAME).read_text())
+    assert spec["variants"] == {"int8": "model.int8.onnx"}  # no fp16: no GPU provider in this build
+    assert 0 < spec["checks"]["int8"]["mean_abs_error"] < spec["checks"]["int8"]["max_abs_error"]
+
+
+def test_auto_picks_int8_and_the_log_line_says_why(models: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    line = loaded(models, "avx2 avx512_vnni", monkeypatch)
+    assert line["precision"] == "int8"
+    assert "this CPU has avx512_vnni" in str(line["precision_reason"])
+
+
+def test_auto_keeps_fp32_without_vnni(models: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    line = loaded(models, "sse2 avx2", monkeypatch)
+    assert line["precision"] == "fp32"
+    assert "none of amx_int8, avx512_vnni, avx_vnni" in str(line["precision_reason"])
+
+
+def test_an_int8_error_over_the_bound_keeps_fp32(
+    models: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    copy = tmp_path / "models"
+    (copy / "tiny").mkdir(parents=True)
+    for file in (models / "tiny").iterdir():
+        (copy / "tiny" / file.name).write_bytes(file.read_bytes())
+    spec = json.loads((copy / "tiny" / SPEC_NAME).read_text())
+    spec["checks"]["int8"]["mean_abs_error"] = 0.02
+    (copy / "tiny" / SPEC_NAME).write_text(json.dumps(spec))
+    line = loaded(copy, "avx512_vnni", monkeypatch)
+    assert line["precision"] == "fp32"
+    assert "is 0.0200 > 0.0039" in str(line["precision_reason"])
+    doctor = _precisions(Config(paths=PathsConfig(models=copy), render=RenderConfig(providers="cpu")))
+    assert [(c.what, c.ok) for c in doctor] == [("precision tiny", True)]
+    assert "auto picks fp32" in doctor[0].detail
+
+
+def test_doctor_says_what_auto_picks_for_each_model(models: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(CPU_FLAGS_ENV, "avx512_vnni")
+    config = Config(paths=PathsConfig(models=models), render=RenderConfig(providers="cpu"))
+    (check,) = _precisions(config)
+    assert check.what == "precision tiny"
+    assert check.detail.startswith("auto picks int8: this CPU has avx512_vnni")
+    fp32 = RenderConfig(providers="cpu", precision="fp32")
+    explicit = Config(paths=PathsConfig(models=models), render=fp32)
+    assert _precisions(explicit)[0].detail.startswith("render.precision is fp32 (auto picks int8")
+
+
+def test_a_plain_import_without_vnni_makes_none(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(CPU_FLAGS_ENV, "sse2 avx2")
+    report = import_model(dummy_wav2lip(tmp_path / "plain.onnx", out_name="image"), tmp_path / "models")
+    assert isinstance(report.spec, ModelSpec)
+    assert report.spec.variants == {}
+    assert report.variants == ()
+
+
+@pytest.mark.parametrize(
+    ("flags", "options", "made"),
+    [
+        ("avx512_vnni", ["--no-variants"], {}),  # skipped although auto would pick int8 here
+        ("sse2 avx2", ["--int8"], {"int8": "model.int8.onnx"}),  # forced although auto would not pick it
+    ],
+)
+def test_cli_flags_skip_or_force_variants(
+    flags: str, options: list[str], made: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(CPU_FLAGS_ENV, flags)
+    src = dummy_wav2lip(tmp_path / "tiny.onnx", batch=4, out_name="image")
+    config = tmp_path / "lipsyncd.yaml"
+    paths = {"models": str(tmp_path / "models"), "state": str(tmp_path / "state")}
+    config.write_text(json.dumps({"paths": paths}))  # JSON is YAML
+    try:
+        assert main(["model", "import", str(src), *options, "--config", str(config)]) == EXIT_OK
+    finally:
+        structlog.reset_defaults()  # main() pointed structlog at pytest's captured stderr
+    assert ModelSpec.load(tmp_path / "models" / "tiny").variants == made
