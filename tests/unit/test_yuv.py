@@ -7,7 +7,7 @@ import pytest
 
 from daemon.render.blend import mouth_mask
 from daemon.render.types import Box
-from daemon.render.yuv import YuvFrame, bgr_to_yuv, even_region, paste_yuv, yuv_to_bgr
+from daemon.render.yuv import YuvDetector, YuvFrame, bgr_to_yuv, even_region, paste_yuv, yuv_to_bgr
 
 
 def textured(width: int, height: int, seed: int = 0) -> YuvFrame:
@@ -77,3 +77,55 @@ def test_region_to_bgr_is_the_same_as_that_part_of_the_whole_frame() -> None:
     part = frame.to_bgr(region)
     inner = part[2:-2, 2:-2].astype(int)  # chroma interpolation differs at the region's own border
     assert np.abs(inner - whole[region.y1 + 2 : region.y2 - 2, region.x1 + 2 : region.x2 - 2]).max() <= 1
+
+
+class ScaledDetector:
+    """Poses as S3FD/YuNet: records what `detect_scaled` is shown."""
+
+    name = "scaled"
+    max_side = 64
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[tuple[int, ...], float, tuple[int, ...]]] = []
+
+    def detect(self, frame_bgr: np.ndarray) -> list[Box]:
+        raise AssertionError("the full-size detect must not be called on planes")
+
+    def detect_scaled(self, small: np.ndarray, scale: float, shape: tuple[int, ...]) -> list[Box]:
+        self.seen.append((small.shape, scale, shape))
+        return [Box(1, 2, 3, 4)]
+
+
+class GreyDetector:
+    """Poses as Haar: takes grey images."""
+
+    name = "grey"
+    takes_grey = True
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[int, ...]] = []
+
+    def detect(self, frame: np.ndarray) -> list[Box]:
+        self.seen.append(frame.shape)
+        return []
+
+    def detect_near(self, frame: np.ndarray, last: Box) -> list[Box]:
+        self.seen.append(frame.shape)
+        return [last]
+
+
+def test_scaled_detectors_get_a_small_bgr_made_from_downscaled_planes() -> None:
+    inner = ScaledDetector()
+    boxes = YuvDetector(inner).detect(textured(257, 191))
+    assert boxes == [Box(1, 2, 3, 4)]
+    assert inner.seen == [((48, 64, 3), 64 / 257, (191, 257, 3))]
+
+
+def test_grey_detectors_get_the_luma_plane_without_its_padding() -> None:
+    inner = GreyDetector()
+    detector = YuvDetector(inner)
+    frame = textured(101, 75)
+    assert detector.detect(frame) == []
+    assert detector.detect_near(frame, Box(1, 1, 9, 9)) == [Box(1, 1, 9, 9)]
+    assert inner.seen == [(75, 101), (75, 101)]
+    assert "frames=yuv420p" in detector.fingerprint  # detections cached from BGR frames are not replayed
