@@ -15,6 +15,7 @@ today's chroma on average (under 0.75 levels, under 5% of samples more than 2 of
 from __future__ import annotations
 
 import threading
+from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -179,3 +180,31 @@ def test_odd_rotated_and_full_range_sources_keep_size_orientation_and_levels(
     assert first.rotation == 0
     assert first.color_range in (0, 1)  # limited ("TV") range, as today's output
     assert_outside_face_matches_today(video, out)  # orientation too: a turned picture would differ
+
+
+def write_bt709_clip(path: Path) -> Path:
+    """The face clip re-encoded with its planes tagged BT.709 (as HD cameras and phones tag theirs)."""
+    source = write_face_clip(path.with_name("plain.mp4"), SECONDS, 25)
+    with av.open(str(source)) as src, av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=25, options={"crf": "0"})
+        stream.width, stream.height, stream.pix_fmt = 256, 256, "yuv420p"
+        stream.codec_context.colorspace = 1  # BT.709
+        for index, frame in enumerate(src.decode(video=0)):
+            frame.pts, frame.time_base = index, Fraction(1, 25)
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode(None))
+    return path
+
+
+def test_a_bt709_source_keeps_its_planes_and_is_tagged_bt709(
+    tmp_path: Path, model: LipSyncModel, audio: Path
+) -> None:
+    video = write_bt709_clip(tmp_path / "hd.mp4")
+    out = render(tmp_path, model, video, audio)
+    got, first = planes(out)
+    source, source_first = planes(video)
+    assert source_first.colorspace == 1
+    assert first.colorspace == 1  # so a player converts the kept planes with the matrix they were made in
+    keep = untouched(video, split(got[0])[0].shape)
+    for new, src in zip(got, source, strict=True):
+        assert np.array_equal(split(new)[0][keep], split(src)[0][keep])
