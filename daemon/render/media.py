@@ -1,7 +1,9 @@
 """Media IO with PyAV: probe and stream video frames, load audio as 16 kHz mono, encode H.264 + AAC MP4.
 
 Conventions:
-- Frames are BGR uint8 (H, W, 3), upright (the display matrix is applied), at a constant frame rate.
+- Frames are upright (the display matrix is applied), at a constant frame rate: yuv420p planes
+  (`iter_yuv_frames`, `VideoEncoder.write_yuv`: the render pipeline), or BGR uint8 (H, W, 3)
+  (`iter_frames`, `VideoEncoder.write`: tools and tests).
 - `VideoInfo.rotation` is clockwise degrees, the phone "rotate" tag convention: the decoder turns the
   stored picture clockwise by that much to show it upright.
 - Errors meant for users are `MediaError`s that name the file and say what to do.
