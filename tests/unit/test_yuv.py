@@ -129,3 +129,12 @@ def test_grey_detectors_get_the_luma_plane_without_its_padding() -> None:
     assert detector.detect_near(frame, Box(1, 1, 9, 9)) == [Box(1, 1, 9, 9)]
     assert inner.seen == [(75, 101), (75, 101)]
     assert "frames=yuv420p" in detector.fingerprint  # detections cached from BGR frames are not replayed
+
+
+def test_the_frames_budget_counts_planes_at_one_and_a_half_bytes_a_pixel() -> None:
+    from daemon.render.pipeline import RenderSettings
+
+    settings = RenderSettings()  # 256 MB for (queue_batches + 3) = 4 batches in flight
+    assert settings.batch_for(1920, 1080) == 16  # 3.1 MB a frame: the whole batch fits (BGR: 10)
+    assert settings.batch_for(3840, 2160) == 5  # 12.4 MB a frame
+    assert settings.batch_for(3839, 2159) == 5  # odd sizes count their even padding
