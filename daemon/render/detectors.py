@@ -102,11 +102,15 @@ class S3fdDetector:
         return list(self.session.run(None, {self._input: np.ascontiguousarray(batch)}))
 
     def detect(self, frame_bgr: np.ndarray) -> list[Box]:
-        small, scale = _downscale(frame_bgr, self.max_side)
+        return self.detect_scaled(*_downscale(frame_bgr, self.max_side), frame_bgr.shape)
+
+    def detect_scaled(self, small: np.ndarray, scale: float, shape: tuple[int, ...]) -> list[Box]:
+        """`detect` on a frame of `shape` already scaled down by `scale` (the pipeline makes it from
+        downscaled planes)."""
         dets = decode_s3fd(self.raw_outputs(small[:, :, ::-1]))
         dets = dets[nms(dets, self.nms_iou)]
         dets = dets[dets[:, 4] > self.threshold]
-        return [_to_box(row, scale, frame_bgr.shape) for row in dets]
+        return [_to_box(row, scale, shape) for row in dets]
 
 
 def softmax_channels(logits: np.ndarray) -> np.ndarray:
@@ -205,15 +209,16 @@ class YunetDetector:
         return detector
 
     def detect(self, frame_bgr: np.ndarray) -> list[Box]:
-        small, scale = _downscale(frame_bgr, self.max_side)
+        return self.detect_scaled(*_downscale(frame_bgr, self.max_side), frame_bgr.shape)
+
+    def detect_scaled(self, small: np.ndarray, scale: float, shape: tuple[int, ...]) -> list[Box]:
+        """`detect` on a frame of `shape` already scaled down by `scale`."""
         self._yn.setInputSize((small.shape[1], small.shape[0]))
         _, faces = self._yn.detect(np.ascontiguousarray(small))
         if faces is None:
             return []
         faces = faces[np.argsort(faces[:, -1])[::-1]]  # last column: score
-        return [
-            _with_landmarks(_xywh_box(face[:4], scale, frame_bgr.shape), face[4:14], scale) for face in faces
-        ]
+        return [_with_landmarks(_xywh_box(face[:4], scale, shape), face[4:14], scale) for face in faces]
 
 
 def _with_landmarks(box: Box, points: np.ndarray, scale: float) -> Box:

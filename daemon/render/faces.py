@@ -52,6 +52,7 @@ class HaarDetector:
     """
 
     name = "haar"
+    takes_grey = True  # `detect` and `detect_near` also take a grey image (the pipeline's luma plane)
     NEAR_MARGIN = 1.0  # detect_near searches the last box grown by this many box sizes on each side
     NEAR_SIZES = (0.7, 1.4)  # ... for faces between these multiples of its size
 
@@ -108,7 +109,9 @@ def _small_grey(frame_bgr: np.ndarray, max_side: int) -> tuple[np.ndarray, float
 
 
 def _grey_at(image_bgr: np.ndarray, scale: float) -> np.ndarray:
-    grey = cv2.cvtColor(image_bgr, cv2.COLOR_BGR2GRAY)
+    # luma is limited range (16-235) where BGR's grey is full: the cascade normalises each window by its
+    # own contrast, so that changes nothing but rounding
+    grey = image_bgr if image_bgr.ndim == 2 else cv2.cvtColor(image_bgr, cv2.COLOR_BGR2GRAY)
     if scale < 1.0:
         height, width = grey.shape
         size = (max(1, round(width * scale)), max(1, round(height * scale)))

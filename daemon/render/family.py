@@ -9,6 +9,10 @@ and the audio windows into faces, and `paste` puts one back into its frame.
 
 Adapters: `model.LipSyncModel` (Wav2Lip, baseline: 96x96 crops, mel windows) and
 `musetalk.MuseTalkModel` (256x256 crops, Whisper windows, three ONNX graphs per frame).
+
+The render pipeline holds frames as yuv420p planes: it gives `prepare` a BGR copy of `face_box` only (and
+the box moved into it), and blends faces into the planes with `face_mask` (yuv.paste_yuv); `paste`, on a
+BGR frame, is the same blend for callers holding BGR.
 """
 
 from __future__ import annotations
@@ -66,4 +70,13 @@ class LipSyncFamily(Protocol):
 
     def paste(self, frame: np.ndarray, box: Box, face: np.ndarray) -> np.ndarray:
         """A copy of `frame` with `face` blended in; `box` is the tracker's box `prepare` was given."""
+        ...
+
+    def face_box(self, box: Box, frame_shape: tuple[int, ...]) -> Box:
+        """The region `prepare` reads and `paste` writes, for the tracker's box: the pipeline converts only
+        this region of its yuv420p frame to BGR, and blends the face into it itself."""
+        ...
+
+    def face_mask(self, face_box: Box) -> np.ndarray:
+        """(h, w, 1) float32 weights in 0..1 `paste` mixes the face in by, over `face_box`."""
         ...

@@ -1,7 +1,9 @@
 """Media IO with PyAV: probe and stream video frames, load audio as 16 kHz mono, encode H.264 + AAC MP4.
 
 Conventions:
-- Frames are BGR uint8 (H, W, 3), upright (the display matrix is applied), at a constant frame rate.
+- Frames are upright (the display matrix is applied), at a constant frame rate: yuv420p planes
+  (`iter_yuv_frames`, `VideoEncoder.write_yuv`: the render pipeline), or BGR uint8 (H, W, 3)
+  (`iter_frames`, `VideoEncoder.write`: tools and tests).
 - `VideoInfo.rotation` is clockwise degrees, the phone "rotate" tag convention: the decoder turns the
   stored picture clockwise by that much to show it upright.
 - Errors meant for users are `MediaError`s that name the file and say what to do.
@@ -16,10 +18,11 @@ import hashlib
 import io
 import math
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from fractions import Fraction
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import av
 import numpy as np
@@ -29,6 +32,7 @@ from av.video.reformatter import Interpolation
 
 from daemon.render.audio import SAMPLE_RATE
 from daemon.render.types import VideoInfo
+from daemon.render.yuv import YuvFrame, even
 
 log = structlog.get_logger(__name__)
 
@@ -304,13 +308,25 @@ def iter_frames(path: Path, info: VideoInfo, hwaccel: HWAccel | None = None) -> 
     Frames are placed by presentation time: a variable frame rate source has frames repeated or dropped
     (each output instant shows the nearest source frame). A still image yields its one frame.
     """
+    yield from _iter_converted(path, info, _to_bgr, hwaccel)
+
+
+def iter_yuv_frames(path: Path, info: VideoInfo, hwaccel: HWAccel | None = None) -> Iterator[YuvFrame]:
+    """`iter_frames` as yuv420p planes (limited range, the source's matrix): what the render pipeline
+    works on, with no full-frame colour conversion for a yuv420p source."""
+    yield from _iter_converted(path, info, _to_yuv, hwaccel)
+
+
+def _iter_converted(
+    path: Path, info: VideoInfo, convert: Callable[[av.VideoFrame, int], Any], hwaccel: HWAccel | None
+) -> Iterator[Any]:
     with _opened(path, "a video", hwaccel) as container:
         stream = _video_stream(container, path)
         stream.thread_type = "AUTO"
         timed = _timed(_decoded(container, stream, path), info.fps)
         frames = ((item[2], 1) for item in timed) if info.is_still else _constant_rate(timed, info)
         for frame, count in frames:
-            yield from _copies(_to_bgr(frame, info.rotation), count)
+            yield from _copies(convert(frame, info.rotation), count)
 
 
 def _timed(frames: Iterable[av.VideoFrame], fps: float) -> Iterator[tuple[float, float, av.VideoFrame]]:
@@ -352,7 +368,7 @@ def _instants_before(t: float, fps: float) -> int:
     return max(0, math.ceil(t * fps - _EPS))
 
 
-def _copies(frame: np.ndarray, count: int) -> Iterator[np.ndarray]:
+def _copies(frame: Any, count: int) -> Iterator[Any]:
     """The frame, then copies: a consumer may draw on what it gets."""
     for i in range(count):
         yield frame if i == 0 else frame.copy()
@@ -364,6 +380,57 @@ def _to_bgr(frame: av.VideoFrame, rotation: int) -> np.ndarray:
     if rotation:
         bgr = np.rot90(bgr, -(rotation // 90))  # negative k: clockwise
     return np.ascontiguousarray(bgr)
+
+
+_BT709 = 1  # AVCOL_SPC_BT709
+_FULL_RANGE = 2  # AVCOL_RANGE_JPEG
+
+
+def _to_yuv(frame: av.VideoFrame, rotation: int) -> YuvFrame:
+    """Limited-range yuv420p planes, upright. A yuv420p limited-range source is copied as it is (one
+    copy of 1.5 bytes a pixel); others (full-range yuvj420p, 4:2:2, 10-bit, RGB stills) are reformatted
+    by swscale first. The matrix is kept (the encoder tags the output with it), so colours look as
+    they did when the whole frame went through BGR with the source's matrix."""
+    matrix = "bt709" if frame.colorspace == _BT709 else "bt601"
+    if frame.format.name != "yuv420p" or frame.color_range == _FULL_RANGE:
+        frame = frame.reformat(
+            format="yuv420p",
+            src_color_range=frame.color_range or None,
+            dst_color_range=1,  # MPEG ("TV") range
+            interpolation=_SWS,
+        )
+    if rotation and (frame.width & 1 or frame.height & 1):
+        # planes padded to even would put the padding on the wrong side once turned: rare (phones record
+        # even sizes), so such a source takes the old path through BGR
+        return _yuv_from_bgr(_to_bgr(frame, rotation))
+    out = _planes(frame, frame.width, frame.height, matrix)
+    if rotation:  # turning the planes is a full-frame copy: only rotated sources pay it
+        turned = YuvFrame.blank(frame.height, frame.width, matrix)
+        k = -(rotation // 90)  # negative k: clockwise
+        for src, dst in zip((out.y, out.u, out.v), (turned.y, turned.u, turned.v), strict=True):
+            dst[:] = np.rot90(src, k)
+        return turned
+    return out
+
+
+def _planes(frame: av.VideoFrame, width: int, height: int, matrix: str) -> YuvFrame:
+    """A yuv420p frame's planes copied into one buffer; luma padded to even by repeating its edge."""
+    out = YuvFrame.blank(width, height, matrix)
+    for plane, dst in zip(frame.planes, (out.y, out.u, out.v), strict=True):
+        rows = np.frombuffer(memoryview(plane), np.uint8).reshape(-1, plane.line_size)
+        dst[: plane.height, : plane.width] = rows[: plane.height, : plane.width]
+    out.pad_luma()
+    return out
+
+
+def _yuv_from_bgr(bgr: np.ndarray) -> YuvFrame:
+    """Today's BGR frame as planes, converted as `VideoEncoder.write` converts it (padded to even)."""
+    height, width = bgr.shape[:2]
+    padded = np.pad(bgr, ((0, height & 1), (0, width & 1), (0, 0)), mode="edge")
+    converted = av.VideoFrame.from_ndarray(np.ascontiguousarray(padded), format="bgr24").reformat(
+        format="yuv420p", interpolation=_SWS
+    )
+    return _planes(converted, width, height, "bt601")
 
 
 # ---------------------------------------------------------------- audio
@@ -544,7 +611,19 @@ class VideoEncoder:
             want = (self.height, self.width, 3)
             raise ValueError(f"frame is {frame_bgr.shape} {frame_bgr.dtype}, expected {want} uint8")
         bgr = av.VideoFrame.from_ndarray(self._pad(frame_bgr), format="bgr24")
-        frame = bgr.reformat(format="yuv420p", interpolation=_SWS)
+        self._encode(bgr.reformat(format="yuv420p", interpolation=_SWS))
+
+    def write_yuv(self, frame: YuvFrame) -> None:
+        """Append one frame of planes of the size given at construction: no colour conversion. The
+        output is tagged with the frames' matrix (all frames of a video share their source's)."""
+        if (frame.width, frame.height) != (self.width, self.height):
+            raise ValueError(f"frame is {frame.width}x{frame.height}, expected {self.width}x{self.height}")
+        if self.frames == 0 and frame.matrix == "bt709":
+            self._video.codec_context.colorspace = 1  # BT.709: the planes keep the source's matrix
+        planes = frame.buffer.reshape(even(self.height) * 3 // 2, even(self.width))
+        self._encode(av.VideoFrame.from_ndarray(planes, format="yuv420p"))
+
+    def _encode(self, frame: av.VideoFrame) -> None:
         frame.pts = self.frames
         self._out.mux(self._video.encode(frame))
         self.frames += 1

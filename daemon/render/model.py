@@ -16,7 +16,7 @@ import structlog
 
 from daemon.render import accel
 from daemon.render import audio as audio_features
-from daemon.render.blend import paste_back
+from daemon.render.blend import mouth_mask, paste_back
 from daemon.render.faces import crop_face
 from daemon.render.modelspec import SPEC_NAME, ModelSpec
 from daemon.render.types import Box
@@ -151,6 +151,12 @@ class LipSyncModel:
 
     def paste(self, frame: np.ndarray, box: Box, face: np.ndarray) -> np.ndarray:
         return paste_back(frame, box, face)
+
+    def face_box(self, box: Box, frame_shape: tuple[int, ...]) -> Box:
+        return box
+
+    def face_mask(self, face_box: Box) -> np.ndarray:
+        return mouth_mask(face_box.width, face_box.height)
 
     def infer(self, mel: np.ndarray, face: np.ndarray) -> np.ndarray:
         """(B,1,80,16) and (B,6,96,96) float32 -> (B,3,96,96) float32; chunks and pads for a fixed batch."""

@@ -204,7 +204,9 @@ class MuseTalkModel:
         return crop_256(frame, box)
 
     reuse_inputs = True  # two VAE encodes a frame: a third of the work (32 KB of latents to keep)
-    GEOMETRY = "v2"  # bump when musetalk_box, crop_256 or vae_inputs change: kept latents then miss
+    # bump when musetalk_box, crop_256 or vae_inputs change: kept latents then miss (v3: crops are
+    # converted from yuv420p planes, no longer from a swscale BGR frame)
+    GEOMETRY = "v3"
 
     @property
     def inputs_key(self) -> str:
@@ -225,6 +227,12 @@ class MuseTalkModel:
         if face_box.width <= 0 or face_box.height <= 0:
             return frame.copy()
         return paste_masked(frame, face_box, face, lower_face_mask(face_box.width, face_box.height))
+
+    def face_box(self, box: Box, frame_shape: tuple[int, ...]) -> Box:
+        return musetalk_box(box, frame_shape)
+
+    def face_mask(self, face_box: Box) -> np.ndarray:
+        return lower_face_mask(face_box.width, face_box.height)
 
 
 _OUTPUTS = {

@@ -14,6 +14,9 @@ A frame shown again (a short avatar ping-ponging under long audio) reuses the mo
 computed the first time, when the model family says they are worth keeping (MuseTalk's VAE latents),
 up to `INPUT_MEMO_MB`; none are kept when every frame is shown once and no avatar cache will keep them.
 
+Frames flow as yuv420p planes (`yuv.YuvFrame`), never converted whole: the tracker looks at luma, the
+model gets a BGR copy of the face region only, and its face is blended into the planes the encoder takes.
+
 With an `AvatarCache`, the decode stage replays the detections of an earlier render of the same video
 instead of running the detector, and stores new ones when it is done.
 """
@@ -27,7 +30,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import structlog
@@ -37,9 +40,10 @@ from daemon.render import audio as audio_features
 from daemon.render.avatar_cache import AvatarCache, AvatarInputs, InputKey
 from daemon.render.faces import FaceTracker, TrackStats
 from daemon.render.family import AudioFeatures, LipSyncFamily
-from daemon.render.media import VideoEncoder, iter_frames, load_audio, probe_video, video_decoder
+from daemon.render.media import VideoEncoder, iter_yuv_frames, load_audio, probe_video, video_decoder
 from daemon.render.timeline import TimelineFrame, timeline
-from daemon.render.types import FaceDetector, VideoInfo
+from daemon.render.types import Box, FaceDetector, VideoInfo
+from daemon.render.yuv import YuvDetector, YuvFrame, even_region, paste_yuv
 
 log = structlog.get_logger(__name__)
 
@@ -62,9 +66,10 @@ class RenderSettings:
     preset: str = "veryfast"
     # batches waiting between two stages: the memory bound. 1 is enough on CPU and GPU alike (the model
     # is the slow stage, so the encoder's queue stays short); each extra one costs batch_size frames
-    # (16 x 6 MB at 1080p).
+    # (16 x 3 MB at 1080p).
     queue_batches: int = 1
-    # Frames in flight may take at most this much memory: at 1080p (6.2 MB a frame) the batch drops to 10.
+    # Frames in flight may take at most this much memory: at 1080p (3.1 MB a frame of yuv420p planes) the
+    # batch stays 16; at 4K (12.4 MB) it drops to 5.
     # On a CPU the batch size barely matters for speed (Wav2Lip fp32: 21 frames/s at 1, 22 at 16).
     frames_budget_mb: int = 256
     # a video with no face in any frame: "fail" it, or "pass_through" (unchanged, with a warning); over
@@ -74,7 +79,7 @@ class RenderSettings:
 
     def batch_for(self, width: int, height: int) -> int:
         """`batch_size`, or fewer when that many frames of this size would not fit the budget."""
-        frame_bytes = width * height * 3
+        frame_bytes = (width + (width & 1)) * (height + (height & 1)) * 3 // 2  # yuv420p, padded to even
         fits = self.frames_budget_mb * 2**20 // (frame_bytes * (self.queue_batches + 3))
         return max(1, min(self.batch_size, fits))
 
@@ -247,14 +252,18 @@ class VideoRender:
 
     def _decode(self, info: VideoInfo, total: int, out: queue.Queue[Any], halted: Callable[[], bool]) -> None:
         clock = self._clocks["decode"].start()
-        memo = self.cache.track(self.source, self.detector, info) if self.cache else None
-        tracker = FaceTracker(self.detector, detect_every=self.settings.detect_every, memo=memo)
+        # the tracker and cache are written for BGR frames but only pass frames on to the detector
+        detector = cast(FaceDetector, YuvDetector(self.detector))
+        memo = self.cache.track(self.source, detector, info) if self.cache else None
+        tracker = FaceTracker(detector, detect_every=self.settings.detect_every, memo=memo)
         self._track = tracker.stats
         spill_dir = self.scratch_dir if shows_frames_again(info, total) else None
         keep = self.settings.video_longer == "keep"
         try:
             for item in timeline(
-                tracker.track(iter_frames(self.source, info, self._hwaccel())),
+                tracker.track(
+                    cast(Iterator[np.ndarray], iter_yuv_frames(self.source, info, self._hwaccel()))
+                ),
                 total,
                 policy=self.settings.audio_longer,
                 spill_dir=spill_dir,
@@ -296,11 +305,16 @@ class VideoRender:
         self._inputs.hits += len(keys) - len(fresh)  # kept earlier, or shown twice in this batch
         computed: dict[InputKey, np.ndarray] = {}
         if fresh:
-            crops = [self.model.prepare(item.frame, box) for (_, box), item in fresh.items()]
+            crops = [self._prepare(_planes(item), box) for (_, box), item in fresh.items()]
             computed = dict(zip(fresh, self.model.avatar_inputs(crops), strict=True))
             if self.model.reuse_inputs:
                 self._inputs.keep(computed)
         return np.stack([computed[key] if key in computed else self._inputs.take(key) for key in keys])
+
+    def _prepare(self, frame: YuvFrame, box: Box) -> np.ndarray:
+        """The model's crop, from a BGR copy of the face region only (even corners: whole chroma samples)."""
+        region = even_region(self.model.face_box(box, frame.shape), frame)
+        return self.model.prepare(frame.to_bgr(region), _moved(box, -region.x1, -region.y1))
 
     # -- stage 3: blend and encode ---------------------------------------------------------------------
 
@@ -330,15 +344,30 @@ class VideoRender:
             for batch in _drain(inp, self.stop, clock):
                 for item, face in zip(batch.items, batch.faces, strict=True):
                     box = item.crop.box
-                    encoder.write(
-                        item.frame if face is None or box is None else self.model.paste(item.frame, box, face)
-                    )
+                    frame = _planes(item)
+                    if face is not None and box is not None:
+                        face_box = self.model.face_box(box, frame.shape)
+                        paste_yuv(frame, face_box, face, self.model.face_mask(face_box))
+                    encoder.write_yuv(frame)
                     faceless += box is None
                 written += len(batch.items)
                 if time.monotonic() - last_report >= 1.0:
                     last_report = time.monotonic()
                     self.on_progress(min(written / max(total, 1), 0.99))
         return written, faceless
+
+
+def _planes(item: TimelineFrame) -> YuvFrame:
+    assert isinstance(item.frame, YuvFrame)  # the decode stage streams planes
+    return item.frame
+
+
+def _moved(box: Box, dx: int, dy: int) -> Box:
+    """`box` (landmarks too) shifted by (dx, dy): into a region's own coordinates."""
+    points = box.landmarks
+    if points is not None:
+        points = tuple(p + (dx if i % 2 == 0 else dy) for i, p in enumerate(points))
+    return Box(box.x1 + dx, box.y1 + dy, box.x2 + dx, box.y2 + dy, points)
 
 
 class _Clock:

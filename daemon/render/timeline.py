@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from daemon.render.types import FaceCrop
+from daemon.render.yuv import YuvFrame
 
 POLICIES = ("pingpong", "loop", "freeze")
 
@@ -24,7 +25,7 @@ POLICIES = ("pingpong", "loop", "freeze")
 class TimelineFrame:
     index: int  # output frame index
     source_index: int  # which frame of the avatar video it shows
-    frame: np.ndarray  # BGR uint8
+    frame: YuvFrame | np.ndarray  # the pipeline's planes; BGR uint8 where a caller streams BGR
     crop: FaceCrop
 
 
@@ -44,21 +45,25 @@ def source_index(out_index: int, frames: int, policy: str) -> int:
 class FrameSpill:
     """Frames of one fixed shape, appended to a scratch file and read back by index (pread)."""
 
-    def __init__(self, scratch_dir: Path, shape: tuple[int, ...]) -> None:
+    def __init__(self, scratch_dir: Path, like: YuvFrame | np.ndarray) -> None:
         scratch_dir.mkdir(parents=True, exist_ok=True)
-        self.shape = shape
-        self.frame_bytes = int(np.prod(shape))
+        self.like = like  # frames read back are made in its image (planes keep their size and matrix)
+        self.frame_bytes = like.nbytes
         self._fd, name = tempfile.mkstemp(prefix="spill.", suffix=".raw", dir=scratch_dir)
         os.unlink(name)  # the file lives as long as the descriptor: nothing to clean up after a crash
         self.crops: list[FaceCrop] = []
 
-    def append(self, frame: np.ndarray, crop: FaceCrop) -> None:
-        os.write(self._fd, np.ascontiguousarray(frame).tobytes())
+    def append(self, frame: YuvFrame | np.ndarray, crop: FaceCrop) -> None:
+        data = frame.buffer if isinstance(frame, YuvFrame) else np.ascontiguousarray(frame)
+        os.write(self._fd, data.tobytes())
         self.crops.append(crop)
 
-    def read(self, index: int) -> np.ndarray:
+    def read(self, index: int) -> YuvFrame | np.ndarray:
         data = os.pread(self._fd, self.frame_bytes, index * self.frame_bytes)
-        return np.frombuffer(data, dtype=np.uint8).reshape(self.shape).copy()
+        pixels = np.frombuffer(data, dtype=np.uint8).copy()
+        if isinstance(self.like, YuvFrame):
+            return YuvFrame(pixels, self.like.width, self.like.height, self.like.matrix)
+        return pixels.reshape(self.like.shape)
 
     def __len__(self) -> int:
         return len(self.crops)
@@ -68,7 +73,7 @@ class FrameSpill:
 
 
 def timeline(
-    tracked: Iterable[tuple[np.ndarray, FaceCrop]],
+    tracked: Iterable[tuple[YuvFrame | np.ndarray, FaceCrop]],
     total: int,
     *,
     policy: str,
@@ -86,7 +91,7 @@ def timeline(
             if count >= total and not keep_longer_video:
                 return
             if spill_dir is not None:
-                spill = spill or FrameSpill(spill_dir, frame.shape)
+                spill = spill or FrameSpill(spill_dir, frame)
                 spill.append(frame, crop)
             yield TimelineFrame(count, count, frame, crop)
             count += 1

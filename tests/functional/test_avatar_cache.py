@@ -33,6 +33,7 @@ class CountingHaar:
         self.inner = HaarDetector()
         self.name = name
         self.calls = 0
+        self.takes_grey = True  # as Haar: the pipeline hands it the luma plane
 
     @property
     def fingerprint(self) -> str:
