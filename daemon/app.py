@@ -167,12 +167,15 @@ class RenderDaemon:
         self.service.recover()
 
     def run_once(self) -> int:
-        """Take what the inbox holds now (after one settle period), render it all, return jobs rendered."""
+        """Take what the inbox holds now, render it all, return jobs rendered. A manifest is taken once
+        its mtime is `settle_time` old: one changed just before is waited for until then, not longer."""
         self.recover()
         if self.takes_manifests:
-            self.intake.sweep(rescan=True)
-            self.runtime.stop.wait(self.config.inbox.settle_time)
-            self.intake.sweep(rescan=True)
+            self.intake.sweep(rescan=True, by_mtime=True)
+            wait = self.intake.inbox.settle_left()
+            if wait > 0:
+                self.runtime.stop.wait(wait + 0.05)  # mtime granularity
+                self.intake.sweep(rescan=True, by_mtime=True)
         try:
             return self.service.run_pending()
         except Interrupted:

@@ -80,6 +80,24 @@ class Inbox:
             elif moved:
                 seen.moved = True
 
+    def settle_left(self) -> float:
+        """Seconds until every noted file not yet taken has gone `settle_time` unchanged by its mtime
+        (0.0 when none is noted): a one-off pass (`render --once`) waits this long, not a full period."""
+        with self._lock:
+            paths = list(self._seen)
+        return max((self.settle_time - self._mtime_age(p) for p in paths), default=0.0)
+
+    def settled_by_mtime(self, path: Path) -> bool:
+        """Unchanged for `settle_time` already, by its mtime against this host's clock."""
+        return self._mtime_age(path) >= self.settle_time
+
+    @staticmethod
+    def _mtime_age(path: Path) -> float:
+        try:
+            return max(0.0, time.time() - path.lstat().st_mtime)  # a future mtime (skew): just changed
+        except FileNotFoundError:
+            return float("inf")  # gone: nothing to wait for
+
     def ready_paths(self) -> list[Path]:
         """The noted files that are complete now; forgets files that went away."""
         ready = []
