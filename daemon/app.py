@@ -202,6 +202,7 @@ class RenderDaemon:
             intake=self.takes_manifests,
         )
         try:
+            self.service.preload()  # after ready: a large model must not hold up the start-up deadline
             self.service.run_forever()
         except Interrupted:
             pass
