@@ -30,7 +30,8 @@ PY = sys.executable
 
 
 def env() -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
+    environ = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}  # as deployed
+    return {**environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
 
 
 def fresh_root(parent: Path, name: str) -> Path:
@@ -146,7 +147,9 @@ def linked(links: Path) -> bool:
     return bool(doc.get("videos")) and all(v.get("url") for v in doc["videos"])
 
 
-def daemon_runs(parent: Path, repeats: int) -> list[dict[str, float]]:
+def daemon_runs(parent: Path, repeats: int, drop: str = "outside") -> list[dict[str, float]]:
+    """`drop`: the manifest is written beside the inbox (outside) or as a hidden temp file in it (inside,
+    as `lipsyncd submit` does), then renamed to inbox/NAME.yaml."""
     root = fresh_root(parent, "daemon")
     log_path = root / "run.log"
     with log_path.open("w") as log:
@@ -163,7 +166,7 @@ def daemon_runs(parent: Path, repeats: int) -> list[dict[str, float]]:
         results = []
         for i in range(repeats):
             name = f"drop-{i}"
-            staged = root / f".{name}.yaml.tmp"
+            staged = (root if drop == "outside" else root / "inbox") / f".{name}.yaml.tmp"
             staged.write_text(manifest_text(root, name), encoding="utf-8")
             links = root / "outputs" / "latest_batch" / name / "links.json"
             dropped = time.time()
@@ -208,6 +211,7 @@ def main() -> int:
     parser.add_argument("what", choices=("once", "daemon", "all"))
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--drop", choices=("outside", "inside"), default="outside")
     args = parser.parse_args()
     report: dict[str, Any] = {"uptime_before": os.getloadavg()}
     with tempfile.TemporaryDirectory(prefix="startup-profile-") as tmp:
@@ -221,7 +225,7 @@ def main() -> int:
                 print(f"  once {n}: {runs[-1]}", flush=True)
             report["once"] = {"median": medians(runs), "runs": runs}
         if args.what in ("daemon", "all"):
-            runs = daemon_runs(parent, args.repeats)
+            runs = daemon_runs(parent, args.repeats, args.drop)
             report["daemon"] = {"median": medians(runs), "runs": runs}
     report["uptime_after"] = os.getloadavg()
     for section in ("once", "daemon"):
