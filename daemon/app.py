@@ -7,14 +7,11 @@ import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import structlog
 
 from daemon.config import Config
-from daemon.distribute.notify import Notifier, WebhookSettings
-from daemon.distribute.storage import Storage, abort_stale_uploads, keep_embedded_up, open_storage
-from daemon.distribute.uploader import UploadSettings
-from daemon.distribute.watcher import DistributeSettings, UploadWatcher
 from daemon.inbox import Inbox
 from daemon.intake import Intake, IntakeThread
 from daemon.lease import worker_name
@@ -25,6 +22,11 @@ from daemon.render.registry import ModelPool, available_models
 from daemon.render.service import RenderPaths, RenderService
 from daemon.store import JobState, JobStore, VideoState
 from daemon.workers import Presence
+
+if TYPE_CHECKING:  # the upload side (boto3: ~0.2 s of import) is imported only by what uses it
+    from daemon.distribute.notify import Notifier, WebhookSettings
+    from daemon.distribute.storage import Storage
+    from daemon.distribute.watcher import DistributeSettings, UploadWatcher
 
 log = structlog.get_logger(__name__)
 
@@ -240,6 +242,9 @@ class RenderDaemon:
 
 
 def distribute_settings(config: Config) -> DistributeSettings:
+    from daemon.distribute.uploader import UploadSettings
+    from daemon.distribute.watcher import DistributeSettings
+
     u = config.upload
     return DistributeSettings(
         bucket=config.storage.bucket,
@@ -257,6 +262,8 @@ def distribute_settings(config: Config) -> DistributeSettings:
 
 
 def webhook_settings(config: Config) -> list[WebhookSettings]:
+    from daemon.distribute.notify import WebhookSettings
+
     return [
         WebhookSettings(name, hook.kind, url=hook.url, url_file=hook.url_file, secret_file=hook.secret_file)
         for name, hook in config.webhooks.items()
@@ -284,6 +291,10 @@ class UploadDaemon:
         worker: str | None = None,
         slot: int = 0,
     ) -> UploadDaemon:
+        from daemon.distribute.notify import Notifier
+        from daemon.distribute.storage import open_storage
+        from daemon.distribute.watcher import UploadWatcher
+
         store = JobStore(config.state_dir, timeout=config.store.busy_timeout, url=config.store.url)
         storage = open_storage(config, role="upload", credentials_file=credentials_file)
         notifier = Notifier(webhook_settings(config))
@@ -304,6 +315,8 @@ class UploadDaemon:
         return cls(config, store, storage, notifier, watcher, runtime)
 
     def recover(self) -> None:
+        from daemon.distribute.storage import abort_stale_uploads
+
         self.watcher.recover()
         abort_stale_uploads(self.storage, self.store.upload_ids(), older_than_hours=1)
 
@@ -315,6 +328,8 @@ class UploadDaemon:
             self.close()
 
     def run_forever(self) -> None:
+        from daemon.distribute.storage import keep_embedded_up
+
         presence = Presence.start(self.store, self.watcher.worker, "upload", self.config.upload.lease_seconds)
         try:
             self.recover()
