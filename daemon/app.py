@@ -7,14 +7,11 @@ import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import structlog
 
 from daemon.config import Config
-from daemon.distribute.notify import Notifier, WebhookSettings
-from daemon.distribute.storage import Storage, abort_stale_uploads, keep_embedded_up, open_storage
-from daemon.distribute.uploader import UploadSettings
-from daemon.distribute.watcher import DistributeSettings, UploadWatcher
 from daemon.inbox import Inbox
 from daemon.intake import Intake, IntakeThread
 from daemon.lease import worker_name
@@ -25,6 +22,11 @@ from daemon.render.registry import ModelPool, available_models
 from daemon.render.service import RenderPaths, RenderService
 from daemon.store import JobState, JobStore, VideoState
 from daemon.workers import Presence
+
+if TYPE_CHECKING:  # the upload side (boto3: ~0.2 s of import) is imported only by what uses it
+    from daemon.distribute.notify import Notifier, WebhookSettings
+    from daemon.distribute.storage import Storage
+    from daemon.distribute.watcher import DistributeSettings, UploadWatcher
 
 log = structlog.get_logger(__name__)
 
@@ -186,12 +188,15 @@ class RenderDaemon:
         self.service.recover()
 
     def run_once(self) -> int:
-        """Take what the inbox holds now (after one settle period), render it all, return jobs rendered."""
+        """Take what the inbox holds now, render it all, return jobs rendered. A manifest is taken once
+        its mtime is `settle_time` old: one changed just before is waited for until then, not longer."""
         self.recover()
         if self.takes_manifests:
-            self.intake.sweep(rescan=True)
-            self.runtime.stop.wait(self.config.inbox.settle_time)
-            self.intake.sweep(rescan=True)
+            self.intake.sweep(rescan=True, by_mtime=True)
+            wait = self.intake.inbox.settle_left()
+            if wait > 0:
+                self.runtime.stop.wait(wait + 0.05)  # mtime granularity
+                self.intake.sweep(rescan=True, by_mtime=True)
         try:
             return self.service.run_pending()
         except Interrupted:
@@ -218,6 +223,7 @@ class RenderDaemon:
             intake=self.takes_manifests,
         )
         try:
+            self.service.preload()  # after ready: a large model must not hold up the start-up deadline
             self.service.run_forever()
         except Interrupted:
             pass
@@ -255,6 +261,9 @@ class RenderDaemon:
 
 
 def distribute_settings(config: Config) -> DistributeSettings:
+    from daemon.distribute.uploader import UploadSettings
+    from daemon.distribute.watcher import DistributeSettings
+
     u = config.upload
     return DistributeSettings(
         bucket=config.storage.bucket,
@@ -272,6 +281,8 @@ def distribute_settings(config: Config) -> DistributeSettings:
 
 
 def webhook_settings(config: Config) -> list[WebhookSettings]:
+    from daemon.distribute.notify import WebhookSettings
+
     return [
         WebhookSettings(name, hook.kind, url=hook.url, url_file=hook.url_file, secret_file=hook.secret_file)
         for name, hook in config.webhooks.items()
@@ -299,6 +310,10 @@ class UploadDaemon:
         worker: str | None = None,
         slot: int = 0,
     ) -> UploadDaemon:
+        from daemon.distribute.notify import Notifier
+        from daemon.distribute.storage import open_storage
+        from daemon.distribute.watcher import UploadWatcher
+
         store = JobStore(config.state_dir, timeout=config.store.busy_timeout, url=config.store.url)
         storage = open_storage(config, role="upload", credentials_file=credentials_file)
         notifier = Notifier(webhook_settings(config))
@@ -319,6 +334,8 @@ class UploadDaemon:
         return cls(config, store, storage, notifier, watcher, runtime)
 
     def recover(self) -> None:
+        from daemon.distribute.storage import abort_stale_uploads
+
         self.watcher.recover()
         abort_stale_uploads(self.storage, self.store.upload_ids(), older_than_hours=1)
 
@@ -330,6 +347,8 @@ class UploadDaemon:
             self.close()
 
     def run_forever(self) -> None:
+        from daemon.distribute.storage import keep_embedded_up
+
         presence = Presence.start(self.store, self.watcher.worker, "upload", self.config.upload.lease_seconds)
         try:
             self.recover()

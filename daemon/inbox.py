@@ -80,6 +80,24 @@ class Inbox:
             elif moved:
                 seen.moved = True
 
+    def settle_left(self) -> float:
+        """Seconds until every noted file not yet taken has gone `settle_time` unchanged by its mtime
+        (0.0 when none is noted): a one-off pass (`render --once`) waits this long, not a full period."""
+        with self._lock:
+            paths = list(self._seen)
+        return max((self.settle_time - self._mtime_age(p) for p in paths), default=0.0)
+
+    def settled_by_mtime(self, path: Path) -> bool:
+        """Unchanged for `settle_time` already, by its mtime against this host's clock."""
+        return self._mtime_age(path) >= self.settle_time
+
+    @staticmethod
+    def _mtime_age(path: Path) -> float:
+        try:
+            return max(0.0, time.time() - path.lstat().st_mtime)  # a future mtime (skew): just changed
+        except FileNotFoundError:
+            return float("inf")  # gone: nothing to wait for
+
     def ready_paths(self) -> list[Path]:
         """The noted files that are complete now; forgets files that went away."""
         ready = []
@@ -206,7 +224,8 @@ class _Handler(FileSystemEventHandler):
         self._note(event.src_path, moved=False)
 
     def on_moved(self, event: FileSystemEvent) -> None:
-        self._note(event.dest_path, moved=True)
+        if event.dest_path:  # empty: moved out of the inbox (full events)
+            self._note(event.dest_path, moved=True)
 
     def _note(self, raw: str | bytes, *, moved: bool) -> None:
         path = Path(os.fsdecode(raw))
@@ -222,10 +241,18 @@ def start_observer(
     polling: bool,
     recursive: bool = False,
     poll_interval: float = 1.0,
+    full_events: bool = False,
 ) -> BaseObserver:
     """inotify (native) by default; polling (a listing every `poll_interval`) for network shares, where
-    other clients' writes never reach this host's inotify."""
-    observer: BaseObserver = PollingObserver(timeout=poll_interval) if polling else Observer()
+    other clients' writes never reach this host's inotify. `full_events`: a file renamed in from outside
+    the folder is a move (not a creation), so it is known complete at once."""
+    observer: BaseObserver
+    if polling:
+        observer = PollingObserver(timeout=poll_interval)
+    elif full_events:
+        observer = Observer(generate_full_events=True)  # type: ignore[call-arg]  # inotify's option
+    else:
+        observer = Observer()
     observer.schedule(handler, str(folder), recursive=recursive)
     observer.daemon = True
     observer.start()
@@ -233,4 +260,6 @@ def start_observer(
 
 
 def watch(inbox: Inbox, wake: threading.Event, *, polling: bool, poll_interval: float = 1.0) -> BaseObserver:
-    return start_observer(inbox.folder, _Handler(inbox, wake), polling=polling, poll_interval=poll_interval)
+    handler = _Handler(inbox, wake)
+    return start_observer(inbox.folder, handler, polling=polling, poll_interval=poll_interval,
+                          full_events=True)  # fmt: skip

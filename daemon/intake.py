@@ -77,13 +77,14 @@ class Intake:
                 recorded.append(claimed)
         return recorded
 
-    def sweep(self, *, rescan: bool) -> int:
+    def sweep(self, *, rescan: bool, by_mtime: bool = False) -> int:
         """Take every complete manifest; with `rescan`, look at the whole folder first (lost events) and
-        retry claimed manifests that could not become jobs yet (the store was locked, say)."""
+        retry claimed manifests that could not become jobs yet (the store was locked, say). `by_mtime`:
+        a rescanned file unchanged for the settle time by its mtime is complete already."""
         if rescan:
             self.retake_unrecorded()
             for path in self.inbox.scan():
-                self.inbox.note(path)
+                self.inbox.note(path, moved=by_mtime and self.inbox.settled_by_mtime(path))
         taken = 0
         for path in self.inbox.ready_paths():
             claimed = self.inbox.claim(path)

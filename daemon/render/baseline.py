@@ -19,17 +19,23 @@ openness = clip((loudness - QUIET) / (LOUD - QUIET), 0, 1) with QUIET = -3 and L
 
 from __future__ import annotations
 
+import hashlib
+import importlib.metadata
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import onnx
 import structlog
-from onnx import TensorProto, helper, numpy_helper
 
 from daemon.files import write_atomic
 from daemon.render.modelspec import ONNX_NAME, SPEC_NAME, ModelSpec
 
+if TYPE_CHECKING:  # onnx itself is imported only to build the graph: it takes ~1.5 s (ml_dtypes)
+    import onnx
+
 log = structlog.get_logger(__name__)
+
+STAMP_NAME = "written-by.txt"  # the source that wrote model.onnx, its size, mtime: a match skips a rebuild
 
 OPSET = 17
 SIZE = 96
@@ -52,6 +58,7 @@ MOUTH_BGR = (0.08, 0.10, 0.25)  # dark red-brown inner mouth, BGR in [0, 1]
 def write_baseline(folder: Path) -> ModelSpec:
     """Write model.onnx and model.json for the built-in model into `folder`; return the spec."""
     folder.mkdir(parents=True, exist_ok=True)
+    stamp = source_stamp()
     write_atomic(folder / ONNX_NAME, build_graph().SerializeToString())
     spec = ModelSpec(
         name="baseline",
@@ -59,17 +66,22 @@ def write_baseline(folder: Path) -> ModelSpec:
         notes="Built-in placeholder, not a learned model: drops the jaw of the face itself with loudness.",
     )
     spec.save(folder)
+    _save_stamp(folder, stamp)
     return spec
 
 
 def ensure_baseline(folder: Path) -> None:
     """(Re)write the built-in model if it is missing or was written by another version of this file."""
+    stamp = source_stamp()
+    if _stamped(folder, stamp):  # written by this very source: no need to build the graph to compare
+        return
     try:
         current = (folder / ONNX_NAME).read_bytes() == build_graph().SerializeToString()
         current = current and (folder / SPEC_NAME).is_file()
     except FileNotFoundError:
         current = False
     if current:
+        _save_stamp(folder, stamp)
         return
     try:
         write_baseline(folder)
@@ -79,8 +91,36 @@ def ensure_baseline(folder: Path) -> None:
         log.warning("baseline_not_updated", folder=str(folder), error=str(exc), using="the older baseline")
 
 
+def source_stamp() -> str:
+    """This file's bytes and the onnx version: the graph written depends on nothing else."""
+    digest = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()
+    return f"{digest} onnx-{importlib.metadata.version('onnx')}"
+
+
+def _stamped(folder: Path, stamp: str) -> bool:
+    try:
+        onnx_file = (folder / ONNX_NAME).stat()
+        written = (folder / STAMP_NAME).read_text(encoding="utf-8")
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    here = f"{stamp} {onnx_file.st_size} {onnx_file.st_mtime_ns}\n"
+    return written == here and (folder / SPEC_NAME).is_file()
+
+
+def _save_stamp(folder: Path, stamp: str) -> None:
+    """After model.onnx is known current; a stamp that cannot be written only costs the next start time."""
+    try:
+        onnx_file = (folder / ONNX_NAME).stat()
+        write_atomic(folder / STAMP_NAME, f"{stamp} {onnx_file.st_size} {onnx_file.st_mtime_ns}\n")
+    except OSError as exc:
+        log.warning("baseline_stamp_not_written", folder=str(folder), error=str(exc))
+
+
 def build_graph() -> onnx.ModelProto:
     """The baseline as an ONNX model: mel (B,1,80,16), face (B,6,96,96) -> image (B,3,96,96) in [0,1]."""
+    import onnx
+    from onnx import helper
+
     nodes = _openness_nodes() + _warp_nodes() + _compose_nodes()
     graph = helper.make_graph(
         nodes,
@@ -96,10 +136,14 @@ def build_graph() -> onnx.ModelProto:
 
 
 def _tensor(name: str, dims: list[int]) -> onnx.ValueInfoProto:
+    from onnx import TensorProto, helper
+
     return helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch", *dims])
 
 
 def _openness_nodes() -> list[onnx.NodeProto]:
+    from onnx import helper
+
     node = helper.make_node
     return [
         node("Slice", ["mel", "now_start", "now_end", "last_axis"], ["mel_now"]),
@@ -117,6 +161,8 @@ def _warp_nodes() -> list[onnx.NodeProto]:
     ramp + OFFSET, 0, 1); output row y shows reference row y - shift * smoothstep(t) * settle(y). The
     ramp grows with the shift so the gap's height does too; OFFSET centres the split on MOUTH_LINE.
     """
+    from onnx import TensorProto, helper
+
     node = helper.make_node
     return [
         node("Mul", ["openness", "drop"], ["shift"]),  # (B,1,1,96)
@@ -153,6 +199,8 @@ def _warp_nodes() -> list[onnx.NodeProto]:
 def _compose_nodes() -> list[onnx.NodeProto]:
     """stretch = 6 t (1 - t) * shift / ramp (the smoothstep's slope); alpha = clip(stretch * gain, 0, max);
     image = clip(warped + (MOUTH - warped) * alpha, 0, 1): the parted lips darken like an open mouth."""
+    from onnx import helper
+
     node = helper.make_node
     return [
         node("Sub", ["one", "t"], ["t_rest"]),
@@ -184,6 +232,8 @@ def settle_rows() -> np.ndarray:
 
 
 def _constants() -> list[onnx.TensorProto]:
+    from onnx import numpy_helper
+
     rows = np.arange(TOP_STILL, SIZE, dtype=np.float32)  # the warp works on rows TOP_STILL.. only
     xs = np.arange(SIZE, dtype=np.float64)
     floats = {

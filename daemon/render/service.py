@@ -155,6 +155,22 @@ class RenderService:
             self._detectors[id(pool)] = detector_by_name(self.detector_name, self.paths.models_dir, factories)
         return self._detectors[id(pool)]
 
+    def preload(self) -> None:
+        """Open the default model and the face detector of each worker now, so the first job does not
+        wait for them (the built-in model's first write alone imports onnx, ~1.5 s). A model that fails
+        to open is left to the first job that asks for it to report."""
+        for pool in self.pools:
+            if self.stop.is_set():
+                return
+            try:
+                pool.get(self.default_model)
+                self.detector(pool)
+            except Exception as exc:  # noqa: BLE001 - said; the job that needs it fails with the reason
+                log.warning(
+                    "model_not_preloaded", model=self.default_model, reason=f"{type(exc).__name__}: {exc}"
+                )
+                return
+
     def recover(self) -> None:
         """After a crash: the renders this worker's earlier life left midway go back to the queue (other
         workers' claims lapse by themselves), temp files no live render writes any more are removed, then

@@ -55,6 +55,19 @@ def test_dropped_manifest_becomes_videos_and_links(share: Share) -> None:
     assert {"job_queued", "video_rendered", "job_rendered", "model_loaded"} <= events
 
 
+def test_the_worker_opens_its_model_before_the_first_job(share: Share) -> None:
+    daemon = Daemon(share, "render")  # the first job of a fresh start renders without loading anything
+    try:
+        loaded = wait_for(
+            lambda: [e for e in daemon.events() if e["event"] == "model_loaded"], 60, "model opened", daemon
+        )
+    finally:
+        assert daemon.terminate() == 0
+    assert loaded[0]["model"] == "baseline"
+    assert "job" not in loaded[0]  # no job asked for it
+    assert (share.root.parent / f"{share.root.name}-models" / "baseline" / "model.onnx").is_file()
+
+
 def test_bad_manifest_fails_clearly_while_a_good_one_renders(share: Share) -> None:
     daemon = Daemon(share, "render")
     try:

@@ -202,3 +202,24 @@ def test_each_upload_worker_reads_the_webhook_secret_from_its_own_credentials_fo
         (folder / "sec").write_text(f"SEC-{unit}\n")
         settings = webhook_settings(with_credentials(config, {"CREDENTIALS_DIRECTORY": str(folder)}))
         assert load_hook(settings[0]).secret == f"SEC-{unit}"
+
+
+def test_a_storage_error_is_one_line_and_exit_1_though_main_no_longer_imports_boto3(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from daemon import cli
+    from daemon.distribute.s3 import StorageError
+
+    def fails(*_: object) -> int:
+        raise StorageError("the bucket lipsyncd does not exist on http://s3.example: create it")
+
+    monkeypatch.setattr(cli, "_status", fails)
+    assert main(["--config", str(config_file(tmp_path)), "status"]) == EXIT_FAILED
+    assert "lipsyncd: the bucket lipsyncd does not exist" in capsys.readouterr().err
+
+    def breaks(*_: object) -> int:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(cli, "_status", breaks)
+    with pytest.raises(RuntimeError):  # anything else still reaches the traceback
+        main(["--config", str(config_file(tmp_path)), "status"])

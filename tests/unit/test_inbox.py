@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 from daemon.inbox import Inbox
@@ -89,3 +90,21 @@ def test_failures_with_the_same_stem_keep_their_own_error_files(tmp_path: Path) 
     assert failed == ["clash.2.error.txt", "clash.2.json", "clash.error.txt", "clash.yaml"]
     assert (tmp_path / "failed" / "clash.error.txt").read_text() == "yaml report"
     assert (tmp_path / "failed" / "clash.2.error.txt").read_text() == "json report"
+
+
+def test_a_one_off_pass_waits_only_for_what_is_left_of_the_settle_time(tmp_path: Path) -> None:
+    inbox = Inbox(tmp_path, settle_time=10)
+    assert inbox.settle_left() == 0.0  # nothing noted: no wait
+    old, recent, future = tmp_path / "old.yaml", tmp_path / "recent.yaml", tmp_path / "future.yaml"
+    for path, age in ((old, 60), (recent, 7), (future, -30)):  # future: a writer whose clock runs ahead
+        path.write_text("x")
+        os.utime(path, (time.time() - age,) * 2)
+    assert inbox.settled_by_mtime(old)
+    assert not inbox.settled_by_mtime(recent)
+    assert not inbox.settled_by_mtime(future)
+    inbox.note(old)
+    assert inbox.settle_left() <= 0
+    inbox.note(recent)
+    assert 2.5 < inbox.settle_left() <= 3.0  # ten seconds from its last change, not from now
+    inbox.note(future)
+    assert 9.5 < inbox.settle_left() <= 10.0  # taken as just changed: a full period

@@ -12,6 +12,7 @@ from onnx import TensorProto, helper
 from skimage import data
 from structlog.testing import capture_logs
 
+from daemon.render import baseline as baseline_module
 from daemon.render.baseline import JAW_DROP, TOP_STILL, ensure_baseline, write_baseline
 from daemon.render.model import LipSyncModel, choose_providers, prepare_faces, to_images
 from daemon.render.modelspec import ModelSpec
@@ -337,6 +338,23 @@ def test_an_older_baseline_on_disk_is_replaced(tmp_path: Path) -> None:
     before = (tmp_path / "model.onnx").stat().st_mtime_ns
     ensure_baseline(tmp_path)  # up to date: left alone
     assert (tmp_path / "model.onnx").stat().st_mtime_ns == before
+
+
+def test_a_baseline_written_by_this_source_is_not_built_again_to_compare(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_baseline(tmp_path)
+    fresh = (tmp_path / "model.onnx").read_bytes()
+    with monkeypatch.context() as patch:  # the stamp matches: no graph is built (no onnx import, ~1.5 s)
+        patch.setattr(baseline_module, "build_graph", lambda: pytest.fail("built the graph again"))
+        ensure_baseline(tmp_path)
+    (tmp_path / "model.onnx").write_bytes(b"not the baseline")  # the stamp no longer matches the file
+    ensure_baseline(tmp_path)
+    assert (tmp_path / "model.onnx").read_bytes() == fresh
+    (tmp_path / "written-by.txt").write_text("another version's source\n")  # an upgrade: compared again
+    monkeypatch.setattr(baseline_module, "build_graph", lambda: dummy_model("batch"))
+    ensure_baseline(tmp_path)
+    assert (tmp_path / "model.onnx").read_bytes() == dummy_model("batch").SerializeToString()
 
 
 def test_baseline_listens_to_the_frames_own_columns(
