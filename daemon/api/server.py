@@ -1,8 +1,11 @@
-"""`lipsyncd api`: the API on uvicorn, one process, at api.listen (or --listen)."""
+"""`lipsyncd api`: the API on uvicorn, one process, at api.listen (or --listen); under systemd it says
+READY once it listens and pings the watchdog from its event loop (a stuck loop stops the pings)."""
 
 from __future__ import annotations
 
+import asyncio
 import os
+import socket
 from collections.abc import Mapping
 
 import structlog
@@ -10,6 +13,7 @@ import uvicorn
 
 from daemon.api.app import create_app
 from daemon.config import Config
+from daemon.ops.systemd import Notifier, watchdog_interval
 
 log = structlog.get_logger(__name__)
 
@@ -19,10 +23,38 @@ def split_listen(listen: str) -> tuple[str, int]:
     return host.removeprefix("[").removesuffix("]"), int(port)
 
 
+class _Server(uvicorn.Server):
+    def __init__(self, config: uvicorn.Config, notifier: Notifier, interval: float | None) -> None:
+        super().__init__(config)
+        self.notifier, self.interval = notifier, interval
+        self._beats: asyncio.Task[None] | None = None
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.started:
+            log.info("api_ready", listen=f"{self.config.host}:{self.config.port}")
+            self.notifier.ready(f"listening on {self.config.host}:{self.config.port}")
+            if self.interval:
+                self._beats = asyncio.create_task(self._beat(self.interval / 2))
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        self.notifier.stopping()
+        if self._beats is not None:
+            self._beats.cancel()
+        await super().shutdown(sockets)
+
+    async def _beat(self, every: float) -> None:
+        while True:
+            self.notifier.watchdog()
+            await asyncio.sleep(every)
+
+
 def serve(config: Config, listen: str, environ: Mapping[str, str] | None = None) -> None:
     host, port = split_listen(listen)
+    notifier = Notifier.from_environ(os.environ, unset=True)
+    interval = watchdog_interval(os.environ)
     app = create_app(config, os.environ if environ is None else environ)
-    server = uvicorn.Server(
+    server = _Server(
         uvicorn.Config(
             app,
             host=host,
@@ -34,7 +66,9 @@ def serve(config: Config, listen: str, environ: Mapping[str, str] | None = None)
             timeout_keep_alive=30,
             timeout_graceful_shutdown=10,  # long polls and event streams end within this on SIGTERM
             lifespan="on",
-        )
+        ),
+        notifier,
+        interval,
     )
-    log.info("api_listening", listen=listen, tokens=str(app.state.api.tokens.path))
+    log.info("api_starting", listen=listen, tokens_file=str(app.state.api.tokens.path))
     server.run()

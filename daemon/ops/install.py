@@ -26,6 +26,7 @@ from daemon.files import write_atomic
 
 Runner = Callable[[Sequence[str]], None]
 UNIT_NAMES = (
+    "lipsyncd-api.service",  # the HTTP API: installed, enabled by the operator (docs/api.md)
     "lipsyncd-render@.service",  # a template: instance = render worker slot (lipsyncd-render@0 ...)
     "lipsyncd-storage.service",
     "lipsyncd-upload.service",  # upload worker 0

@@ -18,6 +18,7 @@ UNITS = REPO / "systemd"
 SANDBOX = Path(__file__).with_name("unit_sandbox.py")
 INSTALLED_BINARY = "/opt/lipsyncd/venv/bin/lipsyncd"
 THRESHOLDS = {
+    "lipsyncd-api.service": 3.0,
     "lipsyncd-upload.service": 3.0,
     "lipsyncd-upload@.service": 3.0,
     "lipsyncd-render@.service": 4.0,
@@ -55,6 +56,7 @@ def test_units_verify_clean(tmp_path: Path) -> None:
         (tmp_path / unit.name).write_text(unit.read_text().replace(INSTALLED_BINARY, str(stub)))
     names = sorted(p.name for p in UNITS.glob("lipsyncd*"))
     assert names == [
+        "lipsyncd-api.service",
         "lipsyncd-render@.service",
         "lipsyncd-storage.service",
         "lipsyncd-upload.service",
@@ -108,6 +110,9 @@ def test_service_contract(name: str) -> None:
     if name in WATCHERS:
         assert pairs["ExecReload"] == "/bin/kill -HUP $MAINPID"
         assert values(name, "ReadWritePaths") == ["/srv/lipsyncd/inbox /srv/lipsyncd/outputs"]
+    elif name == "lipsyncd-api.service":  # writes uploads and manifests into the inbox, nothing else
+        assert "ExecReload" not in pairs
+        assert values(name, "ReadWritePaths") == ["/srv/lipsyncd/inbox"]
     else:  # storage: no config reload (SIGHUP would end it), writes only its state directory
         assert "ExecReload" not in pairs
         assert "ReadWritePaths" not in pairs
