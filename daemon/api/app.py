@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs
 
 import anyio
 import structlog
@@ -419,8 +420,14 @@ async def _submit(api: Api, request: Request) -> str:
     if kind == "application/json":
         options = await _json_body(request)
         return await anyio.to_thread.run_sync(_submit_paths, api, options, {})
+    if kind == "application/x-www-form-urlencoded":  # a form without files: share paths only
+        fields = parse_qs((await _small_body(request)).decode("utf-8", "replace"), keep_blank_values=True)
+        options, _ = _form_options(Received(fields=fields))
+        return await anyio.to_thread.run_sync(_submit_paths, api, options, {})
     if kind != "multipart/form-data":
-        raise ApiError(415, "send the job as multipart/form-data (files) or application/json (share paths)")
+        raise ApiError(
+            415, "send the job as multipart/form-data (files), application/json or a plain form (share paths)"
+        )
     length = request.headers.get("content-length")
     limit = api.config.api.max_upload_bytes
     if length is not None and length.isdigit() and int(length) > limit + MAX_JSON_BYTES:
@@ -459,14 +466,19 @@ async def _receive(api: Api, request: Request, media: MediaDir) -> Received:
         receiver.abort()
 
 
-async def _json_body(request: Request) -> dict[str, Any]:
+async def _small_body(request: Request) -> bytes:
     body = bytearray()
     async for chunk in request.stream():
         body += chunk
         if len(body) > MAX_JSON_BYTES:
-            raise ApiError(413, f"a JSON job is at most {MAX_JSON_BYTES} bytes")
+            raise ApiError(413, f"a job without files is at most {MAX_JSON_BYTES} bytes")
+    return bytes(body)
+
+
+async def _json_body(request: Request) -> dict[str, Any]:
+    body = await _small_body(request)
     try:
-        parsed = JobRequest.model_validate_json(bytes(body))
+        parsed = JobRequest.model_validate_json(body)
     except ValueError as exc:
         raise ApiError(400, "the JSON job is not valid: " + _pydantic_words(exc)) from None
     return parsed.model_dump()
