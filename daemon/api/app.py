@@ -186,6 +186,7 @@ def create_app(config: Config, environ: Mapping[str, str] | None = None) -> Fast
 
     _job_routes(app, api, need)
     _control_routes(app, api, need)
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
 
     @app.on_event("shutdown")
     def close() -> None:
@@ -582,6 +583,55 @@ def _submit_body() -> dict[str, Any]:
 
 
 # -- errors and the request log ---------------------------------------------------------------------
+
+_ERROR_ANSWERS = {
+    "400": "the request is not valid (or the daemon would refuse the job), in plain words",
+    "401": "no token, or a token that is not known",
+    "403": "the token may not do this",
+    "429": "too many requests for this token (Retry-After says when to try again)",
+    "404": "no job of that name",
+    "409": "the job's state does not allow this, or its Idempotency-Key is still being received",
+    "413": "the upload is larger than api.max_upload_bytes",
+    "415": "not multipart/form-data, application/json or a plain form",
+    "507": "the share's disk is (or would be) too full for the upload",
+}
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    """FastAPI's document, with the error answers this API really gives: {"error": "..."} JSON, 400
+    (not 422) for a request that is not valid, and 401/403/429 on every route that needs a token."""
+    if app.openapi_schema is not None:
+        return app.openapi_schema
+    from fastapi.openapi.utils import get_openapi
+
+    document = get_openapi(
+        title=app.title, version=app.version, description=app.description, routes=app.routes
+    )
+    schemas = document.setdefault("components", {}).setdefault("schemas", {})
+    for unused in ("HTTPValidationError", "ValidationError"):
+        schemas.pop(unused, None)
+    schemas["Error"] = {
+        "type": "object",
+        "properties": {
+            "error": {"type": "string", "description": "what is wrong and what to do, in plain words"}
+        },
+        "required": ["error"],
+    }
+    error = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+    for path, operations in document["paths"].items():
+        for operation in operations.values():
+            answers = operation["responses"]
+            answers.pop("422", None)
+            asks = operation.get("parameters") or operation.get("requestBody")
+            wanted = ["400"] if asks else []
+            wanted += ["401", "403", "429"] if operation.get("security") else []
+            wanted += ["404"] if "{job}" in path else []
+            wanted += ["409"] if path.endswith(("/cancel", "/retry")) else []
+            wanted += ["409", "413", "415", "507"] if "requestBody" in operation else []
+            for code in wanted:
+                answers.setdefault(code, {"description": _ERROR_ANSWERS[code], **error})
+    app.openapi_schema = document
+    return document
 
 
 def _pydantic_words(exc: Exception) -> str:

@@ -105,6 +105,13 @@ def test_no_token_wrong_token_and_a_read_only_token_get_nothing_done(api: Api) -
     assert manifests(api.share) == before
 
 
+def test_the_committed_openapi_document_is_the_one_served(api: Api) -> None:
+    """docs/openapi.json is regenerated with `python -m daemon.api.openapi docs/openapi.json`."""
+    served = httpx.get(f"{api.url}/openapi.json").json()
+    assert served == json.loads((REPO / "docs" / "openapi.json").read_text())
+    assert served["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
+
+
 def test_uploaded_files_become_a_manifest_with_media_in_the_share(api: Api) -> None:
     video = (DEMO / "anchor.mp4").read_bytes()
     with api.client("submit,read") as client:
