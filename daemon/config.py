@@ -332,9 +332,7 @@ def _rate(value: Any) -> float:
 @dataclass(frozen=True)
 class ApiConfig:
     listen: str = _key("127.0.0.1:8750", parse_listen)  # loopback: put a TLS proxy in front for others
-    tokens_file: Path | None = _key(
-        None
-    )  # None: $CREDENTIALS_DIRECTORY/api-tokens, else STATE/api-tokens.json
+    tokens_file: Path | None = _key(None)  # None: STATE/api-tokens.json (a systemd credential wins)
     max_upload_bytes: int = _key(2 * 2**30, parse_size)  # one request's media, all files together
     min_free_bytes: int = _key(2**30, _non_negative_size)  # an upload leaves at least this free on the share
     rate_limit: float = _key(20.0, _rate)  # requests per second per token (a burst of twice that)

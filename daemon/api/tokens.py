@@ -39,14 +39,12 @@ class Token:
 
 
 def tokens_path(configured: Path | None, state_dir: Path, environ: Mapping[str, str]) -> Path:
-    """api.tokens_file, else the systemd credential api-tokens when the unit passes one, else
-    STATE/api-tokens.json."""
-    if configured is not None:
-        return configured
+    """The systemd credential api-tokens when the unit passes one (its copy of api.tokens_file), else
+    api.tokens_file, else STATE/api-tokens.json."""
     folder = environ.get("CREDENTIALS_DIRECTORY")
     if folder and (Path(folder) / CREDENTIAL_NAME).is_file():
         return Path(folder) / CREDENTIAL_NAME
-    return state_dir / FILE_NAME
+    return configured if configured is not None else state_dir / FILE_NAME
 
 
 def digest(token: str) -> str:

@@ -90,6 +90,10 @@ def test_rights_and_token_file_place(tmp_path: Path) -> None:
         tmp_path / "creds" / "api-tokens"
     )
     assert tokens_path(Path("/x"), tmp_path, {}) == Path("/x")
+    # the unit's copy of api.tokens_file, handed in by systemd, is the one it reads
+    assert tokens_path(Path("/x"), tmp_path, {"CREDENTIALS_DIRECTORY": str(tmp_path / "creds")}) == (
+        tmp_path / "creds" / "api-tokens"
+    )
 
 
 def test_rate_limit_allows_a_burst_then_the_rate() -> None:
