@@ -11,6 +11,7 @@ import json
 import os
 import re
 import secrets
+import shutil
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
@@ -434,6 +435,8 @@ async def _submit(api: Api, request: Request) -> str:
     if length is not None and length.isdigit() and int(length) > limit + MAX_JSON_BYTES:
         raise ApiError(413, f"the upload is larger than api.max_upload_bytes ({limit} bytes); send smaller "
                        "files, or put them into the share and give their names instead")  # fmt: skip
+    if length is not None and length.isdigit():
+        _check_room(api, int(length))
     media = submit_media_dir(api.config.inbox_dir, "upload")
     try:
         received = await _receive(api, request, media)
@@ -443,6 +446,20 @@ async def _submit(api: Api, request: Request) -> str:
         await anyio.to_thread.run_sync(media.remove)
         raise
     return job_id
+
+
+def _check_room(api: Api, coming: int) -> None:
+    """Refuse at once an upload whose declared size would leave less than api.min_free_bytes free
+    (the receiver checks again while it writes: a Content-Length is a promise, not a measure)."""
+    folder = api.config.inbox_dir / "media"
+    free = shutil.disk_usage(folder if folder.is_dir() else api.config.inbox_dir).free
+    if free - coming < api.config.api.min_free_bytes:
+        raise ApiError(
+            507,
+            f"the share's disk has {free} bytes free, and this upload ({coming} bytes) must leave "
+            f"api.min_free_bytes ({api.config.api.min_free_bytes}) free; free some space and send the job "
+            "again",
+        )
 
 
 async def _receive(api: Api, request: Request, media: MediaDir) -> Received:

@@ -193,3 +193,22 @@ def test_a_cut_body_is_not_complete(tmp_path: Path) -> None:
     feed(upload, data[:-30])
     with pytest.raises(UploadRefused, match="ended before"):
         upload.finish()
+
+
+def test_doctor_reports_the_api_tokens_and_reach(tmp_path: Path) -> None:
+    from daemon.config import ApiConfig, Config, PathsConfig
+    from daemon.doctor import _api
+
+    config = Config(paths=PathsConfig(state=tmp_path))
+    (check,) = _api(config)
+    assert (check.ok, check.warn) == (True, False)
+    assert "0 token(s)" in check.detail
+    assert "every request is refused" in check.detail
+    add_token(tmp_path / "api-tokens.json", "ci", parse_rights("read"))
+    (tmp_path / "api-tokens.json").chmod(0o644)
+    wide = Config(paths=PathsConfig(state=tmp_path), api=ApiConfig(listen="0.0.0.0:8750"))
+    (check,) = _api(wide)
+    assert check.warn
+    assert "1 token(s)" in check.detail
+    assert "readable by other users" in check.detail
+    assert "TLS proxy" in check.detail
