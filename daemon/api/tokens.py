@@ -95,7 +95,8 @@ def write_tokens(path: Path, tokens: Iterable[Token]) -> None:
     folder = path.parent.stat()
 
     def place(tmp: Path, final: Path) -> Path:
-        if os.geteuid() == 0:
+        mine = tmp.stat()
+        if os.geteuid() == 0 and (mine.st_uid, mine.st_gid) != (folder.st_uid, folder.st_gid):
             os.chown(tmp, folder.st_uid, folder.st_gid)
         os.replace(tmp, final)
         return final

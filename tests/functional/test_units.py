@@ -281,6 +281,46 @@ def test_embedded_storage_and_boto3_run_under_the_units_seccomp_sandbox(tmp_path
     assert "upload stack ok" in result.stdout
 
 
+API_CHILD = """
+import socket, sys, threading, time
+from pathlib import Path
+import httpx, uvicorn
+from daemon.api.app import create_app
+from daemon.api.tokens import add_token, parse_rights
+from daemon.config import ApiConfig, Config, PathsConfig
+
+root = Path(sys.argv[1])
+(root / "inbox").mkdir(parents=True)
+config = Config(paths=PathsConfig(shared=root, inbox=root / "inbox", state=root / "state"),
+                api=ApiConfig(min_free_bytes=0))
+token = add_token(root / "state" / "api-tokens.json", "t", parse_rights("all"))
+with socket.socket() as probe:
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+server = uvicorn.Server(uvicorn.Config(create_app(config, {}), host="127.0.0.1", port=port, log_config=None))
+threading.Thread(target=server.run, daemon=True).start()
+while not server.started:
+    time.sleep(0.05)
+headers = {"Authorization": f"Bearer {token}"}
+answer = httpx.post(f"http://127.0.0.1:{port}/v1/jobs", headers=headers,
+                    files=[("audio", ("a.wav", b"a")), ("videos", ("v.mp4", b"v" * 200_000))])
+assert answer.status_code == 202, answer.text
+view = httpx.get(f"http://127.0.0.1:{port}/v1/jobs/" + answer.json()["job"], headers=headers)
+assert view.json()["status"] == "submitted", view.text
+server.should_exit = True
+print("api stack ok")
+"""
+
+
+@needs_sandbox
+def test_api_stack_runs_under_the_api_units_seccomp_sandbox(tmp_path: Path) -> None:
+    """uvicorn (asyncio, its socket), FastAPI/pydantic-core, the streamed multipart upload and the job
+    store under the API unit's SystemCallFilter=, MemoryDenyWriteExecute= and RestrictAddressFamilies=."""
+    result = run_sandboxed("lipsyncd-api.service", API_CHILD, str(tmp_path / "share"))
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert "api stack ok" in result.stdout
+
+
 def test_render_workers_are_instances_of_a_template() -> None:
     """lipsyncd-render@N.service runs render worker N (`%i` reaches the command); the target starts slot 0
     and each further GPU's worker is enabled as its own instance."""

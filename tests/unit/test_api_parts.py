@@ -4,6 +4,7 @@ streamed multipart receiver (limits checked while the bytes arrive, files rename
 from __future__ import annotations
 
 import json
+import os
 import stat
 from pathlib import Path
 
@@ -212,3 +213,14 @@ def test_doctor_reports_the_api_tokens_and_reach(tmp_path: Path) -> None:
     assert "1 token(s)" in check.detail
     assert "readable by other users" in check.detail
     assert "TLS proxy" in check.detail
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root can give a file away")
+def test_root_adding_a_token_leaves_the_file_owned_like_its_folder(tmp_path: Path) -> None:
+    """`sudo lipsyncd api token add` must not leave a root-owned 0600 file the service cannot read."""
+    folder = tmp_path / "state"
+    folder.mkdir()
+    os.chown(folder, 4321, 4321)
+    add_token(folder / "api-tokens.json", "ci", parse_rights("read"))
+    info = (folder / "api-tokens.json").stat()
+    assert (info.st_uid, info.st_gid, stat.S_IMODE(info.st_mode)) == (4321, 4321, 0o600)
