@@ -274,6 +274,9 @@ def test_list_filters_revoke_and_rate_limit(api: Api) -> None:
     spare = api.share.lipsyncd("api", "token", "add", "spare", "--can", "read").stdout.strip()
     headers = {"Authorization": f"Bearer {spare}"}
     assert httpx.get(f"{api.url}/v1/jobs", headers=headers).status_code == 200
+    listed = api.share.lipsyncd("api", "token", "list").stdout
+    assert "spare                    read\n" in listed
+    assert spare not in listed
     assert api.share.lipsyncd("api", "token", "revoke", "spare").returncode == 0
     assert httpx.get(f"{api.url}/v1/jobs", headers=headers).status_code == 401  # at once, no restart
 
