@@ -14,6 +14,7 @@ import secrets
 import shutil
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -166,7 +167,14 @@ def _credential(environ: Mapping[str, str], name: str) -> Path | None:
 
 def create_app(config: Config, environ: Mapping[str, str] | None = None) -> FastAPI:
     api = Api(config, os.environ if environ is None else environ)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        yield
+        api.close()
+
     app = FastAPI(
+        lifespan=lifespan,
         title="lipsyncd",
         version=__version__,
         description="Submit lip-sync jobs, follow them and fetch their links. See docs/api.md.",
@@ -188,10 +196,6 @@ def create_app(config: Config, environ: Mapping[str, str] | None = None) -> Fast
     _job_routes(app, api, need)
     _control_routes(app, api, need)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
-
-    @app.on_event("shutdown")
-    def close() -> None:
-        api.close()
 
     return app
 
@@ -232,9 +236,11 @@ def _job_routes(app: FastAPI, api: Api, need: Callable[[str], Any]) -> None:
                 return _accepted(earlier, replayed=True)
         try:
             job_id = await _submit(api, request)
-        except BaseException:
+        except BaseException as exc:
             if key is not None:
                 api.ledger.release(token.name, key)
+            if isinstance(exc, ClientDisconnect):  # nobody to answer; its upload is already removed
+                return Response(status_code=400)
             raise
         api.ledger.record(job_id, token.name, key)
         log.info("api_job_submitted", job=job_id, client=token.name)

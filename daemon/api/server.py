@@ -70,5 +70,5 @@ def serve(config: Config, listen: str, environ: Mapping[str, str] | None = None)
         notifier,
         interval,
     )
-    log.info("api_starting", listen=listen, tokens_file=str(app.state.api.tokens.path))
+    log.info("api_starting", listen=listen, hashes_file=str(app.state.api.tokens.path))
     server.run()

@@ -71,6 +71,8 @@ def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
     server.daemon.terminate()
     logged = server.daemon.output()
     assert all(token not in logged for token in server.tokens.values()), "a token reached the log"
+    errors = [e for e in server.daemon.events() if e.get("level") == "error"]
+    assert not errors, errors  # a client gone mid-upload, a full disk: warnings, never a traceback
 
 
 def manifests(share: Share) -> list[str]:
