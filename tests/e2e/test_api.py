@@ -20,6 +20,9 @@ import pytest
 import yaml
 
 from daemon.api.tokens import add_token, parse_rights
+from daemon.inbox import Inbox
+from daemon.manifest import load_manifest
+from daemon.store import JobStore
 from tests.e2e.harness import REPO, Daemon, Share, wait_for
 from tests.e2e.sandbox import can_mount, tmpfs
 
@@ -281,6 +284,39 @@ def test_list_filters_revoke_and_rate_limit(api: Api) -> None:
     assert spare not in listed
     assert api.share.lipsyncd("api", "token", "revoke", "spare").returncode == 0
     assert httpx.get(f"{api.url}/v1/jobs", headers=headers).status_code == 401  # at once, no restart
+
+
+def test_cancel_and_retry_a_job_the_intake_took(api: Api) -> None:
+    """The intake's step done here by hand (the module's server runs no watchers): the manifest the API
+    wrote becomes a queued job in the store, then the API cancels it and queues it again."""
+    with api.client("all") as client:
+        job = client.post(
+            "/v1/jobs", json={"audio": "media/speech.wav", "videos": ["media/anchor.mp4"]}
+        ).json()["job"]
+        assert client.post(f"/v1/jobs/{job}/cancel").status_code == 409  # still in the inbox
+        inbox = Inbox(api.share.inbox, settle_time=0)
+        inbox.make_folders()
+        claimed = inbox.claim(api.share.inbox / f"{job}.yaml")
+        assert claimed is not None
+        store = JobStore(api.share.state)
+        try:
+            taken = load_manifest(claimed, base_dir=api.share.inbox, shared=api.share.root)
+            assert store.add_job(taken, claimed_path=claimed, base_dir=api.share.inbox).id == job
+        finally:
+            store.close()
+        assert client.get(f"/v1/jobs/{job}").json()["status"] == "queued"
+        cancelled = client.post(f"/v1/jobs/{job}/cancel")
+        assert cancelled.status_code == 200, cancelled.text
+        assert cancelled.json()["job"]["status"] == "cancelled"
+        assert (api.share.inbox / "failed" / f"{job}.yaml").exists()  # filed as `lipsyncd cancel` files it
+        again = client.post(f"/v1/jobs/{job}/retry")
+        assert again.status_code == 200, again.text
+        assert again.json()["job"]["status"] == "queued"
+        assert again.json()["message"].startswith(f"{job}: queued again (was cancelled")
+        assert claimed.exists()  # back where the intake claimed it, as `lipsyncd retry` leaves it
+        listed = client.get("/v1/jobs", params={"status": "queued"}).json()["jobs"]
+        assert [d["job"] for d in listed] == [job]
+        assert client.post(f"/v1/jobs/{job}/retry").status_code == 409  # queued: nothing to retry
 
 
 def sse_until_finished(client: httpx.Client, job: str) -> dict[str, Any]:
