@@ -569,7 +569,10 @@ def _submit_paths(api: Api, options: dict[str, Any], uploaded: dict[str, list[Pa
 
 def _in_share(shared: Path, name: str) -> Path:
     """A client's name for media in the share; never anything outside it (submit would copy it in)."""
-    path = (shared / name).resolve()
+    try:
+        path = (shared / name).resolve()
+    except (OSError, ValueError):  # a NUL byte, a symlink loop
+        raise ApiError(400, f"{name!r} is not a usable file name") from None
     if not path.is_relative_to(shared):
         raise ApiError(400, f"{name!r} is not inside the share; name media relative to the share's folder")
     if not path.is_file():

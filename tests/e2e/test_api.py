@@ -167,6 +167,8 @@ def test_share_paths_and_paths_out_of_the_share(api: Api) -> None:
                 refused.json()["error"]
                 == f"{outside!r} is not inside the share; name media relative to the share's folder"
             )
+        odd = client.post("/v1/jobs", json={"audio": "media/a\u0000.wav", "videos": ["media/anchor.mp4"]})
+        assert odd.status_code == 400
         form = client.post(
             "/v1/jobs", data={"audio_path": "media/speech.wav", "video_path": "media/nothing.mp4"}
         )
