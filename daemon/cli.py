@@ -529,7 +529,8 @@ def _api(args: argparse.Namespace, config: Config) -> int:
 
     if getattr(args, "action", None) == "token":
         raise _UserError("lipsyncd api token: give add, list or revoke")
-    serve(config, args.listen or config.api.listen)
+    with _hold(config, "api"):  # one per state dir: its start-up settles the Idempotency-Keys in flight
+        serve(config, args.listen or config.api.listen)
     return EXIT_OK
 
 

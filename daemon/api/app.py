@@ -99,10 +99,16 @@ class Api:
     def __init__(self, config: Config, environ: Mapping[str, str]) -> None:
         self.config = config
         self.store = JobStore(config.state_dir, timeout=config.store.busy_timeout, url=config.store.url)
-        self.ledger = Ledger(config.state_dir)
+        self.ledger = Ledger(config.state_dir, written=self._written)
         self.tokens = TokenFile(tokens_path(config.api.tokens_file, config.state_dir, environ))
         self.limiter = RateLimiter(config.api.rate_limit)
         self.credentials = _credential(environ, "s3")
+
+    def _written(self, job: str) -> bool:
+        """Whether this job's manifest reached the inbox: there, claimed, filed, or already a job."""
+        inbox = self.config.inbox_dir
+        folders = (inbox, inbox / ".claimed", inbox / "done", inbox / "failed")
+        return self.store.job(job) is not None or any((f / f"{job}.yaml").exists() for f in folders)
 
     def close(self) -> None:
         self.store.close()
@@ -235,7 +241,7 @@ def _job_routes(app: FastAPI, api: Api, need: Callable[[str], Any]) -> None:
             if earlier is not None:
                 return _accepted(earlier, replayed=True)
         try:
-            job_id = await _submit(api, request)
+            job_id = await _submit(api, request, _planner(api, token, key))
         except BaseException as exc:
             if key is not None:
                 api.ledger.release(token.name, key)
@@ -421,17 +427,25 @@ async def _events(api: Api, job: str, request: Request) -> AsyncIterator[str]:
 # -- submitting ----------------------------------------------------------------------------------------
 
 
-async def _submit(api: Api, request: Request) -> str:
+def _planner(api: Api, token: Token, key: str | None) -> Callable[[str], None]:
+    """Writes the job's name beside its Idempotency-Key before the manifest goes into the inbox, so a
+    restart between the two still answers a retry with that job (see ledger.py)."""
+    if key is None:
+        return lambda job: None
+    return lambda job: api.ledger.plan(token.name, key, job)
+
+
+async def _submit(api: Api, request: Request, plan: Callable[[str], None]) -> str:
     """Receive the request, write its media into the share and its manifest into the inbox; the new
     job's name. Its media folder is removed on any failure, a client gone mid-upload included."""
     kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if kind == "application/json":
         options = await _json_body(request)
-        return await anyio.to_thread.run_sync(_submit_paths, api, options, {})
+        return await anyio.to_thread.run_sync(_submit_paths, api, options, {}, plan)
     if kind == "application/x-www-form-urlencoded":  # a form without files: share paths only
         fields = parse_qs((await _small_body(request)).decode("utf-8", "replace"), keep_blank_values=True)
         options, _ = _form_options(Received(fields=fields))
-        return await anyio.to_thread.run_sync(_submit_paths, api, options, {})
+        return await anyio.to_thread.run_sync(_submit_paths, api, options, {}, plan)
     if kind != "multipart/form-data":
         raise ApiError(
             415, "send the job as multipart/form-data (files), application/json or a plain form (share paths)"
@@ -447,7 +461,7 @@ async def _submit(api: Api, request: Request) -> str:
     try:
         received = await _receive(api, request, media)
         options, uploaded = _form_options(received)
-        job_id = await anyio.to_thread.run_sync(_submit_paths, api, options, uploaded)
+        job_id = await anyio.to_thread.run_sync(_submit_paths, api, options, uploaded, plan)
     except BaseException:
         await anyio.to_thread.run_sync(media.remove)
         raise
@@ -538,7 +552,9 @@ def _form_options(received: Received) -> tuple[dict[str, Any], dict[str, list[Pa
     return options, received.files
 
 
-def _submit_paths(api: Api, options: dict[str, Any], uploaded: dict[str, list[Path]]) -> str:
+def _submit_paths(
+    api: Api, options: dict[str, Any], uploaded: dict[str, list[Path]], plan: Callable[[str], None]
+) -> str:
     """Through `lipsyncd submit`'s code: its checks, its manifest written atomically into the inbox."""
     audio_files = uploaded.get("audio", [])
     if len(audio_files) + (options["audio"] is not None) != 1:
@@ -558,6 +574,7 @@ def _submit_paths(api: Api, options: dict[str, Any], uploaded: dict[str, list[Pa
         notify=tuple(options["notify"]),
         model=options["model"],
     )
+    plan(job_id)
     try:
         path = submit(request, inbox=api.config.inbox_dir, shared=api.config.shared, checks=api.checks())
     except SubmitError as exc:

@@ -367,3 +367,9 @@ def test_submit_over_http_wait_and_download_every_link(
     finally:
         server.daemon.terminate()
         run.terminate()
+
+
+def test_a_second_api_on_the_same_state_refuses_to_start(api: Api) -> None:
+    second = api.share.lipsyncd("api", "--listen", f"127.0.0.1:{free_port()}", timeout=60)
+    assert second.returncode == 75, second.stderr
+    assert "api" in second.stderr

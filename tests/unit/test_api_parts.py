@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from daemon.api.app import RateLimiter, etag
+from daemon.api.ledger import KeyBusy, Ledger
 from daemon.api.tokens import (
     TokenError,
     TokenFile,
@@ -224,3 +225,26 @@ def test_root_adding_a_token_leaves_the_file_owned_like_its_folder(tmp_path: Pat
     add_token(folder / "api-tokens.json", "ci", parse_rights("read"))
     info = (folder / "api-tokens.json").stat()
     assert (info.st_uid, info.st_gid, stat.S_IMODE(info.st_mode)) == (4321, 4321, 0o600)
+
+
+def test_a_restart_settles_idempotency_keys_by_what_reached_the_inbox(tmp_path: Path) -> None:
+    """A key whose job's manifest was written answers that job after a restart, even when the restart
+    came between the rename into the inbox and the record; any other unfinished key is free again."""
+    ledger = Ledger(tmp_path, written=lambda job: False)
+    assert ledger.reserve("ci", "k1") is None
+    with pytest.raises(KeyBusy):
+        ledger.reserve("ci", "k1")
+    assert ledger.reserve("other", "k1") is None  # keys are per token
+    ledger.plan("ci", "k1", "promo-1")  # ... its manifest renamed in, then the process died
+    assert ledger.reserve("ci", "k2") is None
+    ledger.plan("ci", "k2", "promo-2")  # ... died before the rename
+    assert ledger.reserve("ci", "k3") is None  # ... died while receiving
+    ledger.close()
+    again = Ledger(tmp_path, written=lambda job: job == "promo-1")
+    assert again.reserve("ci", "k1") == "promo-1"
+    assert again.submitted("promo-1")
+    assert again.reserve("ci", "k2") is None
+    assert again.reserve("ci", "k3") is None
+    again.record("promo-4", "ci", "k3")
+    assert again.reserve("ci", "k3") == "promo-4"
+    again.close()
