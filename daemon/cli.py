@@ -149,6 +149,24 @@ def _parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - one statement per o
     submit.add_argument("--notify", action="append", default=[], help="a webhook name from the config")
     submit.add_argument("--model")
 
+    api = command("api", _api, "serve the HTTP API (docs/api.md); `api token ...` manages its tokens")
+    api.add_argument("--listen", type=_listen, help="ADDRESS:PORT to listen on (default: api.listen)")
+    api_sub = api.add_subparsers(title="api commands", metavar="ACTION", dest="action")
+    token = api_sub.add_parser("token", help="add, list or revoke API tokens", parents=[anywhere])
+    token_sub = token.add_subparsers(title="token commands", metavar="ACTION", dest="token_action")
+    add = token_sub.add_parser("add", help="make a token and print it (once)", parents=[anywhere])
+    add.add_argument("name")
+    add.add_argument("--can", required=True, help="rights: read, submit, cancel, retry, sign (or all)")
+    add.set_defaults(handler=_api_token)
+    token_sub.add_parser("list", help="the tokens' names and rights", parents=[anywhere]).set_defaults(
+        handler=_api_token
+    )
+    revoke = token_sub.add_parser(
+        "revoke", help="remove a token: it stops working at once", parents=[anywhere]
+    )
+    revoke.add_argument("name")
+    revoke.set_defaults(handler=_api_token)
+
     status = command("status", _status, "show jobs and progress")
     status.add_argument("job", nargs="?")
     status.add_argument("--json", action="store_true", help="machine-readable output")
@@ -513,6 +531,49 @@ def _submit(args: argparse.Namespace, config: Config) -> int:
     except SubmitError as exc:
         raise _UserError(str(exc)) from exc
     print(path)
+    return EXIT_OK
+
+
+def _listen(text: str) -> str:
+    from daemon.config import parse_listen
+
+    try:
+        return parse_listen(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _api(args: argparse.Namespace, config: Config) -> int:
+    from daemon.api.server import serve
+
+    if getattr(args, "action", None) == "token":
+        raise _UserError("lipsyncd api token: give add, list or revoke")
+    with _hold(config, "api"):  # one per state dir: its start-up settles the Idempotency-Keys in flight
+        serve(config, args.listen or config.api.listen)
+    return EXIT_OK
+
+
+def _api_token(args: argparse.Namespace, config: Config) -> int:
+    from daemon.api.tokens import TokenError, add_token, parse_rights, read_tokens, revoke_token, tokens_path
+
+    path = tokens_path(config.api.tokens_file, config.state_dir, os.environ)
+    try:
+        action = args.token_action
+        if action == "add":
+            token = add_token(path, args.name, parse_rights(args.can))
+            print(token)
+            print(f"lipsyncd: token {args.name!r} added to {path}; it is shown only now", file=sys.stderr)
+        elif action == "revoke":
+            revoke_token(path, args.name)
+            print(f"token {args.name!r} revoked")
+        else:
+            tokens = read_tokens(path)
+            for t in tokens:
+                print(f"{t.name:24} {','.join(sorted(t.rights))}")
+            if not tokens:
+                print(f"no API tokens in {path}; add one with `lipsyncd api token add NAME --can read`")
+    except TokenError as exc:
+        raise _UserError(str(exc)) from exc
     return EXIT_OK
 
 

@@ -313,6 +313,33 @@ class LoggingConfig:
     level: str = _key("info", _choice("debug", "info", "warning", "error"))
 
 
+def parse_listen(value: Any) -> str:
+    """ADDRESS:PORT for the HTTP API ([::1]:8750 for IPv6): an IP address, not a name."""
+    text = str(value).strip() if isinstance(value, (str, int)) else ""
+    host, sep, port = text.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"expected ADDRESS:PORT such as 127.0.0.1:8750, got {value!r}")
+    _ip_address(host)
+    return text
+
+
+def _rate(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        raise ValueError(f"expected requests per second above 0 (e.g. 20), got {value!r}")
+    return float(value)
+
+
+@dataclass(frozen=True)
+class ApiConfig:
+    listen: str = _key("127.0.0.1:8750", parse_listen)  # loopback: put a TLS proxy in front for others
+    tokens_file: Path | None = _key(None)  # None: STATE/api-tokens.json (a systemd credential wins)
+    max_upload_bytes: int = _key(2 * 2**30, parse_size)  # one request's media, all files together
+    min_free_bytes: int = _key(2**30, _non_negative_size)  # an upload leaves at least this free on the share
+    rate_limit: float = _key(20.0, _rate)  # requests per second per token (a burst of twice that)
+    long_poll_max: float = _key(60.0, _positive_duration)  # the longest ?wait= a client may ask for
+
+
 @dataclass(frozen=True)
 class Config:
     paths: PathsConfig = field(default_factory=PathsConfig)
@@ -327,6 +354,7 @@ class Config:
     webhooks: dict[str, WebhookConfig] = field(default_factory=dict)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     service: ServiceConfig = field(default_factory=ServiceConfig)
+    api: ApiConfig = field(default_factory=ApiConfig)
     source: Path | None = None  # the file this came from; None means built-in defaults
 
     @property

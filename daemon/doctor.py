@@ -58,6 +58,7 @@ def run_checks(config: Config) -> list[Check]:
         _store,  # the ledger: SQLite in the state directory, or PostgreSQL at store.url
         _storage,
         _links,
+        _api,
     ]
     return [result for check in checks for result in _safely(check, config)]
 
@@ -409,3 +410,29 @@ def _links(config: Config) -> list[Check]:
 
     where = reach(config)
     return [Check("links", True, where.sentence(), warn=where.local_only)]
+
+
+def _api(config: Config) -> list[Check]:
+    """`lipsyncd api`: its tokens file (hashes only, 0600) and whether its address leaves this machine."""
+    import ipaddress
+    import os
+
+    from daemon.api.server import split_listen
+    from daemon.api.tokens import TokenError, read_tokens, tokens_path
+
+    path = tokens_path(config.api.tokens_file, config.state_dir, os.environ)
+    try:
+        tokens = read_tokens(path)
+    except TokenError as exc:
+        return [Check("HTTP API", False, str(exc))]
+    host, _port = split_listen(config.api.listen)
+    reach = "this machine only" if ipaddress.ip_address(host).is_loopback else "other machines"
+    words = f"{config.api.listen} ({reach}); {len(tokens)} token(s) in {path}"
+    if not tokens:
+        words += "; every request is refused until `lipsyncd api token add NAME --can ...`"
+    open_to_others = path.exists() and path.stat().st_mode & 0o077
+    if open_to_others:
+        words += f"; {path} is readable by other users: chmod 600 it"
+    if reach == "other machines":
+        words += "; tokens cross the network in clear unless a TLS proxy is in front"
+    return [Check("HTTP API", True, words, warn=bool(open_to_others) or reach == "other machines")]

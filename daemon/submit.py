@@ -55,7 +55,7 @@ def submit(request: Submission, *, inbox: Path, shared: Path, checks: Checks = C
     # media as they are now: the ones outside the share are copied in, so only the share check waits
     _check(_document(request, name, str(request.audio.resolve()), [str(v.resolve()) for v in request.videos]),
            inbox, Path("/"), checks)  # fmt: skip
-    media_dir = _MediaDir(inbox / "media", f"{name}-{time.strftime('%Y%m%d-%H%M%S')}-")
+    media_dir = submit_media_dir(inbox, name)
     try:
         document = _document(
             request,
@@ -103,7 +103,13 @@ def _readable(path: Path) -> None:
         raise SubmitError(f"{path}: cannot be read ({exc.strerror}); check its permissions") from None
 
 
-class _MediaDir:
+def submit_media_dir(inbox: Path, name: str) -> MediaDir:
+    """The folder (made on first use) for the media one submit copies or uploads into the share; the
+    render's sweep (daemon/submitted_media.py) knows its name and removes it once its job is finished."""
+    return MediaDir(inbox / "media", f"{name}-{time.strftime('%Y%m%d-%H%M%S')}-")
+
+
+class MediaDir:
     """This submit's own folder under inbox/media, made on first use: two submits of one name in one
     second must never share a folder, or a same-named file of one replaces the other's."""
 
@@ -127,7 +133,7 @@ class _MediaDir:
             shutil.rmtree(self._path, ignore_errors=True)
 
 
-def _place(path: Path, media_dir: _MediaDir, shared: Path) -> str:
+def _place(path: Path, media_dir: MediaDir, shared: Path) -> str:
     """A path the manifest can use: inside the share as it is, else copied into the inbox's media folder."""
     real = path.resolve()
     if real.is_relative_to(shared):
@@ -140,16 +146,16 @@ def _place(path: Path, media_dir: _MediaDir, shared: Path) -> str:
 
     # 0664: the daemon (another user of the share's group) must read it, as it reads the manifest.
     # Two inputs of one name (a/face.mp4, b/face.mp4) must not replace each other either.
-    return str(write_atomic(folder / path.name, copy, mode=0o664, place=_publish))
+    return str(write_atomic(folder / path.name, copy, mode=0o664, place=publish))
 
 
 def _write_manifest(inbox: Path, name: str, document: dict[str, object]) -> Path:
     text = yaml.safe_dump(document, allow_unicode=True, sort_keys=False)
     # the inbox takes a renamed-in file at once; never one that replaces another's manifest
-    return write_atomic(inbox / f"{name}.yaml", text, mode=0o664, place=_publish)
+    return write_atomic(inbox / f"{name}.yaml", text, mode=0o664, place=publish)
 
 
-def _publish(tmp: Path, path: Path) -> Path:
+def publish(tmp: Path, path: Path) -> Path:
     """Rename `tmp` to `path` (FOLDER/STEM.SUFFIX), or STEM-2.SUFFIX, ... : the first name nobody holds."""
     folder, stem, suffix = path.parent, path.stem, path.suffix
     n = 1

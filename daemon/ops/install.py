@@ -26,6 +26,7 @@ from daemon.files import write_atomic
 
 Runner = Callable[[Sequence[str]], None]
 UNIT_NAMES = (
+    "lipsyncd-api.service",  # the HTTP API: installed, enabled by the operator (docs/api.md)
     "lipsyncd-render@.service",  # a template: instance = render worker slot (lipsyncd-render@0 ...)
     "lipsyncd-storage.service",
     "lipsyncd-upload.service",  # upload worker 0
@@ -445,6 +446,8 @@ def next_steps(layout: Layout, binary: Path | None = None) -> list[str]:
         "  5. Start storage and both watchers now and at boot: systemctl enable --now lipsyncd.target",
         "  6. Follow them: journalctl -f -u 'lipsyncd-*'   (one job: add JOB=NAME)",
         f"  7. Who can open the links: {binary} doctor --config {config}   (line 'links')",
+        f"  8. Optional, the HTTP API: {binary} api token add NAME --can submit,read "
+        f"--config {config}, then systemctl enable --now lipsyncd-api.service",
     ]
 
 

@@ -32,6 +32,8 @@ SIGNED_PARAM = re.compile(
     r"AWSAccessKeyId|access_token)=[^&\s\"'<>#]*",
     re.IGNORECASE,
 )
+# an HTTP API bearer token (daemon/api/tokens.py makes them lsd_ + 43 characters), wherever it appears
+API_TOKEN = re.compile(r"lsd_[A-Za-z0-9_-]{20,}")
 FORMATS = ("auto", "journald", "console", "json")
 # fields every event of this process carries, from any thread (HOST, WORKER): set once at start-up
 _PROCESS_FIELDS: dict[str, str] = {}
@@ -40,7 +42,8 @@ _PRIMITIVES = (bool, int, float, type(None))
 
 def redact_text(text: str) -> str:
     """Replace the value of every signed-URL parameter in `text`, keeping the parameter name."""
-    return SIGNED_PARAM.sub(lambda m: f"{m.group(1)}={REDACTED}", text)
+    text = SIGNED_PARAM.sub(lambda m: f"{m.group(1)}={REDACTED}", text)
+    return API_TOKEN.sub(REDACTED, text)
 
 
 def _redact_value(value: Any) -> Any:

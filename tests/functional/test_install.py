@@ -28,6 +28,7 @@ from daemon.ops.install import (
 
 REPO = Path(__file__).resolve().parents[2]
 UNITS = (
+    "lipsyncd-api.service",
     "lipsyncd-render@.service",
     "lipsyncd-storage.service",
     "lipsyncd-upload.service",

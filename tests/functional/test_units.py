@@ -18,6 +18,7 @@ UNITS = REPO / "systemd"
 SANDBOX = Path(__file__).with_name("unit_sandbox.py")
 INSTALLED_BINARY = "/opt/lipsyncd/venv/bin/lipsyncd"
 THRESHOLDS = {
+    "lipsyncd-api.service": 3.0,
     "lipsyncd-upload.service": 3.0,
     "lipsyncd-upload@.service": 3.0,
     "lipsyncd-render@.service": 4.0,
@@ -55,6 +56,7 @@ def test_units_verify_clean(tmp_path: Path) -> None:
         (tmp_path / unit.name).write_text(unit.read_text().replace(INSTALLED_BINARY, str(stub)))
     names = sorted(p.name for p in UNITS.glob("lipsyncd*"))
     assert names == [
+        "lipsyncd-api.service",
         "lipsyncd-render@.service",
         "lipsyncd-storage.service",
         "lipsyncd-upload.service",
@@ -108,6 +110,9 @@ def test_service_contract(name: str) -> None:
     if name in WATCHERS:
         assert pairs["ExecReload"] == "/bin/kill -HUP $MAINPID"
         assert values(name, "ReadWritePaths") == ["/srv/lipsyncd/inbox /srv/lipsyncd/outputs"]
+    elif name == "lipsyncd-api.service":  # writes uploads and manifests into the inbox, nothing else
+        assert "ExecReload" not in pairs
+        assert values(name, "ReadWritePaths") == ["/srv/lipsyncd/inbox"]
     else:  # storage: no config reload (SIGHUP would end it), writes only its state directory
         assert "ExecReload" not in pairs
         assert "ReadWritePaths" not in pairs
@@ -274,6 +279,46 @@ def test_embedded_storage_and_boto3_run_under_the_units_seccomp_sandbox(tmp_path
     result = run_sandboxed(unit, UPLOAD_CHILD, str(tmp_path / "state"))
     assert result.returncode == 0, result.stderr[-4000:]
     assert "upload stack ok" in result.stdout
+
+
+API_CHILD = """
+import socket, sys, threading, time
+from pathlib import Path
+import httpx, uvicorn
+from daemon.api.app import create_app
+from daemon.api.tokens import add_token, parse_rights
+from daemon.config import ApiConfig, Config, PathsConfig
+
+root = Path(sys.argv[1])
+(root / "inbox").mkdir(parents=True)
+config = Config(paths=PathsConfig(shared=root, inbox=root / "inbox", state=root / "state"),
+                api=ApiConfig(min_free_bytes=0))
+token = add_token(root / "state" / "api-tokens.json", "t", parse_rights("all"))
+with socket.socket() as probe:
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+server = uvicorn.Server(uvicorn.Config(create_app(config, {}), host="127.0.0.1", port=port, log_config=None))
+threading.Thread(target=server.run, daemon=True).start()
+while not server.started:
+    time.sleep(0.05)
+headers = {"Authorization": f"Bearer {token}"}
+answer = httpx.post(f"http://127.0.0.1:{port}/v1/jobs", headers=headers,
+                    files=[("audio", ("a.wav", b"a")), ("videos", ("v.mp4", b"v" * 200_000))])
+assert answer.status_code == 202, answer.text
+view = httpx.get(f"http://127.0.0.1:{port}/v1/jobs/" + answer.json()["job"], headers=headers)
+assert view.json()["status"] == "submitted", view.text
+server.should_exit = True
+print("api stack ok")
+"""
+
+
+@needs_sandbox
+def test_api_stack_runs_under_the_api_units_seccomp_sandbox(tmp_path: Path) -> None:
+    """uvicorn (asyncio, its socket), FastAPI/pydantic-core, the streamed multipart upload and the job
+    store under the API unit's SystemCallFilter=, MemoryDenyWriteExecute= and RestrictAddressFamilies=."""
+    result = run_sandboxed("lipsyncd-api.service", API_CHILD, str(tmp_path / "share"))
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert "api stack ok" in result.stdout
 
 
 def test_render_workers_are_instances_of_a_template() -> None:
