@@ -45,11 +45,14 @@ demo: setup-demo
 # PYTEST_ARGS set: one plain run of what it names, as before.
 TEST_WORKERS ?= 2
 test: setup-test system-packages lint
-	@if [ -n "$(PYTEST_ARGS)" ]; then $(BIN)/pytest -q -ra $(PYTEST_ARGS); else \
-	  failed=0; \
-	  $(BIN)/pytest -q -ra -n $(TEST_WORKERS) --dist loadfile tests/unit tests/functional || failed=1; \
-	  $(BIN)/pytest -q -ra tests/e2e || failed=1; \
-	  exit $$failed; fi
+ifeq ($(strip $(PYTEST_ARGS)),)
+	failed=0; \
+	$(BIN)/pytest -q -ra -n $(TEST_WORKERS) --dist loadfile tests/unit tests/functional || failed=1; \
+	$(BIN)/pytest -q -ra tests/e2e || failed=1; \
+	exit $$failed
+else
+	$(BIN)/pytest -q -ra $(PYTEST_ARGS)
+endif
 
 lint: setup-test
 	$(BIN)/ruff check daemon tests bench
