@@ -39,8 +39,20 @@ system-packages:
 demo: setup-demo
 	$(BIN)/python -m daemon.demo
 
+# Unit and functional tests are CPU-bound and share no fixed port or path: TEST_WORKERS processes run
+# them, one test file per process at a time (module fixtures are made once; test_journald's journald is
+# started by one process only). The end-to-end tests time real daemons and run alone, after them.
+# PYTEST_ARGS set: one plain run of what it names, as before.
+TEST_WORKERS ?= 2
 test: setup-test system-packages lint
+ifeq ($(strip $(PYTEST_ARGS)),)
+	failed=0; \
+	$(BIN)/pytest -q -ra -n $(TEST_WORKERS) --dist loadfile tests/unit tests/functional || failed=1; \
+	$(BIN)/pytest -q -ra tests/e2e || failed=1; \
+	exit $$failed
+else
 	$(BIN)/pytest -q -ra $(PYTEST_ARGS)
+endif
 
 lint: setup-test
 	$(BIN)/ruff check daemon tests bench

@@ -40,6 +40,9 @@ class Share:
             "inbox": {"settle_time": "1s", "rescan_interval": "2s"},
             "render": {"batch_size": 8},
             "logging": {"format": "json", "level": "info"},
+            # SeaweedFS 4.48's filer waits out a fixed 15 s drain on SIGTERM; it survives SIGKILL, so tests
+            # stop it after 1 s (test_embedded_s3 proves the clean stop with the default timeout)
+            "storage": {"embedded_stop_timeout": "1s"},
         }
         for section, values in self.overrides.items():
             config.setdefault(section, {}).update(values)

@@ -138,14 +138,16 @@ def test_d_manifest_filed_after_a_kill_between_job_commit_and_filing(share: Shar
 
 
 def test_e_rescan_and_render_finishing_a_job_file_its_manifest_once(share: Share) -> None:
+    share = Share(share.root, {**share.overrides, "inbox": {"rescan_interval": "0.5s"}})
     render = Daemon(share, "render")
     try:
         wait_for(lambda: any(e["event"] == "render_ready" for e in render.events()), 60, "render up", render)
         job, held = _hold_job_between_commit_and_filing(share, render)
         with held:
             # the render thread has committed the finished job and waits to write links.json, then to file
-            # the manifest; the intake's rescans (every 2 s here) run meanwhile and must leave it alone
-            time.sleep(5.0)
+            # the manifest; the intake's rescans (every 0.5 s here: 4 of them) run meanwhile and must leave
+            # it alone
+            time.sleep(2.0)
             assert (share.inbox / ".claimed" / f"{job}.yaml").exists(), "a rescan filed a finishing job"
         wait_for(lambda: share.links(job)["status"] != "rendering", 30, "the render going on", render)  # type: ignore[index]
         time.sleep(1.0)

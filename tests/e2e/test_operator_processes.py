@@ -21,7 +21,7 @@ import pytest
 
 from tests.e2e.harness import REPO, Daemon, Share, wait_for
 
-FAST_STOP = {"storage": {"embedded_stop_timeout": "3s"}}  # SeaweedFS survives SIGKILL; keep tests short
+FAST_STOP = {"storage": {"embedded_stop_timeout": "1s"}}  # SeaweedFS survives SIGKILL; keep tests short
 CTRL_C_TRIES = int(os.environ.get("LIPSYNCD_CTRL_C_TRIES", "3"))  # the README's figure used 20
 
 
