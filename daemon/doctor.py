@@ -168,6 +168,7 @@ def _precisions(config: Config) -> list[Check]:
     """One line per imported model: the precision it renders in here, and why (auto's reason)."""
     from daemon.render.model import choose_providers
     from daemon.render.modelspec import BASELINE, SPEC_NAME, ModelSpec
+    from daemon.render.openvino_runtime import OPENVINO
     from daemon.render.precision import choose, cpu_flags
 
     provider, flags = choose_providers(config.render.providers)[0][0], cpu_flags()
@@ -181,7 +182,11 @@ def _precisions(config: Config) -> list[Check]:
         if spec.kind == BASELINE:
             continue
         choice = choose(spec, provider, flags)
-        detail = f"auto picks {choice.reason}"
+        # MuseTalk stays on onnxruntime under OpenVINO (registry.py)
+        runtime = (
+            "onnxruntime's CPU provider" if spec.kind == "musetalk" and provider == OPENVINO else provider
+        )
+        detail = f"auto picks {choice.reason}; runs in {runtime}"
         if config.render.precision != "auto":
             detail = f"render.precision is {config.render.precision or 'null'} ({detail})"
         checks.append(Check(f"precision {spec.name}", True, detail))
