@@ -31,7 +31,7 @@ def load_openvino() -> Any:
     daemon converts nothing (OpenVINO reads ONNX itself); openvino/__init__ skips the tools when their
     import fails, which a None in sys.modules makes it do."""
     if "openvino" not in sys.modules:
-        sys.modules.setdefault("openvino.tools.ovc", None)
+        sys.modules.setdefault("openvino.tools.ovc", None)  # type: ignore[arg-type]  # None: "not importable"
     import openvino
 
     return openvino
