@@ -88,6 +88,7 @@ def _providers(config: Config) -> list[Check]:
     import onnxruntime as ort
 
     from daemon.render.model import choose_providers
+    from daemon.render.openvino_runtime import OPENVINO, load_openvino
 
     available = ort.get_available_providers()
     chosen, reason = choose_providers(config.render.providers)
@@ -96,6 +97,10 @@ def _providers(config: Config) -> list[Check]:
     detail = f"onnxruntime {ort.__version__}: {', '.join(available)}; using {chosen[0]} ({reason})"
     if not ok:
         detail += ". Install onnxruntime-gpu (pip install 'lipsyncd[gpu]') matching your CUDA"
+    if chosen[0] == OPENVINO:
+        detail += f"; openvino {load_openvino().__version__}"
+    elif config.render.providers == "openvino":
+        ok = False  # asked for, and the reason says it does not import
     return [Check("execution providers", ok, detail)]
 
 

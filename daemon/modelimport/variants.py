@@ -24,9 +24,9 @@ from onnxruntime.transformers.float16 import convert_float_to_float16
 
 from daemon.modelimport.calibration import batches
 from daemon.modelimport.report import VariantCheck
+from daemon.render import openvino_runtime
 from daemon.render.modelspec import ModelSpec
 from daemon.render.openvino_runtime import OpenVinoSession
-from daemon.render.openvino_runtime import available as openvino_available
 from daemon.render.precision import UNDER_OPENVINO
 
 CALIBRATION_SAMPLES = 32
@@ -126,7 +126,7 @@ def build_variants(
             )
         checks.append(VariantCheck(precision, target.name, *compare(fp32, target, held_out)))
     variants = {**spec.variants, **{c.precision: c.file for c in checks}}
-    if int8 and openvino_available():  # the int8 auto may pick under OpenVINO: its own error
+    if int8 and openvino_runtime.available():  # the int8 auto may pick under OpenVINO: its own error
         for precision, file in (("fp32", spec.onnx_file), ("int8", variant_file("int8"))):
             error = compare(fp32, folder / file, held_out, openvino=True)
             checks.append(VariantCheck(precision + UNDER_OPENVINO, file, *error))

@@ -14,13 +14,12 @@ import numpy as np
 import onnxruntime as ort
 import structlog
 
-from daemon.render import accel
+from daemon.render import accel, openvino_runtime
 from daemon.render import audio as audio_features
 from daemon.render.blend import paste_back
 from daemon.render.faces import crop_face
 from daemon.render.modelspec import SPEC_NAME, ModelSpec
 from daemon.render.openvino_runtime import OPENVINO, OpenVinoSession
-from daemon.render.openvino_runtime import available as openvino_available
 from daemon.render.types import Box
 
 log = structlog.get_logger(__name__)
@@ -49,7 +48,7 @@ def choose_providers(
     if preference not in PREFERENCES:
         raise ValueError(f"unknown execution provider '{preference}'; choose one of {', '.join(PREFERENCES)}")
     have = list(ort.get_available_providers() if available is None else available)
-    has_openvino = openvino_available() if openvino is None else openvino
+    has_openvino = openvino_runtime.available() if openvino is None else openvino
     if preference == "cpu":
         return [CPU], "CPU requested"
     if preference == "openvino":

@@ -21,13 +21,14 @@ from structlog.testing import capture_logs
 
 from daemon.cli import EXIT_OK, main
 from daemon.config import Config, PathsConfig, RenderConfig
-from daemon.doctor import _precisions
+from daemon.doctor import _precisions, _providers
 from daemon.modelimport import import_model
 from daemon.modelimport.calibration import batches
+from daemon.render import openvino_runtime
 from daemon.render.model import LipSyncModel
 from daemon.render.modelspec import SPEC_NAME, ModelSpec
 from daemon.render.precision import CPU_FLAGS_ENV, MAX_MEAN_ABS_ERROR
-from daemon.render.registry import ModelPool
+from daemon.render.registry import OPENERS, ModelPool
 from daemon.samples import speech_like, write_audio, write_face_clip
 from tests.functional.test_onnx_import import dummy_wav2lip
 from tests.functional.test_pipeline import render
@@ -190,3 +191,33 @@ def test_doctor_names_the_runtime(models: Path, monkeypatch: pytest.MonkeyPatch)
         "auto picks int8: this CPU has avx512_vnni and the int8 variant's mean error"
     )
     assert check.detail.endswith("; runs in OpenVINO")
+
+
+def test_musetalk_stays_on_onnxruntime_under_openvino(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ModelSpec(name="mt", kind="musetalk").save(tmp_path / "mt")
+    asked: list[list[str]] = []
+
+    def opener(folder: Path, *, providers: list[str], **_: Any) -> Any:
+        asked.append(providers)
+        return type("Opened", (), {"provider": providers[0]})()
+
+    monkeypatch.setitem(OPENERS, "musetalk", opener)
+    pool = ModelPool(tmp_path, providers="openvino", precision="auto", threads=1)
+    assert pool.providers == ["OpenVINO", "CPUExecutionProvider"]
+    pool.get("mt")
+    assert asked == [["CPUExecutionProvider"]]  # and the face detector gets the same list
+    assert pool.onnxruntime_providers == ["CPUExecutionProvider"]
+
+
+def test_doctor_names_openvino_and_fails_when_asked_for_without_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    (check,) = _providers(Config(render=RenderConfig(providers="openvino")))
+    assert check.ok
+    assert "; using OpenVINO (OpenVINO requested); openvino 20" in check.detail
+    monkeypatch.setattr(openvino_runtime, "available", lambda: False)
+    (check,) = _providers(Config(render=RenderConfig(providers="openvino")))
+    assert not check.ok
+    assert "the openvino package does not import (pip install openvino); using CPU" in check.detail
