@@ -222,7 +222,7 @@ X264_PRESETS = (
 @dataclass(frozen=True)
 class RenderConfig:
     model: str = _key("baseline")
-    providers: str = _key("auto", _choice("auto", "cuda", "tensorrt", "cpu"))
+    providers: str = _key("auto", _choice("auto", "cuda", "tensorrt", "openvino", "cpu"))
     precision: str | None = _key("auto", _opt(_choice("auto", "fp32", "fp16", "int8")))
     gpus: list[int] = _key([0])
     batch_size: int = _key(16, _positive_int)

@@ -89,6 +89,7 @@ def _providers(config: Config) -> list[Check]:
     import onnxruntime as ort
 
     from daemon.render.model import choose_providers
+    from daemon.render.openvino_runtime import OPENVINO, load_openvino
 
     available = ort.get_available_providers()
     chosen, reason = choose_providers(config.render.providers)
@@ -97,6 +98,10 @@ def _providers(config: Config) -> list[Check]:
     detail = f"onnxruntime {ort.__version__}: {', '.join(available)}; using {chosen[0]} ({reason})"
     if not ok:
         detail += ". Install onnxruntime-gpu (pip install 'lipsyncd[gpu]') matching your CUDA"
+    if chosen[0] == OPENVINO:
+        detail += f"; openvino {load_openvino().__version__}"
+    elif config.render.providers == "openvino":
+        ok = False  # asked for, and the reason says it does not import
     return [Check("execution providers", ok, detail)]
 
 
@@ -169,6 +174,7 @@ def _precisions(config: Config) -> list[Check]:
     """One line per imported model: the precision it renders in here, and why (auto's reason)."""
     from daemon.render.model import choose_providers
     from daemon.render.modelspec import BASELINE, SPEC_NAME, ModelSpec
+    from daemon.render.openvino_runtime import OPENVINO
     from daemon.render.precision import choose, cpu_flags
 
     provider, flags = choose_providers(config.render.providers)[0][0], cpu_flags()
@@ -182,7 +188,11 @@ def _precisions(config: Config) -> list[Check]:
         if spec.kind == BASELINE:
             continue
         choice = choose(spec, provider, flags)
-        detail = f"auto picks {choice.reason}"
+        # MuseTalk stays on onnxruntime under OpenVINO (registry.py)
+        runtime = (
+            "onnxruntime's CPU provider" if spec.kind == "musetalk" and provider == OPENVINO else provider
+        )
+        detail = f"auto picks {choice.reason}; runs in {runtime}"
         if config.render.precision != "auto":
             detail = f"render.precision is {config.render.precision or 'null'} ({detail})"
         checks.append(Check(f"precision {spec.name}", True, detail))

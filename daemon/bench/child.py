@@ -36,6 +36,7 @@ class RenderJob:
     renders: int = 1  # renders of the video in this process, one after the other
     cache_dir: str | None = None  # an avatar cache folder every render goes through
     prep_only: bool = False  # skip generation (no UNet, no decoder): avatar preparation, blend, encode
+    providers: tuple[str, ...] = ("CPUExecutionProvider",)  # or ("OpenVINO", "CPUExecutionProvider")
 
 
 @dataclass(frozen=True)
@@ -101,7 +102,7 @@ def _renders(job: dict[str, Any]) -> Iterator[dict[str, Any]]:
     folder = Path(job["model"])
     model = OPENERS[ModelSpec.load(folder).kind](
         folder,
-        providers=["CPUExecutionProvider"],
+        providers=list(job.get("providers", ["CPUExecutionProvider"])),
         threads=job["threads"],
         precision=job["precision"],
     )

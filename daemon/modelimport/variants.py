@@ -3,6 +3,8 @@
 fp16 keeps float32 inputs and outputs (keep_io_types) so the pipeline feeds every variant the same.
 int8 is static QDQ quantisation (uint8 activations, int8 per-channel weights), calibrated on
 generated speech and face inputs; the check uses different seeds than the calibration.
+Where the openvino package imports (the daemon's CPU runtime then), fp32 and int8 are also run in
+OpenVINO and checked against onnxruntime's fp32, stored as "fp32@openvino" / "int8@openvino".
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -21,7 +24,10 @@ from onnxruntime.transformers.float16 import convert_float_to_float16
 
 from daemon.modelimport.calibration import batches
 from daemon.modelimport.report import VariantCheck
+from daemon.render import openvino_runtime
 from daemon.render.modelspec import ModelSpec
+from daemon.render.openvino_runtime import OpenVinoSession
+from daemon.render.precision import UNDER_OPENVINO
 
 CALIBRATION_SAMPLES = 32
 CHECK_SAMPLES = 16
@@ -85,10 +91,18 @@ def _quiet_quantizer() -> Iterator[None]:
         root.setLevel(level)
 
 
-def compare(reference: Path, candidate: Path, feeds: list[dict[str, np.ndarray]]) -> tuple[float, float]:
-    """(max, mean) abs difference of the first output over all feeds, both run on the CPU."""
-    runs = [ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]) for p in (reference, candidate)]
-    diffs = [np.abs(runs[0].run(None, f)[0] - runs[1].run(None, f)[0]) for f in feeds]
+def compare(
+    reference: Path, candidate: Path, feeds: list[dict[str, np.ndarray]], *, openvino: bool = False
+) -> tuple[float, float]:
+    """(max, mean) abs difference of the first output over all feeds, both run on the CPU: the reference
+    in onnxruntime, the candidate too or (`openvino`) compiled by OpenVINO as the daemon runs it."""
+    ref = ort.InferenceSession(str(reference), providers=["CPUExecutionProvider"])
+    run: Any = (
+        OpenVinoSession(candidate)
+        if openvino
+        else ort.InferenceSession(str(candidate), providers=["CPUExecutionProvider"])
+    )
+    diffs = [np.abs(ref.run(None, f)[0] - run.run(None, f)[0]) for f in feeds]
     return max(float(d.max()) for d in diffs), float(np.mean([d.mean() for d in diffs]))
 
 
@@ -112,6 +126,10 @@ def build_variants(
             )
         checks.append(VariantCheck(precision, target.name, *compare(fp32, target, held_out)))
     variants = {**spec.variants, **{c.precision: c.file for c in checks}}
+    if int8 and openvino_runtime.available():  # the int8 auto may pick under OpenVINO: its own error
+        for precision, file in (("fp32", spec.onnx_file), ("int8", variant_file("int8"))):
+            error = compare(fp32, folder / file, held_out, openvino=True)
+            checks.append(VariantCheck(precision + UNDER_OPENVINO, file, *error))
     errors = {
         c.precision: {"max_abs_error": c.max_abs_error, "mean_abs_error": c.mean_abs_error} for c in checks
     }

@@ -14,11 +14,12 @@ import numpy as np
 import onnxruntime as ort
 import structlog
 
-from daemon.render import accel
+from daemon.render import accel, openvino_runtime
 from daemon.render import audio as audio_features
 from daemon.render.blend import mouth_mask, paste_back
 from daemon.render.faces import crop_face
 from daemon.render.modelspec import SPEC_NAME, ModelSpec
+from daemon.render.openvino_runtime import OPENVINO, OpenVinoSession
 from daemon.render.types import Box
 
 log = structlog.get_logger(__name__)
@@ -26,7 +27,7 @@ log = structlog.get_logger(__name__)
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
 TENSORRT = "TensorrtExecutionProvider"
-PREFERENCES = ("auto", "cuda", "tensorrt", "cpu")
+PREFERENCES = ("auto", "cuda", "tensorrt", "openvino", "cpu")
 MEL_SHAPE = (1, 80, 16)
 FACE_SHAPE = (6, 96, 96)
 HALF = 96 // 2  # rows 48..95 of the crop are masked
@@ -34,22 +35,37 @@ SILENT_MEL = -4.0  # the normalised floor: what the mel of silence looks like
 
 
 def choose_providers(
-    preference: str = "auto", available: Sequence[str] | None = None
+    preference: str = "auto", available: Sequence[str] | None = None, openvino: bool | None = None
 ) -> tuple[list[str], str]:
-    """Providers to try, best first, and one line saying why. `available` defaults to this build's list.
+    """Providers to try, best first, and one line saying why. `available` defaults to this build's list,
+    `openvino` to whether the openvino package imports here.
 
     A provider being in the build does not prove it works (a CUDA library may be missing); the session
-    then falls back to CPU, which `LipSyncModel.open` logs as `execution_provider`.
+    then falls back to CPU, which `LipSyncModel.open` logs as `execution_provider`. OPENVINO is not an
+    onnxruntime provider: LipSyncModel runs the model in OpenVINO; the CPU provider after it serves the
+    rest (MuseTalk, the face detector).
     """
     if preference not in PREFERENCES:
         raise ValueError(f"unknown execution provider '{preference}'; choose one of {', '.join(PREFERENCES)}")
     have = list(ort.get_available_providers() if available is None else available)
+    has_openvino = openvino_runtime.available() if openvino is None else openvino
     if preference == "cpu":
         return [CPU], "CPU requested"
+    if preference == "openvino":
+        if has_openvino:
+            return [OPENVINO, CPU], "OpenVINO requested"
+        return [
+            CPU
+        ], "OpenVINO requested but the openvino package does not import (pip install openvino); using CPU"
     if preference == "tensorrt" and TENSORRT in have:
         return [TENSORRT, *([CUDA] if CUDA in have else []), CPU], "TensorrtExecutionProvider available"
-    providers = [CUDA, CPU] if CUDA in have else [CPU]
-    using = "using CUDA" if CUDA in have else "using CPU"
+    if CUDA in have:
+        providers, using = [CUDA, CPU], "using CUDA"
+    elif has_openvino:
+        # OpenVINO ran Wav2Lip int8 2.2x and fp32 1.3x onnxruntime's on this CPU (see openvino_runtime.py)
+        providers, using = [OPENVINO, CPU], "using OpenVINO on the CPU (the openvino package is installed)"
+    else:
+        providers, using = [CPU], "using CPU (the openvino package is not installed)"
     if preference == "tensorrt":
         return providers, f"TensorrtExecutionProvider not available in this onnxruntime build; {using}"
     if CUDA in have:
@@ -103,14 +119,17 @@ class LipSyncModel:
         build = (
             _trt_build(spec, path, precision, trt_cache) if providers[0] == TENSORRT and trt_cache else None
         )
-        session = ort.InferenceSession(
-            str(path),
-            sess_options=_session_options(threads),
-            providers=providers,
-            provider_options=[
-                accel.provider_options(p, device_id, build.plan if build else None) for p in providers
-            ],
-        )
+        session = _openvino_session(path, threads) if providers[0] == OPENVINO else None
+        if session is None:
+            providers = [p for p in providers if p != OPENVINO]
+            session = ort.InferenceSession(
+                str(path),
+                sess_options=_session_options(threads),
+                providers=providers,
+                provider_options=[
+                    accel.provider_options(p, device_id, build.plan if build else None) for p in providers
+                ],
+            )
         model = cls(session, spec, device_id=device_id)
         if build is not None:
             model.largest_batch = TRT_LARGEST_BATCH if build.plan.profile else None
@@ -209,6 +228,15 @@ def _onnx_file(spec: ModelSpec, folder: Path, precision: str | None) -> Path:
     if not path.is_file():
         raise FileNotFoundError(f"model '{spec.name}': {path} is missing; import the model again")
     return path
+
+
+def _openvino_session(path: Path, threads: int) -> OpenVinoSession | None:
+    """The file compiled by OpenVINO, or None (logged) when it cannot be: onnxruntime's CPU runs it then."""
+    try:
+        return OpenVinoSession(path, threads=threads)
+    except Exception as exc:  # noqa: BLE001 - an op OpenVINO lacks must not stop the render
+        log.warning("openvino_failed", file=str(path), error=str(exc), fallback=CPU)
+        return None
 
 
 def _session_options(threads: int) -> ort.SessionOptions:

@@ -43,6 +43,7 @@ class ModelSpec:
     notes: str = ""
     # precision -> its error against fp32 measured at import on held-out inputs, e.g.
     # {"int8": {"max_abs_error": 0.0014, "mean_abs_error": 0.0005}}; `render.precision: auto` reads it.
+    # "int8@openvino" / "fp32@openvino": the same file run in OpenVINO, against onnxruntime's fp32.
     # Empty in specs written before it existed: auto then keeps such a model in fp32.
     checks: dict[str, dict[str, float]] = field(default_factory=dict)
     # kind "musetalk" only: its four graphs, role -> precision -> file, e.g. {"unet": {"fp32": "unet.onnx"}};

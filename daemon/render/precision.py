@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from daemon.render.modelspec import BASELINE, ModelSpec
+from daemon.render.openvino_runtime import OPENVINO
 
 # The one bound on a variant's error against fp32: the mean absolute difference of the output image
 # (values in [0, 1]) on held-out inputs, measured at import. One 8-bit level: within it the variant's
@@ -28,6 +29,8 @@ CPUINFO = Path("/proc/cpuinfo")
 # int8 convolutions are only faster than fp32 with the dot-product instructions (VNNI) or AMX
 INT8_FLAGS = ("amx_int8", "avx512_vnni", "avx_vnni")
 GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
+# the key in a spec's `checks` of a variant's error when OpenVINO runs it, against onnxruntime's fp32
+UNDER_OPENVINO = "@openvino"
 _MUSETALK_CPU = "fp32: int8 is not offered for MuseTalk models (its graphs are not quantised)"
 _MUSETALK_GPU = (
     "fp32: MuseTalk's fp16 graphs have no error against fp32 on the final image stored; "
@@ -73,32 +76,38 @@ def choose(
         return Choice(
             "fp32", f"fp32: this CPU has none of {', '.join(INT8_FLAGS)}, without which int8 is not faster"
         )
+    if provider == OPENVINO:  # its own int8 kernels: only an error measured under OpenVINO counts
+        return _pick(spec, "int8", f"this CPU has {have[0]}", bound, OPENVINO)
     return _pick(spec, "int8", f"this CPU has {have[0]}", bound)
 
 
-def _pick(spec: ModelSpec, precision: str, why: str, bound: float) -> Choice:
-    """PRECISION if the spec has it and its stored error is within the bound; else fp32, saying why."""
+def _pick(spec: ModelSpec, precision: str, why: str, bound: float, runtime: str | None = None) -> Choice:
+    """PRECISION if the spec has it and its stored error (the one under RUNTIME, when named) is within
+    the bound; else fp32, saying why."""
     if precision != spec.precision and precision not in spec.variants:
         return Choice(
             "fp32",
             f"fp32: {why} but model '{spec.name}' has no {precision} variant "
             "(import it again on this machine, or with --fp16 / --int8)",
         )
-    check = spec.checks.get(precision)
+    under = f" under {runtime}" if runtime else ""
+    check = spec.checks.get(precision + UNDER_OPENVINO if runtime == OPENVINO else precision)
     if check is None:
+        older = "without the openvino package or by an older lipsyncd" if runtime else "by an older lipsyncd"
         return Choice(
             "fp32",
-            f"fp32: {why} but the {precision} variant's error against fp32 was not stored "
-            f"(imported by an older lipsyncd): import the model again with --overwrite",
+            f"fp32: {why} but the {precision} variant's error{under} against fp32 was not stored "
+            f"(imported {older}): import the model again with --overwrite",
         )
     error = check["mean_abs_error"]
     if error > bound:
         return Choice(
             "fp32",
-            f"fp32: {why} but the {precision} variant's mean error against fp32 is {error:.4f} > {bound:.4f}",
+            f"fp32: {why} but the {precision} variant's mean error{under} against fp32 "
+            f"is {error:.4f} > {bound:.4f}",
         )
     return Choice(
         precision,
-        f"{precision}: {why} and the {precision} variant's mean error against fp32 "
+        f"{precision}: {why} and the {precision} variant's mean error{under} against fp32 "
         f"is {error:.4f} <= {bound:.4f}",
     )

@@ -15,7 +15,8 @@ from daemon.render.model import LipSyncModel, choose_providers
 from daemon.render.modelspec import BASELINE, SPEC_NAME, ModelSpec
 from daemon.render.modelspec import available_models as available_models  # where it was before
 from daemon.render.musetalk import MuseTalkModel
-from daemon.render.precision import choose, cpu_flags
+from daemon.render.openvino_runtime import OPENVINO
+from daemon.render.precision import GPU_PROVIDERS, choose, cpu_flags
 
 log = structlog.get_logger(__name__)
 
@@ -88,7 +89,7 @@ class ModelPool:
     ):
         self.models_dir = models_dir
         self.providers, self.provider_reason = choose_providers(providers)
-        if self.providers[0] != "CPUExecutionProvider":
+        if self.providers[0] in GPU_PROVIDERS:
             _preload_cuda_libraries()
         self.precision = precision
         self.threads = threads
@@ -96,6 +97,11 @@ class ModelPool:
         self.trt_cache = trt_cache  # <paths.state>/trt-cache: TensorRT engines built once, kept across starts
         self._open: dict[str, LipSyncFamily] = {}
         self._lock = threading.Lock()
+
+    @property
+    def onnxruntime_providers(self) -> list[str]:
+        """The providers for onnxruntime sessions (the face detector, MuseTalk): OpenVINO is not one."""
+        return [p for p in self.providers if p != OPENVINO]
 
     def get(self, name: str) -> LipSyncFamily:
         with self._lock:
@@ -113,9 +119,13 @@ class ModelPool:
         precision, why = self._precision(name, folder)
         # the engine cache is wired for the one-graph families; MuseTalk's four graphs build at each start
         cache = {"trt_cache": self.trt_cache} if opener is LipSyncModel.open and self.trt_cache else {}
+        # OpenVINO runs the one-graph models only: MuseTalk's four graphs are not wired to it (no error
+        # under OpenVINO is measured for them), so they stay on onnxruntime. (`==`: a bound method is a new
+        # object at each lookup, so `is` never holds)
+        providers = self.providers if opener == LipSyncModel.open else self.onnxruntime_providers
         model: LipSyncFamily = opener(
             folder,
-            providers=self.providers,
+            providers=providers,
             precision=precision,
             threads=self.threads,
             device_id=self.device_id,

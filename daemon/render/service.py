@@ -151,7 +151,7 @@ class RenderService:
     def detector(self, pool: ModelPool) -> FaceDetector:
         """One detector per worker: OpenCV and ONNX detectors are not shared between threads."""
         if id(pool) not in self._detectors:
-            factories = {**builtin_detectors(), **detector_factories(pool.providers)}
+            factories = {**builtin_detectors(), **detector_factories(pool.onnxruntime_providers)}
             self._detectors[id(pool)] = detector_by_name(self.detector_name, self.paths.models_dir, factories)
         return self._detectors[id(pool)]
 

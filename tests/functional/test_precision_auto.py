@@ -8,22 +8,30 @@ The CPU flags are injected (LIPSYNCD_CPU_FLAGS), so these pass on any CPU.
 from __future__ import annotations
 
 import json
-from collections.abc import MutableMapping
+from collections.abc import Iterator, MutableMapping
 from pathlib import Path
 from typing import Any
 
+import av
+import numpy as np
+import onnxruntime as ort
 import pytest
 import structlog
 from structlog.testing import capture_logs
 
 from daemon.cli import EXIT_OK, main
 from daemon.config import Config, PathsConfig, RenderConfig
-from daemon.doctor import _precisions
+from daemon.doctor import _precisions, _providers
 from daemon.modelimport import import_model
+from daemon.modelimport.calibration import batches
+from daemon.render import openvino_runtime
+from daemon.render.model import LipSyncModel
 from daemon.render.modelspec import SPEC_NAME, ModelSpec
-from daemon.render.precision import CPU_FLAGS_ENV
-from daemon.render.registry import ModelPool
+from daemon.render.precision import CPU_FLAGS_ENV, MAX_MEAN_ABS_ERROR
+from daemon.render.registry import OPENERS, ModelPool
+from daemon.samples import speech_like, write_audio, write_face_clip
 from tests.functional.test_onnx_import import dummy_wav2lip
+from tests.functional.test_pipeline import render
 
 
 @pytest.fixture(scope="module")
@@ -120,3 +128,96 @@ def test_cli_flags_skip_or_force_variants(
     finally:
         structlog.reset_defaults()  # main() pointed structlog at pytest's captured stderr
     assert ModelSpec.load(tmp_path / "models" / "tiny").variants == made
+
+
+# --- OpenVINO: the CPU runtime when the openvino package is installed --------------------------------
+
+
+def test_a_plain_import_stores_the_int8_error_under_openvino_too(models: Path) -> None:
+    checks = ModelSpec.load(models / "tiny").checks
+    assert 0 < checks["int8@openvino"]["mean_abs_error"] <= MAX_MEAN_ABS_ERROR
+    assert checks["fp32@openvino"]["mean_abs_error"] < 1e-5  # the same graph, in another runtime
+
+
+def test_openvino_runs_the_int8_within_the_bound_of_onnxruntimes_fp32(
+    models: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(CPU_FLAGS_ENV, "avx2 avx512_vnni")
+    pool = ModelPool(models, providers="auto", precision="auto", threads=1)
+    with capture_logs() as logs:
+        model = pool.get("tiny")
+    line = next(line for line in logs if line["event"] == "model_loaded")
+    assert (line["provider"], line["precision"]) == ("OpenVINO", "int8")
+    assert str(line["reason"]).endswith("using OpenVINO on the CPU (the openvino package is installed)")
+    assert "int8 variant's mean error under OpenVINO against fp32" in str(line["precision_reason"])
+    assert isinstance(model, LipSyncModel)
+    fp32 = ort.InferenceSession(str(models / "tiny" / "model.onnx"), providers=["CPUExecutionProvider"])
+    feeds = batches(16, 4, 2000, ("mel", "face"))  # the importer's held-out inputs
+    diffs = [np.abs(model.infer(f["mel"], f["face"]) - fp32.run(None, f)[0]).mean() for f in feeds]
+    assert 0 < float(np.mean(diffs)) <= MAX_MEAN_ABS_ERROR  # > 0: the int8 file ran, not fp32
+
+
+def test_a_render_through_the_pipeline_under_openvino_int8(
+    models: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(CPU_FLAGS_ENV, "avx512_vnni")
+    video = write_face_clip(tmp_path / "clip.mp4", 1.0, 25)
+    audio = write_audio(tmp_path / "a.wav", speech_like(1.0))
+    outputs = {}
+    for providers in ("openvino", "cpu"):
+        model = ModelPool(models, providers=providers, precision="auto", threads=1).get("tiny")
+        assert isinstance(model, LipSyncModel)
+        (tmp_path / providers).mkdir()
+        out, result = render(tmp_path / providers, model, video, audio)
+        assert (result.frames, result.faceless_frames) == (25, 0)
+        outputs[model.provider] = np.stack(list(frames(out)))
+    # OpenVINO's int8 render looks like onnxruntime's int8 render: within two 8-bit levels on average
+    diff = np.abs(outputs["OpenVINO"].astype(int) - outputs["CPUExecutionProvider"].astype(int)).mean()
+    assert diff < 2
+
+
+def frames(path: Path) -> Iterator[np.ndarray]:
+    with av.open(str(path)) as container:
+        for frame in container.decode(video=0):
+            yield frame.to_ndarray(format="bgr24")
+
+
+def test_doctor_names_the_runtime(models: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(CPU_FLAGS_ENV, "avx512_vnni")
+    (check,) = _precisions(
+        Config(paths=PathsConfig(models=models), render=RenderConfig(providers="openvino"))
+    )
+    assert check.detail.startswith(
+        "auto picks int8: this CPU has avx512_vnni and the int8 variant's mean error"
+    )
+    assert check.detail.endswith("; runs in OpenVINO")
+
+
+def test_musetalk_stays_on_onnxruntime_under_openvino(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ModelSpec(name="mt", kind="musetalk").save(tmp_path / "mt")
+    asked: list[list[str]] = []
+
+    def opener(folder: Path, *, providers: list[str], **_: Any) -> Any:
+        asked.append(providers)
+        return type("Opened", (), {"provider": providers[0]})()
+
+    monkeypatch.setitem(OPENERS, "musetalk", opener)
+    pool = ModelPool(tmp_path, providers="openvino", precision="auto", threads=1)
+    assert pool.providers == ["OpenVINO", "CPUExecutionProvider"]
+    pool.get("mt")
+    assert asked == [["CPUExecutionProvider"]]  # and the face detector gets the same list
+    assert pool.onnxruntime_providers == ["CPUExecutionProvider"]
+
+
+def test_doctor_names_openvino_and_fails_when_asked_for_without_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    (check,) = _providers(Config(render=RenderConfig(providers="openvino")))
+    assert check.ok
+    assert "; using OpenVINO (OpenVINO requested); openvino 20" in check.detail
+    monkeypatch.setattr(openvino_runtime, "available", lambda: False)
+    (check,) = _providers(Config(render=RenderConfig(providers="openvino")))
+    assert not check.ok
+    assert "the openvino package does not import (pip install openvino); using CPU" in check.detail

@@ -84,9 +84,30 @@ def random_inputs(count: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 
 
 def test_choose_providers_on_this_cpu_build() -> None:
-    providers, reason = choose_providers("auto")
+    providers, reason = choose_providers("auto", openvino=False)
     assert providers == CPU
-    assert reason == "CUDAExecutionProvider not available in this onnxruntime build; using CPU"
+    assert reason == (
+        "CUDAExecutionProvider not available in this onnxruntime build; "
+        "using CPU (the openvino package is not installed)"
+    )
+
+
+def test_auto_picks_openvino_on_a_cpu_box_where_it_imports() -> None:
+    providers, reason = choose_providers("auto", CPU, openvino=True)
+    assert providers == ["OpenVINO", *CPU]
+    assert reason.endswith("using OpenVINO on the CPU (the openvino package is installed)")
+    assert choose_providers("cpu", CPU, openvino=True)[0] == CPU  # onnxruntime's CPU, asked for
+    assert choose_providers("openvino", CPU, openvino=True) == (["OpenVINO", *CPU], "OpenVINO requested")
+    providers, reason = choose_providers("openvino", CPU, openvino=False)
+    assert providers == CPU
+    assert "does not import (pip install openvino)" in reason
+
+
+def test_a_gpu_provider_wins_over_openvino() -> None:
+    gpu = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert choose_providers("auto", gpu, openvino=True)[0] == gpu[1:]
+    assert choose_providers("tensorrt", gpu, openvino=True)[0] == gpu
+    assert choose_providers("tensorrt", CPU, openvino=True)[0] == ["OpenVINO", *CPU]
 
 
 def test_choose_providers_with_gpu_builds() -> None:

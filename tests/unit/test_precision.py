@@ -98,3 +98,44 @@ def test_cpu_flags_from_cpuinfo_or_the_test_override(tmp_path: Path, monkeypatch
 def test_old_spec_without_checks_still_loads(tmp_path: Path) -> None:
     (tmp_path / "model.json").write_text('{"name": "old", "kind": "wav2lip", "variants": {"int8": "x.onnx"}}')
     assert ModelSpec.load(tmp_path).checks == {}
+
+
+# --- under OpenVINO: only an error measured under OpenVINO counts ------------------------------------
+
+OPENVINO = "OpenVINO"
+
+
+def under_openvino(int8: float | None, onnxruntime: float = 0.0005) -> ModelSpec:
+    """A spec whose int8 was checked in onnxruntime (ONNXRUNTIME) and, unless None, in OpenVINO (INT8)."""
+    checked = spec(int8=onnxruntime)
+    if int8 is None:
+        return checked
+    ov = {"int8@openvino": {"max_abs_error": 4 * int8, "mean_abs_error": int8}}
+    return ModelSpec(name="m", kind="wav2lip", variants=checked.variants, checks={**checked.checks, **ov})
+
+
+def test_openvino_picks_int8_by_its_own_error_and_says_so() -> None:
+    choice = choose(under_openvino(0.0012), OPENVINO, VNNI)
+    assert choice.precision == "int8"
+    assert choice.reason == (
+        "int8: this CPU has avx512_vnni and the int8 variant's mean error under OpenVINO against fp32 "
+        "is 0.0012 <= 0.0039"
+    )
+
+
+def test_openvino_ignores_onnxruntimes_error_when_its_own_is_over_the_bound() -> None:
+    choice = choose(under_openvino(0.02, onnxruntime=0.0005), OPENVINO, VNNI)
+    assert choice.precision == "fp32"
+    assert "under OpenVINO against fp32 is 0.0200 > 0.0039" in choice.reason
+    assert choose(under_openvino(0.02, onnxruntime=0.0005), CPU, VNNI).precision == "int8"
+
+
+def test_openvino_without_a_stored_openvino_error_says_import_again() -> None:
+    choice = choose(under_openvino(None), OPENVINO, VNNI)
+    assert choice.precision == "fp32"
+    assert "under OpenVINO against fp32 was not stored (imported without the openvino" in choice.reason
+    assert "import the model again with --overwrite" in choice.reason
+
+
+def test_openvino_on_a_cpu_without_vnni_stays_fp32() -> None:
+    assert choose(under_openvino(0.001), OPENVINO, AVX2).precision == "fp32"
