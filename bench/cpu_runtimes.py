@@ -57,7 +57,8 @@ def ort_runner(path: Path, provider: str, threads: int) -> Run:
 
 
 def openvino_runner(path: Path, hint: str, threads: int) -> Run:
-    sys.modules.setdefault("openvino.tools.ovc", None)  # no telemetry event (daemon/render/openvino_runtime.py)
+    # no telemetry event: see daemon/render/openvino_runtime.py
+    sys.modules.setdefault("openvino.tools.ovc", None)
     import openvino as ov
 
     config = {"INFERENCE_PRECISION_HINT": hint, "PERFORMANCE_HINT": "LATENCY"}

@@ -118,7 +118,7 @@ class ModelPool:
         opener = OPENERS[_renderable_kind(name, folder)]
         precision, why = self._precision(name, folder)
         # the engine cache is wired for the one-graph families; MuseTalk's four graphs build at each start
-        cache = {"trt_cache": self.trt_cache} if opener is LipSyncModel.open and self.trt_cache else {}
+        cache = {"trt_cache": self.trt_cache} if opener == LipSyncModel.open and self.trt_cache else {}
         # OpenVINO runs the one-graph models only: MuseTalk's four graphs are not wired to it (no error
         # under OpenVINO is measured for them), so they stay on onnxruntime. (`==`: a bound method is a new
         # object at each lookup, so `is` never holds)
