@@ -98,11 +98,14 @@ def make_share(root: Path) -> Share:
 
 
 @contextmanager
-def running(share: Share, ready_timeout: float = 120.0) -> Iterator[subprocess.Popen[bytes]]:
-    """`lipsyncd run` in the background, logs to share.log; yields once both watchers are ready."""
+def running(
+    share: Share, ready_timeout: float = 120.0, repo: Path = REPO
+) -> Iterator[subprocess.Popen[bytes]]:
+    """`lipsyncd run` (the one in `repo`) in the background, logs to share.log; yields once both watchers
+    are ready."""
     command = [sys.executable, "-m", "daemon", "--config", str(share.config), "run"]
     with share.log.open("ab") as out:
-        proc = subprocess.Popen(command, cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(command, cwd=repo, stdout=out, stderr=subprocess.STDOUT)
     try:
         wait_for(lambda: _ready(share), ready_timeout, "both watchers to be ready", proc, share)
         yield proc
@@ -161,9 +164,13 @@ def events(share: Share) -> list[dict[str, Any]]:
 # -- one drop ------------------------------------------------------------------------------------------
 
 
-def drop(share: Share, job: str, proc: subprocess.Popen[bytes], timeout: float = 300.0) -> Drop:
+def drop(
+    share: Share, job: str, proc: subprocess.Popen[bytes], timeout: float = 300.0, outside: bool = False
+) -> Drop:
+    """Written as a hidden temp file in the inbox and renamed (as `lipsyncd submit` does), or with
+    `outside`, written beside the inbox and moved in (as `mv` from another folder of the share does)."""
     manifest = {"name": job, "audio": "media/speech.wav", "videos": ["media/anchor.mp4"], "distribute": True}
-    tmp = share.inbox / f".{job}.yaml.tmp"
+    tmp = (share.root if outside else share.inbox) / f".{job}.yaml.tmp"
     tmp.write_text(yaml.safe_dump(manifest))
     started = time.time()
     os.rename(tmp, share.inbox / f"{job}.yaml")
@@ -236,15 +243,18 @@ def print_table(summary: dict[str, Any], drops: list[Drop]) -> None:
 # -- entry points --------------------------------------------------------------------------------------
 
 
-def run(quick: bool, warm_drops: int | None = None) -> dict[str, Any]:
-    """Start `lipsyncd run`, drop 1 + N jobs one after another, return the latency figures."""
+def run(
+    quick: bool, warm_drops: int | None = None, *, repo: Path = REPO, outside: bool = False
+) -> dict[str, Any]:
+    """Start `lipsyncd run` (the one in `repo`: the paired bench times another commit's tree with this
+    script), drop 1 + N jobs one after another, return the latency figures."""
     count = 1 + (warm_drops if warm_drops is not None else (2 if quick else 6))
     with tempfile.TemporaryDirectory(prefix="lipsyncd-latency-") as tmp:
         share = make_share(Path(tmp))
         began = time.monotonic()
-        with running(share) as proc:
+        with running(share, repo=repo) as proc:
             startup = round(time.monotonic() - began, 2)
-            drops = [drop(share, f"latency-{i:02d}", proc) for i in range(count)]
+            drops = [drop(share, f"latency-{i:02d}", proc, outside=outside) for i in range(count)]
     summary = summarise(drops)
     print_table(summary, drops)
     return {"clip": "examples/demo/anchor.mp4 (4 s) + speech.wav", "startup_s": startup, **summary}

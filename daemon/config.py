@@ -258,7 +258,7 @@ class StorageConfig:
     embedded_port: int = _key(0, _non_negative_int)
     embedded_listen: str = _key("127.0.0.1", _ip_address)  # where the embedded S3 API listens
     public_url: str | None = _key(None, _opt(parse_base_url))  # links are signed for it (None: endpoint)
-    embedded_stop_timeout: float = _key(20.0, parse_duration)
+    embedded_stop_timeout: float = _key(5.0, parse_duration)
 
 
 @dataclass(frozen=True)
