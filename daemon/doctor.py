@@ -189,9 +189,8 @@ def _precisions(config: Config) -> list[Check]:
             continue
         choice = choose(spec, provider, flags)
         # MuseTalk stays on onnxruntime under OpenVINO (registry.py)
-        runtime = (
-            "onnxruntime's CPU provider" if spec.kind == "musetalk" and provider == OPENVINO else provider
-        )
+        on_onnxruntime = spec.kind == "musetalk" or choice.onnxruntime_only
+        runtime = "onnxruntime's CPU provider" if on_onnxruntime and provider == OPENVINO else provider
         detail = f"auto picks {choice.reason}; runs in {runtime}"
         if config.render.precision != "auto":
             detail = f"render.precision is {config.render.precision or 'null'} ({detail})"

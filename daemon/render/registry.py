@@ -16,7 +16,7 @@ from daemon.render.modelspec import BASELINE, SPEC_NAME, ModelSpec
 from daemon.render.modelspec import available_models as available_models  # where it was before
 from daemon.render.musetalk import MuseTalkModel
 from daemon.render.openvino_runtime import OPENVINO
-from daemon.render.precision import GPU_PROVIDERS, choose, cpu_flags
+from daemon.render.precision import GPU_PROVIDERS, Choice, choose, cpu_flags
 
 log = structlog.get_logger(__name__)
 
@@ -116,17 +116,18 @@ class ModelPool:
         if not (folder / SPEC_NAME).exists():
             raise LookupError(f"no model named {name!r} in {self.models_dir}; see `lipsyncd model list`")
         opener = OPENERS[_renderable_kind(name, folder)]
-        precision, why = self._precision(name, folder)
+        choice = self._precision(name, folder)
         # the engine cache is wired for the one-graph families; MuseTalk's four graphs build at each start
         cache = {"trt_cache": self.trt_cache} if opener == LipSyncModel.open and self.trt_cache else {}
         # OpenVINO runs the one-graph models only: MuseTalk's four graphs are not wired to it (no error
         # under OpenVINO is measured for them), so they stay on onnxruntime. (`==`: a bound method is a new
         # object at each lookup, so `is` never holds)
-        providers = self.providers if opener == LipSyncModel.open else self.onnxruntime_providers
+        one_graph = opener == LipSyncModel.open and not choice.onnxruntime_only
+        providers = self.providers if one_graph else self.onnxruntime_providers
         model: LipSyncFamily = opener(
             folder,
             providers=providers,
-            precision=precision,
+            precision=choice.precision,
             threads=self.threads,
             device_id=self.device_id,
             **cache,
@@ -136,19 +137,18 @@ class ModelPool:
             model=name,
             provider=model.provider,
             reason=self.provider_reason,
-            precision=precision or "model's own",
-            precision_reason=why,
+            precision=choice.precision or "model's own",
+            precision_reason=choice.reason,
         )
         return model
 
-    def _precision(self, name: str, folder: Path) -> tuple[str | None, str]:
+    def _precision(self, name: str, folder: Path) -> Choice:
         """The variant to open (None: the spec's own) and why: render.precision, or auto's choice."""
         if name == BASELINE:
-            return None, "the built-in baseline has one precision"
+            return Choice(None, "the built-in baseline has one precision")
         if self.precision != "auto":
-            return self.precision, f"render.precision is {self.precision or 'null (as imported)'}"
-        choice = choose(ModelSpec.load(folder), self.providers[0], cpu_flags())
-        return choice.precision, choice.reason
+            return Choice(self.precision, f"render.precision is {self.precision or 'null (as imported)'}")
+        return choose(ModelSpec.load(folder), self.providers[0], cpu_flags())
 
 
 def _renderable_kind(name: str, folder: Path) -> str:

@@ -89,6 +89,30 @@ def test_an_int8_error_over_the_bound_keeps_fp32(
     assert "auto picks fp32" in doctor[0].detail
 
 
+def test_a_model_imported_before_openvino_keeps_running_int8_in_onnxruntime(
+    models: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An upgrade must not slow an imported model down: with no int8 error stored under OpenVINO, the
+    int8 that onnxruntime runs soundly is kept there, and the line says to import again for OpenVINO."""
+    copy = tmp_path / "models"
+    (copy / "tiny").mkdir(parents=True)
+    for file in (models / "tiny").iterdir():
+        (copy / "tiny" / file.name).write_bytes(file.read_bytes())
+    spec = json.loads((copy / "tiny" / SPEC_NAME).read_text())
+    spec["checks"] = {k: v for k, v in spec["checks"].items() if not k.endswith("@openvino")}
+    (copy / "tiny" / SPEC_NAME).write_text(json.dumps(spec))
+    monkeypatch.setenv(CPU_FLAGS_ENV, "avx512_vnni")
+    pool = ModelPool(copy, providers="openvino", precision="auto", threads=1)
+    with capture_logs() as logs:
+        pool.get("tiny")
+    line = next(line for line in logs if line["event"] == "model_loaded")
+    assert (line["precision"], line["provider"]) == ("int8", "CPUExecutionProvider")
+    assert "in onnxruntime rather than OpenVINO" in line["precision_reason"]
+    assert "import the model again with --overwrite" in line["precision_reason"]
+    config = Config(paths=PathsConfig(models=copy), render=RenderConfig(providers="openvino"))
+    assert _precisions(config)[0].detail.endswith("runs in onnxruntime's CPU provider")
+
+
 def test_doctor_says_what_auto_picks_for_each_model(models: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(CPU_FLAGS_ENV, "avx512_vnni")
     config = Config(paths=PathsConfig(models=models), render=RenderConfig(providers="cpu"))
