@@ -130,16 +130,24 @@ def test_control_without_replication_the_same_stop_loses_objects(tmp_path: Path)
     assert lost == exposed, "exactly the objects whose only copy was on the stopped server are lost"
 
 
-class SlowedClient:
-    """The real client, with every part held back a little so the upload is still sending parts while the
-    volume server shuts down; it notes when each part was accepted."""
+class HeldClient:
+    """The real client, holding back every part after the first `hold_after` until the test releases them, so
+    the upload is mid-way (parts in flight) while the volume server shuts down, however fast the stop is; it
+    notes when each part was accepted."""
 
-    def __init__(self, client: Any, delay_s: float) -> None:
-        self._client, self._delay_s = client, delay_s
+    def __init__(self, client: Any, hold_after: int) -> None:
+        self._client, self._hold_after = client, hold_after
+        self._lock = threading.Lock()
+        self._asked = 0
+        self.released = threading.Event()
         self.accepted: list[float] = []
 
     def upload_part(self, **kwargs: Any) -> Any:
-        time.sleep(self._delay_s)
+        with self._lock:
+            self._asked += 1
+            held = self._asked > self._hold_after
+        if held and not self.released.wait(60):
+            raise TimeoutError("the test never released the held parts")
         answer = self._client.upload_part(**kwargs)
         self.accepted.append(time.monotonic())
         return answer
@@ -152,7 +160,7 @@ def test_upload_in_progress_completes_while_a_volume_server_stops(
     cluster: SeaweedCluster, tmp_path: Path
 ) -> None:
     source = random_file(tmp_path / "render.mp4", 40 * MiB + 11)  # 9 parts of 5 MiB
-    client = SlowedClient(cluster.client(), delay_s=0.25)
+    client = HeldClient(cluster.client(), hold_after=2)
     first_part = threading.Event()
     outcome: list[UploadResult | BaseException] = []
 
@@ -187,6 +195,7 @@ def test_upload_in_progress_completes_while_a_volume_server_stops(
         dropped_at = time.monotonic()
         assert not outcome, "the upload finished before the volume server stopped: nothing was proven"
     finally:
+        client.released.set()
         worker.join(120)
     assert outcome, "the upload did not end within 120 s"
     assert isinstance(outcome[0], UploadResult), f"the upload failed: {outcome[0]!r}"
