@@ -274,9 +274,13 @@ def render_once(
         for source in (video, audio):
             _place(source.resolve(), media / source.name)
         manifest = {"name": "paired", "audio": f"media/{audio.name}", "videos": [f"media/{video.name}"]}
-        (root / "shared" / "inbox" / "paired.yaml").write_text(yaml.safe_dump(manifest))
-        # the manifest is older than the settle time by the time a slow start-up looks at it; both trees
-        # wait the same way if they wait at all
+        placed = root / "shared" / "inbox" / "paired.yaml"
+        placed.write_text(yaml.safe_dump(manifest))
+        # a manifest dropped a minute ago: neither tree waits out its settle time (a fast start-up would
+        # otherwise meet a 2 s wait that a slow one had spent starting), so both times are start-up,
+        # render and shutdown alone
+        settled = time.time() - 60
+        os.utime(placed, (settled, settled))
         log_path = root / "render.log"
         busy_before = busy_cpu_seconds()
         started = time.monotonic()
