@@ -151,8 +151,13 @@ def _tail(share: Share) -> str:
 
 
 def events(share: Share) -> list[dict[str, Any]]:
+    return json_lines(share.log)
+
+
+def json_lines(log: Path) -> list[dict[str, Any]]:
+    """The JSON log lines of a log file (other lines, and a line cut short, are skipped)."""
     found = []
-    for line in share.log.read_text(errors="replace").splitlines():
+    for line in log.read_text(errors="replace").splitlines():
         if line.startswith("{"):
             try:
                 found.append(json.loads(line))

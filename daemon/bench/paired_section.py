@@ -27,7 +27,6 @@ import contextlib
 import functools
 import importlib.util
 import io
-import json
 import os
 import shutil
 import subprocess
@@ -440,13 +439,7 @@ def _daemon(tree: Tree, config: Path, args: list[str], timeout: float) -> None:
 
 
 def _events(path: Path) -> list[dict[str, Any]]:
-    found = []
-    for line in path.read_text(errors="replace").splitlines():
-        if line.startswith("{"):
-            try:
-                found.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
+    found: list[dict[str, Any]] = _latency_script().json_lines(path)
     return found
 
 
