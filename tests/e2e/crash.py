@@ -44,6 +44,7 @@ from tests.e2e.crash_checks import (
     check_objects,
     store_rows,
     wait_all_done,
+    wait_filed,
 )
 from tests.e2e.crash_probe import Sight, StoreView, frozen, look, py_spy, store_write_lock, wait_stopped
 from tests.e2e.harness import Daemon, Share
@@ -319,6 +320,8 @@ class CrashRun:
             self._kill_all()
             names = [j.name for j in self.jobs]
             finished = wait_all_done(self.share.outputs, names, self.settings.drain_s, self._check_alive)
+            if finished:
+                wait_filed(self.share.inbox, 15.0)
             jobs, videos = store_rows(self.share.state)
             checks = self._checks(finished, jobs, videos)
         finally:

@@ -263,6 +263,14 @@ def wait_all_done(outputs: Path, jobs: list[str], timeout: float, alive: Any = N
     return False
 
 
+def wait_filed(inbox: Path, timeout: float) -> None:
+    """Until inbox/.claimed is empty or the timeout: a render worker files a finished job's manifest at
+    its next pass (up to a second after links.json says done), so the check of the folders waits for it."""
+    deadline = time.monotonic() + timeout
+    while any((inbox / ".claimed").glob("*")) and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+
 def _status(path: Path) -> str | None:
     try:
         return str(json.loads(path.read_text(encoding="utf-8"))["status"])
