@@ -20,11 +20,12 @@ import pytest
 from daemon.modelimport import import_model
 from daemon.render.avatar_cache import AvatarCache
 from daemon.render.faces import FaceTracker, HaarDetector
-from daemon.render.media import iter_frames, probe_video
+from daemon.render.media import iter_frames, iter_yuv_frames, probe_video
 from daemon.render.musetalk import CPU_MAX_BATCH, MuseTalkModel, musetalk_box
 from daemon.render.pipeline import RenderResult, RenderSettings, VideoRender, prepare_audio
 from daemon.render.timeline import source_index
 from daemon.render.types import Box
+from daemon.render.yuv import YuvDetector
 from daemon.samples import speech_like, write_audio, write_face_clip
 from tests.e2e.harness import Share
 from tests.functional.test_media import stream_seconds
@@ -102,14 +103,17 @@ def test_the_daemon_keeps_a_presenters_detections_and_latents_for_the_next_job(s
 
 def _only_the_lower_face_changed(source: Path, rendered: list[np.ndarray]) -> None:
     """Each output frame against the avatar frame it shows, through the boxes the daemon's tracker finds
-    (the same code on the same frames: the same boxes)."""
-    tracked = list(
-        FaceTracker(HaarDetector(), detect_every=5).track(iter_frames(source, probe_video(source)))
-    )
+    (the same code on the same luma planes, as the pipeline does: the same boxes; Haar on a grey made from
+    BGR can find another box)."""
+    info = probe_video(source)
+    tracker = FaceTracker(YuvDetector(HaarDetector()), detect_every=5)  # type: ignore[arg-type]
+    boxes = [crop.box for _, crop in tracker.track(iter_yuv_frames(source, info))]  # type: ignore[arg-type]
+    frames = list(iter_frames(source, info))
     for index, out in enumerate(rendered):
-        frame, crop = tracked[source_index(index, len(tracked), "pingpong")]
-        assert crop.box is not None
-        face = musetalk_box(crop.box, frame.shape)
+        shown = source_index(index, len(frames), "pingpong")
+        frame, box = frames[shown], boxes[shown]
+        assert box is not None
+        face = musetalk_box(box, frame.shape)
         diff = np.abs(out.astype(np.int16) - frame.astype(np.int16)).mean(axis=2)
         kept = np.ones(diff.shape, bool)
         margin = 4  # chroma subsampling and the codec's blocks smear an edge by a few pixels
