@@ -15,7 +15,7 @@ from contextlib import suppress
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from daemon.config import Config, ConfigError, config_path, load_config
+from daemon.config import Config, ConfigError, config_path, load_config, systemd_credential
 
 if TYPE_CHECKING:
     from daemon.ops.instance import InstanceLock
@@ -463,10 +463,7 @@ def _bucket(args: argparse.Namespace, config: Config) -> int:
 
 
 def _systemd_credential(name: str) -> Path | None:
-    """A secret systemd passed in with LoadCredential= (an empty file means none was configured)."""
-    folder = os.environ.get("CREDENTIALS_DIRECTORY")
-    path = Path(folder) / name if folder else None
-    return path if path is not None and path.is_file() and path.stat().st_size > 0 else None
+    return systemd_credential(name, os.environ)
 
 
 def _runtime(config: Config) -> ServiceRuntime:

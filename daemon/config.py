@@ -548,6 +548,13 @@ CREDENTIALS_VAR = "CREDENTIALS_DIRECTORY"
 _CREDENTIAL_REF = re.compile(r"^\$(?:CREDENTIALS_DIRECTORY|\{CREDENTIALS_DIRECTORY\})/([^/]+)$")
 
 
+def systemd_credential(name: str, environ: typing.Mapping[str, str]) -> Path | None:
+    """A secret systemd passed in with LoadCredential= (an empty file means none was configured)."""
+    folder = environ.get(CREDENTIALS_VAR)
+    path = Path(folder) / name if folder else None
+    return path if path is not None and path.is_file() and path.stat().st_size > 0 else None
+
+
 def _credential_keys(name: str, hook: WebhookConfig) -> list[tuple[str, Path]]:
     files = (("url_file", hook.url_file), ("secret_file", hook.secret_file))
     return [(f"webhooks.{name}.{field}", value) for field, value in files if value is not None]

@@ -176,6 +176,7 @@ def _precisions(config: Config) -> list[Check]:
     from daemon.render.modelspec import BASELINE, SPEC_NAME, ModelSpec
     from daemon.render.openvino_runtime import OPENVINO
     from daemon.render.precision import choose, cpu_flags
+    from daemon.render.registry import OPENERS, precision_choice, takes_openvino
 
     provider, flags = choose_providers(config.render.providers)[0][0], cpu_flags()
     folders = sorted(config.models_dir.glob(f"*/{SPEC_NAME}")) if config.models_dir.is_dir() else []
@@ -188,8 +189,8 @@ def _precisions(config: Config) -> list[Check]:
         if spec.kind == BASELINE:
             continue
         choice = choose(spec, provider, flags)
-        # MuseTalk stays on onnxruntime under OpenVINO (registry.py)
-        on_onnxruntime = spec.kind == "musetalk" or choice.onnxruntime_only
+        opened = precision_choice(spec, config.render.precision, provider)  # what the render opens
+        on_onnxruntime = spec.kind not in OPENERS or not takes_openvino(OPENERS[spec.kind], opened)
         runtime = "onnxruntime's CPU provider" if on_onnxruntime and provider == OPENVINO else provider
         detail = f"auto picks {choice.reason}; runs in {runtime}"
         if config.render.precision != "auto":

@@ -65,32 +65,31 @@ def refused_documents(failed_dir: Path) -> list[dict[str, Any]]:
     which also lands there, says 'could not render' and is shown with its job instead)."""
     if not failed_dir.is_dir():
         return []
-    documents: list[dict[str, Any]] = []
-    for report in sorted(failed_dir.glob("*.error.txt")):
-        try:
-            text = report.read_text(encoding="utf-8", errors="replace")
-            changed = report.stat().st_mtime
-        except OSError:
-            continue  # removed while we looked
-        if text.startswith("lipsyncd could not render"):
-            continue
-        stem = report.name.removesuffix(".error.txt")
-        beside = [
-            p.name for p in failed_dir.glob(f"{glob.escape(stem)}.*") if p.suffix.lower() in MANIFEST_SUFFIXES
-        ]
-        manifest = beside[0] if beside else stem
-        documents.append(
-            {
-                "job": None,
-                "manifest": manifest,
-                "status": REFUSED,
-                "error": _reasons(text),
-                "error_file": str(report),
-                "updated_at": iso(changed),
-                "videos": [],
-            }
-        )
-    return documents
+    found = (refused_document(report) for report in sorted(failed_dir.glob("*.error.txt")))
+    return [document for document in found if document is not None]
+
+
+def refused_document(report: Path) -> dict[str, Any] | None:
+    """One failed/NAME.error.txt as a refused manifest's view; None if it is gone or a job's own report."""
+    try:
+        text = report.read_text(encoding="utf-8", errors="replace")
+        changed = report.stat().st_mtime
+    except OSError:
+        return None  # removed while we looked, or never there
+    if text.startswith("lipsyncd could not render"):
+        return None
+    failed_dir, stem = report.parent, report.name.removesuffix(".error.txt")
+    named = failed_dir.glob(f"{glob.escape(stem)}.*")
+    beside = [p.name for p in named if p.suffix.lower() in MANIFEST_SUFFIXES]
+    return {
+        "job": None,
+        "manifest": beside[0] if beside else stem,
+        "status": REFUSED,
+        "error": _reasons(text),
+        "error_file": str(report),
+        "updated_at": iso(changed),
+        "videos": [],
+    }
 
 
 def _reasons(report: str) -> str:

@@ -35,10 +35,10 @@ from daemon import __version__
 from daemon.api.ledger import KeyBusy, Ledger
 from daemon.api.tokens import Token, TokenError, TokenFile, find, tokens_path
 from daemon.api.uploads import MultipartReceiver, Received, UploadRefused
-from daemon.config import Config
+from daemon.config import Config, systemd_credential
 from daemon.links import job_view
 from daemon.manifest import job_name
-from daemon.status import ACTIVE, Filter, parse_since, refused_documents, select
+from daemon.status import ACTIVE, Filter, parse_since, refused_document, select
 from daemon.store import JobState, JobStore
 from daemon.submit import Checks, MediaDir, Submission, SubmitError, submit, submit_media_dir
 
@@ -102,7 +102,7 @@ class Api:
         self.ledger = Ledger(config.state_dir, written=self._written)
         self.tokens = TokenFile(tokens_path(config.api.tokens_file, config.state_dir, environ))
         self.limiter = RateLimiter(config.api.rate_limit)
-        self.credentials = _credential(environ, "s3")
+        self.credentials = systemd_credential("s3", environ)
 
     def _written(self, job: str) -> bool:
         """Whether this job's manifest reached the inbox: there, claimed, filed, or already a job."""
@@ -130,9 +130,10 @@ class Api:
         if not self.ledger.submitted(job_id):
             return None
         manifest = f"{job_id}.yaml"
-        for refused in refused_documents(self.config.inbox_dir / "failed"):
-            if refused["manifest"] == manifest:
-                return {**_waiting(job_id, manifest), **refused, "job": job_id}
+        refused = refused_document(self.config.inbox_dir / "failed" / f"{job_id}.error.txt")
+        if refused is not None and refused["manifest"] == manifest:
+            summary = "refused by the inbox: see error"
+            return {**_waiting(job_id, manifest), **refused, "job": job_id, "summary": summary}
         return _waiting(job_id, manifest)
 
     def views(self, states: tuple[JobState, ...], only: Filter, limit: int) -> list[dict[str, Any]]:
@@ -160,12 +161,6 @@ def _waiting(job_id: str, manifest: str) -> dict[str, Any]:
 def etag(document: dict[str, Any]) -> str:
     text = json.dumps(document, sort_keys=True, ensure_ascii=False).encode("utf-8")
     return '"' + hashlib.sha256(text).hexdigest()[:32] + '"'
-
-
-def _credential(environ: Mapping[str, str], name: str) -> Path | None:
-    folder = environ.get("CREDENTIALS_DIRECTORY")
-    path = Path(folder) / name if folder else None
-    return path if path is not None and path.is_file() and path.stat().st_size > 0 else None
 
 
 # -- the application ---------------------------------------------------------------------------------
@@ -333,10 +328,15 @@ def _control_routes(app: FastAPI, api: Api, need: Callable[[str], Any]) -> None:
     def refresh_job_links(job: str, token: Token = can_sign) -> dict[str, Any]:
         """Re-sign the job's links that expire within links.refresh_before (`lipsyncd links --refresh`)."""
         from daemon.distribute.refresh import refresh_links
+        from daemon.distribute.s3 import StorageError
 
         if api.store.job(job) is None:
             raise ApiError(404, f"no job named {job!r}")
-        count = refresh_links(api.config, job, credentials_file=api.credentials)
+        try:
+            # the views are left to the watchers: this unit may write only the inbox
+            count = refresh_links(api.config, job, credentials_file=api.credentials, write_views=False)
+        except StorageError as exc:  # the storage cannot sign now: its plain words, as the CLI prints them
+            raise ApiError(503, str(exc)) from None
         log.info("api_links_refreshed", job=job, links=count, client=token.name)
         document = api.view(job)
         return {"refreshed": count, "job": document}

@@ -28,12 +28,17 @@ def ready_videos(store: JobStore, job_id: str | None) -> list[Video]:
     return [v for v in store.videos_in(VideoState.READY) if job_id in (None, v.job_id)]
 
 
-def refresh_links(config: Config, job_id: str | None, *, credentials_file: Path | None = None) -> int:
+def refresh_links(
+    config: Config, job_id: str | None, *, credentials_file: Path | None = None, write_views: bool = True
+) -> int:
+    """Sign again the ready links that expire within links.refresh_before; how many. `write_views`: this
+    process writes the jobs' links.json as each link is recorded; else (the API, which may write only the
+    inbox) the store's outbox leaves them to the watchers' next pass."""
     store = JobStore(config.state_dir, timeout=config.store.busy_timeout, url=config.store.url)
-    # the views of the links signed again are written as each is recorded
-    store.after_commit = Reconciler(
-        store, outputs_dir=config.outputs_dir, locks_dir=config.state_dir / "locks"
-    ).reconcile
+    if write_views:
+        store.after_commit = Reconciler(
+            store, outputs_dir=config.outputs_dir, locks_dir=config.state_dir / "locks"
+        ).reconcile
     client = signing_client(config, credentials_file)
     due = [
         v

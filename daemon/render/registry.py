@@ -6,6 +6,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import structlog
 
@@ -119,11 +120,7 @@ class ModelPool:
         choice = self._precision(name, folder)
         # the engine cache is wired for the one-graph families; MuseTalk's four graphs build at each start
         cache = {"trt_cache": self.trt_cache} if opener == LipSyncModel.open and self.trt_cache else {}
-        # OpenVINO runs the one-graph models only: MuseTalk's four graphs are not wired to it (no error
-        # under OpenVINO is measured for them), so they stay on onnxruntime. (`==`: a bound method is a new
-        # object at each lookup, so `is` never holds)
-        one_graph = opener == LipSyncModel.open and not choice.onnxruntime_only
-        providers = self.providers if one_graph else self.onnxruntime_providers
+        providers = self.providers if takes_openvino(opener, choice) else self.onnxruntime_providers
         model: LipSyncFamily = opener(
             folder,
             providers=providers,
@@ -143,12 +140,23 @@ class ModelPool:
         return model
 
     def _precision(self, name: str, folder: Path) -> Choice:
-        """The variant to open (None: the spec's own) and why: render.precision, or auto's choice."""
         if name == BASELINE:
             return Choice(None, "the built-in baseline has one precision")
-        if self.precision != "auto":
-            return Choice(self.precision, f"render.precision is {self.precision or 'null (as imported)'}")
-        return choose(ModelSpec.load(folder), self.providers[0], cpu_flags())
+        return precision_choice(ModelSpec.load(folder), self.precision, self.providers[0])
+
+
+def precision_choice(spec: ModelSpec, setting: str | None, provider: str) -> Choice:
+    """The variant to open (None: the spec's own) and why: render.precision, or auto's choice."""
+    if setting != "auto":
+        return Choice(setting, f"render.precision is {setting or 'null (as imported)'}")
+    return choose(spec, provider, cpu_flags())
+
+
+def takes_openvino(opener: Any, choice: Choice) -> bool:
+    """Whether the model gets OpenVINO when it is the provider: the one-graph families only (MuseTalk's four
+    graphs are not wired to it; no error under OpenVINO is measured for them), and not an int8 that auto
+    kept on onnxruntime. (`==`: a bound method is a new object at each lookup, so `is` never holds.)"""
+    return bool(opener == LipSyncModel.open) and not choice.onnxruntime_only
 
 
 def _renderable_kind(name: str, folder: Path) -> str:

@@ -111,6 +111,14 @@ def test_a_model_imported_before_openvino_keeps_running_int8_in_onnxruntime(
     assert "import the model again with --overwrite" in line["precision_reason"]
     config = Config(paths=PathsConfig(models=copy), render=RenderConfig(providers="openvino"))
     assert _precisions(config)[0].detail.endswith("runs in onnxruntime's CPU provider")
+    # render.precision named: the model opens in OpenVINO as asked, and doctor says where it runs
+    named = ModelPool(copy, providers="openvino", precision="int8", threads=1)
+    with capture_logs() as logs:
+        named.get("tiny")
+    line = next(line for line in logs if line["event"] == "model_loaded")
+    assert (line["precision"], line["provider"]) == ("int8", openvino_runtime.OPENVINO)
+    int8 = Config(paths=PathsConfig(models=copy), render=RenderConfig(providers="openvino", precision="int8"))
+    assert _precisions(int8)[0].detail.endswith("; runs in OpenVINO)")
 
 
 def test_doctor_says_what_auto_picks_for_each_model(models: Path, monkeypatch: pytest.MonkeyPatch) -> None:

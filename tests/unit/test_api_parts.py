@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon.api.app import RateLimiter, etag
+from daemon.api.app import Api, RateLimiter, etag
 from daemon.api.ledger import KeyBusy, Ledger
 from daemon.api.tokens import (
     TokenError,
@@ -23,7 +23,7 @@ from daemon.api.tokens import (
     tokens_path,
 )
 from daemon.api.uploads import MultipartReceiver, UploadRefused, safe_name
-from daemon.config import parse_listen
+from daemon.config import Config, PathsConfig, parse_listen
 from daemon.ops.logging import redact_text
 from daemon.submit import submit_media_dir
 
@@ -248,3 +248,32 @@ def test_a_restart_settles_idempotency_keys_by_what_reached_the_inbox(tmp_path: 
     again.record("promo-4", "ci", "k3")
     assert again.reserve("ci", "k3") == "promo-4"
     again.close()
+
+
+def test_a_submitted_job_the_inbox_refused_reads_as_refused_in_its_words(tmp_path: Path) -> None:
+    """GET of a job the API submitted that the intake refused: its failed/NAME.error.txt, looked up by
+    name (not every report in failed/), and a summary that no longer says it waits."""
+    paths = PathsConfig(inbox=tmp_path / "inbox", outputs=tmp_path / "out", state=tmp_path / "state")
+    api = Api(Config(paths=paths), environ={})
+    try:
+        failed = paths.inbox / "failed"
+        failed.mkdir(parents=True)
+        api.ledger.record("promo-1", "ci", None)
+        api.ledger.record("promo-2", "ci", None)
+        (failed / "promo-1.yaml").write_text("audio: gone.wav\n")
+        report = "lipsyncd refused promo-1.yaml\n\n- audio: no file gone.wav\n"
+        (failed / "promo-1.error.txt").write_text(report)
+        refused, waiting = api.view("promo-1"), api.view("promo-2")
+        assert refused is not None
+        assert waiting is not None
+        assert (refused["job"], refused["status"]) == ("promo-1", "refused")
+        assert refused["manifest"] == "promo-1.yaml"
+        assert "no file gone.wav" in json.dumps(refused["error"])
+        assert refused["summary"] == "refused by the inbox: see error"
+        assert (waiting["status"], waiting["summary"]) == (
+            "submitted",
+            "in the inbox, waiting for the render watcher to take it",
+        )
+        assert api.view("never-submitted") is None
+    finally:
+        api.close()
