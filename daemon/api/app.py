@@ -137,10 +137,11 @@ class Api:
         return _waiting(job_id, manifest)
 
     def views(self, states: tuple[JobState, ...], only: Filter, limit: int) -> list[dict[str, Any]]:
-        documents = [
-            job_view(job, self.store.videos(job.id), self.config.outputs_dir / job.id)
-            for job in self.store.jobs(*states)
-        ]
+        jobs = self.store.jobs(*states)
+        if not only.failed and only.since is None:  # no filter on the views: build only the last `limit`
+            jobs = jobs[-limit:]
+        outputs = self.config.outputs_dir
+        documents = [job_view(job, self.store.videos(job.id), outputs / job.id) for job in jobs]
         return select(documents, only)[-limit:]
 
 

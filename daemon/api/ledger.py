@@ -40,6 +40,9 @@ class Ledger:
 
     def _settle(self, written: Callable[[str], bool]) -> None:
         self._db.execute("DELETE FROM idempotency WHERE created < ?", (time.time() - KEY_KEEP,))
+        # a submission is looked up only until the intake makes its job, or to show why it refused it: a
+        # week, as for keys
+        self._db.execute("DELETE FROM submissions WHERE created < ?", (time.time() - KEY_KEEP,))
         pending = self._db.execute("SELECT token, key, job FROM idempotency WHERE done = 0").fetchall()
         for token, key, job in pending:
             if job is not None and written(job):
